@@ -1,0 +1,49 @@
+from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
+
+
+class AgentfieldSiteConfig(AppConfig):
+    name = "agentfield_site"
+    verbose_name = "Access"
+
+    def ready(self) -> None:
+        checks.register(check_settings, checks.Tags.security)
+
+
+def check_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """Refuse configurations that would run but misbehave."""
+    errors: list[checks.CheckMessage] = []
+    q = settings.Q_CLUSTER
+    if q.get("retry", 0) <= q.get("timeout", 0):
+        errors.append(
+            checks.Error(
+                "Q_CLUSTER retry must be larger than timeout.",
+                hint="Otherwise django-q2 hands a running task to a second worker (Q_RETRY > Q_TIMEOUT).",
+                id="agentfield.E002",
+            )
+        )
+    layer = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    if not settings.DEBUG and layer.endswith("InMemoryChannelLayer"):
+        errors.append(
+            checks.Warning(
+                "The in-memory channel layer reaches only the process that wrote to it.",
+                hint="Set REDIS_URL to use channels-redis across processes.",
+                id="agentfield.W001",
+            )
+        )
+    if settings.SWEEP_LEASE_SECONDS <= settings.SWEEP_TICK_SECONDS:
+        errors.append(
+            checks.Error(
+                "SWEEP_LEASE_SECONDS must be larger than SWEEP_TICK_SECONDS.",
+                id="agentfield.E003",
+            )
+        )
+    if settings.SWEEP_RUN_SECONDS >= q.get("timeout", 0):
+        errors.append(
+            checks.Error(
+                "SWEEP_RUN_SECONDS must be below the django-q2 task timeout.",
+                id="agentfield.E004",
+            )
+        )
+    return errors

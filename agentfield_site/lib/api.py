@@ -1,0 +1,124 @@
+"""JSON errors for every API failure: `{"error": word, "message": sentence}`.
+
+Never a 500 for bad input: DRF exceptions, Django's own 404/413, and malformed
+bodies all end here with a 4xx and a machine-readable word.
+"""
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class ApiError(exceptions.APIException):
+    """An error with a chosen HTTP status, machine word and optional extra fields."""
+
+    def __init__(self, status_code: int, error: str, message: str, **extra) -> None:
+        self.status_code = status_code
+        self.error = error
+        self.extra = extra
+        super().__init__(detail=message, code=error)
+
+
+def error_body(error: str, message: str, **extra) -> dict:
+    return {"error": error, "message": message, **extra}
+
+
+def error_response(status_code: int, error: str, message: str, **extra) -> JsonResponse:
+    return JsonResponse(error_body(error, message, **extra), status=status_code)
+
+
+_WORDS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _flatten(detail) -> str:
+    if isinstance(detail, dict):
+        return "; ".join(f"{k}: {_flatten(v)}" for k, v in detail.items())
+    if isinstance(detail, list):
+        return "; ".join(_flatten(v) for v in detail)
+    return str(detail)
+
+
+def exception_handler(exc, context):
+    """DRF's handler, reshaped so every error body has `error` and `message`."""
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            error_body("payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, ApiError):
+        return Response(error_body(exc.error, str(exc.detail), **exc.extra), status=exc.status_code)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    code = response.status_code
+    if isinstance(exc, exceptions.ParseError):
+        word, message = "invalid_json", f"The body is not valid JSON: {exc.detail}"
+    elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        word, message = "unauthorized", _flatten(exc.detail)
+        code = status.HTTP_401_UNAUTHORIZED
+    elif isinstance(exc, exceptions.ValidationError):
+        word, message = "bad_request", _flatten(exc.detail)
+    else:
+        word, message = _WORDS.get(code, "error"), _flatten(getattr(exc, "detail", str(exc)))
+    body = error_body(word, message)
+    if isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
+        body["fields"] = exc.detail
+    response.data = body
+    response.status_code = code
+    return response
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over MAX_BODY_BYTES with a JSON 413 before anything reads them."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        try:
+            too_big = int(length) > settings.MAX_BODY_BYTES
+        except ValueError:
+            return error_response(400, "bad_request", "Content-Length is not a number.")
+        if too_big:
+            return error_response(
+                413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."
+            )
+        try:
+            return self.get_response(request)
+        except RequestDataTooBig:
+            return error_response(
+                413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."
+            )
+
+
+def api_not_found(request, exception=None):
+    """404 handler: JSON under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error_response(404, "not_found", f"No route for {request.method} {request.path}.")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def server_error(request):
+    """500 handler: JSON under /api/ so clients can still parse it."""
+    if request.path.startswith("/api/"):
+        return error_response(500, "internal_error", "The server failed; the error was logged.")
+    from django.views.defaults import server_error as django_server_error
+
+    return django_server_error(request)

@@ -1,0 +1,87 @@
+"""`manage.py serve`: the embedded default in one command (what `make run` calls).
+
+Starts daphne, a django-q2 cluster and the demo agent as child processes, prints
+the URLs, and stops them all on Ctrl-C. Production runs the same processes under a
+real supervisor instead (README, "Production").
+"""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Run daphne, a django-q2 cluster and the demo agent together."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
+        parser.add_argument("--no-agent", action="store_true", help="Do not start the demo agent.")
+
+    def handle(self, *args, port: int, no_agent: bool, **options) -> None:
+        base = f"http://localhost:{port}"
+        self._ensure_admin()
+        py = sys.executable
+        commands = [
+            ("daphne", [py, "-m", "daphne", "-b", "0.0.0.0", "-p", str(port), "agentfield_site.asgi:application"]),
+            ("qcluster", [py, "manage.py", "qcluster"]),
+        ]
+        if not no_agent:
+            agent_port = str(port + 1)
+            commands.append(
+                ("demo-agent", [py, "-m", "demo_agent", "--port", agent_port, "--node-id", "analyzer", "--server", base])
+            )
+        children = [(name, subprocess.Popen(cmd, start_new_session=True)) for name, cmd in commands]
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\n  API        {base}/api/v1/\n"
+                f"  Dashboard  {base}/dashboard/\n"
+                f"  Admin      {base}/admin/\n"
+                f"  API docs   {base}/api/docs/\n"
+                f"  Health     {base}/health\n\n  Ctrl-C stops everything.\n"
+            )
+        )
+        stopping = False
+
+        def stop(*_):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            while not stopping:
+                for name, child in children:
+                    if child.poll() is not None:
+                        self.stderr.write(f"{name} exited with {child.returncode}; stopping the rest.")
+                        stopping = True
+                time.sleep(0.5)
+        finally:
+            for _, child in children:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            for _, child in children:
+                try:
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+
+    def _ensure_admin(self) -> None:
+        """On a fresh database, make a staff account for the tour and say its password once."""
+        User = get_user_model()
+        if User.objects.filter(is_superuser=True).exists():
+            return
+        password = os.environ.get("ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        User.objects.create_superuser("admin", "admin@localhost", password)
+        self.stdout.write(
+            self.style.WARNING(f"Created the staff account admin / {password} (change it in the admin).")
+        )
+        if settings.DEBUG:
+            self.stdout.write("DEBUG is on.")

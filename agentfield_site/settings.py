@@ -1,0 +1,218 @@
+"""Settings: one env-driven file. SQLite is the zero-set-up default.
+
+Every value comes from the environment (or a `.env` file beside manage.py);
+the README's configuration table lists them.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="insecure-dev-only-key" if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is required when DEBUG is off: set it in the environment or in .env "
+        "(`make run` writes one for you)."
+    )
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "channels",
+    "django_q",
+    "agentfield_site",
+    "observability",
+    "webhooks",
+    "executions",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "agentfield_site.lib.api.BodyLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "agentfield_site.urls"
+ASGI_APPLICATION = "agentfield_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES["default"].setdefault("TEST", {})
+if env.str("TEST_DB_NAME", default=""):
+    # Tests that start real processes need a database those processes can open:
+    # a file for SQLite, a known name for PostgreSQL.
+    DATABASES["default"]["TEST"]["NAME"] = env.str("TEST_DB_NAME")
+IS_SQLITE = DATABASES["default"]["ENGINE"].endswith("sqlite3")
+IS_POSTGRES = "postgresql" in DATABASES["default"]["ENGINE"]
+if IS_SQLITE:
+    # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock
+    # at BEGIN so two writers queue on busy_timeout instead of deadlocking.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+elif IS_POSTGRES:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: broker, channel layer, cache ----------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("CHANNEL_PREFIX", default="asgi")},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # No layer: streams fall back to polling the event log (see observability.tail).
+    CHANNEL_LAYERS = {}
+
+Q_CLUSTER = {
+    "name": env.str("Q_CLUSTER_NAME", default="agentfield"),
+    "workers": env.int("Q_WORKERS", default=4),
+    "timeout": env.int("Q_TIMEOUT", default=300),
+    # Must stay above timeout (checked by agentfield.E002), else django-q2 runs a
+    # task a second time while the first is still going.
+    "retry": env.int("Q_RETRY", default=360),
+    "max_attempts": 0,
+    "ack_failures": True,
+    "catch_up": False,
+    "poll": env.float("Q_POLL", default=0.05),
+    "guard_cycle": 0.5,
+    "save_limit": 1000,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Auth, API -------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "admin:login"
+# Keys from the environment, comma separated; more are created in the admin.
+API_KEYS = env.list("API_KEYS", default=[])
+MAX_BODY_BYTES = env.int("MAX_BODY_BYTES", default=1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["agentfield_site.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["agentfield_site.auth.HasApiKeyIfConfigured"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "agentfield_site.lib.api.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AgentField control plane",
+    "DESCRIPTION": "AgentField-compatible control-plane API: executions, agent nodes, webhooks, streams.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- The product's own knobs -------------------------------------------------
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")
+AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=90.0)
+EXECUTION_TIMEOUT = env.float("EXECUTION_TIMEOUT", default=3600.0)
+EXECUTION_QUEUE_LIMIT = env.int("EXECUTION_QUEUE_LIMIT", default=10_000)
+DISPATCH_LEASE_SECONDS = env.float("DISPATCH_LEASE_SECONDS", default=AGENT_CALL_TIMEOUT + 30)
+NODE_OFFLINE_AFTER = env.float("NODE_OFFLINE_AFTER", default=30.0)
+IDEMPOTENCY_WINDOW_HOURS = env.int("IDEMPOTENCY_WINDOW_HOURS", default=24)
+EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=7.0)
+
+# The sweeper: one long-running django-q2 task at a time (a lease guards it)
+# that ticks over due retries, expired leases and stale rows.
+SWEEP_TICK_SECONDS = env.float("SWEEP_TICK_SECONDS", default=0.5)
+SWEEP_RUN_SECONDS = env.float("SWEEP_RUN_SECONDS", default=55.0)
+SWEEP_LEASE_SECONDS = env.float("SWEEP_LEASE_SECONDS", default=10.0)
+
+WEBHOOK_RETRY_SCHEDULE = [float(s) for s in env.list("WEBHOOK_RETRY_SCHEDULE", default=["5", "30", "120", "600", "1800"])]
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
+WEBHOOK_RESPONSE_BODY_LIMIT = env.int("WEBHOOK_RESPONSE_BODY_LIMIT", default=16 * 1024)
+WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
+WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=WEBHOOK_TIMEOUT + 20)
+WEBHOOK_BATCH_SIZE = env.int("WEBHOOK_BATCH_SIZE", default=200)
+WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=32)
+WEBHOOK_DISABLE_AFTER_DAYS = env.float("WEBHOOK_DISABLE_AFTER_DAYS", default=5.0)
+
+OBSERVABILITY_BATCH_SIZE = env.int("OBSERVABILITY_BATCH_SIZE", default=10)
+OBSERVABILITY_FLUSH_INTERVAL = env.float("OBSERVABILITY_FLUSH_INTERVAL", default=1.0)
+OBSERVABILITY_RETRY_SCHEDULE = [float(s) for s in env.list("OBSERVABILITY_RETRY_SCHEDULE", default=["1", "5"])]
+
+STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15.0)
+STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.25)
+STREAM_CLIENT_BUFFER = env.int("STREAM_CLIENT_BUFFER", default=1000)
+
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# --- Static files, i18n, logging ---------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django_q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")}},
+}

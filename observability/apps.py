@@ -1,0 +1,28 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class ObservabilityConfig(AppConfig):
+    name = "observability"
+    verbose_name = "Event log and streams"
+
+    def ready(self) -> None:
+        from django_q.signals import post_spawn
+
+        from . import retention, sweeper
+
+        sweeper.ticks.append(retention.prune_if_due)
+        post_spawn.connect(_on_worker_start, dispatch_uid="observability.sweeper.kick")
+        post_migrate.connect(_on_migrate, sender=self)
+
+
+def _on_worker_start(sender, proc_name: str, **kwargs) -> None:
+    from . import sweeper
+
+    sweeper.kick()
+
+
+def _on_migrate(sender, **kwargs) -> None:
+    from . import sweeper
+
+    sweeper.ensure_schedule()

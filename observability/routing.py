@@ -1,0 +1,3 @@
+"""WebSocket routes (filled in by the streams work)."""
+
+websocket_urlpatterns: list = []

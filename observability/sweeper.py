@@ -1,0 +1,77 @@
+"""The sweeper: one long-running django-q2 task that ticks over time-driven work.
+
+Due retries, expired leases, stale executions, forwarder flushes and retention all
+depend on the clock rather than on a request, so something must look at them
+regularly. django-q2's scheduler only wakes every 30 s, too coarse for a 5 s retry,
+so the scheduled task (every minute) runs a loop of short ticks for most of a
+minute. A lease keeps it to one sweeper at a time across every qcluster; if its
+process dies the lease lapses and the next kick, schedule or worker start takes over.
+
+Apps add their tick functions to `ticks` in `AppConfig.ready`.
+"""
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from . import leases
+
+log = logging.getLogger(__name__)
+
+LEASE = "sweeper"
+TASK = "observability.sweeper.run"
+ticks: list[Callable[[], None]] = []
+
+
+def run(seconds: float | None = None) -> int:
+    """Hold the sweeper lease and tick until `seconds` pass; returns ticks run."""
+    seconds = settings.SWEEP_RUN_SECONDS if seconds is None else seconds
+    holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < deadline:
+        if not leases.acquire(LEASE, holder, settings.SWEEP_LEASE_SECONDS):
+            # Someone else sweeps; wait in case their lease lapses within our window.
+            time.sleep(settings.SWEEP_TICK_SECONDS)
+            continue
+        tick_once()
+        count += 1
+        close_old_connections()
+        time.sleep(settings.SWEEP_TICK_SECONDS)
+    leases.release(LEASE, holder)
+    # Hand over to a successor at once rather than waiting for the minute schedule.
+    kick()
+    return count
+
+
+def tick_once() -> None:
+    """Run every registered tick; one failing tick does not stop the others."""
+    for tick in ticks:
+        try:
+            tick()
+        except Exception:
+            log.exception("sweeper tick %s failed", getattr(tick, "__qualname__", tick))
+
+
+def kick() -> None:
+    """Start a sweeper task unless one holds the lease."""
+    if leases.is_held(LEASE):
+        return
+    from django_q.tasks import async_task
+
+    async_task(TASK, task_name="sweeper", q_options={"timeout": settings.Q_CLUSTER["timeout"]})
+
+
+def ensure_schedule() -> None:
+    """The minute schedule that restarts the sweeper whenever none runs."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name="sweeper",
+        defaults={"func": "observability.sweeper.kick", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+    )

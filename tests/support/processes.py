@@ -1,0 +1,156 @@
+"""Start and kill real processes (daphne, qcluster, the demo agent) in tests.
+
+Every process gets the test database's connection string, short sweeper and retry
+timings, and loopback in the webhook allow-list. Loops that wait are bounded.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - report the last one on timeout
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
+
+
+def database_url() -> str:
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    host = s.get("HOST") or "127.0.0.1"
+    port = s.get("PORT") or 5432
+    user = s.get("USER") or "postgres"
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{host}:{port}/{s['NAME']}"
+
+
+class Proc:
+    def __init__(self, name: str, popen: subprocess.Popen, log_path: Path, port: int | None = None) -> None:
+        self.name, self.popen, self.log_path, self.port = name, popen, log_path, port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no cleanup, as in a crash."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ProcessEnv:
+    """A set of child processes sharing one environment and one database."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env = env
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+
+    @classmethod
+    def for_current_database(cls, tmp: Path) -> "ProcessEnv":
+        env = dict(os.environ)
+        env.update(
+            {
+                "DATABASE_URL": database_url(),
+                "TEST_DB_NAME": "",
+                "DEBUG": "false",
+                "PYTHONUNBUFFERED": "1",
+                "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "SWEEP_TICK_SECONDS": "0.1",
+                "SWEEP_LEASE_SECONDS": "2",
+                "SWEEP_RUN_SECONDS": "20",
+                "Q_TIMEOUT": "60",
+                "Q_RETRY": "90",
+                "Q_WORKERS": "3",
+                "WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.6",
+                "WEBHOOK_LEASE_SECONDS": "3",
+                "DISPATCH_LEASE_SECONDS": "3",
+                "AGENT_CALL_TIMEOUT": "10",
+                "OBSERVABILITY_RETRY_SCHEDULE": "0.2,0.4",
+                "STREAM_POLL_SECONDS": "0.1",
+                "LOG_LEVEL": "INFO",
+            }
+        )
+        return cls(env, tmp)
+
+    def _start(self, name: str, args: list[str], port: int | None = None, extra_env: dict | None = None) -> Proc:
+        log_path = self.tmp / f"{name}-{len(self.procs)}.log"
+        env = {**self.env, **(extra_env or {})}
+        popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        proc = Proc(name, popen, log_path, port)
+        self.procs.append(proc)
+        return proc
+
+    def daphne(self, extra_env: dict | None = None) -> Proc:
+        port = free_port()
+        proc = self._start(
+            "daphne",
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "agentfield_site.asgi:application"],
+            port,
+            extra_env,
+        )
+        wait_for(lambda: requests.get(f"{proc.url}/health", timeout=1).ok, what=f"daphne on {port}\n{proc.log()}")
+        return proc
+
+    def worker(self, extra_env: dict | None = None) -> Proc:
+        return self._start("qcluster", [sys.executable, "manage.py", "qcluster"], None, extra_env)
+
+    def demo_agent(self, control_plane_url: str, node_id: str = "analyzer", extra_env: dict | None = None) -> Proc:
+        port = free_port()
+        proc = self._start(
+            "agent",
+            [sys.executable, "-m", "demo_agent", "--port", str(port), "--node-id", node_id, "--server", control_plane_url],
+            port,
+            extra_env,
+        )
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
