@@ -24,6 +24,7 @@ from . import leases
 log = logging.getLogger(__name__)
 
 LEASE = "sweeper"
+KICK_LEASE = "sweeper-kick"
 TASK = "observability.sweeper.run"
 ticks: list[Callable[[], None]] = []
 
@@ -34,9 +35,16 @@ def run(seconds: float | None = None) -> int:
     holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + seconds
     count = 0
+    waiting_since: float | None = None
     while time.monotonic() < deadline:
         if not leases.acquire(LEASE, holder, settings.SWEEP_LEASE_SECONDS):
-            # Someone else sweeps; wait in case their lease lapses within our window.
+            if count:
+                return count  # another sweeper took over after we stalled; it carries on
+            # The holder may be a process killed a moment ago whose lease has not
+            # lapsed yet: wait out one lease period, then leave the live one alone.
+            waiting_since = waiting_since or time.monotonic()
+            if time.monotonic() - waiting_since > settings.SWEEP_LEASE_SECONDS:
+                return 0
             time.sleep(settings.SWEEP_TICK_SECONDS)
             continue
         tick_once()
@@ -44,8 +52,9 @@ def run(seconds: float | None = None) -> int:
         close_old_connections()
         time.sleep(settings.SWEEP_TICK_SECONDS)
     leases.release(LEASE, holder)
-    # Hand over to a successor at once rather than waiting for the minute schedule.
-    kick()
+    # Only the holder gets here: hand over to one successor at once rather than
+    # waiting for the minute schedule.
+    _enqueue()
     return count
 
 
@@ -59,9 +68,14 @@ def tick_once() -> None:
 
 
 def kick() -> None:
-    """Start a sweeper task unless one holds the lease."""
+    """Start a sweeper task unless one runs; at most one kick per lease period."""
     if leases.is_held(LEASE):
         return
+    if leases.acquire(KICK_LEASE, uuid.uuid4().hex, settings.SWEEP_LEASE_SECONDS):
+        _enqueue()
+
+
+def _enqueue() -> None:
     from django_q.tasks import async_task
 
     async_task(TASK, task_name="sweeper", q_options={"timeout": settings.Q_CLUSTER["timeout"]})
