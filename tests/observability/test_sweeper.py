@@ -1,0 +1,57 @@
+import pytest
+from django.utils import timezone
+
+from observability import leases, sweeper
+from observability.models import Lease
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lease_has_one_holder_until_it_lapses(settings):
+    assert leases.acquire("job", "a", 30)
+    assert leases.acquire("job", "a", 30), "the holder renews"
+    assert not leases.acquire("job", "b", 30)
+    Lease.objects.filter(name="job").update(expires_at=timezone.now() - timezone.timedelta(seconds=1))
+    assert leases.acquire("job", "b", 30), "a lapsed lease is taken over"
+    leases.release("job", "b")
+    assert not leases.is_held("job")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweeper_runs_every_tick_and_survives_a_failing_one(settings, monkeypatch):
+    settings.SWEEP_TICK_SECONDS = 0.01
+    calls = []
+
+    def broken():
+        raise ValueError("boom")
+
+    monkeypatch.setattr(sweeper, "ticks", [broken, lambda: calls.append(1)])
+    monkeypatch.setattr(sweeper, "_enqueue", lambda: calls.append("successor"))
+    ran = sweeper.run(seconds=0.2)
+    assert ran >= 3
+    assert calls.count(1) == ran
+    assert calls[-1] == "successor", "the holder hands over to one successor"
+    assert not leases.is_held(sweeper.LEASE)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_second_sweeper_leaves_a_live_holder_alone(settings, monkeypatch):
+    settings.SWEEP_TICK_SECONDS = 0.01
+    settings.SWEEP_LEASE_SECONDS = 0.1
+    monkeypatch.setattr(sweeper, "ticks", [])
+    monkeypatch.setattr(sweeper, "_enqueue", lambda: None)
+    # A live holder keeps renewing for longer than the waiter's patience.
+    assert leases.acquire(sweeper.LEASE, "other", 60)
+    assert sweeper.run(seconds=5) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_kick_enqueues_once_per_lease_period(settings, monkeypatch):
+    enqueued = []
+    monkeypatch.setattr(sweeper, "_enqueue", lambda: enqueued.append(1))
+    sweeper.kick()
+    sweeper.kick()
+    assert enqueued == [1]
+    assert leases.acquire(sweeper.LEASE, "live", 60)
+    Lease.objects.filter(name=sweeper.KICK_LEASE).delete()
+    sweeper.kick()
+    assert enqueued == [1], "no kick while a sweeper holds the lease"
