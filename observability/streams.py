@@ -1,0 +1,144 @@
+"""Server-Sent Events: the live event streams of the contract ("Live streams").
+
+Async views that return a StreamingHttpResponse over an async generator, so an open
+stream costs daphne a coroutine and a bounded queue, not a thread. Each stream is a
+`tail.Subscription`: replay from `Last-Event-ID` (or `?last_event_id=`), then live,
+in id order, without gaps or duplicates.
+"""
+
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+
+from agentfield_site.auth import is_allowed, raw_key_from
+from agentfield_site.lib.api import error_response
+
+from .models import PlatformEvent
+from .stream_filters import EventFilter, FilterError, parse_filters
+from .tail import TERMINAL_EXECUTION_TYPES, get_tailer, run_db
+
+RETRY_MS = 3000
+EXECUTION_SCOPE = ("execution", "webhook")
+NODE_SCOPE = ("node",)
+
+
+class BadStreamRequest(ValueError):
+    """A request parameter a stream cannot use; becomes a 400."""
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> int | None:
+    """The resume point: the header (what EventSource sends on reconnect) wins over the query."""
+    raw = (header or "").strip() or (query or "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 19:
+        raise BadStreamRequest("last_event_id must be a non-negative integer event id.")
+    return int(raw)
+
+
+def _authorized(request: HttpRequest, raw_key: str) -> bool:
+    # Read the session user here, on the streams' pool, rather than through
+    # request.user in the request's own thread: that thread (and its database
+    # connection) would then live as long as the stream.
+    return is_allowed(get_user(request), raw_key)
+
+
+async def authorize(request: HttpRequest) -> JsonResponse | None:
+    """None when the caller may read streams, else the contract's 401."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    raw_key = raw_key_from(headers, request.GET)
+    if await run_db(_authorized, request, raw_key):
+        return None
+    return error_response(
+        401,
+        "unauthorized",
+        "A valid API key is required: send X-API-Key, Authorization: Bearer, or ?api_key=.",
+    )
+
+
+def _sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    # Proxies such as nginx would otherwise buffer the stream until it ends.
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _events(
+    flt: EventFilter, last_event_id: int | None, *, until_terminal: bool = False, announce_gaps: bool = True
+) -> AsyncIterator[bytes]:
+    # Subscribing inside the generator ties the subscription's life to the body:
+    # Django cancels the generator when the client goes, and `finally` lets go.
+    yield f"retry: {RETRY_MS}\n\n".encode()
+    sub = await get_tailer().subscribe(flt, last_event_id, announce_gaps=announce_gaps)
+    try:
+        while True:
+            event = await sub.next_event(settings.STREAM_KEEPALIVE_SECONDS)
+            if event is None:
+                yield b": keep-alive\n\n"
+                continue
+            yield event.sse
+            if until_terminal and event.is_terminal:
+                return
+    finally:
+        sub.close()
+
+
+async def _open_stream(request: HttpRequest, scope: tuple[str, ...]) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return error_response(405, "method_not_allowed", f"{request.method} is not allowed on a stream; use GET.")
+    denied = await authorize(request)
+    if denied is not None:
+        return denied
+    try:
+        flt = parse_filters(request.GET, sources=scope)
+        last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"), request.GET.get("last_event_id"))
+    except (FilterError, BadStreamRequest) as exc:
+        return error_response(400, "bad_request", str(exc))
+    return _sse_response(_events(flt, last_event_id))
+
+
+async def execution_events(request: HttpRequest) -> HttpResponse:
+    """GET /api/ui/v1/executions/events: execution and webhook events, live."""
+    return await _open_stream(request, EXECUTION_SCOPE)
+
+
+async def node_events(request: HttpRequest) -> HttpResponse:
+    """GET /api/ui/v1/nodes/events: node events only."""
+    return await _open_stream(request, NODE_SCOPE)
+
+
+def _history(execution_id: str) -> tuple[bool, int | None]:
+    """Whether the execution has events, and the id of its terminal event if it ended."""
+    events = PlatformEvent.objects.filter(execution_id=execution_id)
+    terminal = events.filter(type__in=TERMINAL_EXECUTION_TYPES).order_by("id").values_list("id", flat=True).first()
+    return terminal is not None or events.exists(), terminal
+
+
+async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpResponse:
+    """GET /api/v1/executions/{id}/events: its whole history, then live until it ends."""
+    if request.method not in ("GET", "HEAD"):
+        return error_response(405, "method_not_allowed", f"{request.method} is not allowed on a stream; use GET.")
+    denied = await authorize(request)
+    if denied is not None:
+        return denied
+    try:
+        last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"), request.GET.get("last_event_id"))
+    except BadStreamRequest as exc:
+        return error_response(400, "bad_request", str(exc))
+    known, terminal_id = (False, None) if len(execution_id) > 64 else await run_db(_history, execution_id)
+    if not known:
+        return error_response(404, "not_found", f"No events for execution {execution_id!r}.", error_category="not_found")
+    if terminal_id is not None and last_event_id is not None and last_event_id >= terminal_id:
+        # The client already has the end: 204 tells EventSource to stop reconnecting.
+        return HttpResponse(status=204)
+    flt = EventFilter(execution_id=execution_id)
+    body = _events(
+        flt,
+        0 if last_event_id is None else last_event_id,
+        until_terminal=True,
+        announce_gaps=last_event_id is not None,
+    )
+    return _sse_response(body)

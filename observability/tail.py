@@ -1,0 +1,347 @@
+"""One tail of the event log per server process, fanned out to its open streams.
+
+The database log is the truth. A `Tailer` reads `id > cursor` and hands each new
+event to every subscribed stream of this process (SSE and WebSocket alike); a
+wake-up on the channel layer (when REDIS_URL configures one) makes it read at once,
+and it polls every STREAM_POLL_SECONDS regardless, so a lost wake-up costs latency
+and never an event. `publish()` commits ids in order (an advisory lock on
+PostgreSQL, the single writer on SQLite), so `id > cursor` never skips a late commit.
+
+A subscription holds a bounded queue (STREAM_CLIENT_BUFFER). A client too slow to
+keep up is marked lagging instead of growing the queue: it drops what it holds and
+re-reads the log from its own last id, so memory stays bounded and nothing is lost.
+
+Every database read of the streams runs on one small thread pool (`run_db`) so that
+a thousand open streams hold a handful of connections, not a thousand.
+"""
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Max, Min
+
+from .models import PlatformEvent
+from .stream_filters import EventFilter
+
+log = logging.getLogger(__name__)
+
+WAKE_GROUP = "observability.events"
+PAGE_SIZE = 500
+# Channel-layer group membership expires (channels-redis: a day); re-join well before.
+_REJOIN_SECONDS = 3600.0
+TERMINAL_EXECUTION_TYPES = frozenset(
+    {"execution.completed", "execution.failed", "execution.cancelled", "execution.timeout"}
+)
+
+T = TypeVar("T")
+_db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="streams-db")
+
+
+def _with_fresh_connection(fn: Callable[..., T], *args: Any) -> T:
+    # These threads live as long as the process, outside any request cycle: drop a
+    # connection that is broken or past CONN_MAX_AGE before and after each use.
+    close_old_connections()
+    try:
+        return fn(*args)
+    finally:
+        close_old_connections()
+
+
+async def run_db(fn: Callable[..., T], *args: Any) -> T:
+    """Run a synchronous ORM function on the streams' bounded thread pool."""
+    return await sync_to_async(_with_fresh_connection, thread_sensitive=False, executor=_db_pool)(fn, *args)
+
+
+@dataclass(eq=False)
+class TailedEvent:
+    """One event as the streams send it; each wire form is encoded once, for all clients."""
+
+    id: int
+    type: str
+    doc: dict
+    _sse: bytes = field(default=b"", repr=False)
+    _json: str = field(default="", repr=False)
+
+    @classmethod
+    def from_row(cls, row: PlatformEvent) -> "TailedEvent":
+        return cls(id=row.id, type=row.type, doc=row.as_document())
+
+    @property
+    def sse(self) -> bytes:
+        """The SSE frame: `id`, dotted `event`, and `data` with the SDK's underscore type."""
+        if not self._sse:
+            data = {**self.doc, "type": self.type.replace(".", "_")}
+            self._sse = f"id: {self.id}\nevent: {self.type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+        return self._sse
+
+    @property
+    def json(self) -> str:
+        """The WebSocket frame: the event document itself."""
+        if not self._json:
+            self._json = json.dumps(self.doc, separators=(",", ":"))
+        return self._json
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in TERMINAL_EXECUTION_TYPES
+
+
+def stream_reset(reason: str, *, last_event_id: int, resume_after: int) -> TailedEvent:
+    """The synthetic first event of a stream whose resume point the log no longer holds."""
+    return TailedEvent(
+        id=resume_after,
+        type="stream.reset",
+        doc={
+            "id": resume_after,
+            "type": "stream.reset",
+            "source": "stream",
+            "data": {"reason": reason, "last_event_id": last_event_id, "resume_after": resume_after},
+        },
+    )
+
+
+def _read_after(cursor: int, flt: EventFilter | None, limit: int) -> list[TailedEvent]:
+    rows = PlatformEvent.objects.filter(id__gt=cursor)
+    if flt is not None:
+        rows = rows.filter(flt.q())
+    return [TailedEvent.from_row(row) for row in rows.order_by("id")[:limit]]
+
+
+def _bounds() -> tuple[int | None, int | None]:
+    agg = PlatformEvent.objects.aggregate(lo=Min("id"), hi=Max("id"))
+    return agg["lo"], agg["hi"]
+
+
+def _max_id() -> int:
+    return PlatformEvent.objects.aggregate(hi=Max("id"))["hi"] or 0
+
+
+class Subscription:
+    """One open stream: its filter, its position (`cursor`), and a bounded queue."""
+
+    def __init__(self, tailer: "Tailer", flt: EventFilter, cursor: int | None) -> None:
+        self.tailer = tailer
+        self.filter = flt
+        self.cursor = cursor or 0
+        self.queue: asyncio.Queue[TailedEvent] = asyncio.Queue(maxsize=settings.STREAM_CLIENT_BUFFER)
+        self.lagging = False
+        self._pending: deque[TailedEvent] = deque()
+        self._needs_replay = cursor is not None
+        self.overflows = 0
+
+    def offer(self, event: TailedEvent) -> None:
+        """Called by the tailer; never blocks, never grows past the buffer."""
+        if self.lagging or not self.filter.matches(event.doc):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagging = True
+            self.overflows += 1
+
+    def prepend(self, event: TailedEvent) -> None:
+        """Send `event` before anything else (the `stream.reset` notice)."""
+        self._pending.appendleft(event)
+
+    async def next_event(self, timeout: float) -> TailedEvent | None:
+        """The next event after `cursor`, in id order; None after `timeout` of silence."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._pending:
+                event = self._pending.popleft()
+                if event.id > self.cursor or event.type == "stream.reset":
+                    self.cursor = max(self.cursor, event.id)
+                    return event
+                continue
+            if self._needs_replay or self.lagging:
+                # Re-arm the live queue first, then read: anything committed before the
+                # read is in it, anything later is offered to the queue; ids dedupe.
+                self.lagging = False
+                self._needs_replay = False
+                while not self.queue.empty():
+                    self.queue.get_nowait()
+                page = await run_db(_read_after, self.cursor, self.filter, PAGE_SIZE)
+                self._pending.extend(page)
+                self._needs_replay = len(page) == PAGE_SIZE
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                event = await asyncio.wait_for(self.queue.get(), remaining)
+            except TimeoutError:
+                return None
+            if event.id > self.cursor:
+                self.cursor = event.id
+                return event
+
+    def close(self) -> None:
+        self.tailer.unsubscribe(self)
+
+
+class Tailer:
+    """The per-process reader of the log; runs while at least one stream is open."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.cursor = 0
+        self.subscribers: set[Subscription] = set()
+        self.running = False
+        self._ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._wake_task: asyncio.Task | None = None
+
+    async def subscribe(
+        self, flt: EventFilter, last_event_id: int | None, *, announce_gaps: bool = True
+    ) -> Subscription:
+        """Register a stream. Without `last_event_id` it starts live (now); with one it
+        replays every matching event after that id first, after a `stream.reset` when
+        `announce_gaps` and the log no longer reaches back that far (or never got there)."""
+        sub = Subscription(self, flt, last_event_id)
+        self.subscribers.add(sub)
+        if not self.running:
+            self.running = True
+            self._ready = asyncio.Event()
+            self._task = self.loop.create_task(self._run())
+        try:
+            await self._ready.wait()
+            if last_event_id is None:
+                sub.cursor = self.cursor
+            elif announce_gaps:
+                await self._check_resume_point(sub, last_event_id)
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
+        return sub
+
+    async def _check_resume_point(self, sub: Subscription, last_event_id: int) -> None:
+        lo, hi = await run_db(_bounds)
+        if lo is not None and last_event_id < lo - 1:
+            sub.cursor = lo - 1
+            sub.prepend(
+                stream_reset(
+                    "Events after last_event_id were pruned; resuming from the oldest stored event.",
+                    last_event_id=last_event_id,
+                    resume_after=lo - 1,
+                )
+            )
+        elif last_event_id > max(hi or 0, self.cursor):
+            # An id this log never issued (the database was rebuilt): start live.
+            sub.cursor = max(hi or 0, self.cursor)
+            sub.prepend(
+                stream_reset(
+                    "last_event_id is ahead of the event log; resuming from now.",
+                    last_event_id=last_event_id,
+                    resume_after=sub.cursor,
+                )
+            )
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscribers.discard(sub)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    self.cursor = await run_db(_max_id)
+                    break
+                except Exception:
+                    log.exception("event tail: cannot read the log; retrying")
+                    await asyncio.sleep(settings.STREAM_POLL_SECONDS)
+            self._ready.set()
+            if settings.CHANNEL_LAYERS:
+                self._wake_task = self.loop.create_task(self._listen_for_wakeups())
+            while self.subscribers:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), settings.STREAM_POLL_SECONDS)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                await self._read_and_fan_out()
+        finally:
+            self.running = False
+            if self._wake_task is not None:
+                self._wake_task.cancel()
+                self._wake_task = None
+
+    async def _read_and_fan_out(self) -> None:
+        while self.subscribers:
+            try:
+                page = await run_db(_read_after, self.cursor, None, PAGE_SIZE)
+            except Exception:
+                log.exception("event tail: read failed; retrying at the next poll")
+                return
+            for event in page:
+                self.cursor = event.id
+                for sub in tuple(self.subscribers):
+                    sub.offer(event)
+            if len(page) < PAGE_SIZE:
+                return
+            # Let the streams drain between pages of a large backlog.
+            await asyncio.sleep(0)
+
+    async def _listen_for_wakeups(self) -> None:
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        channel = ""
+        while True:
+            try:
+                channel = await layer.new_channel("events-tail.")
+                await layer.group_add(WAKE_GROUP, channel)
+                joined = self.loop.time()
+                while self.loop.time() - joined < _REJOIN_SECONDS:
+                    await layer.receive(channel)
+                    self._wake.set()
+            except asyncio.CancelledError:
+                if channel:
+                    try:
+                        await asyncio.shield(layer.group_discard(WAKE_GROUP, channel))
+                    except Exception:  # noqa: BLE001 - the group entry expires anyway
+                        log.debug("event tail: could not leave the wake-up group", exc_info=True)
+                raise
+            except Exception:
+                log.warning("event tail: wake-up channel failed; polling until it is back", exc_info=True)
+                await asyncio.sleep(max(settings.STREAM_POLL_SECONDS, 1.0))
+
+
+_tailer: Tailer | None = None
+
+
+def get_tailer() -> Tailer:
+    """This process's tailer, bound to the running event loop (daphne has one)."""
+    global _tailer
+    loop = asyncio.get_running_loop()
+    if _tailer is None or _tailer.loop is not loop:
+        _tailer = Tailer(loop)
+    return _tailer
+
+
+def send_wakeup(last_id: int) -> None:
+    """`events.after_commit` listener: tell every tailer that the log grew.
+
+    Best effort by design: the tailers poll anyway, so a failure here is logged and
+    swallowed rather than failing the transaction's caller.
+    """
+    if not settings.CHANNEL_LAYERS:
+        return
+    from channels.layers import get_channel_layer
+
+    try:
+        async_to_sync(get_channel_layer().group_send)(WAKE_GROUP, {"type": "events.wake", "last_id": last_id})
+    except Exception:  # noqa: BLE001 - a lost wake-up costs latency only
+        log.warning("could not send the event wake-up; streams will poll", exc_info=True)
