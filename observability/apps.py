@@ -9,9 +9,11 @@ class ObservabilityConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
-        from . import retention, sweeper
+        from . import events, retention, sweeper, tail
 
         sweeper.ticks.append(retention.prune_if_due)
+        # Streams in every server process re-read the log when it grows.
+        events.after_commit.append(tail.send_wakeup)
         post_spawn.connect(_on_worker_start, dispatch_uid="observability.sweeper.kick")
         post_migrate.connect(_on_migrate, sender=self)
 
