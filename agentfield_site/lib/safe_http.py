@@ -1,0 +1,261 @@
+"""The HTTP client for user-supplied URLs (webhooks, collectors): no SSRF, no redirects.
+
+The address check happens when the socket connects, on the addresses actually
+resolved then, so a name that resolved to a public address at registration and to
+169.254.169.254 later (DNS rebinding) is still refused. The connection goes to the
+checked IP while Host and TLS SNI keep the hostname. `settings.WEBHOOK_ALLOWED_HOSTS`
+lists hostnames a deployment trusts (tests and the demo allow loopback that way).
+"""
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import connection as urllib3_connection
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class UnsafeURL(ValueError):
+    """The URL may not be called: bad scheme, credentials, or a blocked address."""
+
+
+def _normal_host(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()
+
+
+def is_allowed_host(host: str) -> bool:
+    """True for hostnames listed in WEBHOOK_ALLOWED_HOSTS (exempt from the address check)."""
+    allowed = {_normal_host(h) for h in getattr(settings, "WEBHOOK_ALLOWED_HOSTS", []) if h}
+    return _normal_host(host) in allowed
+
+
+def blocked_reason(ip: IPAddress) -> str | None:
+    """Why an address may not be called, or None when it is a public unicast address."""
+    embedded = None
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if ip in ipaddress.IPv6Network("64:ff9b::/96"):  # NAT64 carries an IPv4 address
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if embedded is not None:
+        reason = blocked_reason(embedded)
+        if reason:
+            return f"{reason} (embedded in {ip})"
+    for test, word in (
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_private, "private"),
+        (ip.is_reserved, "reserved"),
+    ):
+        if test:
+            return f"{word} address {ip}"
+    # is_global is False for what the flags above miss: CGNAT 100.64/10,
+    # documentation and benchmarking ranges and other special-purpose blocks.
+    if not ip.is_global:
+        return f"non-public address {ip}"
+    return None
+
+
+def _resolve(host: str, port: int) -> list[tuple]:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+def _check_resolved(host: str, infos: list[tuple]) -> None:
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        reason = blocked_reason(ip)
+        if reason:
+            raise UnsafeURL(f"{host} resolves to a blocked {reason}")
+
+
+def check_url(url: str) -> None:
+    """Refuse URLs that must never be called; raise `UnsafeURL` with the reason.
+
+    Registration-time check. A hostname that does not resolve now is accepted:
+    the connect-time check stays the authority, since DNS can change anyway.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURL(f"not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeURL("the URL scheme must be http or https")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise UnsafeURL("credentials are not allowed in the URL")
+    host = parts.hostname
+    if not host:
+        raise UnsafeURL("the URL has no host")
+    if is_allowed_host(host):
+        return
+    try:
+        ip = ipaddress.ip_address(_normal_host(host))
+    except ValueError:
+        ip = None
+    if ip is not None:
+        reason = blocked_reason(ip)
+        if reason:
+            raise UnsafeURL(f"blocked {reason}")
+        return
+    try:
+        infos = _resolve(host, port or (443 if parts.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError):
+        return
+    _check_resolved(host, infos)
+
+
+class _GuardedConnectionMixin:
+    """Resolve, check every address, then connect to a checked one."""
+
+    def _new_conn(self) -> socket.socket:
+        host = self._dns_host
+        if is_allowed_host(self.host):
+            candidates = None
+        else:
+            try:
+                infos = _resolve(host, self.port)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc
+            _check_resolved(self.host, infos)
+            candidates = [info[4][0] for info in infos]
+        targets = candidates or [host]
+        last_error: OSError | None = None
+        for target in targets:
+            try:
+                return urllib3_connection.create_connection(
+                    (target, self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except TimeoutError as exc:
+                raise ConnectTimeoutError(
+                    self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+                ) from exc
+            except OSError as exc:
+                last_error = exc
+        raise NewConnectionError(self, f"Failed to establish a new connection: {last_error}")
+
+
+class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class GuardedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = GuardedHTTPConnection
+
+
+class GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = GuardedHTTPSConnection
+
+
+class GuardedAdapter(HTTPAdapter):
+    """A keep-alive pooled adapter whose connections check addresses at connect time."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": GuardedHTTPConnectionPool,
+            "https": GuardedHTTPSConnectionPool,
+        }
+
+
+class GuardedSession(requests.Session):
+    """A session that never follows redirects, whatever a caller asks."""
+
+    def send(self, request, **kwargs):
+        kwargs["allow_redirects"] = False
+        return super().send(request, **kwargs)
+
+
+def new_session(pool_size: int | None = None) -> requests.Session:
+    """A session for user-supplied URLs: guarded connections, pooled keep-alive, no proxies."""
+    size = pool_size or max(int(getattr(settings, "WEBHOOK_CONCURRENCY", 10)), 10)
+    session = GuardedSession()
+    # Environment proxies would resolve the name themselves and bypass the check.
+    session.trust_env = False
+    adapter = GuardedAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+@dataclass
+class Outcome:
+    """What one request did; `status` is None when no HTTP response came back."""
+
+    status: int | None = None
+    headers: dict = field(default_factory=dict)
+    body: str = ""
+    error: str = ""
+    duration_ms: int = 0
+    retry_after: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def post(session: requests.Session, url: str, body: bytes, headers, timeout: float) -> Outcome:
+    """POST `body` once; never raises for network errors, never follows redirects."""
+    limit = int(getattr(settings, "WEBHOOK_RESPONSE_BODY_LIMIT", 16 * 1024))
+    started = time.monotonic()
+    outcome = Outcome()
+    try:
+        response = session.post(
+            url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+        )
+        try:
+            outcome.status = response.status_code
+            outcome.headers = dict(response.headers)
+            outcome.retry_after = response.headers.get("Retry-After")
+            received = bytearray()
+            truncated = False
+            for chunk in response.iter_content(8192):
+                received += chunk
+                if len(received) > limit:
+                    truncated = True
+                    break
+            outcome.body = bytes(received[:limit]).decode("utf-8", errors="replace")
+            if truncated:
+                # The rest is not read: drop this connection rather than drain it.
+                response.close()
+        except requests.RequestException as exc:
+            # Headers arrived but the body did not: keep the status, note the error.
+            outcome.error = f"error reading the response body: {exc}"
+            response.close()
+    except UnsafeURL as exc:
+        outcome.error = f"blocked: {exc}"
+    except requests.Timeout as exc:
+        outcome.error = f"timeout after {timeout:g}s: {exc}"
+    except requests.ConnectionError as exc:
+        outcome.error = f"connection error: {_root_cause(exc)}"
+    except requests.RequestException as exc:
+        outcome.error = f"request error: {exc}"
+    except ValueError as exc:
+        outcome.error = f"invalid request: {exc}"
+    outcome.duration_ms = int((time.monotonic() - started) * 1000)
+    return outcome
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        nxt = exc.__cause__ or exc.__context__
+        if isinstance(nxt, UnsafeURL):
+            return f"blocked: {nxt}"
+        exc = nxt
+    return str(exc)
