@@ -9,11 +9,14 @@ class ObservabilityConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
-        from . import events, retention, sweeper, tail
+        from . import events, forwarder, retention, sweeper, tail
 
         sweeper.ticks.append(retention.prune_if_due)
         # Streams in every server process re-read the log when it grows.
         events.after_commit.append(tail.send_wakeup)
+        # The collector forwarder: woken after each commit, caught up by the sweeper.
+        events.after_commit.append(forwarder.on_commit)
+        sweeper.ticks.append(forwarder.tick)
         post_spawn.connect(_on_worker_start, dispatch_uid="observability.sweeper.kick")
         post_migrate.connect(_on_migrate, sender=self)
 

@@ -53,3 +53,101 @@ class Lease(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ForwarderConfig(models.Model):
+    """The one collector the forwarder sends every platform event to (a singleton, pk=1)."""
+
+    SINGLETON_ID = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_ID, editable=False)
+    url = models.URLField(max_length=2048)
+    secret = models.CharField(max_length=512, blank=True)
+    headers = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    # Type patterns with `*` wildcards; empty means every event.
+    event_types = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "observability webhook"
+
+    def __str__(self) -> str:
+        return self.url
+
+    @classmethod
+    def current(cls) -> "ForwarderConfig | None":
+        return cls.objects.filter(pk=cls.SINGLETON_ID).first()
+
+
+class ForwarderState(models.Model):
+    """The forwarder's durable cursor and counters (a singleton, pk=1).
+
+    Kept apart from the configuration so that saving the configuration (the
+    admin writes every field) can never move the cursor back.
+    """
+
+    SINGLETON_ID = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_ID, editable=False)
+    # Id of the last event acknowledged by the collector, dead-lettered or filtered out.
+    cursor = models.BigIntegerField(default=0)
+    events_forwarded = models.BigIntegerField(default=0)
+    last_forwarded_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "observability forwarder state"
+
+    def __str__(self) -> str:
+        return f"cursor {self.cursor}"
+
+    @classmethod
+    def get(cls) -> "ForwarderState":
+        state, _ = cls.objects.get_or_create(pk=cls.SINGLETON_ID)
+        return state
+
+
+class ForwarderDeadLetter(models.Model):
+    """One event the collector did not take after every attempt; redrive sends it again.
+
+    A copy of the event as sent, so retention pruning the log cannot lose it.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.BigIntegerField(db_index=True)
+    event_type = models.CharField(max_length=64)
+    event_source = models.CharField(max_length=16)
+    event_timestamp = models.DateTimeField()
+    payload = models.JSONField(default=dict)
+    error_message = models.TextField(blank=True)
+    # Delivery attempts made for this event so far, redrives included.
+    retry_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "observability dead letter"
+
+    def __str__(self) -> str:
+        return f"event #{self.event_id} {self.event_type}"
+
+    def as_entry(self) -> dict:
+        """The contract's DLQ entry."""
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "event_source": self.event_source,
+            "event_timestamp": _iso(self.event_timestamp),
+            "payload": self.payload,
+            "error_message": self.error_message,
+            "retry_count": self.retry_count,
+            "created_at": _iso(self.created_at),
+        }
+
+
+def _iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

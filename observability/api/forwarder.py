@@ -1,0 +1,121 @@
+"""`/api/v1/settings/observability-webhook`: the collector configuration, status and dead letters.
+
+Thin views: they validate input and call `observability.forwarder`.
+"""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agentfield_site.lib.api import ApiError
+
+from .. import forwarder
+from ..models import ForwarderConfig, ForwarderDeadLetter
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+
+
+def _body(request: Request) -> dict:
+    if not isinstance(request.data, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object.")
+    return request.data
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name} must be a whole number.") from None
+    if value < 0 or (maximum is not None and value > maximum):
+        limit = f" and at most {maximum}" if maximum is not None else ""
+        raise ApiError(400, "bad_request", f"{name} must be at least 0{limit}.")
+    return value
+
+
+class ObservabilityWebhookView(APIView):
+    """The one collector configuration."""
+
+    @extend_schema(summary="The observability webhook configuration (never the secret)")
+    def get(self, request: Request) -> Response:
+        config = ForwarderConfig.current()
+        if config is None:
+            return Response({"configured": False})
+        return Response({"configured": True, "config": forwarder.config_document(config)})
+
+    @extend_schema(summary="Create or replace the observability webhook; an omitted secret is kept")
+    def post(self, request: Request) -> Response:
+        data = _body(request)
+        unknown = sorted(set(data) - {"url", "secret", "headers", "enabled", "event_types"})
+        if unknown:
+            raise ApiError(400, "bad_request", f"Unknown fields: {', '.join(unknown)}.")
+        enabled = data.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ApiError(400, "bad_request", "enabled must be true or false.")
+        try:
+            config = forwarder.configure(
+                url=forwarder.validate_url(data.get("url")),
+                secret=forwarder.validate_secret(data.get("secret")),
+                headers=forwarder.validate_headers(data.get("headers")),
+                enabled=enabled,
+                event_types=forwarder.validate_event_types(data.get("event_types")),
+            )
+        except forwarder.ConfigError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        return Response(
+            {
+                "success": True,
+                "message": "Observability webhook saved.",
+                "config": forwarder.config_document(config),
+            }
+        )
+
+    @extend_schema(summary="Remove the observability webhook; forwarding stops")
+    def delete(self, request: Request) -> Response:
+        if forwarder.unconfigure():
+            return Response({"success": True, "message": "Observability webhook removed."})
+        return Response({"success": True, "message": "No observability webhook was configured."})
+
+
+class ObservabilityStatusView(APIView):
+    @extend_schema(summary="Forwarder status: backlog, counters, last error")
+    def get(self, request: Request) -> Response:
+        return Response(forwarder.status())
+
+
+class ObservabilityDeadLettersView(APIView):
+    """Events the collector did not take, oldest first."""
+
+    @extend_schema(summary="List dead-lettered events, oldest first")
+    def get(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
+        offset = _int_param(request, "offset", 0)
+        rows = ForwarderDeadLetter.objects.order_by("id")[offset : offset + limit]
+        return Response(
+            {
+                "entries": [row.as_entry() for row in rows],
+                "total_count": ForwarderDeadLetter.objects.count(),
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+    @extend_schema(summary="Clear the dead letter queue")
+    def delete(self, request: Request) -> Response:
+        removed = forwarder.clear_dead_letters()
+        return Response(
+            {"success": True, "message": f"Removed {removed} dead letters.", "removed": removed}
+        )
+
+
+class ObservabilityRedriveView(APIView):
+    @extend_schema(summary="Send every dead letter again; delivered ones leave the queue")
+    def post(self, request: Request) -> Response:
+        try:
+            return Response(forwarder.redrive())
+        except forwarder.NotConfigured as exc:
+            raise ApiError(409, "not_configured", str(exc)) from None

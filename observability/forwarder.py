@@ -1,0 +1,743 @@
+"""The collector forwarder: every platform event, in id order, in signed batches.
+
+The event log is the queue. `ForwarderState.cursor` is the id of the last event
+that is done with (acknowledged by the collector, dead-lettered, or filtered out);
+it moves only after the collector answered 2xx or the batch went to the dead
+letter queue, in the same transaction as those dead letters. A worker killed
+mid-send therefore re-sends that batch on the next run: delivery is at least
+once. `batch_id` is derived from the events a batch carries, so a batch re-sent
+with the same events keeps its `webhook-id` and collectors can de-duplicate on it.
+
+One forwarder runs at a time (the "forwarder" lease), so batches are started in
+id order. Up to OBSERVABILITY_CONCURRENCY consecutive batches are in flight at
+once on keep-alive connections; the cursor only ever covers the contiguous prefix
+of finished batches, so a collector may see two neighbouring batches arrive out
+of order (each event carries its `event_id`), never a gap.
+
+Runs are started by `kick()`: after each committed event transaction (low
+latency) and from a sweeper tick (catch-up after downtime or a lost wake-up).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from agentfield_site.lib import backoff, safe_http, signing
+
+from . import leases
+from .models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
+
+log = logging.getLogger(__name__)
+
+LEASE = "forwarder"
+KICK_LEASE = "forwarder-kick"
+TASK = "observability.forwarder.run"
+USER_AGENT = "AgentField-Webhooks/0.1.0"
+# Events read per query: large, so the database is not the bottleneck at 5,000/s.
+READ_CHUNK = 2000
+# How often an idle run looks at the log, and how long it stays after draining:
+# events that follow within that time go out without a new task.
+POLL_SECONDS = 0.05
+LINGER_SECONDS = 3.0
+# At most one task enqueued per this many seconds by `kick()`.
+KICK_SECONDS = 1.0
+# `kick()` from every commit checks the configuration at most this often per process.
+CONFIG_CACHE_SECONDS = 1.0
+
+MAX_HEADERS = 20
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}$")
+_RESERVED_HEADERS = {
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-agentfield-signature",
+}
+_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.*\-]{1,64}$")
+ALL_TYPES = ["*"]
+
+
+class ConfigError(ValueError):
+    """A configuration the forwarder refuses; the message says why, for a 400."""
+
+
+class NotConfigured(RuntimeError):
+    """Redrive without a collector to send to."""
+
+
+# --- Configuration -------------------------------------------------------------
+
+
+def validate_headers(value: object) -> dict[str, str]:
+    """Custom headers: a JSON object of string values, no overriding of the signed ones."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError("headers must be a JSON object of header names to string values.")
+    if len(value) > MAX_HEADERS:
+        raise ConfigError(f"headers may hold at most {MAX_HEADERS} entries.")
+    clean: dict[str, str] = {}
+    for name, val in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise ConfigError(f"header name {name!r} is not a valid HTTP header name.")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ConfigError(f"header {name!r} is set by the forwarder and cannot be overridden.")
+        if not isinstance(val, str) or len(val) > 4096 or any(c in val for c in "\r\n\0"):
+            raise ConfigError(
+                f"header {name!r} must be a string of at most 4096 characters without line breaks."
+            )
+        clean[name] = val
+    return clean
+
+
+def validate_event_types(value: object) -> list[str]:
+    """Type patterns (`execution.*`, `node.online`, `*`); omitted means every event."""
+    if value is None:
+        return list(ALL_TYPES)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            'event_types must be a list of event type patterns, e.g. ["execution.*"].'
+        )
+    if not value:
+        raise ConfigError(
+            "event_types must list at least one pattern; omit it to forward every event."
+        )
+    for pattern in value:
+        if not _TYPE_PATTERN.match(pattern):
+            raise ConfigError(
+                f"event type pattern {pattern!r} may use only letters, digits, '.', '_', '-' and '*'."
+            )
+    return list(dict.fromkeys(value))
+
+
+def validate_url(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("url is required: the collector's http(s) address.")
+    url = value.strip()
+    if len(url) > 2048:
+        raise ConfigError("url is longer than 2048 characters.")
+    try:
+        safe_http.check_url(url)
+    except safe_http.UnsafeURL as exc:
+        raise ConfigError(f"url is not allowed: {exc}") from exc
+    return url
+
+
+def validate_secret(value: object) -> str | None:
+    """None keeps the stored secret; '' removes it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 512:
+        raise ConfigError("secret must be a string of at most 512 characters.")
+    return value
+
+
+def configure(
+    *,
+    url: str,
+    secret: str | None,
+    headers: dict[str, str],
+    enabled: bool,
+    event_types: list[str],
+) -> ForwarderConfig:
+    """Create or replace the collector configuration; `secret=None` keeps the old secret.
+
+    A new configuration forwards events from now on: the cursor starts at the
+    newest event, so a collector is not flooded with the whole retained log.
+    """
+    with transaction.atomic():
+        config = (
+            ForwarderConfig.objects.select_for_update()
+            .filter(pk=ForwarderConfig.SINGLETON_ID)
+            .first()
+        )
+        created = config is None
+        if created:
+            config = ForwarderConfig(pk=ForwarderConfig.SINGLETON_ID)
+        config.url = url
+        if secret is not None:
+            config.secret = secret
+        config.headers = headers
+        config.enabled = enabled
+        config.event_types = event_types
+        config.save()
+        if created:
+            newest = PlatformEvent.objects.aggregate(m=Max("id"))["m"] or 0
+            ForwarderState.objects.update_or_create(
+                pk=ForwarderState.SINGLETON_ID,
+                defaults={"cursor": newest, "last_error": "", "last_error_at": None},
+            )
+    _forget_cached_config()
+    return config
+
+
+def unconfigure() -> bool:
+    """Remove the configuration; forwarding stops. True when there was one."""
+    deleted = ForwarderConfig.objects.filter(pk=ForwarderConfig.SINGLETON_ID).delete()[0]
+    _forget_cached_config()
+    return bool(deleted)
+
+
+def config_document(config: ForwarderConfig) -> dict:
+    """The contract's `config` object: never the secret, only whether there is one."""
+    return {
+        "url": config.url,
+        "has_secret": bool(config.secret),
+        "headers": config.headers,
+        "enabled": config.enabled,
+        "event_types": config.event_types,
+        "created_at": _iso(config.created_at),
+        "updated_at": _iso(config.updated_at),
+    }
+
+
+def type_regex(patterns: Sequence[str]) -> str | None:
+    """One anchored regex for the patterns (None = every type); valid in Python, SQLite and PostgreSQL."""
+    if not patterns or "*" in patterns:
+        return None
+    parts = (re.escape(p).replace(r"\*", ".*") for p in patterns)
+    return "^(" + "|".join(parts) + ")$"
+
+
+def status() -> dict:
+    """The contract's `/status` document."""
+    config = ForwarderConfig.current()
+    state = ForwarderState.get()
+    events = PlatformEvent.objects.filter(id__gt=state.cursor)
+    regex = type_regex(config.event_types) if config else None
+    if regex:
+        events = events.filter(type__regex=regex)
+    return {
+        "enabled": bool(config and config.enabled),
+        "webhook_url": config.url if config else None,
+        "backlog": events.count() if config else 0,
+        "cursor": state.cursor,
+        "events_forwarded": state.events_forwarded,
+        "dead_letter_count": ForwarderDeadLetter.objects.count(),
+        "last_forwarded_at": _iso(state.last_forwarded_at),
+        "last_error": state.last_error or None,
+        "last_error_at": _iso(state.last_error_at),
+    }
+
+
+# --- Batches and sending ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the sending threads need from the configuration, read once per run."""
+
+    url: str
+    secret: str
+    headers: dict[str, str]
+
+    @classmethod
+    def of(cls, config: ForwarderConfig) -> "Target":
+        return cls(url=config.url, secret=config.secret, headers=dict(config.headers))
+
+
+@dataclass
+class Batch:
+    """Events serialized once into the body that every attempt sends and signs."""
+
+    batch_id: str
+    entries: list[dict]
+    body: bytes
+    end_id: int = 0  # the cursor once this batch is done
+
+    @classmethod
+    def of(cls, entries: list[dict], end_id: int = 0) -> "Batch":
+        ids = ",".join(str(e["event_id"]) for e in entries)
+        digest = hashlib.sha256(f"{entries[0]['timestamp']}|{ids}".encode()).hexdigest()[:32]
+        batch_id = f"batch_{digest}"
+        envelope = {
+            "batch_id": batch_id,
+            "event_count": len(entries),
+            "events": entries,
+            "timestamp": _iso(timezone.now()),
+        }
+        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(batch_id=batch_id, entries=entries, body=body, end_id=end_id)
+
+
+@dataclass
+class Result:
+    delivered: bool
+    attempts: int
+    error: str = ""
+    http_status: int | None = None
+
+
+def entry_of(row: Mapping[str, Any]) -> dict:
+    """An event as the envelope carries it; the log's ids and status ride along when set."""
+    entry = {
+        "event_id": row["id"],
+        "event_type": row["type"],
+        "event_source": row["source"],
+        "timestamp": _iso(row["timestamp"]),
+        "data": row["data"],
+    }
+    for key in ("execution_id", "workflow_id", "agent_node_id", "status"):
+        if row.get(key):
+            entry[key] = row[key]
+    return entry
+
+
+class Sessions:
+    """One keep-alive session per sending thread (a requests session is not shared
+    safely between threads), all closed together when the run ends."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    def get(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = safe_http.new_session()
+            with self._lock:
+                self._all.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._all:
+                session.close()
+            self._all.clear()
+
+
+def send(
+    target: Target,
+    batch: Batch,
+    max_attempts: int,
+    sessions: Sessions,
+    stop: threading.Event | None = None,
+) -> Result:
+    """POST the batch until 2xx, a final failure, or `max_attempts`; never raises for HTTP trouble."""
+    attempts = 0
+    while True:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            **target.headers,
+            **signing.sign(batch.body, batch.batch_id, [target.secret] if target.secret else []),
+        }
+        outcome = safe_http.post(
+            sessions.get(), target.url, batch.body, headers, settings.OBSERVABILITY_TIMEOUT
+        )
+        attempts += 1
+        code = outcome.status
+        if code is not None and 200 <= code < 300:
+            return Result(True, attempts, http_status=code)
+        error = (
+            f"HTTP {code}: {outcome.body[:200]}".strip()
+            if code is not None
+            else (outcome.error or "no response")
+        )
+        # 3xx and 4xx other than 429 say the collector will not take this batch as
+        # is; an address the safe client refuses stays refused.
+        if code is None:
+            retryable = not outcome.error.startswith("blocked")
+        else:
+            retryable = code == 429 or code >= 500
+        delay = (
+            backoff.delay_for(attempts, settings.OBSERVABILITY_RETRY_SCHEDULE)
+            if retryable
+            else None
+        )
+        if delay is None or attempts >= max_attempts:
+            return Result(False, attempts, error=error, http_status=code)
+        if outcome.retry_after:
+            delay = backoff.honour_retry_after(outcome.retry_after, delay)
+        if stop is not None:
+            if stop.wait(delay):
+                return Result(
+                    False,
+                    attempts,
+                    error=f"{error} (run stopped before retrying)",
+                    http_status=code,
+                )
+        else:
+            time.sleep(delay)
+
+
+def attempts_allowed() -> int:
+    """The first attempt plus one per entry of the retry schedule (3 by default)."""
+    return len(settings.OBSERVABILITY_RETRY_SCHEDULE) + 1
+
+
+# --- The run loop ----------------------------------------------------------------
+
+
+def run(seconds: float | None = None, linger: float = LINGER_SECONDS) -> int:
+    """Hold the forwarder lease and forward until drained (plus `linger`) or time is up.
+
+    Returns the number of events finished (delivered or dead-lettered). This is
+    the django-q2 task and what tests call directly.
+    """
+    seconds = settings.OBSERVABILITY_RUN_SECONDS if seconds is None else seconds
+    holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if not leases.acquire(LEASE, holder, settings.OBSERVABILITY_LEASE_SECONDS):
+        return 0
+    forwarder = _Run(holder, time.monotonic() + seconds, linger)
+    try:
+        return forwarder.loop()
+    finally:
+        leases.release(LEASE, holder)
+        if forwarder.out_of_time:
+            # The backlog outlasted this run: hand over at once rather than at the next tick.
+            kick()
+
+
+class _Run:
+    """One lease-holding run. All database work happens on this thread; the pool only sends."""
+
+    def __init__(self, holder: str, deadline: float, linger: float) -> None:
+        self.holder = holder
+        self.deadline = deadline
+        self.linger = linger
+        self.out_of_time = False
+        self.finished = 0
+        self.stop = threading.Event()
+        self.inflight: deque[tuple[Batch, Future]] = deque()
+        self.pending: list[dict] = []  # matching events read but not yet in a batch
+        self.pending_since: datetime | None = None
+        self.renewed_at = self.checked_at = time.monotonic()
+        self.sessions = Sessions()
+
+    def loop(self) -> int:
+        config = ForwarderConfig.current()
+        if config is None or not config.enabled:
+            return 0
+        self.target = Target.of(config)
+        self.config_version = (config.updated_at, config.enabled)
+        regex = type_regex(config.event_types)
+        self.matches = re.compile(regex).match if regex else None
+        state = ForwarderState.get()
+        self.cursor = self.scanned = state.cursor
+        self.batch_size = max(1, settings.OBSERVABILITY_BATCH_SIZE)
+        self.window = max(1, settings.OBSERVABILITY_CONCURRENCY) * 2
+        self.attempts = attempts_allowed()
+        idle_since: float | None = None
+        with ThreadPoolExecutor(
+            max(1, settings.OBSERVABILITY_CONCURRENCY), thread_name_prefix="forwarder"
+        ) as pool:
+            try:
+                while True:
+                    if not self._renew() or not self._finish_done():
+                        break
+                    if time.monotonic() >= self.deadline or self._config_changed():
+                        # Finish what is in flight, then hand over to a fresh run
+                        # (which reads the new configuration, if that is why).
+                        self.out_of_time = True
+                    if self.out_of_time:
+                        if not self.inflight:
+                            break
+                        self._wait_inflight()
+                        continue
+                    read = self._read()
+                    submitted = self._submit(pool)
+                    if self.inflight:
+                        idle_since = None
+                        if not read and not submitted:
+                            self._wait_inflight()
+                        continue
+                    self._advance([])
+                    if read or submitted:
+                        idle_since = None
+                        continue
+                    if self.pending:
+                        idle_since = None
+                        time.sleep(POLL_SECONDS)
+                        continue
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since >= self.linger:
+                        break
+                    time.sleep(POLL_SECONDS)
+            finally:
+                self.stop.set()
+        self.sessions.close()
+        # Batches cut short by `stop` are not acknowledged: the cursor stays before them.
+        return self.finished
+
+    def _config_changed(self) -> bool:
+        if time.monotonic() - self.checked_at < 1.0:
+            return False
+        self.checked_at = time.monotonic()
+        current = (
+            ForwarderConfig.objects.filter(pk=ForwarderConfig.SINGLETON_ID)
+            .values_list("updated_at", "enabled")
+            .first()
+        )
+        return current != self.config_version
+
+    def _renew(self) -> bool:
+        """Keep the lease; a run that lost it (it stalled, another took over) stops at once."""
+        if time.monotonic() - self.renewed_at < settings.OBSERVABILITY_LEASE_SECONDS / 3:
+            return True
+        self.renewed_at = time.monotonic()
+        if leases.acquire(LEASE, self.holder, settings.OBSERVABILITY_LEASE_SECONDS):
+            return True
+        log.warning("forwarder lost its lease; stopping without moving the cursor")
+        return False
+
+    def _read(self) -> bool:
+        """Read the next chunk of the log into `pending`; True when something was read."""
+        if len(self.pending) >= READ_CHUNK or len(self.inflight) >= self.window:
+            return False
+        rows = list(
+            PlatformEvent.objects.filter(id__gt=self.scanned)
+            .order_by("id")
+            .values(
+                "id",
+                "type",
+                "source",
+                "timestamp",
+                "execution_id",
+                "workflow_id",
+                "agent_node_id",
+                "status",
+                "data",
+            )[:READ_CHUNK]
+        )
+        if not rows:
+            return False
+        self.scanned = rows[-1]["id"]
+        for row in rows:
+            if self.matches is None or self.matches(row["type"]):
+                if not self.pending:
+                    self.pending_since = row["timestamp"]
+                self.pending.append(entry_of(row))
+        return True
+
+    def _submit(self, pool: ThreadPoolExecutor) -> bool:
+        """Start full batches, and the partial one once its first event is FLUSH_INTERVAL old."""
+        submitted = False
+        while self.pending and len(self.inflight) < self.window:
+            if len(self.pending) < self.batch_size:
+                age = (timezone.now() - self.pending_since).total_seconds()
+                if age < settings.OBSERVABILITY_FLUSH_INTERVAL:
+                    break
+            entries, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size :]
+            batch = Batch.of(entries, end_id=entries[-1]["event_id"])
+            self.inflight.append(
+                (
+                    batch,
+                    pool.submit(send, self.target, batch, self.attempts, self.sessions, self.stop),
+                )
+            )
+            if self.pending:
+                self.pending_since = _parse_iso(self.pending[0]["timestamp"])
+            submitted = True
+        return submitted
+
+    def _wait_inflight(self) -> None:
+        wait([f for _, f in self.inflight], timeout=0.2, return_when=FIRST_COMPLETED)
+
+    def _finish_done(self) -> bool:
+        """Record the finished head of the pipeline; False when the cursor moved under us."""
+        done: list[tuple[Batch, Result]] = []
+        while self.inflight and self.inflight[0][1].done():
+            batch, future = self.inflight.popleft()
+            try:
+                result = future.result()
+            except Exception as exc:  # a bug in sending must not stall the cursor silently
+                log.exception("forwarder send failed")
+                result = Result(False, 1, error=f"internal error: {exc!r}")
+            done.append((batch, result))
+        if not done:
+            return True
+        return self._advance(done)
+
+    def _advance(self, done: list[tuple[Batch, Result]]) -> bool:
+        """Dead-letter failed batches and move the cursor over everything finished, atomically."""
+        if self.inflight:
+            target = done[-1][0].end_id if done else self.cursor
+        elif self.pending:
+            target = self.pending[0]["event_id"] - 1
+        else:
+            target = self.scanned
+        target = max(target, self.cursor)
+        if target == self.cursor and not done:
+            return True
+        now = timezone.now()
+        forwarded = sum(len(b.entries) for b, r in done if r.delivered)
+        failures = [(b, r) for b, r in done if not r.delivered]
+        fields: dict[str, Any] = {"cursor": target}
+        if forwarded:
+            fields["events_forwarded"] = F("events_forwarded") + forwarded
+            fields["last_forwarded_at"] = now
+        if failures:
+            fields["last_error"] = failures[-1][1].error[:2000]
+            fields["last_error_at"] = now
+        with transaction.atomic():
+            moved = ForwarderState.objects.filter(
+                pk=ForwarderState.SINGLETON_ID, cursor=self.cursor
+            ).update(**fields)
+            if not moved:
+                log.warning(
+                    "forwarder cursor changed under this run (reconfigured or taken over); stopping"
+                )
+                return False
+            if failures:
+                ForwarderDeadLetter.objects.bulk_create(
+                    dead_letter(entry, r.error, r.attempts, now)
+                    for b, r in failures
+                    for entry in b.entries
+                )
+        self.cursor = target
+        self.finished += sum(len(b.entries) for b, _ in done)
+        return True
+
+
+def dead_letter(entry: dict, error: str, attempts: int, now: datetime) -> ForwarderDeadLetter:
+    return ForwarderDeadLetter(
+        event_id=entry["event_id"],
+        event_type=entry["event_type"],
+        event_source=entry["event_source"],
+        event_timestamp=_parse_iso(entry["timestamp"]),
+        payload=entry,
+        error_message=error[:2000],
+        retry_count=attempts,
+        created_at=now,
+    )
+
+
+# --- Dead letters ------------------------------------------------------------------
+
+
+def redrive(ids: Iterable[int] | None = None) -> dict:
+    """Send dead letters again (all, or those in `ids`), one attempt per batch, oldest first.
+
+    Walks the queue by id rather than by offset, so deleting delivered entries
+    never makes it skip one. Returns the contract's `{success, message, processed, failed}`.
+    """
+    config = ForwarderConfig.current()
+    if config is None:
+        raise NotConfigured("No observability webhook is configured to redrive to.")
+    target = Target.of(config)
+    wanted = None if ids is None else sorted(set(ids))
+    batch_size = max(1, settings.OBSERVABILITY_BATCH_SIZE)
+    processed = failed = 0
+    last_id = 0
+    sessions = Sessions()
+    with ThreadPoolExecutor(
+        max(1, settings.OBSERVABILITY_CONCURRENCY), thread_name_prefix="redrive"
+    ) as pool:
+        while True:
+            rows = ForwarderDeadLetter.objects.filter(id__gt=last_id).order_by("id")
+            if wanted is not None:
+                rows = rows.filter(id__in=wanted)
+            rows = list(rows[: batch_size * 50])
+            if not rows:
+                break
+            last_id = rows[-1].id
+            groups = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+            futures = [
+                pool.submit(send, target, Batch.of([r.payload for r in group]), 1, sessions)
+                for group in groups
+            ]
+            delivered: list[int] = []
+            for group, future in zip(groups, futures, strict=True):
+                result = future.result()
+                ids_in_group = [r.id for r in group]
+                processed += len(group)
+                if result.delivered:
+                    delivered.extend(ids_in_group)
+                else:
+                    failed += len(group)
+                    ForwarderDeadLetter.objects.filter(id__in=ids_in_group).update(
+                        retry_count=F("retry_count") + result.attempts,
+                        error_message=result.error[:2000],
+                    )
+            ForwarderDeadLetter.objects.filter(id__in=delivered).delete()
+    sessions.close()
+    message = (
+        f"Redrove {processed} dead letters: {processed - failed} delivered, {failed} still failing."
+        if processed
+        else "The dead letter queue is empty."
+    )
+    return {"success": failed == 0, "message": message, "processed": processed, "failed": failed}
+
+
+def clear_dead_letters() -> int:
+    return ForwarderDeadLetter.objects.all().delete()[0]
+
+
+# --- Triggers ------------------------------------------------------------------------
+
+_config_cache = {"until": 0.0, "enabled": False}
+
+
+def _forget_cached_config() -> None:
+    _config_cache["until"] = 0.0
+
+
+def _enabled_cached() -> bool:
+    now = time.monotonic()
+    if now >= _config_cache["until"]:
+        _config_cache["enabled"] = ForwarderConfig.objects.filter(enabled=True).exists()
+        _config_cache["until"] = now + CONFIG_CACHE_SECONDS
+    return _config_cache["enabled"]
+
+
+def on_commit(last_id: int) -> None:
+    """`events.after_commit` listener: start a run for new events (a lost wake-up costs latency only)."""
+    try:
+        if _enabled_cached():
+            kick()
+    except Exception:
+        log.exception("forwarder wake-up failed; the sweeper tick will catch up")
+
+
+def tick() -> None:
+    """Sweeper tick: start a run when a collector is configured and events wait after the cursor."""
+    if leases.is_held(LEASE):
+        return
+    config = ForwarderConfig.current()
+    if config is None or not config.enabled:
+        return
+    if PlatformEvent.objects.filter(id__gt=ForwarderState.get().cursor).exists():
+        kick()
+
+
+def kick() -> None:
+    """Enqueue one forwarder task unless a run holds the lease; at most one per KICK_SECONDS."""
+    if leases.is_held(LEASE):
+        return
+    if leases.acquire(KICK_LEASE, uuid.uuid4().hex, KICK_SECONDS):
+        from django_q.tasks import async_task
+
+        async_task(
+            TASK, task_name="forwarder", q_options={"timeout": settings.Q_CLUSTER["timeout"]}
+        )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
