@@ -10,11 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Collector:
     """A ThreadingHTTPServer that records requests and answers `status` (changeable at any time).
 
-    `delay` seconds of sleep before answering simulate a slow collector.
+    `first` answers are used, in order, before `status`; `delay` seconds of sleep
+    before answering simulate a slow collector.
     """
 
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, status: int = 200, delay: float = 0.0, first: list[int] | None = None) -> None:
         self.status = status
+        self.first = list(first or [])
         self.delay = delay
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -27,8 +29,8 @@ class Collector:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if collector.delay:
                     time.sleep(collector.delay)
-                status = collector.status
                 with collector.lock:
+                    status = collector.first.pop(0) if collector.first else collector.status
                     collector.requests.append(
                         {"headers": dict(self.headers.items()), "body": body, "status": status, "at": time.time()}
                     )

@@ -1,0 +1,126 @@
+"""The observability webhook settings API: one configuration, the secret never returned."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from observability.models import ForwarderConfig
+
+BASE = "/api/v1/settings/observability-webhook"
+
+
+@pytest.fixture
+def api(settings) -> APIClient:
+    settings.WEBHOOK_ALLOWED_HOSTS = ["collector.local"]
+    settings.API_KEYS = []
+    return APIClient()
+
+
+@pytest.mark.django_db
+def test_get_post_delete(api):
+    assert api.get(BASE).json() == {"configured": False}
+
+    response = api.post(BASE, {"url": "http://collector.local/in", "secret": "top-secret"}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True and body["message"]
+    config = body["config"]
+    assert config["url"] == "http://collector.local/in"
+    assert config["has_secret"] is True
+    assert config["enabled"] is True, "enabled defaults to true"
+    assert config["event_types"] == ["*"], "every event by default"
+    assert config["headers"] == {}
+    assert config["created_at"] and config["updated_at"]
+    assert "top-secret" not in response.content.decode()
+
+    got = api.get(BASE)
+    assert got.json() == {"configured": True, "config": config}
+    assert "secret" not in got.json()["config"]
+    assert "top-secret" not in got.content.decode()
+
+    response = api.delete(BASE)
+    assert response.status_code == 200 and response.json()["success"] is True
+    assert api.get(BASE).json() == {"configured": False}
+    assert api.delete(BASE).json()["success"] is True, "deleting nothing is fine"
+
+
+@pytest.mark.django_db
+def test_an_omitted_secret_keeps_the_old_one_and_an_empty_one_removes_it(api):
+    api.post(BASE, {"url": "http://collector.local/a", "secret": "one"}, format="json")
+    response = api.post(
+        BASE,
+        {
+            "url": "http://collector.local/b",
+            "headers": {"Authorization": "Bearer collector-token"},
+            "enabled": False,
+            "event_types": ["execution.*", "node.online"],
+        },
+        format="json",
+    )
+    config = response.json()["config"]
+    assert config["has_secret"] is True
+    assert ForwarderConfig.current().secret == "one"
+    assert (config["url"], config["enabled"]) == ("http://collector.local/b", False)
+    assert config["event_types"] == ["execution.*", "node.online"]
+    assert config["headers"] == {"Authorization": "Bearer collector-token"}
+
+    config = api.post(BASE, {"url": "http://collector.local/b", "secret": ""}, format="json").json()["config"]
+    assert config["has_secret"] is False
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "word"),
+    [
+        ({}, "url is required"),
+        ({"url": "ftp://collector.local/x"}, "scheme"),
+        ({"url": "http://user:pw@collector.local/x"}, "credentials"),
+        ({"url": "http://127.0.0.1:9000/x"}, "loopback"),
+        ({"url": "http://169.254.169.254/latest"}, "link-local"),
+        ({"url": "http://10.0.0.5/x"}, "private"),
+        ({"url": "http://collector.local/x", "headers": ["X-A"]}, "headers"),
+        ({"url": "http://collector.local/x", "headers": {"X-A": 1}}, "X-A"),
+        ({"url": "http://collector.local/x", "headers": {"bad name": "v"}}, "valid HTTP header"),
+        ({"url": "http://collector.local/x", "headers": {"X-A": "a\r\nInjected: 1"}}, "line breaks"),
+        ({"url": "http://collector.local/x", "headers": {"webhook-signature": "v1,x"}}, "cannot be overridden"),
+        ({"url": "http://collector.local/x", "event_types": "execution.*"}, "event_types"),
+        ({"url": "http://collector.local/x", "event_types": []}, "at least one"),
+        ({"url": "http://collector.local/x", "event_types": ["exec ution"]}, "pattern"),
+        ({"url": "http://collector.local/x", "enabled": "yes"}, "enabled"),
+        ({"url": "http://collector.local/x", "secret": 5}, "secret"),
+        ({"url": "http://collector.local/x", "colour": "red"}, "Unknown fields"),
+    ],
+)
+def test_bad_input_is_a_clear_400(api, body, word):
+    response = api.post(BASE, body, format="json")
+    assert response.status_code == 400, response.content
+    error = response.json()
+    assert error["error"] == "bad_request"
+    assert word in error["message"]
+    assert api.get(BASE).json() == {"configured": False}
+
+
+@pytest.mark.django_db
+def test_malformed_json_and_non_objects_are_400(api):
+    response = api.post(BASE, "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_json"
+    response = api.post(BASE, [1, 2], format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+
+
+@pytest.mark.django_db
+def test_status_without_a_configuration(api):
+    status = api.get(f"{BASE}/status").json()
+    assert status["enabled"] is False
+    assert status["webhook_url"] is None
+    assert (status["backlog"], status["events_forwarded"], status["dead_letter_count"]) == (0, 0, 0)
+    assert status["last_forwarded_at"] is None and status["last_error"] is None
+
+
+@pytest.mark.django_db
+def test_api_keys_are_enforced(api, settings):
+    settings.API_KEYS = ["k1"]
+    assert api.get(BASE).status_code == 401
+    assert api.get(BASE, HTTP_X_API_KEY="k1").status_code == 200
+    assert api.get(f"{BASE}/dlq", HTTP_AUTHORIZATION="Bearer k1").status_code == 200
