@@ -1,5 +1,18 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
 
 
 class WebhooksConfig(AppConfig):
     name = "webhooks"
+    verbose_name = "Webhooks"
+
+    def ready(self) -> None:
+        from observability import events, sweeper
+
+        from . import delivery, subscriptions
+        from .models import Subscription
+
+        events.in_transaction.append(subscriptions.on_events)
+        sweeper.ticks.append(delivery.tick)
+        post_save.connect(subscriptions.invalidate_cache, sender=Subscription, dispatch_uid="webhooks.sub.save")
+        post_delete.connect(subscriptions.invalidate_cache, sender=Subscription, dispatch_uid="webhooks.sub.delete")

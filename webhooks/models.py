@@ -1,0 +1,152 @@
+"""Outbound deliveries: the row is the queue, the attempts are the log.
+
+`Delivery` moves `pending -> in_flight (leased) -> delivered | pending (retry at
+next_attempt_at) | dead`, plus `failed` for one-shot sends (a subscription's test)
+that do not retry. Its body is the exact bytes sent, so every attempt and every
+redrive signs and sends the same bytes under the same `webhook_id`.
+"""
+
+import secrets
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+def new_webhook_id() -> str:
+    """A stable delivery id for the `webhook-id` header (receivers de-duplicate on it)."""
+    return "whd_" + uuid.uuid4().hex
+
+
+def new_subscription_id() -> str:
+    return "sub_" + secrets.token_hex(8)
+
+
+class Subscription(models.Model):
+    """A standing endpoint that receives every platform event matching `event_types`."""
+
+    id = models.CharField(max_length=32, primary_key=True, default=new_subscription_id, editable=False)
+    url = models.URLField(max_length=2048)
+    description = models.CharField(max_length=500, blank=True)
+    # Type patterns with `*` wildcards, e.g. "execution.completed", "node.*", "*".
+    event_types = models.JSONField(default=list)
+    headers = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=500, blank=True)
+    # Start of the current run of failed attempts; cleared by any success.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.id} → {self.url}"
+
+    def active_secrets(self) -> list[str]:
+        """Secrets that sign now, current first (a rotated-out one signs until it expires)."""
+        now = timezone.now()
+        return [
+            s.secret
+            for s in self.secrets.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).order_by("-created_at", "-id")
+        ]
+
+
+class SubscriptionSecret(models.Model):
+    """One signing secret; rotation gives the old one an expiry instead of deleting it."""
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="secrets")
+    secret = models.CharField(max_length=4096)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"secret of {self.subscription_id} (expires {self.expires_at or 'never'})"
+
+
+class Delivery(models.Model):
+    PENDING, IN_FLIGHT, DELIVERED, FAILED, DEAD = "pending", "in_flight", "delivered", "failed", "dead"
+    STATUSES = [(s, s) for s in (PENDING, IN_FLIGHT, DELIVERED, FAILED, DEAD)]
+    COMPLETION, SUBSCRIPTION, TEST = "completion", "subscription", "test"
+    KINDS = [(k, k) for k in (COMPLETION, SUBSCRIPTION, TEST)]
+
+    id = models.BigAutoField(primary_key=True)
+    webhook_id = models.CharField(max_length=64, unique=True, default=new_webhook_id, editable=False)
+    kind = models.CharField(max_length=16, choices=KINDS)
+    event_type = models.CharField(max_length=64, db_index=True)
+    execution_id = models.CharField(max_length=64, blank=True, db_index=True)
+    subscription = models.ForeignKey(
+        Subscription,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        # No database constraint: events create deliveries from a cached list of
+        # subscriptions, and a subscription deleted meanwhile by another process
+        # must not make the event's own transaction fail. The engine drops orphans.
+        db_constraint=False,
+    )
+    event_id = models.BigIntegerField(null=True, blank=True)
+    url = models.URLField(max_length=2048)
+    target_host = models.CharField(max_length=255, blank=True, db_index=True)
+    headers = models.JSONField(default=dict, blank=True)
+    # Completion webhooks carry their own secret; subscriptions sign with theirs.
+    secret = models.TextField(blank=True)
+    body = models.BinaryField()
+    retries = models.BooleanField(default=True)
+
+    status = models.CharField(max_length=16, choices=STATUSES, default=PENDING)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_token = models.CharField(max_length=32, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # Attempts made before the last redrive: the retry budget counts from here.
+    budget_base = models.PositiveIntegerField(default=0)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    dead_lettered_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="webhooks_due"),
+            models.Index(fields=["status", "lease_until"], name="webhooks_leased"),
+        ]
+        constraints = [
+            # Exactly one completion webhook per execution, however often it ends.
+            models.UniqueConstraint(
+                fields=["execution_id"], condition=Q(kind="completion"), name="webhooks_one_completion"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.webhook_id} {self.event_type} → {self.target_host} ({self.status})"
+
+
+class Attempt(models.Model):
+    """One HTTP attempt of a delivery, as the receiver answered it."""
+
+    DELIVERED, RETRY, DEAD, FAILED = "delivered", "retry", "dead", "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(default=0)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    # What the engine made of it: delivered, retry, dead, failed.
+    outcome = models.CharField(max_length=16)
+
+    class Meta:
+        ordering = ["delivery_id", "number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.delivery_id}: {self.status_code or self.error[:40]}"
