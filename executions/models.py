@@ -1,0 +1,146 @@
+"""Agent nodes and executions: the registry and the durable queue of work.
+
+An Execution row is the dispatch queue: `dispatch_state` and the lease fields say
+whether a worker owns the call to the agent, so a worker killed mid-call never
+loses the execution (the sweeper hands it out again once the lease lapses).
+Status changes go through `executions.lifecycle` only.
+"""
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+STATUSES = ("pending", "queued", "waiting", "running", "paused", "succeeded", "failed", "cancelled", "timeout")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timeout"})
+ACTIVE = tuple(s for s in STATUSES if s not in TERMINAL)
+
+
+def new_execution_id() -> str:
+    return f"exec_{uuid.uuid4().hex}"
+
+
+def new_run_id() -> str:
+    return f"run_{uuid.uuid4().hex}"
+
+
+class AgentNode(models.Model):
+    """An agent process that registered itself; reached at `base_url`."""
+
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+    id = models.CharField(max_length=128, primary_key=True, help_text="The node id agents register with.")
+    base_url = models.URLField(max_length=500)
+    version = models.CharField(max_length=64, blank=True)
+    reasoners = models.JSONField(default=list, blank=True)
+    skills = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    instance_id = models.CharField(max_length=128, blank=True)
+    health_status = models.CharField(
+        max_length=16, default=ACTIVE, choices=[(ACTIVE, "active"), (INACTIVE, "inactive")], db_index=True
+    )
+    lifecycle_status = models.CharField(max_length=32, blank=True)
+    registered_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "agent node"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def reasoner_ids(self) -> list[str]:
+        return [str(r.get("id")) for r in self.reasoners if isinstance(r, dict) and r.get("id")]
+
+    def skill_ids(self) -> list[str]:
+        return [str(s.get("id")) for s in self.skills if isinstance(s, dict) and s.get("id")]
+
+    def kind_of(self, name: str) -> str | None:
+        """'reasoner' or 'skill' when the node offers `name`, else None."""
+        if name in self.reasoner_ids():
+            return "reasoner"
+        if name in self.skill_ids():
+            return "skill"
+        return None
+
+
+class Execution(models.Model):
+    """One call of `node.reasoner_or_skill`, from submission to a terminal status."""
+
+    class Dispatch(models.TextChoices):
+        # queued: waiting for a worker to call the agent; in_flight: a worker holds the
+        # lease and is calling; accepted: the agent answered 202 and reports by callback;
+        # done: the call's outcome is recorded.
+        QUEUED = "queued"
+        IN_FLIGHT = "in_flight"
+        ACCEPTED = "accepted"
+        DONE = "done"
+
+    id = models.CharField(max_length=64, primary_key=True, default=new_execution_id, editable=False)
+    run_id = models.CharField(max_length=128, db_index=True)
+    workflow_id = models.CharField(max_length=128, db_index=True)
+    parent_execution_id = models.CharField(max_length=128, blank=True)
+    session_id = models.CharField(max_length=128, blank=True)
+    actor_id = models.CharField(max_length=128, blank=True)
+
+    target = models.CharField(max_length=300)
+    type = models.CharField(max_length=16, choices=[("reasoner", "reasoner"), ("skill", "skill")])
+    agent_node_id = models.CharField(max_length=128)
+    reasoner_id = models.CharField(max_length=170)
+    input = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+
+    status = models.CharField(max_length=16, default="queued", choices=[(s, s) for s in STATUSES])
+    status_reason = models.CharField(max_length=500, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    error_category = models.CharField(max_length=32, blank=True)
+    error_details = models.JSONField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.BigIntegerField(null=True, blank=True)
+
+    idempotency_key = models.CharField(max_length=255, blank=True)
+
+    webhook_url = models.URLField(max_length=2048, blank=True)
+    webhook_secret = models.TextField(blank=True)
+    webhook_headers = models.JSONField(default=dict, blank=True)
+    webhook_registered = models.BooleanField(default=False)
+    webhook_error = models.CharField(max_length=500, blank=True)
+
+    dispatch_state = models.CharField(max_length=16, choices=Dispatch.choices, default=Dispatch.QUEUED)
+    dispatch_token = models.CharField(max_length=32, blank=True)
+    dispatch_lease_until = models.DateTimeField(null=True, blank=True)
+    dispatch_attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="exec_status_created"),
+            models.Index(fields=["agent_node_id", "-created_at"], name="exec_node_created"),
+            models.Index(fields=["workflow_id", "-created_at"], name="exec_workflow_created"),
+            models.Index(fields=["target", "-created_at"], name="exec_target_created"),
+            models.Index(fields=["-created_at", "-id"], name="exec_created"),
+            # The sweeper's two queries: lapsed dispatch leases, and stale active rows.
+            models.Index(fields=["dispatch_state", "dispatch_lease_until"], name="exec_dispatch_lease"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"], condition=~Q(idempotency_key=""), name="exec_idempotency_key_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL

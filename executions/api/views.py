@@ -1,0 +1,309 @@
+"""The AgentField API for nodes and executions: thin views over the service modules."""
+
+import time
+
+import django_filters
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import exceptions, generics, serializers, status
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agentfield_site.lib.api import ApiError
+from webhooks.completion import webhook_events
+
+from .. import cancellation, dispatch, nodes, reports, submission
+from ..documents import (
+    iso,
+    node_document,
+    node_documents,
+    status_document,
+    status_documents,
+    submission_document,
+)
+from ..models import STATUSES, TERMINAL, AgentNode, Execution
+from . import serializers as s
+
+ERRORS = {code: s.ErrorSerializer for code in (400, 401, 404, 409, 413)}
+
+
+def _object_body(request: Request) -> dict:
+    """The JSON body as an object; 400 for anything else (invalid JSON is already a 400)."""
+    data = request.data
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object.", error_category="bad_request")
+    return data
+
+
+def _validated(serializer_class, data: dict) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _node_or_404(node_id: str) -> AgentNode:
+    node = AgentNode.objects.filter(pk=node_id).first()
+    if node is None:
+        raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.")
+    return node
+
+
+# --- Nodes -------------------------------------------------------------------------
+
+
+class NodeListRegisterView(APIView):
+    """`GET /api/v1/nodes` lists nodes; `POST` is an alias of `/nodes/register`."""
+
+    @extend_schema(responses={200: s.NodeListSerializer, 401: s.ErrorSerializer}, operation_id="nodes_list")
+    def get(self, request: Request) -> Response:
+        found = list(AgentNode.objects.all())
+        return Response({"nodes": node_documents(found), "count": len(found)})
+
+    @extend_schema(
+        request=s.NodeRegistrationSerializer, responses={201: s.NodeRegisteredSerializer, **ERRORS},
+        operation_id="nodes_register_alias",
+    )
+    def post(self, request: Request) -> Response:
+        return _register(request)
+
+
+class NodeRegisterView(APIView):
+    @extend_schema(request=s.NodeRegistrationSerializer, responses={201: s.NodeRegisteredSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        return _register(request)
+
+
+def _register(request: Request) -> Response:
+    body = _object_body(request)
+    data = _validated(s.NodeRegistrationSerializer, body)
+    # Keep the SDK's full component descriptions (schemas, tags), not just the ids.
+    data["reasoners"] = body.get("reasoners") or []
+    data["skills"] = body.get("skills") or []
+    node, created = nodes.register(data)
+    return Response(
+        {
+            "success": True,
+            "message": "node registered" if created else "node re-registered",
+            "node_id": node.id,
+            "resolved_base_url": node.base_url,
+        },
+        status=status.HTTP_201_CREATED,
+    )
+
+
+class NodeDetailView(APIView):
+    @extend_schema(responses={200: s.NodeSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
+    def get(self, request: Request, node_id: str) -> Response:
+        return Response(node_document(_node_or_404(node_id)))
+
+
+class NodeHeartbeatView(APIView):
+    @extend_schema(
+        request=s.HeartbeatSerializer,
+        responses={200: inline_serializer("HeartbeatAck", {"success": serializers.BooleanField(),
+                                                           "message": serializers.CharField(),
+                                                           "timestamp": serializers.DateTimeField()}),
+                   **ERRORS},
+    )
+    def post(self, request: Request, node_id: str) -> Response:
+        data = _validated(s.HeartbeatSerializer, _object_body(request))
+        try:
+            node = nodes.heartbeat(node_id, data.get("status") or "")
+        except AgentNode.DoesNotExist:
+            raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered; register first.") from None
+        return Response({"success": True, "message": "heartbeat received", "timestamp": iso(node.last_heartbeat)})
+
+
+class NodeShutdownView(APIView):
+    @extend_schema(request=None, responses={200: s.SuccessSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
+    def post(self, request: Request, node_id: str) -> Response:
+        _object_body(request)
+        try:
+            nodes.shutdown(node_id)
+        except AgentNode.DoesNotExist:
+            raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.") from None
+        return Response({"success": True, "message": f"node {node_id} is offline"})
+
+
+class DidRegisterView(APIView):
+    """DID identities are not offered; the SDK carries on without them."""
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={404: s.ErrorSerializer, 401: s.ErrorSerializer})
+    def post(self, request: Request) -> Response:
+        raise ApiError(404, "not_supported", "DID registration is not enabled on this control plane.")
+
+
+class WorkflowEventView(APIView):
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: s.SuccessSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        applied = reports.apply_workflow_event(_object_body(request))
+        return Response({"success": True, "applied": applied})
+
+
+class ExecutionLogsView(APIView):
+    @extend_schema(request=s.LogsRequestSerializer, responses={200: s.SuccessSerializer, **ERRORS})
+    def post(self, request: Request, execution_id: str) -> Response:
+        count = reports.append_logs(execution_id, _object_body(request).get("entries"))
+        return Response({"success": True, "accepted": count})
+
+
+class ExecutionStatusCallbackView(APIView):
+    @extend_schema(request=s.StatusCallbackSerializer, responses={200: s.ExecutionStatusSerializer, **ERRORS})
+    def post(self, request: Request, execution_id: str) -> Response:
+        execution = reports.apply_status(execution_id, _object_body(request))
+        return Response(status_documents([execution])[0])
+
+
+# --- Executions --------------------------------------------------------------------
+
+_SUBMIT_HEADERS = [
+    OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
+    for name in ("X-Run-ID", "X-Parent-Execution-ID", "X-Session-ID", "X-Actor-ID", "Idempotency-Key")
+]
+
+
+class ExecuteAsyncView(APIView):
+    @extend_schema(
+        request=s.ExecuteRequestSerializer,
+        parameters=_SUBMIT_HEADERS,
+        responses={202: s.SubmissionSerializer, 503: s.ErrorSerializer, **ERRORS},
+    )
+    def post(self, request: Request, target: str) -> Response:
+        req = submission.request_from(target, _object_body(request), request.headers)
+        execution, _ = submission.submit(req)
+        return Response(submission_document(execution), status=status.HTTP_202_ACCEPTED)
+
+
+class ExecuteSyncView(APIView):
+    @extend_schema(
+        request=s.ExecuteRequestSerializer,
+        parameters=_SUBMIT_HEADERS,
+        responses={200: s.SyncResultSerializer, 502: s.ErrorSerializer, 504: s.ErrorSerializer,
+                   503: s.ErrorSerializer, **ERRORS},
+    )
+    def post(self, request: Request, target: str) -> Response:
+        req = submission.request_from(target, _object_body(request), request.headers)
+        deadline = time.monotonic() + settings.AGENT_CALL_TIMEOUT
+        execution, created = submission.submit(req, enqueue=False)
+        if created:
+            # The request thread calls the agent itself; if this process dies the
+            # dispatch lease lapses and a worker takes the execution over.
+            dispatch.run(execution.id)
+        execution = _wait_for_terminal(execution.id, deadline)
+        if execution.status == "succeeded":
+            return Response(
+                {
+                    "execution_id": execution.id,
+                    "run_id": execution.run_id,
+                    "workflow_id": execution.workflow_id,
+                    "status": "succeeded",
+                    "result": execution.result,
+                    "duration_ms": execution.duration_ms,
+                    "finished_at": iso(execution.completed_at),
+                    "webhook_registered": execution.webhook_registered,
+                }
+            )
+        common = {
+            "execution_id": execution.id,
+            "run_id": execution.run_id,
+            "status": execution.status,
+            "webhook_registered": execution.webhook_registered,
+        }
+        if execution.status in TERMINAL:
+            body = {
+                "error": f"execution_{execution.status}",
+                "message": execution.error or f"The execution ended {execution.status}.",
+                "error_category": execution.error_category or "agent_error",
+                **common,
+            }
+            if execution.error_details is not None:
+                body["error_details"] = execution.error_details
+            return Response(body, status=status.HTTP_502_BAD_GATEWAY)
+        return Response(
+            {
+                "error": "timeout",
+                "message": f"No result within {settings.AGENT_CALL_TIMEOUT:g}s; poll the execution for its outcome.",
+                "error_category": "agent_timeout",
+                **common,
+            },
+            status=status.HTTP_504_GATEWAY_TIMEOUT,
+        )
+
+
+def _wait_for_terminal(execution_id: str, deadline: float) -> Execution:
+    interval = 0.02
+    while True:
+        execution = Execution.objects.get(pk=execution_id)
+        if execution.is_terminal or time.monotonic() >= deadline:
+            return execution
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(interval * 2, 0.25)
+
+
+class ExecutionFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=[(v, v) for v in STATUSES])
+    agent_node_id = django_filters.CharFilter()
+    workflow_id = django_filters.CharFilter()
+    target = django_filters.CharFilter()
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Execution
+        fields = ["status", "agent_node_id", "workflow_id", "target", "since", "until"]
+
+
+class ExecutionCursor(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+    def paginate_queryset(self, queryset, request, view=None):
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except exceptions.NotFound:
+            raise ApiError(400, "bad_request", "The cursor is not valid; start from the first page.") from None
+
+
+class ExecutionListView(generics.ListAPIView):
+    queryset = Execution.objects.all()
+    filterset_class = ExecutionFilter
+    pagination_class = ExecutionCursor
+    serializer_class = s.ExecutionStatusSerializer
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response(status_documents(page))
+
+
+class ExecutionDetailView(APIView):
+    @extend_schema(responses={200: s.ExecutionStatusSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
+    def get(self, request: Request, execution_id: str) -> Response:
+        execution = Execution.objects.filter(pk=execution_id).first()
+        if execution is None:
+            raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found")
+        events = webhook_events([execution.id]).get(execution.id, []) if execution.webhook_registered else []
+        return Response(status_document(execution, events))
+
+
+class BatchStatusView(APIView):
+    @extend_schema(
+        request=s.BatchStatusRequestSerializer,
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+        description="A map of execution id to its status document; `{\"status\": \"not_found\"}` for misses.",
+    )
+    def post(self, request: Request) -> Response:
+        ids = _validated(s.BatchStatusRequestSerializer, _object_body(request))["execution_ids"]
+        found = {doc["execution_id"]: doc for doc in status_documents(Execution.objects.filter(pk__in=ids))}
+        return Response({i: found.get(i, {"execution_id": i, "status": "not_found"}) for i in ids})
+
+
+class ExecutionCancelView(APIView):
+    @extend_schema(request=s.CancelRequestSerializer, responses={200: s.CancelledSerializer, **ERRORS})
+    def post(self, request: Request, execution_id: str) -> Response:
+        data = _validated(s.CancelRequestSerializer, _object_body(request))
+        return Response(cancellation.cancel(execution_id, data.get("reason") or ""))

@@ -1,0 +1,232 @@
+"""Calling agents: claim an execution under a lease, POST to the agent, record the outcome.
+
+The Execution row is the queue. A worker claims it with a compare-and-set that
+takes a lease; a worker killed mid-call leaves the lease to lapse, and the sweeper
+hands the execution out again (`requeue_lapsed`). django-q2 only carries the
+wake-up, so a lost or duplicated task changes nothing: only one claim wins.
+"""
+
+import json
+import logging
+import threading
+import uuid
+from datetime import timedelta
+
+import requests
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import lifecycle
+from .models import ACTIVE, AgentNode, Execution
+
+log = logging.getLogger(__name__)
+
+TASK = "executions.tasks.dispatch_execution"
+CANCEL_TIMEOUT = 2.0
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One keep-alive session per thread: agents are called over pooled connections."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = requests.Session()
+        _local.session = session
+    return session
+
+
+def enqueue(execution_id: str) -> None:
+    """Ask a worker to dispatch `execution_id` once the current transaction commits."""
+
+    def send() -> None:
+        from django_q.tasks import async_task
+
+        async_task(TASK, execution_id, task_name=f"dispatch {execution_id}")
+
+    transaction.on_commit(send)
+
+
+def _lease_until():
+    return timezone.now() + timedelta(seconds=settings.DISPATCH_LEASE_SECONDS)
+
+
+def claim(execution_id: str) -> tuple[Execution, str] | None:
+    """Take the dispatch lease; (execution, token) for the winner, None otherwise."""
+    token = uuid.uuid4().hex
+    with transaction.atomic():
+        won = Execution.objects.filter(
+            pk=execution_id, dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE
+        ).update(
+            dispatch_state=Execution.Dispatch.IN_FLIGHT,
+            dispatch_token=token,
+            dispatch_lease_until=_lease_until(),
+            dispatch_attempts=F("dispatch_attempts") + 1,
+        )
+        if not won:
+            return None
+        execution = Execution.objects.get(pk=execution_id)
+        if execution.status in ("pending", "queued"):
+            execution = lifecycle.transition(execution_id, "running").execution
+    return execution, token
+
+
+def _headers(execution: Execution) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "X-Execution-ID": execution.id,
+        "X-Run-ID": execution.run_id,
+        "X-Workflow-ID": execution.workflow_id,
+    }
+    for name, value in (
+        ("X-Parent-Execution-ID", execution.parent_execution_id),
+        ("X-Session-ID", execution.session_id),
+        ("X-Actor-ID", execution.actor_id),
+    ):
+        if value:
+            headers[name] = value
+    return headers
+
+
+def agent_url(node: AgentNode, execution: Execution) -> str:
+    kind = "reasoners" if execution.type == "reasoner" else "skills"
+    return f"{node.base_url.rstrip('/')}/{kind}/{execution.reasoner_id}"
+
+
+def run(execution_id: str) -> str:
+    """Dispatch one execution if this worker wins the claim; returns what happened."""
+    claimed = claim(execution_id)
+    if claimed is None:
+        return "not_claimed"
+    execution, token = claimed
+    node = AgentNode.objects.filter(pk=execution.agent_node_id).first()
+    if node is None:
+        _fail(execution, token, "not_found", f"Agent node {execution.agent_node_id!r} is no longer registered.")
+        return "failed"
+    timeout = settings.AGENT_CALL_TIMEOUT
+    try:
+        response = _session().post(
+            agent_url(node, execution),
+            data=json.dumps(execution.input).encode(),
+            headers=_headers(execution),
+            timeout=(min(5.0, timeout), timeout),
+            allow_redirects=False,
+        )
+    except requests.Timeout:
+        _fail(execution, token, "agent_timeout", f"The agent did not answer within {timeout:g}s.")
+        return "failed"
+    except requests.RequestException as exc:
+        _fail(execution, token, "agent_unreachable", f"The agent could not be reached: {exc.__class__.__name__}.",
+              {"detail": str(exc)[:500]})
+        return "failed"
+    return _record_response(execution, token, response)
+
+
+def _record_response(execution: Execution, token: str, response: requests.Response) -> str:
+    if response.status_code == 202:
+        Execution.objects.filter(pk=execution.id, dispatch_token=token).update(
+            dispatch_state=Execution.Dispatch.ACCEPTED, dispatch_lease_until=None
+        )
+        return "accepted"
+    if 200 <= response.status_code < 300:
+        try:
+            result = response.json() if response.content else None
+        except ValueError:
+            _fail(execution, token, "bad_response", "The agent answered 200 with a body that is not JSON.",
+                  {"http_status": response.status_code, "body": response.text[:2000]})
+            return "failed"
+        _finish(execution.id, "succeeded", result=result)
+        return "succeeded"
+    message = _error_message(response)
+    _fail(execution, token, "agent_error", f"The agent answered {response.status_code}: {message}",
+          {"http_status": response.status_code, "body": response.text[:2000]})
+    return "failed"
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason or "no body"
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            if body.get(key):
+                return str(body[key])[:300]
+    return json.dumps(body)[:300]
+
+
+def _finish(execution_id: str, status: str, **fields) -> None:
+    try:
+        lifecycle.transition(execution_id, status, **fields)
+    except lifecycle.InvalidTransition as exc:
+        # The agent's own callback (or a cancel) got there first: that outcome stands.
+        log.info("dispatch outcome for %s dropped: %s", execution_id, exc)
+
+
+def _fail(execution: Execution, token: str, category: str, message: str, details: dict | None = None) -> None:
+    with transaction.atomic():
+        # A newer claim (our lease lapsed while we waited) owns the outcome now.
+        if not Execution.objects.filter(pk=execution.id, dispatch_token=token).exists():
+            return
+        _finish(
+            execution.id, "failed", error=message, error_category=category,
+            error_details={"category": category, **(details or {})},
+        )
+
+
+def requeue_lapsed() -> int:
+    """Sweeper tick: executions whose dispatch lease lapsed without an outcome go out again."""
+    now = timezone.now()
+    lapsed = Execution.objects.filter(
+        dispatch_state__in=(Execution.Dispatch.QUEUED, Execution.Dispatch.IN_FLIGHT),
+        dispatch_lease_until__lt=now,
+        status__in=ACTIVE,
+    ).values_list("id", "dispatch_token", "dispatch_lease_until")[:200]
+    count = 0
+    for execution_id, token, lease in lapsed:
+        # Conditional on the lease we saw, so two sweepers never both requeue.
+        if Execution.objects.filter(pk=execution_id, dispatch_token=token, dispatch_lease_until=lease).update(
+            dispatch_state=Execution.Dispatch.QUEUED, dispatch_lease_until=_lease_until()
+        ):
+            enqueue(execution_id)
+            count += 1
+    return count
+
+
+def expire_stale() -> int:
+    """Sweeper tick: executions with no terminal status after EXECUTION_TIMEOUT time out."""
+    cutoff = timezone.now() - timedelta(seconds=settings.EXECUTION_TIMEOUT)
+    count = 0
+    for execution_id in Execution.objects.filter(status__in=ACTIVE, created_at__lt=cutoff).values_list(
+        "id", flat=True
+    )[:200]:
+        try:
+            change = lifecycle.transition(
+                execution_id, "timeout", system=True,
+                error=f"No terminal status within {settings.EXECUTION_TIMEOUT:g}s.",
+                error_category="agent_timeout",
+                status_reason="execution_timeout",
+            )
+        except lifecycle.InvalidTransition:
+            continue
+        count += change.changed
+    return count
+
+
+def notify_cancel(execution_id: str, base_url: str) -> None:
+    """Best effort: tell the agent in a background thread; its answer changes nothing."""
+
+    def call() -> None:
+        try:
+            _session().post(
+                f"{base_url.rstrip('/')}/_internal/executions/{execution_id}/cancel",
+                data=b"{}",
+                headers={"Content-Type": "application/json", "X-Execution-ID": execution_id},
+                timeout=CANCEL_TIMEOUT,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            log.info("cancel notice for %s not delivered: %s", execution_id, exc)
+
+    threading.Thread(target=call, name=f"cancel-{execution_id}", daemon=True).start()

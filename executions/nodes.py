@@ -1,0 +1,111 @@
+"""The node registry: registration, heartbeats, shutdown and offline detection.
+
+Heartbeats are not events (one every 2 s per agent would drown the log); changes of
+reachability are: `node.registered`, `node.online`, `node.offline`.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from observability.events import publish
+
+from .models import AgentNode
+
+
+def _node_event(event_type: str, node: AgentNode, **data: Any) -> None:
+    publish(
+        event_type,
+        agent_node_id=node.id,
+        status=node.health_status,
+        data={"base_url": node.base_url, "version": node.version, **data},
+    )
+
+
+def register(data: dict[str, Any]) -> tuple[AgentNode, bool]:
+    """Create or update a node from the SDK's registration body (already validated)."""
+    now = timezone.now()
+    with transaction.atomic():
+        node = AgentNode.objects.select_for_update().filter(pk=data["id"]).first()
+        created = node is None
+        was_inactive = node is not None and node.health_status == AgentNode.INACTIVE
+        if node is None:
+            node = AgentNode(id=data["id"], registered_at=now)
+        node.base_url = data["base_url"]
+        node.version = data.get("version") or ""
+        node.reasoners = data.get("reasoners") or []
+        node.skills = data.get("skills") or []
+        node.metadata = data.get("metadata") or {}
+        node.instance_id = data.get("instance_id") or ""
+        node.lifecycle_status = data.get("lifecycle_status") or "ready"
+        node.health_status = AgentNode.ACTIVE
+        node.last_heartbeat = now
+        node.save()
+        _node_event(
+            "node.registered",
+            node,
+            reasoners=node.reasoner_ids(),
+            skills=node.skill_ids(),
+            re_registered=not created,
+        )
+        if was_inactive:
+            _node_event("node.online", node)
+    return node, created
+
+
+def heartbeat(node_id: str, lifecycle_status: str = "") -> AgentNode:
+    """Record a heartbeat; a node that was offline comes back with `node.online`."""
+    now = timezone.now()
+    fields: dict[str, Any] = {"last_heartbeat": now}
+    if lifecycle_status:
+        fields["lifecycle_status"] = lifecycle_status[:32]
+    with transaction.atomic():
+        if not AgentNode.objects.filter(pk=node_id).update(**fields):
+            raise AgentNode.DoesNotExist(node_id)
+        back = AgentNode.objects.filter(pk=node_id, health_status=AgentNode.INACTIVE).update(
+            health_status=AgentNode.ACTIVE
+        )
+        node = AgentNode.objects.get(pk=node_id)
+        if back:
+            _node_event("node.online", node)
+    return node
+
+
+def shutdown(node_id: str) -> AgentNode:
+    """The agent said it stops: it is offline at once."""
+    with transaction.atomic():
+        node = AgentNode.objects.get(pk=node_id)
+        _mark_offline(node, reason="shutdown")
+    return node
+
+
+def _mark_offline(node: AgentNode, reason: str) -> bool:
+    changed = AgentNode.objects.filter(pk=node.pk, health_status=AgentNode.ACTIVE).update(
+        health_status=AgentNode.INACTIVE, lifecycle_status="offline"
+    )
+    if changed:
+        node.health_status = AgentNode.INACTIVE
+        node.lifecycle_status = "offline"
+        _node_event("node.offline", node, reason=reason)
+    return bool(changed)
+
+
+def mark_silent_nodes_offline() -> int:
+    """Sweeper tick: nodes without a heartbeat for NODE_OFFLINE_AFTER go offline."""
+    cutoff = timezone.now() - timedelta(seconds=settings.NODE_OFFLINE_AFTER)
+    count = 0
+    for node in AgentNode.objects.filter(health_status=AgentNode.ACTIVE, last_heartbeat__lt=cutoff)[:200]:
+        with transaction.atomic():
+            # The conditional update re-checks the heartbeat so a beat that lands
+            # between the read and the write keeps the node online.
+            changed = AgentNode.objects.filter(
+                pk=node.pk, health_status=AgentNode.ACTIVE, last_heartbeat__lt=cutoff
+            ).update(health_status=AgentNode.INACTIVE, lifecycle_status="offline")
+            if changed:
+                node.health_status = AgentNode.INACTIVE
+                _node_event("node.offline", node, reason="heartbeat_missed")
+                count += 1
+    return count

@@ -1,0 +1,113 @@
+"""What agents report back: status callbacks, workflow progress events and logs."""
+
+from typing import Any
+
+from django.db import transaction
+
+from agentfield_site.lib.api import ApiError
+from observability.events import build, publish_many
+
+from . import lifecycle
+from .models import TERMINAL, Execution
+
+MAX_LOG_ENTRIES = 500
+PROGRESS = ("running", "waiting", "paused")
+
+
+def _status_of(value: object) -> str:
+    try:
+        return lifecycle.normalize(value)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"Unknown status {value!r}.", error_category="bad_request") from None
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and value >= 0:
+        return int(value)
+    return None
+
+
+def apply_status(execution_id: str, body: dict[str, Any]) -> Execution:
+    """The agent's `/executions/{id}/status` callback: 404, 400, 409 or the new state."""
+    status = _status_of(body.get("status"))
+    fields: dict[str, Any] = {}
+    if "result" in body:
+        fields["result"] = body["result"]
+    error = body.get("error")
+    if error is not None:
+        fields["error"] = error if isinstance(error, str) else str(error)
+        if status in TERMINAL and status != "succeeded":
+            fields["error_category"] = "agent_error"
+    if "error_details" in body:
+        fields["error_details"] = body["error_details"]
+    if isinstance(body.get("status_reason"), str):
+        fields["status_reason"] = body["status_reason"]
+    if status in TERMINAL:
+        fields["duration_ms"] = _int_or_none(body.get("duration_ms"))
+        fields["completed_at"] = body.get("completed_at")
+    try:
+        return lifecycle.transition(execution_id, status, **fields).execution
+    except Execution.DoesNotExist:
+        raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found") from None
+    except lifecycle.InvalidTransition as exc:
+        raise ApiError(
+            409, "invalid_transition", str(exc), status=exc.current, requested_status=exc.requested
+        ) from None
+
+
+def apply_workflow_event(body: dict[str, Any]) -> bool:
+    """A progress event from an agent; True when it moved one of our executions.
+
+    Agents also report their own nested calls here, under ids this control plane
+    never issued, and send a last event after the terminal status callback: those
+    are acknowledged and ignored. Terminal outcomes come only through the status
+    callback, so one execution never has two sources for its result.
+    """
+    execution_id = body.get("execution_id")
+    if not isinstance(execution_id, str) or not execution_id:
+        return False
+    try:
+        status = lifecycle.normalize(body.get("status"))
+    except ValueError:
+        return False
+    if status not in PROGRESS:
+        return False
+    try:
+        return lifecycle.transition(execution_id, status).changed
+    except (Execution.DoesNotExist, lifecycle.InvalidTransition):
+        return False
+
+
+def append_logs(execution_id: str, entries: object) -> int:
+    """Each log entry becomes an `execution.log` event; returns how many."""
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list):
+        raise ApiError(400, "bad_request", "`entries` must be a list of objects.", error_category="bad_request")
+    if len(entries) > MAX_LOG_ENTRIES:
+        raise ApiError(
+            400, "bad_request", f"At most {MAX_LOG_ENTRIES} entries per request.", error_category="bad_request"
+        )
+    execution = Execution.objects.filter(pk=execution_id).first()
+    if execution is None:
+        raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found")
+    events = [
+        build(
+            "execution.log",
+            execution_id=execution.id,
+            workflow_id=execution.workflow_id,
+            agent_node_id=execution.agent_node_id,
+            status=execution.status,
+            data={
+                "target": execution.target,
+                "reasoner_id": execution.reasoner_id,
+                "entry": entry if isinstance(entry, dict) else {"message": str(entry)},
+            },
+        )
+        for entry in entries
+    ]
+    with transaction.atomic():
+        publish_many(events)
+    return len(events)

@@ -1,0 +1,182 @@
+"""Accepting an execution: parse the target, validate the body, store, enqueue.
+
+Nothing is half-written: the row and its `execution.created` event commit together,
+and dispatch is enqueued only after that commit.
+"""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agentfield_site.lib.api import ApiError
+from webhooks.completion import validate_webhook
+
+from . import dispatch, lifecycle
+from .models import AgentNode, Execution, new_run_id
+
+_ID_HEADER_MAX = 128
+
+
+@dataclass
+class Request:
+    """What a caller asked for, from the body and headers."""
+
+    target: str
+    input: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)
+    webhook: object = None
+    run_id: str = ""
+    parent_execution_id: str = ""
+    session_id: str = ""
+    actor_id: str = ""
+    idempotency_key: str = ""
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """`node.reasoner_or_skill` -> (node, name); anything else is a 400."""
+    node_id, dot, name = target.partition(".")
+    if not dot or not node_id or not name:
+        raise ApiError(
+            400,
+            "bad_request",
+            f"Target {target!r} must look like 'node_id.reasoner_or_skill'.",
+            error_category="bad_request",
+        )
+    return node_id, name
+
+
+def request_from(target: str, body: object, headers) -> Request:
+    """Validate a submission body and its headers into a Request (400 on bad input)."""
+    if body is None or body == "":
+        body = {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object.", error_category="bad_request")
+    payload = body.get("input", {})
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise ApiError(
+            400, "bad_request", "`input` must be a JSON object.", error_category="bad_request"
+        )
+    context = body.get("context") or {}
+    if not isinstance(context, dict):
+        raise ApiError(
+            400, "bad_request", "`context` must be a JSON object.", error_category="bad_request"
+        )
+    values = {}
+    for name, header in (
+        ("run_id", "X-Run-ID"),
+        ("parent_execution_id", "X-Parent-Execution-ID"),
+        ("session_id", "X-Session-ID"),
+        ("actor_id", "X-Actor-ID"),
+    ):
+        value = (headers.get(header) or "").strip()
+        if len(value) > _ID_HEADER_MAX:
+            raise ApiError(
+                400, "bad_request", f"{header} is longer than {_ID_HEADER_MAX} characters.",
+                error_category="bad_request",
+            )
+        values[name] = value
+    key = (headers.get("Idempotency-Key") or "").strip()
+    if len(key) > 255:
+        raise ApiError(
+            400, "bad_request", "Idempotency-Key is longer than 255 characters.", error_category="bad_request"
+        )
+    return Request(
+        target=target, input=payload, context=context, webhook=body.get("webhook"),
+        idempotency_key=key, **values,
+    )
+
+
+def _resolve(target: str) -> tuple[AgentNode, str, str]:
+    node_id, name = parse_target(target)
+    node = AgentNode.objects.filter(pk=node_id).first()
+    if node is None:
+        raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.", error_category="not_found")
+    kind = node.kind_of(name)
+    if kind is None:
+        raise ApiError(
+            404, "not_found", f"Node {node_id!r} has no reasoner or skill {name!r}.", error_category="not_found"
+        )
+    return node, name, kind
+
+
+def _existing_for_key(key: str) -> Execution | None:
+    """The execution created with `key` inside the idempotency window, if any."""
+    existing = Execution.objects.filter(idempotency_key=key).first()
+    if existing is None:
+        return None
+    window = timedelta(hours=settings.IDEMPOTENCY_WINDOW_HOURS)
+    if existing.created_at >= timezone.now() - window:
+        return existing
+    # Past the window the key is free again: release it from the old execution.
+    Execution.objects.filter(pk=existing.pk, idempotency_key=key).update(idempotency_key="")
+    return None
+
+
+def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
+    """Store a new execution (or find the idempotent twin); returns (execution, created).
+
+    With `enqueue`, a django-q2 task dispatches it after commit; the sync API
+    dispatches in its own thread instead.
+    """
+    node, name, kind = _resolve(request.target)
+    if request.idempotency_key:
+        existing = _existing_for_key(request.idempotency_key)
+        if existing is not None:
+            return existing, False
+    waiting = Execution.objects.filter(status__in=("pending", "queued")).count()
+    if waiting >= settings.EXECUTION_QUEUE_LIMIT:
+        raise ApiError(
+            503, "concurrency_limit",
+            f"{waiting} executions are waiting for dispatch; try again later.",
+            error_category="concurrency_limit",
+        )
+    hook, hook_error = (None, None)
+    if request.webhook is not None:
+        hook, hook_error = validate_webhook(request.webhook)
+    now = timezone.now()
+    run_id = request.run_id or new_run_id()
+    execution = Execution(
+        run_id=run_id,
+        workflow_id=run_id,
+        parent_execution_id=request.parent_execution_id,
+        session_id=request.session_id,
+        actor_id=request.actor_id,
+        target=request.target,
+        type=kind,
+        agent_node_id=node.id,
+        reasoner_id=name,
+        input=request.input,
+        context=request.context,
+        status="queued",
+        created_at=now,
+        enqueued_at=now,
+        updated_at=now,
+        idempotency_key=request.idempotency_key,
+        webhook_registered=hook is not None,
+        webhook_url=hook["url"] if hook else "",
+        webhook_secret=(hook.get("secret") or "") if hook else "",
+        webhook_headers=(hook.get("headers") or {}) if hook else {},
+        webhook_error=(hook_error or "")[:500],
+        dispatch_state=Execution.Dispatch.QUEUED,
+        # A task that never runs (broker lost it, process died before enqueue) is
+        # found by the sweeper once this lapses.
+        dispatch_lease_until=now + timedelta(seconds=settings.DISPATCH_LEASE_SECONDS),
+    )
+    try:
+        with transaction.atomic():
+            lifecycle.record_created(execution)
+            if enqueue:
+                dispatch.enqueue(execution.id)
+    except IntegrityError:
+        # Two requests raced with one Idempotency-Key: the other one won.
+        existing = Execution.objects.filter(idempotency_key=request.idempotency_key).first()
+        if request.idempotency_key and existing is not None:
+            return existing, False
+        raise
+    return execution, True

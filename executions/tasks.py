@@ -1,0 +1,7 @@
+"""django-q2 entry points: one line each into the service the tests call directly."""
+
+from . import dispatch
+
+
+def dispatch_execution(execution_id: str) -> str:
+    return dispatch.run(execution_id)

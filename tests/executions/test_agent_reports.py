@@ -1,0 +1,79 @@
+"""What agents report: the status callback, workflow progress events and logs."""
+
+import pytest
+
+from executions import dispatch, submission
+from executions.models import Execution
+from observability.models import PlatformEvent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def running(node, agent) -> Execution:
+    agent.status, agent.body = 202, {"status": "processing"}
+    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    dispatch.run(execution.id)
+    return Execution.objects.get(pk=execution.id)
+
+
+def test_sdk_status_callback_succeeds_the_execution(api, running):
+    body = {"status": "succeeded", "result": {"words": 2}, "duration_ms": 12,
+            "completed_at": "2026-01-01T00:00:00+00:00", "execution_id": running.id, "reasoner": "process"}
+    response = api.post(f"/api/v1/executions/{running.id}/status", body, format="json")
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["status"] == "succeeded" and doc["result"] == {"words": 2} and doc["duration_ms"] == 12
+    again = api.post(f"/api/v1/executions/{running.id}/status", body, format="json")
+    assert again.status_code == 200, "a repeated terminal callback is idempotent"
+    assert PlatformEvent.objects.filter(type="execution.completed").count() == 1
+
+
+def test_alias_and_failure_with_details(api, running):
+    response = api.post(f"/api/v1/executions/{running.id}/status",
+                        {"status": "error", "error": "boom", "error_details": {"reason": "x"}}, format="json")
+    assert response.status_code == 200
+    running.refresh_from_db()
+    assert (running.status, running.error, running.error_details) == ("failed", "boom", {"reason": "x"})
+    assert running.error_category == "agent_error"
+
+
+def test_conflicting_terminal_is_409(api, running):
+    api.post(f"/api/v1/executions/{running.id}/status", {"status": "succeeded", "result": 1}, format="json")
+    response = api.post(f"/api/v1/executions/{running.id}/status", {"status": "failed"}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"] == "invalid_transition" and response.json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("body", [{"status": "exploded"}, {}, [1], "x"])
+def test_bad_callbacks_are_400(api, running, body):
+    response = api.post(f"/api/v1/executions/{running.id}/status", body, format="json")
+    assert response.status_code == 400
+
+
+def test_callback_for_unknown_execution_is_404(api, db):
+    assert api.post("/api/v1/executions/exec_nope/status", {"status": "succeeded"}, format="json").status_code == 404
+
+
+def test_workflow_events_move_progress_only(api, running):
+    paused = {"execution_id": running.id, "status": "paused", "agent_node_id": "analyzer"}
+    assert api.post("/api/v1/workflow/executions/events", paused, format="json").json()["success"] is True
+    running.refresh_from_db()
+    assert running.status == "paused"
+    terminal = {"execution_id": running.id, "status": "succeeded", "result": {"x": 1}}
+    assert api.post("/api/v1/workflow/executions/events", terminal, format="json").status_code == 200
+    running.refresh_from_db()
+    assert running.status == "paused", "results come only through the status callback"
+    for unknown in ({"execution_id": "exec_child_of_agent", "status": "running"}, {"status": "running"}, {}):
+        assert api.post("/api/v1/workflow/executions/events", unknown, format="json").status_code == 200
+
+
+def test_logs_become_execution_log_events(api, running):
+    entries = [{"level": "INFO", "message": "one"}, {"level": "WARN", "message": "two"}]
+    response = api.post(f"/api/v1/executions/{running.id}/logs", {"entries": entries}, format="json")
+    assert response.status_code == 200
+    logs = PlatformEvent.objects.filter(type="execution.log").order_by("id")
+    assert [e.data["entry"]["message"] for e in logs] == ["one", "two"]
+    assert all(e.execution_id == running.id and e.source == "execution" for e in logs)
+    assert api.post(f"/api/v1/executions/{running.id}/logs", {"entries": "x"}, format="json").status_code == 400
+    assert api.post("/api/v1/executions/exec_nope/logs", {"entries": []}, format="json").status_code == 404

@@ -1,0 +1,57 @@
+"""Cancel: the response, 409 on terminal, and the best-effort notice to the agent."""
+
+import time
+
+import pytest
+
+from executions import dispatch, submission
+from executions.models import Execution
+from observability.models import PlatformEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _submit() -> Execution:
+    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    return execution
+
+
+def test_cancel_a_running_execution_tells_the_agent(api, node, agent):
+    agent.status, agent.body = 202, {"status": "processing"}
+    execution = _submit()
+    dispatch.run(execution.id)
+    response = api.post(f"/api/v1/executions/{execution.id}/cancel", {"reason": "user asked"}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["execution_id"] == execution.id and body["previous_status"] == "running"
+    assert body["status"] == "cancelled" and body["reason"] == "user asked" and body["cancelled_at"]
+    assert PlatformEvent.objects.filter(type="execution.cancelled", execution_id=execution.id).count() == 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(agent.requests) < 2:
+        time.sleep(0.02)
+    assert agent.requests[-1]["path"] == f"/_internal/executions/{execution.id}/cancel"
+
+
+def test_cancel_twice_is_409_invalid_state(api, node):
+    execution = _submit()
+    assert api.post(f"/api/v1/executions/{execution.id}/cancel", {}, format="json").status_code == 200
+    response = api.post(f"/api/v1/executions/{execution.id}/cancel", {}, format="json")
+    assert response.status_code == 409 and response.json()["error"] == "invalid_state"
+    assert api.post("/api/v1/executions/exec_nope/cancel", {}, format="json").status_code == 404
+
+
+def test_a_cancelled_queued_execution_is_never_dispatched(api, node, agent):
+    execution = _submit()
+    api.post(f"/api/v1/executions/{execution.id}/cancel", {}, format="json")
+    assert dispatch.run(execution.id) == "not_claimed"
+    assert agent.requests == []
+
+
+def test_an_unreachable_agent_does_not_delay_or_fail_cancel(api, node):
+    node.base_url = "http://127.0.0.1:9"
+    node.save()
+    execution = _submit()
+    Execution.objects.filter(pk=execution.id).update(status="running")
+    started = time.monotonic()
+    assert api.post(f"/api/v1/executions/{execution.id}/cancel", {}, format="json").status_code == 200
+    assert time.monotonic() - started < 1.0

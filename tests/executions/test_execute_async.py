@@ -1,0 +1,76 @@
+"""Async submission: the 202 document, headers carried through, events, webhook registration."""
+
+import pytest
+
+from executions.models import Execution
+from observability.models import PlatformEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def test_async_submit_answers_202_with_the_contract_document(api, node, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = api.post(
+            "/api/v1/execute/async/analyzer.process",
+            {"input": {"document": "hello"}},
+            format="json",
+            headers={"X-Run-ID": "run_abc", "X-Session-ID": "s1", "X-Actor-ID": "a1", "X-Parent-Execution-ID": "p1"},
+        )
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["execution_id"].startswith("exec_")
+    assert body["run_id"] == body["workflow_id"] == "run_abc"
+    assert body["status"] == "queued"
+    assert body["target"] == "analyzer.process"
+    assert body["type"] == "reasoner"
+    assert body["created_at"] and body["enqueued_at"]
+    assert body["webhook_registered"] is False
+    enqueued = [cb for cb in callbacks if cb.__module__ == "executions.dispatch"]
+    assert len(enqueued) == 1, "dispatch is enqueued once, after commit"
+    row = Execution.objects.get(pk=body["execution_id"])
+    assert (row.session_id, row.actor_id, row.parent_execution_id) == ("s1", "a1", "p1")
+    assert row.input == {"document": "hello"}
+    event = PlatformEvent.objects.get(type="execution.created")
+    assert event.execution_id == row.id and event.workflow_id == "run_abc" and event.status == "queued"
+    assert event.data["target"] == "analyzer.process" and event.data["reasoner_id"] == "process"
+
+
+def test_skill_target_and_generated_run_id(api, node):
+    body = api.post("/api/v1/execute/async/analyzer.count", {}, format="json").json()
+    assert body["type"] == "skill"
+    assert body["run_id"].startswith("run_")
+
+
+def test_unknown_node_or_target_is_404(api, node):
+    for target in ("nobody.process", "analyzer.missing"):
+        response = api.post(f"/api/v1/execute/async/{target}", {"input": {}}, format="json")
+        assert response.status_code == 404
+        assert response.json()["error"] == "not_found"
+        assert response.json()["error_category"] == "not_found"
+    assert not Execution.objects.exists()
+
+
+def test_valid_webhook_is_registered(api, node, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1", "localhost", "hooks.example"]
+    response = api.post(
+        "/api/v1/execute/async/analyzer.process",
+        {"input": {}, "webhook": {"url": "http://127.0.0.1:9/hook", "secret": "s3cret", "headers": {"X-Team": "a"}}},
+        format="json",
+    )
+    body = response.json()
+    assert response.status_code == 202
+    assert body["webhook_registered"] is True
+    assert "webhook_error" not in body
+    row = Execution.objects.get(pk=body["execution_id"])
+    assert row.webhook_url == "http://127.0.0.1:9/hook" and row.webhook_secret == "s3cret"
+    assert row.webhook_headers == {"X-Team": "a"}
+
+
+def test_queue_limit_answers_503_concurrency_limit(api, node, settings):
+    settings.EXECUTION_QUEUE_LIMIT = 2
+    for _ in range(2):
+        assert api.post("/api/v1/execute/async/analyzer.process", {}, format="json").status_code == 202
+    response = api.post("/api/v1/execute/async/analyzer.process", {}, format="json")
+    assert response.status_code == 503
+    assert response.json()["error"] == "concurrency_limit"
+    assert Execution.objects.count() == 2

@@ -1,0 +1,63 @@
+"""Sync execute: waits for the outcome; 200, 502 on failure, 504 on timeout."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from executions.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_sync_200_with_result(api, node, agent, completions, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    agent.body = {"summary": "done"}
+    response = api.post("/api/v1/execute/analyzer.process",
+                        {"input": {"document": "x"}, "webhook": {"url": "http://127.0.0.1:9/h"}}, format="json")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "succeeded" and body["result"] == {"summary": "done"}
+    assert body["execution_id"].startswith("exec_") and body["run_id"].startswith("run_")
+    assert body["finished_at"] and isinstance(body["duration_ms"], int)
+    assert body["webhook_registered"] is True
+    assert len(completions) == 1, "a webhook given to the sync call fires too"
+
+
+def test_sync_502_when_the_agent_fails(api, node, agent):
+    agent.status, agent.body = 500, {"error": "kaput"}
+    response = api.post("/api/v1/execute/analyzer.process", {"input": {}}, format="json")
+    assert response.status_code == 502
+    body = response.json()
+    assert body["status"] == "failed" and body["error_category"] == "agent_error"
+    assert body["error"] and body["message"] and body["error_details"]["http_status"] == 500
+
+
+def test_sync_waits_for_the_status_callback(api, node, agent, settings):
+    agent.status, agent.body = 202, {"status": "processing"}
+
+    def callback_later():
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            row = Execution.objects.filter(status="running").first()
+            if row:
+                time.sleep(0.1)
+                api.post(f"/api/v1/executions/{row.id}/status", {"status": "succeeded", "result": 7}, format="json")
+                break
+            time.sleep(0.02)
+        connection.close()
+
+    thread = threading.Thread(target=callback_later)
+    thread.start()
+    response = api.post("/api/v1/execute/analyzer.process", {"input": {}}, format="json")
+    thread.join()
+    assert response.status_code == 200 and response.json()["result"] == 7
+
+
+def test_sync_504_when_no_outcome_in_time(api, node, agent, settings):
+    settings.AGENT_CALL_TIMEOUT = 0.5
+    agent.status, agent.body = 202, {"status": "processing"}
+    response = api.post("/api/v1/execute/analyzer.process", {"input": {}}, format="json")
+    assert response.status_code == 504
+    assert response.json()["error"] == "timeout" and response.json()["status"] == "running"

@@ -1,0 +1,112 @@
+"""Node registry endpoints as the SDK's Agent calls them, and offline detection."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from executions import nodes
+from executions.models import AgentNode
+from observability.models import PlatformEvent
+
+pytestmark = pytest.mark.django_db
+
+SDK_BODY = {
+    "id": "writer",
+    "team_id": "default",
+    "base_url": "http://localhost:8001",
+    "version": "1.2.0",
+    "reasoners": [{"id": "draft", "input_schema": {"type": "object"}, "output_schema": {}, "tags": ["x"]}],
+    "skills": [{"id": "spell", "tags": []}],
+    "proposed_tags": [],
+    "instance_id": "i-1",
+    "lifecycle_status": "starting",
+    "communication_config": {"protocols": ["http"], "heartbeat_interval": "2s"},
+    "health_status": "healthy",
+    "metadata": {"deployment": {"platform": "python"}, "custom": {}},
+}
+
+
+def _types() -> list[str]:
+    return list(PlatformEvent.objects.values_list("type", flat=True))
+
+
+def test_register_then_reregister_updates(api):
+    response = api.post("/api/v1/nodes/register", SDK_BODY, format="json")
+    assert response.status_code == 201
+    assert response.json() == {
+        "success": True, "message": "node registered", "node_id": "writer", "resolved_base_url": "http://localhost:8001",
+    }
+    node = AgentNode.objects.get(pk="writer")
+    assert node.reasoners[0]["input_schema"] == {"type": "object"}
+    assert node.kind_of("draft") == "reasoner" and node.kind_of("spell") == "skill"
+    response = api.post("/api/v1/nodes", {**SDK_BODY, "version": "1.3.0", "base_url": "http://localhost:8002"}, format="json")
+    assert response.status_code == 201, "POST /api/v1/nodes is an alias"
+    node.refresh_from_db()
+    assert (node.version, node.base_url) == ("1.3.0", "http://localhost:8002")
+    assert _types() == ["node.registered", "node.registered"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"id": "x"}, {"id": "a.b", "base_url": "http://h"}, {"id": "x", "base_url": "ftp://h"},
+     {"id": "x", "base_url": "http://h", "reasoners": "nope"}, {"id": "x", "base_url": "http://h", "reasoners": [1]},
+     [1, 2]],
+)
+def test_bad_registrations_are_400(api, body):
+    response = api.post("/api/v1/nodes/register", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request" and response.json()["message"]
+    assert not AgentNode.objects.exists()
+
+
+def test_heartbeat_shutdown_and_back(api):
+    api.post("/api/v1/nodes/register", SDK_BODY, format="json")
+    response = api.post("/api/v1/nodes/writer/heartbeat",
+                        {"status": "ready", "timestamp": "2026-01-01T00:00:00Z", "version": "1.2.0", "instance_id": "i-1"},
+                        format="json")
+    assert response.status_code == 200
+    assert response.json()["success"] is True and response.json()["message"] == "heartbeat received"
+    assert response.json()["timestamp"]
+    assert AgentNode.objects.get(pk="writer").lifecycle_status == "ready"
+    response = api.post("/api/v1/nodes/writer/shutdown", format="json")
+    assert response.status_code == 200 and response.json()["success"] is True
+    assert AgentNode.objects.get(pk="writer").health_status == "inactive"
+    api.post("/api/v1/nodes/writer/heartbeat", {"status": "ready"}, format="json")
+    assert AgentNode.objects.get(pk="writer").health_status == "active"
+    assert _types() == ["node.registered", "node.offline", "node.online"]
+
+
+def test_unknown_node_heartbeat_and_shutdown_are_404(api):
+    assert api.post("/api/v1/nodes/ghost/heartbeat", {}, format="json").status_code == 404
+    assert api.post("/api/v1/nodes/ghost/shutdown", {}, format="json").status_code == 404
+    assert api.get("/api/v1/nodes/ghost").json()["error"] == "not_found"
+
+
+def test_list_and_get(api):
+    api.post("/api/v1/nodes/register", SDK_BODY, format="json")
+    listed = api.get("/api/v1/nodes").json()
+    assert listed["count"] == 1
+    doc = api.get("/api/v1/nodes/writer").json()
+    assert listed["nodes"][0] == doc
+    assert doc["id"] == "writer" and doc["health_status"] == "active" and doc["last_heartbeat"]
+    assert doc["reasoners"][0]["id"] == "draft" and doc["skills"][0]["id"] == "spell"
+
+
+def test_silent_nodes_go_offline_once(api, settings):
+    settings.NODE_OFFLINE_AFTER = 30
+    api.post("/api/v1/nodes/register", SDK_BODY, format="json")
+    assert nodes.mark_silent_nodes_offline() == 0
+    AgentNode.objects.update(last_heartbeat=timezone.now() - timedelta(seconds=31))
+    assert nodes.mark_silent_nodes_offline() == 1
+    assert nodes.mark_silent_nodes_offline() == 0
+    offline = PlatformEvent.objects.get(type="node.offline")
+    assert offline.agent_node_id == "writer" and offline.data["reason"] == "heartbeat_missed"
+    api.post("/api/v1/nodes/writer/heartbeat", {}, format="json")
+    assert PlatformEvent.objects.filter(type="node.online").count() == 1
+
+
+def test_did_register_is_a_json_404(api):
+    response = api.post("/api/v1/did/register", {"agent_node_id": "writer", "reasoners": [], "skills": []}, format="json")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_supported"

@@ -1,0 +1,76 @@
+"""Reading executions: the status document, batch status, list filters and cursor pages."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from executions import lifecycle, submission
+from executions.models import Execution
+
+pytestmark = pytest.mark.django_db
+
+
+def _make(target="analyzer.process", run_id="") -> Execution:
+    headers = {"X-Run-ID": run_id} if run_id else {}
+    execution, _ = submission.submit(submission.request_from(target, {"input": {"n": 1}}, headers), enqueue=False)
+    return execution
+
+
+def test_status_document(api, node):
+    execution = _make()
+    lifecycle.transition(execution.id, "running")
+    lifecycle.transition(execution.id, "succeeded", result={"a": 1})
+    doc = api.get(f"/api/v1/executions/{execution.id}").json()
+    for key in ("execution_id", "run_id", "workflow_id", "status", "target", "type", "agent_node_id", "reasoner_id",
+                "result", "created_at", "started_at", "completed_at", "duration_ms", "webhook_registered", "webhook_events"):
+        assert key in doc, key
+    assert doc["status"] == "succeeded" and doc["result"] == {"a": 1} and doc["webhook_events"] == []
+    assert doc["agent_node_id"] == "analyzer" and doc["reasoner_id"] == "process"
+    assert api.get("/api/v1/executions/exec_missing").status_code == 404
+
+
+def test_batch_status(api, node):
+    a, b = _make(), _make()
+    response = api.post("/api/v1/executions/batch-status", {"execution_ids": [a.id, b.id, "exec_x"]}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert body[a.id]["status"] == "queued" and body[b.id]["execution_id"] == b.id
+    assert body["exec_x"]["status"] == "not_found"
+    for bad in ({}, {"execution_ids": []}, {"execution_ids": "x"}, {"execution_ids": ["x"] * 501}):
+        assert api.post("/api/v1/executions/batch-status", bad, format="json").status_code == 400
+
+
+def test_list_filters(api, node):
+    first = _make(run_id="run_one")
+    second = _make(target="analyzer.count")
+    lifecycle.transition(second.id, "cancelled")
+    Execution.objects.filter(pk=first.id).update(created_at=timezone.now() - timedelta(hours=1))
+
+    def ids(query: str) -> list[str]:
+        response = api.get(f"/api/v1/executions{query}")
+        assert response.status_code == 200, response.content
+        return [d["execution_id"] for d in response.json()["results"]]
+
+    assert ids("") == [second.id, first.id], "newest first"
+    assert ids("?status=cancelled") == [second.id]
+    assert ids("?workflow_id=run_one") == [first.id]
+    assert ids("?target=analyzer.count") == [second.id]
+    assert ids("?agent_node_id=analyzer") == [second.id, first.id]
+    assert ids("?agent_node_id=other") == []
+    cut = (timezone.now() - timedelta(minutes=30)).isoformat().replace("+00:00", "Z")
+    assert ids(f"?since={cut}") == [second.id]
+    assert ids(f"?until={cut}") == [first.id]
+    assert api.get("/api/v1/executions?status=bogus").status_code == 400
+    assert api.get("/api/v1/executions?since=yesterday").status_code == 400
+
+
+def test_cursor_pagination_walks_every_row_once(api, node):
+    made = {_make().id for _ in range(7)}
+    seen, url, pages = [], "/api/v1/executions?limit=3", 0
+    while url:
+        body = api.get(url).json()
+        seen += [d["execution_id"] for d in body["results"]]
+        url, pages = body["next"], pages + 1
+    assert pages == 3 and len(seen) == 7 and set(seen) == made
+    assert api.get("/api/v1/executions?cursor=garbage").status_code == 400
