@@ -150,3 +150,12 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.delivery_id}: {self.status_code or self.error[:40]}"
+
+
+class DeadLetter(Delivery):
+    """The dead letter queue as its own admin page (deliveries with status `dead`)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
+        verbose_name_plural = "dead letter queue"

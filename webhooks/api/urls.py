@@ -1,3 +1,18 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list = []
+from . import views
+
+router = SimpleRouter(trailing_slash="/?")
+router.register("api/v1/webhooks/subscriptions", views.SubscriptionViewSet, basename="webhook-subscription")
+
+urlpatterns = [
+    path("api/v1/webhooks/dlq", views.DeadLetterListView.as_view(), name="webhook-dlq"),
+    path("api/v1/webhooks/dlq/redrive", views.RedriveView.as_view(), name="webhook-dlq-redrive"),
+    path(
+        "api/v1/executions/<str:execution_id>/webhook/retry",
+        views.ExecutionWebhookRetryView.as_view(),
+        name="execution-webhook-retry",
+    ),
+    *router.urls,
+]

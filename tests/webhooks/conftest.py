@@ -1,0 +1,53 @@
+"""Webhook test fixtures: loopback allowed, short retry schedule, a drain helper."""
+
+import time
+
+import pytest
+
+from webhooks import delivery
+from webhooks.completion import enqueue_completion
+from webhooks.models import Delivery
+
+SCHEDULE = [0.2, 0.4, 0.6]
+
+
+@pytest.fixture(autouse=True)
+def webhook_settings(settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.WEBHOOK_RETRY_SCHEDULE = SCHEDULE
+    settings.WEBHOOK_TIMEOUT = 2.0
+    settings.WEBHOOK_LEASE_SECONDS = 5.0
+    return settings
+
+
+def completion_payload(execution_id: str, status: str = "succeeded") -> dict:
+    return {
+        "event": "execution.completed" if status == "succeeded" else "execution.failed",
+        "execution_id": execution_id,
+        "workflow_id": "run_1",
+        "run_id": "run_1",
+        "status": status,
+        "target": "analyzer.process",
+        "type": "reasoner",
+        "result": {"text": "naïve café ✓"} if status == "succeeded" else None,
+        "timestamp": "2026-03-23T10:00:00Z",
+    }
+
+
+def enqueue(url: str, secret: str = "", execution_id: str = "exec_1", headers: dict | None = None) -> Delivery:
+    enqueue_completion(
+        execution_id=execution_id, url=url, secret=secret, headers=headers or {}, payload=completion_payload(execution_id)
+    )
+    return Delivery.objects.get(execution_id=execution_id, kind=Delivery.COMPLETION)
+
+
+def drain(row: Delivery, timeout: float = 10.0) -> Delivery:
+    """Run the engine (as a worker would) until the delivery is no longer pending."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        delivery.send_due()
+        row.refresh_from_db()
+        if row.status not in (Delivery.PENDING, Delivery.IN_FLIGHT):
+            return row
+        time.sleep(0.02)
+    raise TimeoutError(f"delivery still {row.status} after {timeout}s")

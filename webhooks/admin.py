@@ -1,0 +1,118 @@
+"""The operations console for deliveries: what happened, attempt by attempt, and redrive."""
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from . import delivery as engine
+from .models import Attempt, DeadLetter, Delivery, Subscription, SubscriptionSecret
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    extra = 0
+    can_delete = False
+    fields = ("number", "started_at", "duration_ms", "status_code", "outcome", "error", "response_headers", "response_body")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.action(description="Redrive selected (fresh retry budget, same webhook-id)")
+def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    queued = engine.redrive(
+        queryset, statuses=(Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED)
+    )
+    skipped = queryset.count() - queued
+    modeladmin.message_user(
+        request,
+        f"Queued {queued} deliveries." + (f" {skipped} already pending or in flight." if skipped > 0 else ""),
+        messages.SUCCESS,
+    )
+
+
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ("webhook_id", "kind", "event_type", "status", "target_host", "attempts", "last_status", "created_at")
+    list_filter = ("status", "kind", "event_type", "target_host")
+    search_fields = ("=execution_id", "=webhook_id")
+    date_hierarchy = "created_at"
+    inlines = [AttemptInline]
+    actions = [redrive_selected]
+    exclude = ("secret", "body")
+    readonly_fields = (
+        "webhook_id", "kind", "event_type", "execution_id", "subscription", "event_id", "url", "target_host",
+        "headers", "body_text", "retries", "status", "next_attempt_at", "lease_until", "attempts", "budget_base",
+        "last_status", "last_error", "created_at", "delivered_at", "dead_lettered_at",
+    )
+    fields = readonly_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).defer("body")
+
+    @admin.display(description="body (as sent)")
+    def body_text(self, obj: Delivery) -> str:
+        return bytes(obj.body).decode("utf-8", errors="replace")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.method in ("GET", "HEAD") or obj is None
+
+
+admin.site.register(Delivery, DeliveryAdmin)
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(DeliveryAdmin):
+    """The dead letter queue: deliveries that used up their retries (or hit a 410)."""
+
+    list_display = ("webhook_id", "event_type", "execution_id", "target_host", "attempts", "last_status", "last_error", "dead_lettered_at")
+    list_filter = ("event_type", "target_host", "subscription")
+    date_hierarchy = "dead_lettered_at"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).filter(status=Delivery.DEAD)
+
+
+def _mask(secret: str) -> str:
+    return f"{secret[:6]}…{secret[-4:]}" if len(secret) > 12 else "••••"
+
+
+class SecretInline(admin.TabularInline):
+    model = SubscriptionSecret
+    extra = 0
+    can_delete = False
+    fields = ("masked", "created_at", "expires_at")
+    readonly_fields = fields
+
+    @admin.display(description="secret")
+    def masked(self, obj: SubscriptionSecret) -> str:
+        return _mask(obj.secret)
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = ("id", "url", "event_types", "enabled", "disabled_reason", "created_at")
+    list_filter = ("enabled",)
+    search_fields = ("id", "url", "description")
+    readonly_fields = ("id", "disabled_reason", "failing_since", "created_at", "updated_at")
+    inlines = [SecretInline]
+    actions = ["enable", "disable"]
+
+    @admin.action(description="Enable selected subscriptions")
+    def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = queryset.update(enabled=True, disabled_reason="", failing_since=None)
+        self.message_user(request, f"Enabled {n} subscriptions.", messages.SUCCESS)
+
+    @admin.action(description="Disable selected subscriptions")
+    def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = queryset.update(enabled=False, disabled_reason="Disabled by an operator.")
+        self.message_user(request, f"Disabled {n} subscriptions.", messages.SUCCESS)

@@ -1,0 +1,74 @@
+from rest_framework import serializers
+
+from ..completion import header_problem, url_problem
+from ..models import Delivery, Subscription
+
+MAX_PATTERNS = 50
+
+
+class SubscriptionSerializer(serializers.ModelSerializer):
+    """A subscription as the API shows it: never its secret (only create and rotate return one)."""
+
+    url = serializers.CharField(max_length=2048)
+    event_types = serializers.ListField(
+        child=serializers.CharField(max_length=64, allow_blank=False), allow_empty=False, max_length=MAX_PATTERNS
+    )
+    headers = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+
+    class Meta:
+        model = Subscription
+        fields = ["id", "url", "description", "event_types", "headers", "enabled", "disabled_reason", "created_at"]
+        read_only_fields = ["id", "disabled_reason", "created_at"]
+
+    def validate_url(self, value: str) -> str:
+        problem = url_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value.strip()
+
+    def validate_headers(self, value: dict) -> dict:
+        problem = header_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+    def update(self, instance: Subscription, validated_data: dict) -> Subscription:
+        if validated_data.get("enabled") and not instance.enabled:
+            # Re-enabling starts afresh: no stale reason, no running failure clock.
+            validated_data.update(disabled_reason="", failing_since=None)
+        return super().update(instance, validated_data)
+
+
+class DeadLetterSerializer(serializers.ModelSerializer):
+    """The contract's DLQ entry."""
+
+    url = serializers.SerializerMethodField()
+    event = serializers.CharField(source="event_type")
+    subscription_id = serializers.CharField(allow_null=True)
+
+    class Meta:
+        model = Delivery
+        fields = [
+            "id", "webhook_id", "execution_id", "subscription_id", "url", "event", "attempts",
+            "last_status", "last_error", "dead_lettered_at",
+        ]
+
+    def get_url(self, row: Delivery) -> str:
+        return row.subscription.url if row.subscription_id and row.subscription else row.url
+
+
+class RedriveFilterSerializer(serializers.Serializer):
+    execution_id = serializers.CharField(required=False)
+    subscription = serializers.CharField(required=False)
+    event = serializers.CharField(required=False)
+
+
+class RedriveSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=10_000)
+    all = serializers.BooleanField(required=False, default=False)
+    filter = RedriveFilterSerializer(required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        if not attrs.get("ids") and not attrs.get("all") and not attrs.get("filter"):
+            raise serializers.ValidationError("Give ids, all: true, or a filter.")
+        return attrs

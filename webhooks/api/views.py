@@ -1,0 +1,133 @@
+"""Thin views over the subscription and delivery services."""
+
+from django.db import transaction
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agentfield_site.lib.api import ApiError
+
+from .. import delivery as engine
+from .. import subscriptions
+from ..models import Delivery, Subscription
+from .serializers import DeadLetterSerializer, RedriveSerializer, SubscriptionSerializer
+
+DLQ_MAX_LIMIT = 500
+
+
+class SubscriptionViewSet(viewsets.ModelViewSet):
+    """CRUD for standing webhook endpoints; the secret is shown on create and rotate only."""
+
+    queryset = Subscription.objects.all().order_by("created_at")
+    serializer_class = SubscriptionSerializer
+    filterset_fields = ["enabled"]
+
+    def create(self, request: Request, *args, **kwargs) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        sub, secret = subscriptions.create(
+            url=data["url"],
+            description=data.get("description", ""),
+            event_types=data["event_types"],
+            headers=data.get("headers", {}),
+            enabled=data.get("enabled", True),
+        )
+        return Response({**self.get_serializer(sub).data, "secret": secret}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: dict})
+    @action(detail=True, methods=["post"], url_path="rotate-secret")
+    def rotate_secret(self, request: Request, pk: str | None = None) -> Response:
+        """A new secret, shown once; the previous one keeps signing for 24 hours."""
+        sub = self.get_object()
+        secret = subscriptions.rotate_secret(sub)
+        return Response({"id": sub.id, "secret": secret, "previous_secret_valid_for_seconds": 86400})
+
+    @extend_schema(request=None, responses={202: dict})
+    @action(detail=True, methods=["post"])
+    def test(self, request: Request, pk: str | None = None) -> Response:
+        """Send one `webhook.test` event (no retries)."""
+        row = subscriptions.send_test(self.get_object())
+        return Response(
+            {"status": "queued", "delivery_id": row.id, "webhook_id": row.webhook_id},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+def _dead_letters(params) -> QuerySet:
+    rows = Delivery.objects.filter(status=Delivery.DEAD)
+    if params.get("execution_id"):
+        rows = rows.filter(execution_id=params["execution_id"])
+    if params.get("subscription"):
+        rows = rows.filter(subscription_id=params["subscription"])
+    if params.get("event"):
+        rows = rows.filter(event_type=params["event"])
+    return rows
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name} must be an integer.") from None
+    if value < 0:
+        raise ApiError(400, "bad_request", f"{name} must not be negative.")
+    return min(value, maximum) if maximum else value
+
+
+class DeadLetterListView(APIView):
+    """Dead-lettered deliveries, oldest first."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 50, DLQ_MAX_LIMIT)
+        offset = _int_param(request, "offset", 0)
+        rows = _dead_letters(request.query_params).select_related("subscription").order_by("dead_lettered_at", "id")
+        return Response({
+            "entries": DeadLetterSerializer(rows[offset : offset + limit], many=True).data,
+            "total_count": rows.count(),
+        })
+
+
+class RedriveView(APIView):
+    """Send dead-lettered deliveries again: fresh retry budget, same webhook-id."""
+
+    @extend_schema(request=RedriveSerializer, responses={200: dict})
+    def post(self, request: Request) -> Response:
+        serializer = RedriveSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        rows = _dead_letters(data.get("filter") or {})
+        if data.get("ids"):
+            rows = rows.filter(id__in=data["ids"])
+            processed = len(set(data["ids"]))
+        else:
+            processed = rows.count()
+        queued = engine.redrive(rows)
+        return Response({"success": True, "processed": processed, "queued": queued})
+
+
+class ExecutionWebhookRetryView(APIView):
+    """Send an execution's completion webhook again, whatever became of it."""
+
+    @extend_schema(request=None, responses={202: dict})
+    def post(self, request: Request, execution_id: str) -> Response:
+        with transaction.atomic():
+            row = Delivery.objects.filter(kind=Delivery.COMPLETION, execution_id=execution_id).first()
+            if row is None:
+                raise ApiError(404, "not_found", f"Execution {execution_id} has no completion webhook.")
+            engine.redrive(
+                Delivery.objects.filter(id=row.id),
+                statuses=(Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED),
+            )
+        return Response(
+            {"status": "queued", "execution_id": execution_id, "webhook_id": row.webhook_id},
+            status=status.HTTP_202_ACCEPTED,
+        )
