@@ -71,9 +71,11 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     # Subscribing inside the generator ties the subscription's life to the body:
     # Django cancels the generator when the client goes, and `finally` lets go.
-    yield f"retry: {RETRY_MS}\n\n".encode()
+    # The first bytes follow the subscription, so a client that has read them
+    # knows that every later event will reach it.
     sub = await get_tailer().subscribe(flt, last_event_id, announce_gaps=announce_gaps)
     try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
         while True:
             event = await sub.next_event(settings.STREAM_KEEPALIVE_SECONDS)
             if event is None:

@@ -16,8 +16,10 @@ a thousand open streams hold a handful of connections, not a thousand.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.db.models import Max, Min
 
 from .models import PlatformEvent
@@ -43,7 +45,8 @@ TERMINAL_EXECUTION_TYPES = frozenset(
 )
 
 T = TypeVar("T")
-_db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="streams-db")
+_POOL_SIZE = 4
+_db_pool = ThreadPoolExecutor(max_workers=_POOL_SIZE, thread_name_prefix="streams-db")
 
 
 def _with_fresh_connection(fn: Callable[..., T], *args: Any) -> T:
@@ -59,6 +62,19 @@ def _with_fresh_connection(fn: Callable[..., T], *args: Any) -> T:
 async def run_db(fn: Callable[..., T], *args: Any) -> T:
     """Run a synchronous ORM function on the streams' bounded thread pool."""
     return await sync_to_async(_with_fresh_connection, thread_sensitive=False, executor=_db_pool)(fn, *args)
+
+
+def close_pool_connections() -> None:
+    """Close the connections the pool's threads hold (before dropping a test database)."""
+    barrier = threading.Barrier(_POOL_SIZE)
+
+    def close() -> None:
+        connections.close_all()
+        # Holding every task until all have run puts one on each thread.
+        barrier.wait(timeout=10)
+
+    for future in [_db_pool.submit(close) for _ in range(_POOL_SIZE)]:
+        future.result()
 
 
 @dataclass(eq=False)
@@ -266,10 +282,8 @@ class Tailer:
             if settings.CHANNEL_LAYERS:
                 self._wake_task = self.loop.create_task(self._listen_for_wakeups())
             while self.subscribers:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), settings.STREAM_POLL_SECONDS)
-                except TimeoutError:
-                    pass
                 self._wake.clear()
                 await self._read_and_fan_out()
         finally:

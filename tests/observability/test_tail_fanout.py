@@ -1,0 +1,83 @@
+"""The per-process tail: one reader fans out to many subscriptions; slow ones stay bounded."""
+
+import asyncio
+
+import pytest
+from django.db import connections
+
+from observability import events, tail
+from observability.stream_filters import EventFilter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _release_stream_connections():
+    yield
+    tail.close_pool_connections()
+
+
+def publish_batch(n: int, prefix: str) -> list[int]:
+    try:
+        return [events.publish("execution.log", execution_id=f"{prefix}{i}").id for i in range(n)]
+    finally:
+        connections.close_all()
+
+
+async def drain(sub: tail.Subscription, count: int) -> list[int]:
+    got = []
+    while len(got) < count:
+        event = await sub.next_event(5)
+        assert event is not None, f"stream went quiet after {got}"
+        got.append(event.id)
+    return got
+
+
+def test_slow_subscription_overflows_its_buffer_then_rereads_the_log(settings):
+    settings.STREAM_CLIENT_BUFFER = 3
+
+    async def scenario():
+        tailer = tail.get_tailer()
+        slow = await tailer.subscribe(EventFilter(), None)
+        fast = await tailer.subscribe(EventFilter(), None)
+        ids = await asyncio.to_thread(publish_batch, 20, "x")
+        fast_ids = []
+        # Only the fast one reads while the events arrive.
+        async def read_fast():
+            fast_ids.extend(await drain(fast, 20))
+
+        await read_fast()
+        await asyncio.sleep(settings.STREAM_POLL_SECONDS * 3)
+        assert slow.overflows >= 1
+        assert slow.queue.qsize() <= 3
+        slow_ids = await drain(slow, 20)
+        assert await slow.next_event(0.3) is None
+        slow.close()
+        fast.close()
+        return ids, fast_ids, slow_ids
+
+    ids, fast_ids, slow_ids = asyncio.run(scenario())
+    assert fast_ids == ids
+    assert slow_ids == ids
+
+
+def test_one_reader_for_many_subscriptions_and_it_stops_when_they_leave():
+    async def scenario():
+        tailer = tail.get_tailer()
+        subs = [await tailer.subscribe(EventFilter(execution_id="y3" if i % 2 else ""), None) for i in range(50)]
+        assert tailer.running
+        ids = await asyncio.to_thread(publish_batch, 5, "y")
+        results = await asyncio.gather(*(drain(s, 1 if i % 2 else 5) for i, s in enumerate(subs)))
+        for sub in subs:
+            sub.close()
+        await asyncio.sleep(0.6)
+        return ids, results, tailer.running
+
+    ids, results, still_running = asyncio.run(scenario())
+    for i, got in enumerate(results):
+        assert got == ([ids[3]] if i % 2 else ids)
+    assert not still_running
+
+
+def test_wakeup_listener_is_registered_after_commit():
+    assert tail.send_wakeup in events.after_commit
