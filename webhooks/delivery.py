@@ -219,6 +219,18 @@ def _event(row: Delivery, event_type: str, status: str, outcome: safe_http.Outco
 def record(token: str, results: list[_Result]) -> None:
     """Write attempts in bulk and outcomes with targeted updates, in one transaction."""
     now = timezone.now()
+    with transaction.atomic():
+        # Rows still leased to us. A sender whose lease lapsed (it stalled, the row
+        # was sent again) logs its attempt but decides nothing and announces nothing.
+        live = set(
+            Delivery.objects.filter(
+                id__in=[r.job.delivery.id for r in results], lease_token=token, status=Delivery.IN_FLIGHT
+            ).values_list("id", flat=True)
+        )
+        _record(token, results, live, now)
+
+
+def _record(token: str, results: list[_Result], live: set[int], now: datetime) -> None:
     attempts: list[Attempt] = []
     events = []
     delivered: dict[int | None, list[int]] = defaultdict(list)
@@ -243,6 +255,8 @@ def record(token: str, results: list[_Result]) -> None:
                 outcome=verdict,
             )
         )
+        if row.id not in live:
+            continue
         sub_id = row.subscription_id if row.subscription is not None else None
         if verdict == Attempt.DELIVERED:
             delivered[outcome.status].append(row.id)
@@ -266,20 +280,19 @@ def record(token: str, results: list[_Result]) -> None:
         singles.append((row.id, fields))
 
     lease_free = {"lease_token": "", "lease_until": None, "attempts": F("attempts") + 1}
-    with transaction.atomic():
-        Attempt.objects.bulk_create(attempts)
-        mine = Delivery.objects.filter(lease_token=token, status=Delivery.IN_FLIGHT)
-        for http_status, ids in delivered.items():
-            mine.filter(id__in=ids).update(
-                status=Delivery.DELIVERED, delivered_at=now, last_status=http_status, last_error="", **lease_free
-            )
-        for row_id, fields in singles:
-            mine.filter(id=row_id).update(**fields, **lease_free)
-        if sub_ok:
-            Subscription.objects.filter(id__in=sub_ok, failing_since__isnull=False).update(failing_since=None)
-        if sub_failing or sub_gone:
-            _note_failures(sub_failing | sub_gone, sub_gone, now)
-        publish_many(events)
+    Attempt.objects.bulk_create(attempts)
+    mine = Delivery.objects.filter(lease_token=token, status=Delivery.IN_FLIGHT)
+    for http_status, ids in delivered.items():
+        mine.filter(id__in=ids).update(
+            status=Delivery.DELIVERED, delivered_at=now, last_status=http_status, last_error="", **lease_free
+        )
+    for row_id, fields in singles:
+        mine.filter(id=row_id).update(**fields, **lease_free)
+    if sub_ok:
+        Subscription.objects.filter(id__in=sub_ok, failing_since__isnull=False).update(failing_since=None)
+    if sub_failing or sub_gone:
+        _note_failures(sub_failing | sub_gone, sub_gone, now)
+    publish_many(events)
 
 
 def _note_failures(failing: set[str], gone: set[str], now: datetime) -> None:

@@ -3,7 +3,9 @@ from rest_framework.routers import SimpleRouter
 
 from . import views
 
-router = SimpleRouter(trailing_slash="/?")
+router = SimpleRouter()
+# Both `/subscriptions` (the contract) and `/subscriptions/` (DRF habit) resolve.
+router.trailing_slash = "/?"
 router.register("api/v1/webhooks/subscriptions", views.SubscriptionViewSet, basename="webhook-subscription")
 
 urlpatterns = [

@@ -1,0 +1,45 @@
+"""Claims are exclusive; a lapsed lease makes a delivery due again; a stale sender cannot overwrite."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from observability import sweeper
+from observability.models import PlatformEvent
+from tests.webhooks.conftest import enqueue
+from tests.webhooks.receiver import Receiver
+from webhooks import delivery
+from webhooks.models import Delivery
+
+pytestmark = pytest.mark.django_db
+
+
+def test_claim_is_exclusive_and_bounded():
+    for i in range(5):
+        enqueue("http://127.0.0.1:9/", execution_id=f"exec_{i}")
+    token_a, first = delivery.claim(3)
+    token_b, second = delivery.claim(3)
+    assert len(first) == 3 and len(second) == 2 and token_a != token_b
+    assert not {r.id for r in first} & {r.id for r in second}
+    assert delivery.claim(3)[1] == []
+    assert all(r.status == Delivery.IN_FLIGHT and r.lease_until for r in first)
+
+
+def test_lapsed_lease_reclaimed_by_the_sweeper_tick_and_stale_result_ignored():
+    with Receiver() as receiver:
+        row = enqueue(receiver.url)
+        stale_token, [claimed] = delivery.claim(10)
+        Delivery.objects.filter(id=row.id).update(lease_until=timezone.now() - timedelta(seconds=1))
+        sweeper.tick_once()  # the webhooks tick is registered by WebhooksConfig.ready
+        row.refresh_from_db()
+        assert row.status == Delivery.PENDING and row.lease_token == ""
+        assert delivery.send_due() == 1
+        # The first sender wakes up late: its result is logged but cannot overwrite.
+        late = delivery._send(delivery._jobs([claimed])[0])
+        delivery.record(stale_token, [late])
+    row.refresh_from_db()
+    assert row.status == Delivery.DELIVERED and row.attempts == 1
+    assert row.attempt_log.count() == 2
+    assert PlatformEvent.objects.filter(type="webhook.delivered").count() == 1
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {row.webhook_id}

@@ -1,0 +1,74 @@
+"""Dead letter queue over the API: list, redrive by ids / all / filter, execution retry."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from observability.models import PlatformEvent
+from tests.webhooks.conftest import drain, enqueue
+from tests.webhooks.receiver import Receiver, Reply
+from webhooks.models import Delivery
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+def dead(receiver: Receiver, *execution_ids: str) -> list[Delivery]:
+    return [drain(enqueue(receiver.url, execution_id=e)) for e in execution_ids]
+
+
+def test_list_entries_and_filters(api):
+    with Receiver(default=Reply(410, body=b"gone")) as receiver:
+        rows = dead(receiver, "exec_a", "exec_b", "exec_c")
+    body = api.get("/api/v1/webhooks/dlq?limit=2&offset=1").json()
+    assert body["total_count"] == 3 and len(body["entries"]) == 2
+    entry = body["entries"][0]
+    assert set(entry) >= {"id", "execution_id", "url", "event", "attempts", "last_status", "last_error", "dead_lettered_at"}
+    assert entry["id"] == rows[1].id and entry["event"] == "execution.completed" and entry["last_status"] == 410
+    assert entry["url"] == receiver.url and entry["attempts"] == 1
+    only = api.get("/api/v1/webhooks/dlq?execution_id=exec_c").json()
+    assert only["total_count"] == 1 and only["entries"][0]["execution_id"] == "exec_c"
+    assert api.get("/api/v1/webhooks/dlq?subscription=sub_none").json()["total_count"] == 0
+    bad = api.get("/api/v1/webhooks/dlq?limit=x")
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
+
+
+def test_redrive_by_ids_all_and_filter(api):
+    with Receiver(default=Reply(410)) as receiver:
+        a, b, c = dead(receiver, "exec_a", "exec_b", "exec_c")
+        receiver.default = Reply(200)
+        by_ids = api.post("/api/v1/webhooks/dlq/redrive", {"ids": [a.id]}, format="json").json()
+        assert by_ids == {"success": True, "processed": 1, "queued": 1}
+        by_filter = api.post("/api/v1/webhooks/dlq/redrive", {"filter": {"execution_id": "exec_b"}}, format="json")
+        assert by_filter.json()["queued"] == 1
+        assert api.get("/api/v1/webhooks/dlq").json()["total_count"] == 1  # redriven ones left the queue
+        assert api.post("/api/v1/webhooks/dlq/redrive", {"all": True}, format="json").json()["queued"] == 1
+        rows = [drain(r) for r in (a, b, c)]
+    assert all(r.status == Delivery.DELIVERED for r in rows)
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {r.webhook_id for r in rows}
+    assert PlatformEvent.objects.filter(type="webhook.redriven").count() == 3
+
+
+def test_redrive_needs_a_selector(api):
+    response = api.post("/api/v1/webhooks/dlq/redrive", {}, format="json")
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+    response = api.post("/api/v1/webhooks/dlq/redrive", {"ids": ["x"]}, format="json")
+    assert response.status_code == 400
+
+
+def test_execution_webhook_retry(api):
+    assert api.post("/api/v1/executions/exec_none/webhook/retry").status_code == 404
+    with Receiver(default=Reply(410)) as receiver:
+        [row] = dead(receiver, "exec_r")
+        receiver.default = Reply(200)
+        response = api.post("/api/v1/executions/exec_r/webhook/retry")
+        assert response.status_code == 202 and response.json()["status"] == "queued"
+        row = drain(row)
+        assert row.status == Delivery.DELIVERED
+        # Also for one that was delivered already: sent again, same webhook-id.
+        assert api.post("/api/v1/executions/exec_r/webhook/retry").status_code == 202
+        row = drain(row)
+    assert len(receiver.requests) == 3 and len({r.headers["webhook-id"] for r in receiver.requests}) == 1

@@ -1,0 +1,46 @@
+"""SSRF: refused at registration and, for names that resolve badly, at connect time."""
+
+import pytest
+
+from tests.webhooks.conftest import drain, enqueue
+from tests.webhooks.receiver import Receiver
+from webhooks.completion import validate_webhook
+from webhooks.models import Delivery
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://[::1]:8080/hook",
+        "http://localhost:8080/hook",
+    ],
+)
+def test_refused_at_registration(url, webhook_settings):
+    webhook_settings.WEBHOOK_ALLOWED_HOSTS = []
+    hook, error = validate_webhook({"url": url})
+    assert hook is None and "blocked" in error
+
+
+def test_name_resolving_to_loopback_refused_at_connect_time(webhook_settings):
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        row = enqueue(f"http://localhost:{port}/hook")  # registered while allowed, say
+        webhook_settings.WEBHOOK_ALLOWED_HOSTS = []
+        row = drain(row)
+    assert receiver.requests == []
+    assert row.status == Delivery.DEAD
+    assert all("blocked" in a.error and "loopback" in a.error for a in row.attempt_log.all())
+
+
+def test_allow_list_exempts_listed_names(webhook_settings):
+    webhook_settings.WEBHOOK_ALLOWED_HOSTS = ["localhost"]
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        assert validate_webhook({"url": f"http://localhost:{port}/hook"})[1] is None
+        row = drain(enqueue(f"http://localhost:{port}/hook"))
+    assert row.status == Delivery.DELIVERED and len(receiver.requests) == 1

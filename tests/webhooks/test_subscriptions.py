@@ -1,0 +1,171 @@
+"""Subscriptions: CRUD, secrets shown once, rotation, test send, fan-out, auto-disable."""
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from rest_framework.test import APIClient
+from standardwebhooks import Webhook
+
+from observability.events import publish
+from observability.models import PlatformEvent
+from tests.webhooks.receiver import Receiver, Reply
+from webhooks import delivery, subscriptions
+from webhooks.models import Delivery, Subscription
+
+pytestmark = pytest.mark.django_db
+BASE = "/api/v1/webhooks/subscriptions"
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+def create(api: APIClient, url: str, event_types: list[str]) -> dict:
+    response = api.post(BASE, {"url": url, "event_types": event_types, "description": "ops"}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def test_crud_and_secret_shown_once(api):
+    created = create(api, "http://127.0.0.1:9/a", ["execution.*"])
+    assert created["secret"].startswith("whsec_") and created["id"].startswith("sub_")
+    assert set(created) >= {"id", "url", "description", "event_types", "headers", "enabled", "disabled_reason", "created_at"}
+    detail = api.get(f"{BASE}/{created['id']}").json()
+    assert "secret" not in detail and detail["event_types"] == ["execution.*"]
+    assert [s["id"] for s in api.get(BASE).json()] == [created["id"]]
+    patched = api.patch(f"{BASE}/{created['id']}", {"event_types": ["node.*"]}, format="json")
+    assert patched.status_code == 200 and patched.json()["event_types"] == ["node.*"]
+    assert api.delete(f"{BASE}/{created['id']}").status_code == 204
+    assert api.get(f"{BASE}/{created['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "http://10.0.0.1/", "event_types": ["*"]},
+        {"url": "http://127.0.0.1:9/", "event_types": []},
+        {"url": "http://127.0.0.1:9/", "event_types": ["*"], "headers": {"Host": "x"}},
+        {"event_types": ["*"]},
+    ],
+)
+def test_bad_subscription_is_a_clear_400(api, body):
+    response = api.post(BASE, body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request" and response.json()["message"]
+
+
+def test_matching_events_delivered_in_the_same_transaction(api):
+    with Receiver() as receiver:
+        sub = create(api, receiver.url, ["execution.completed", "node.*"])
+        with pytest.raises(RuntimeError), transaction.atomic():
+            publish("execution.completed", execution_id="exec_rolled_back")
+            raise RuntimeError("rolled back: no event, no delivery")
+        assert not Delivery.objects.exists()
+        with transaction.atomic():
+            event = publish("execution.completed", execution_id="exec_9", status="succeeded", data={"target": "a.b"})
+            publish("node.online", agent_node_id="analyzer")
+            publish("execution.started", execution_id="exec_9")
+            assert Delivery.objects.filter(subscription_id=sub["id"]).count() == 2
+        delivery.send_due()
+    assert len(receiver.requests) == 2
+    [first] = [r for r in receiver.requests if b'"execution.completed"' in r.body]
+    document = Webhook(sub["secret"]).verify(first.body, first.headers)
+    assert document == {**event.as_document(), "data": {"target": "a.b"}}
+    assert document["type"] == "execution.completed"
+
+
+def test_webhook_events_do_not_loop(api):
+    with Receiver() as receiver:
+        create(api, receiver.url, ["*"])
+        with transaction.atomic():
+            publish("execution.completed", execution_id="exec_l")
+        for _ in range(5):
+            delivery.send_due()
+    # execution.completed, then webhook.delivered about it; never webhook.delivered about that one.
+    types = sorted(json.loads(r.body)["type"] for r in receiver.requests)
+    assert types == ["execution.completed", "webhook.delivered"]
+    assert PlatformEvent.objects.filter(type="webhook.delivered").count() == 2
+
+
+def test_rotation_old_secret_signs_for_24h(api):
+    with Receiver() as receiver:
+        sub = create(api, receiver.url, ["*"])
+        rotated = api.post(f"{BASE}/{sub['id']}/rotate-secret").json()
+        assert rotated["secret"] != sub["secret"]
+        response = api.post(f"{BASE}/{sub['id']}/test")
+        assert response.status_code == 202 and response.json()["status"] == "queued"
+        delivery.send_due()
+        [req] = receiver.requests
+        for secret in (sub["secret"], rotated["secret"]):
+            assert Webhook(secret).verify(req.body, req.headers)["type"] == "webhook.test"
+        Subscription.objects.get(id=sub["id"]).secrets.exclude(expires_at=None).update(
+            expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        api.post(f"{BASE}/{sub['id']}/test")
+        delivery.send_due()
+    assert len(receiver.requests[1].headers["webhook-signature"].split(" ")) == 1
+    Webhook(rotated["secret"]).verify(receiver.requests[1].body, receiver.requests[1].headers)
+
+
+def test_test_send_has_no_retries(api):
+    with Receiver(default=Reply(500)) as receiver:
+        sub = create(api, receiver.url, ["*"])
+        api.post(f"{BASE}/{sub['id']}/test")
+        for _ in range(3):
+            delivery.send_due()
+    row = Delivery.objects.get(kind=Delivery.TEST)
+    assert row.status == Delivery.FAILED and row.attempts == 1 and len(receiver.requests) == 1
+
+
+def test_410_disables_the_subscription(api):
+    with Receiver(default=Reply(410)) as receiver:
+        sub = create(api, receiver.url, ["node.*"])
+        with transaction.atomic():
+            publish("node.online", agent_node_id="a")
+        delivery.send_due()
+        detail = api.get(f"{BASE}/{sub['id']}").json()
+        assert detail["enabled"] is False and "410" in detail["disabled_reason"]
+        assert Delivery.objects.get().status == Delivery.DEAD
+        subscriptions.invalidate_cache()
+        with transaction.atomic():
+            publish("node.online", agent_node_id="a")
+        assert Delivery.objects.count() == 1  # disabled: nothing new
+        enabled = api.patch(f"{BASE}/{sub['id']}", {"enabled": True}, format="json").json()
+        assert enabled["enabled"] is True and enabled["disabled_reason"] == ""
+
+
+def test_disabled_after_days_of_failure(api, webhook_settings):
+    webhook_settings.WEBHOOK_DISABLE_AFTER_DAYS = 2
+    with Receiver(default=Reply(500)) as receiver:
+        sub = create(api, receiver.url, ["node.*"])
+        Subscription.objects.filter(id=sub["id"]).update(failing_since=timezone.now() - timedelta(days=3))
+        with transaction.atomic():
+            publish("node.online", agent_node_id="a")
+        delivery.send_due()
+    detail = api.get(f"{BASE}/{sub['id']}").json()
+    assert detail["enabled"] is False and "2 days" in detail["disabled_reason"]
+
+
+def test_success_clears_the_failure_clock(api):
+    with Receiver(Reply(500)) as receiver:
+        sub = create(api, receiver.url, ["node.*"])
+        with transaction.atomic():
+            publish("node.online", agent_node_id="a")
+        delivery.send_due()
+        assert Subscription.objects.get(id=sub["id"]).failing_since is not None
+        row = Delivery.objects.get()
+        Delivery.objects.filter(id=row.id).update(next_attempt_at=timezone.now())
+        delivery.send_due()
+    assert Subscription.objects.get(id=sub["id"]).failing_since is None
+
+
+def test_patterns():
+    assert subscriptions.matches(["node.*"], "node.online")
+    assert not subscriptions.matches(["node.*"], "execution.completed")
+    assert subscriptions.matches(["*"], "webhook.delivered")
+    assert subscriptions.matches(["execution.*ed"], "execution.failed")
+    assert not subscriptions.matches(["execution.completed"], "execution.completed.x")
