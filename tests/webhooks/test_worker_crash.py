@@ -1,0 +1,38 @@
+"""A worker killed mid-delivery: after a restart the delivery completes, under the same webhook-id."""
+
+import pytest
+from django.db import transaction
+
+from observability import leases, sweeper
+from tests.support.processes import wait_for
+from tests.webhooks.conftest import completion_payload
+from tests.webhooks.receiver import Receiver, Reply
+from webhooks.completion import enqueue_completion
+from webhooks.models import Delivery
+
+
+@pytest.mark.processes
+def test_sigkilled_worker_mid_delivery_then_restart(proc_env):
+    secret = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+    # The first request hangs (the worker is killed while waiting), the next succeed.
+    with Receiver(Reply(200, delay=20)) as receiver:
+        worker = proc_env.worker()
+        with transaction.atomic():
+            enqueue_completion(
+                execution_id="exec_crash", url=receiver.url, secret=secret, headers={},
+                payload=completion_payload("exec_crash"),
+            )
+        wait_for(lambda: receiver.requests, timeout=30, what=f"first request\n{worker.log()}")
+        assert Delivery.objects.get(execution_id="exec_crash").status == Delivery.IN_FLIGHT
+        worker.kill()
+        # Let the dead worker's sweeper lease lapse so the new worker's start-up kick runs one.
+        wait_for(lambda: not leases.is_held(sweeper.LEASE), timeout=10, what="sweeper lease to lapse")
+        worker = proc_env.worker()
+        row = wait_for(
+            lambda: Delivery.objects.filter(execution_id="exec_crash", status=Delivery.DELIVERED).first(),
+            timeout=40,
+            what=f"delivery after restart\n{worker.log()}",
+        )
+    assert len(receiver.requests) >= 2
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {row.webhook_id}
+    assert row.attempts == 1 and row.attempt_log.get().status_code == 200
