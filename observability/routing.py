@@ -1,3 +1,30 @@
-"""WebSocket routes (filled in by the streams work)."""
+"""WebSocket routes, and the origin rule that guards cookie-authenticated sockets."""
 
-websocket_urlpatterns: list = []
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.urls import path
+
+from .consumers import EventStreamConsumer
+
+websocket_urlpatterns = [
+    path("ws/events", EventStreamConsumer.as_asgi()),
+]
+
+
+class BrowserOriginValidator(OriginValidator):
+    """Refuse browser sockets from other sites; let programs without an Origin through.
+
+    A browser always sends Origin on a WebSocket, so a foreign page cannot ride on a
+    staff session cookie. Programs (the SDK, CLIs) send no Origin and authenticate
+    with an API key, which the consumer checks.
+    """
+
+    def valid_origin(self, parsed_origin) -> bool:
+        if parsed_origin is None:
+            return True
+        return self.validate_origin(parsed_origin)
+
+
+def origin_checked(application):
+    """Wrap the WebSocket app: Origin must match ALLOWED_HOSTS when present."""
+    return BrowserOriginValidator(application, settings.ALLOWED_HOSTS)

@@ -1,0 +1,126 @@
+"""WebSocket `/ws/events`: every event document as a JSON text frame.
+
+Same tail, filters, resume and auth as the SSE streams. A client may (re)subscribe at
+any time with `{"action": "subscribe", "filters": {...}, "last_event_id": N}`; the
+server answers `{"type": "stream.subscribed", ...}` once the subscription is live,
+then sends the replay and the live events in id order. Errors in a message come back
+as `{"type": "error", "error": "bad_request", "message": ...}`; the socket stays open.
+"""
+
+import asyncio
+import contextlib
+import json
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from agentfield_site.auth import is_allowed, raw_key_from
+
+from .stream_filters import EventFilter, FilterError, parse_filters
+from .streams import BadStreamRequest, parse_last_event_id
+from .tail import Subscription, get_tailer, run_db
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_BAD_REQUEST = 4400
+# Daphne pings the socket itself; this only bounds how long a wait lasts.
+_IDLE_WAIT_SECONDS = 30.0
+
+
+def _query(scope: dict) -> dict[str, str]:
+    parsed = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    return {key: values[-1] for key, values in parsed.items()}
+
+
+def _headers(scope: dict) -> dict[str, str]:
+    return {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}
+
+
+def _last_event_id(value: object) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadStreamRequest("last_event_id must be a non-negative integer event id.")
+    return parse_last_event_id(None, str(value))
+
+
+class EventStreamConsumer(AsyncWebsocketConsumer):
+    """One client socket: at most one live subscription at a time."""
+
+    _task: asyncio.Task | None = None
+
+    async def connect(self) -> None:
+        raw_key = raw_key_from(_headers(self.scope), _query(self.scope))
+        allowed = await run_db(is_allowed, self.scope.get("user"), raw_key)
+        # Accept first so that the close code (4401/4400) reaches the client; a
+        # refusal before accept is only an HTTP 403 without a reason.
+        await self.accept()
+        if not allowed:
+            await self._error("unauthorized", "A staff session or a valid API key (?api_key=) is required.")
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        query = _query(self.scope)
+        try:
+            flt = parse_filters(query)
+            last_event_id = _last_event_id(query.get("last_event_id"))
+        except (FilterError, BadStreamRequest) as exc:
+            await self._error("bad_request", str(exc))
+            await self.close(code=CLOSE_BAD_REQUEST)
+            return
+        await self._subscribe(flt, last_event_id)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            message = json.loads(text_data if text_data is not None else (bytes_data or b"").decode())
+        except (ValueError, UnicodeDecodeError):
+            await self._error("invalid_json", "Messages must be JSON text.")
+            return
+        if not isinstance(message, dict) or message.get("action") != "subscribe":
+            await self._error("bad_request", 'Send {"action": "subscribe", "filters": {...}, "last_event_id": N}.')
+            return
+        filters = message.get("filters") or {}
+        if not isinstance(filters, dict):
+            await self._error("bad_request", "filters must be an object.")
+            return
+        try:
+            flt = parse_filters(filters)
+            last_event_id = _last_event_id(message.get("last_event_id"))
+        except (FilterError, BadStreamRequest) as exc:
+            await self._error("bad_request", str(exc))
+            return
+        await self._subscribe(flt, last_event_id)
+
+    async def disconnect(self, code: int) -> None:
+        await self._stop()
+
+    async def _error(self, error: str, message: str) -> None:
+        await self.send(text_data=json.dumps({"type": "error", "error": error, "message": message}))
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _subscribe(self, flt: EventFilter, last_event_id: int | None) -> None:
+        await self._stop()
+        sub = await get_tailer().subscribe(flt, last_event_id)
+        await self.send(
+            text_data=json.dumps(
+                {
+                    "type": "stream.subscribed",
+                    "last_event_id": sub.cursor if last_event_id is None else last_event_id,
+                    "filters": {k: v for k, v in vars(flt).items() if v and not k.startswith("_")},
+                }
+            )
+        )
+        self._task = asyncio.get_running_loop().create_task(self._pump(sub))
+
+    async def _pump(self, sub: Subscription) -> None:
+        try:
+            while True:
+                event = await sub.next_event(_IDLE_WAIT_SECONDS)
+                if event is not None:
+                    await self.send(text_data=event.json)
+        finally:
+            sub.close()
