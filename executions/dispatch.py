@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from . import lifecycle
 from .models import ACTIVE, AgentNode, Execution
@@ -29,10 +31,18 @@ _local = threading.local()
 
 
 def _session() -> requests.Session:
-    """One keep-alive session per thread: agents are called over pooled connections."""
+    """One keep-alive session per thread: agents are called over pooled connections.
+
+    Failed connection attempts are retried briefly (0, 0.5, 1 s): an agent that has
+    just registered may not listen yet (the SDK registers before its server binds),
+    and a request that never connected cannot have reached the agent twice.
+    """
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
+        retry = Retry(total=None, connect=3, read=0, redirect=0, status=0, other=0, backoff_factor=0.5)
+        session.mount("http://", HTTPAdapter(max_retries=retry))
+        session.mount("https://", HTTPAdapter(max_retries=retry))
         _local.session = session
     return session
 

@@ -30,11 +30,14 @@ class LoopbackAgent:
                 if agent.delay:
                     time.sleep(agent.delay)
                 data = agent.body if isinstance(agent.body, bytes) else json.dumps(agent.body).encode()
-                self.send_response(agent.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(agent.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller gave up (timed out, or its process was killed)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -151,6 +151,10 @@ class ProcessEnv:
         )
         return proc
 
+    def script(self, name: str, args: list[str], port: int | None = None, extra_env: dict | None = None) -> Proc:
+        """Run `python <args>` from the repository root (e.g. an agent built with the SDK)."""
+        return self._start(name, [sys.executable, *args], port, extra_env)
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()

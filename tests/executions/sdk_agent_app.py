@@ -1,0 +1,24 @@
+"""An agent built with the real, unmodified `agentfield` SDK, run as a child process by tests.
+
+    python tests/executions/sdk_agent_app.py PORT NODE_ID SERVER_URL
+"""
+
+import sys
+
+from agentfield import Agent
+
+
+def build(node_id: str, server: str) -> Agent:
+    app = Agent(node_id=node_id, agentfield_server=server, dev_mode=False)
+
+    @app.reasoner()
+    async def summarize(text: str, repeat: int = 1) -> dict:
+        """Count words and echo the text, as a stand-in for real work."""
+        return {"echo": text * repeat, "words": len(text.split())}
+
+    return app
+
+
+if __name__ == "__main__":
+    port, node_id, server = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    build(node_id, server).serve(port=port, host="127.0.0.1")

@@ -1,0 +1,45 @@
+"""The embedded default with real processes: daphne, a qcluster and the demo agent."""
+
+import pytest
+import requests
+
+from executions.models import AgentNode
+from observability.models import PlatformEvent
+from tests.support.processes import wait_for
+
+pytestmark = pytest.mark.processes
+
+
+def _status(url: str) -> dict | None:
+    doc = requests.get(url, timeout=2).json()
+    return doc if doc["status"] in ("succeeded", "failed", "cancelled", "timeout") else None
+
+
+def test_curl_async_submit_succeeds_on_the_demo_agent(proc_env):
+    web = proc_env.daphne()
+    proc_env.worker()
+    agent = proc_env.demo_agent(web.url)
+    wait_for(lambda: requests.get(f"{web.url}/api/v1/nodes/analyzer", timeout=2).ok, timeout=20,
+             what=f"demo agent registration\n{agent.log()}")
+    response = requests.post(
+        f"{web.url}/api/v1/execute/async/analyzer.process",
+        data=b'{"input":{"document":"hello brave new world"}}',
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert response.status_code == 202, response.text
+    execution_id = response.json()["execution_id"]
+    doc = wait_for(lambda: _status(f"{web.url}/api/v1/executions/{execution_id}"), timeout=30,
+                   what="the execution to finish")
+    assert doc["status"] == "succeeded", doc
+    assert doc["result"] == {"summary": "hello brave new world", "words": 4, "document": "hello brave new world"}
+    # The agent protocol as the SDK speaks it: 202, running event, callback, logs.
+    wait_for(lambda: PlatformEvent.objects.filter(type="execution.log", execution_id=execution_id).exists(),
+             timeout=10, what="the agent's logs")
+    types = list(PlatformEvent.objects.filter(execution_id=execution_id).values_list("type", flat=True))
+    assert types[:3] == ["execution.created", "execution.started", "execution.completed"]
+    wait_for(lambda: AgentNode.objects.get(pk="analyzer").last_heartbeat > AgentNode.objects.get(pk="analyzer").registered_at,
+             timeout=10, what="a heartbeat")
+    agent.stop()
+    wait_for(lambda: AgentNode.objects.get(pk="analyzer").health_status == "inactive", timeout=10,
+             what="shutdown marks the node offline")

@@ -1,0 +1,100 @@
+"""The real `agentfield` SDK from PyPI, unmodified, against real daphne and qcluster processes.
+
+An `Agent` registers and heartbeats; `AgentFieldClient.execute_async` with a
+`WebhookConfig` gets an id with `webhook_registered: true`; the SDK's own polling
+(`wait_for_execution_result`) ends `succeeded` with the reasoner's result; the
+signed completion webhook reaches a receiver on loopback.
+"""
+
+import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from agentfield.client import AgentFieldClient
+from agentfield.types import WebhookConfig
+from standardwebhooks import Webhook
+
+from executions.models import AgentNode, Execution
+from tests.support.processes import free_port, wait_for
+
+pytestmark = pytest.mark.processes
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+class Receiver:
+    """A webhook receiver on loopback that records each request."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict, bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.received.append((dict(self.headers), body))
+                self.send_response(204)
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+async def _run_client(base_url: str, target: str, webhook_url: str) -> tuple[str, bool, object]:
+    client = AgentFieldClient(base_url=base_url)
+    try:
+        execution_id = await client.execute_async(
+            target, {"text": "hello sdk", "repeat": 2}, webhook=WebhookConfig(url=webhook_url, secret=SECRET)
+        )
+        manager = await client._get_async_execution_manager()
+        # What the SDK parsed from the 202 (its ExecutionState), not our own re-reading.
+        registered = manager._executions[execution_id].webhook_registered
+        result = await client.wait_for_execution_result(execution_id, timeout=30)
+        return execution_id, registered, result
+    finally:
+        await client.close_async_execution_manager()
+
+
+def test_sdk_agent_and_client_round_trip(proc_env):
+    receiver = Receiver()
+    try:
+        web = proc_env.daphne()
+        proc_env.worker()
+        port = free_port()
+        agent = proc_env.script("sdk-agent", ["tests/executions/sdk_agent_app.py", str(port), "sdk-node", web.url], port)
+        node = wait_for(lambda: AgentNode.objects.filter(pk="sdk-node").first(), timeout=30,
+                        what=f"the SDK agent to register\n{agent.log()}")
+        assert node.kind_of("summarize") == "reasoner"
+        assert node.base_url.endswith(f":{port}"), node.base_url
+        first_beat = node.last_heartbeat
+        wait_for(lambda: AgentNode.objects.get(pk="sdk-node").last_heartbeat > first_beat, timeout=10,
+                 what=f"an SDK heartbeat\n{agent.log()}")
+
+        execution_id, registered, result = asyncio.run(_run_client(web.url, "sdk-node.summarize", receiver.url))
+        assert execution_id.startswith("exec_")
+        assert registered is True
+        assert result == {"echo": "hello sdkhello sdk", "words": 2}
+        doc = requests.get(f"{web.url}/api/v1/executions/{execution_id}", timeout=5).json()
+        assert doc["status"] == "succeeded" and doc["webhook_registered"] is True
+        assert Execution.objects.get(pk=execution_id).dispatch_state == Execution.Dispatch.DONE
+
+        headers, body = wait_for(lambda: receiver.received and receiver.received[0], timeout=20,
+                                 what="the completion webhook")
+        payload = json.loads(body)
+        assert payload["event"] == "execution.completed" and payload["execution_id"] == execution_id
+        assert payload["result"] == result
+        lower = {k.lower(): v for k, v in headers.items()}
+        Webhook(SECRET).verify(body, {k: lower[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")})
+    finally:
+        receiver.close()
