@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -55,6 +55,9 @@ READ_CHUNK = 2000
 # events that follow within that time go out without a new task.
 POLL_SECONDS = 0.05
 LINGER_SECONDS = 3.0
+# While batches flow, the cursor is written at most this often (a crash re-sends
+# at most this much); dead letters and idle moments are written at once.
+SAVE_SECONDS = 0.25
 # At most one task enqueued per this many seconds by `kick()`.
 KICK_SECONDS = 1.0
 # `kick()` from every commit checks the configuration at most this often per process.
@@ -287,6 +290,7 @@ class Result:
     attempts: int
     error: str = ""
     http_status: int | None = None
+    stopped: bool = False  # the run ended before this batch finished: not an outcome
 
 
 def entry_of(row: Mapping[str, Any]) -> dict:
@@ -373,12 +377,7 @@ def send(
             delay = backoff.honour_retry_after(outcome.retry_after, delay)
         if stop is not None:
             if stop.wait(delay):
-                return Result(
-                    False,
-                    attempts,
-                    error=f"{error} (run stopped before retrying)",
-                    http_status=code,
-                )
+                return Result(False, attempts, error=error, http_status=code, stopped=True)
         else:
             time.sleep(delay)
 
@@ -422,10 +421,17 @@ class _Run:
         self.finished = 0
         self.stop = threading.Event()
         self.inflight: deque[tuple[Batch, Future]] = deque()
-        self.pending: list[dict] = []  # matching events read but not yet in a batch
+        self.pending: deque[dict] = deque()  # matching events read but not yet in a batch
         self.pending_since: datetime | None = None
-        self.renewed_at = self.checked_at = time.monotonic()
+        self.renewed_at = self.checked_at = self.saved_at = time.monotonic()
+        self.read_at = 0.0
+        self.caught_up = False
         self.sessions = Sessions()
+        # Finished batches not yet written to ForwarderState.
+        self.acked_to = 0
+        self.unsaved_forwarded = 0
+        self.unsaved_finished = 0
+        self.unsaved_failures: list[tuple[Batch, Result]] = []
 
     def loop(self) -> int:
         config = ForwarderConfig.current()
@@ -435,8 +441,7 @@ class _Run:
         self.config_version = (config.updated_at, config.enabled)
         regex = type_regex(config.event_types)
         self.matches = re.compile(regex).match if regex else None
-        state = ForwarderState.get()
-        self.cursor = self.scanned = state.cursor
+        self.cursor = self.scanned = self.acked_to = ForwarderState.get().cursor
         self.batch_size = max(1, settings.OBSERVABILITY_BATCH_SIZE)
         self.window = max(1, settings.OBSERVABILITY_CONCURRENCY) * 2
         self.attempts = attempts_allowed()
@@ -445,8 +450,9 @@ class _Run:
             max(1, settings.OBSERVABILITY_CONCURRENCY), thread_name_prefix="forwarder"
         ) as pool:
             try:
-                while True:
-                    if not self._renew() or not self._finish_done():
+                while self._renew():
+                    self._collect()
+                    if not self._save(force=not self.inflight):
                         break
                     if time.monotonic() >= self.deadline or self._config_changed():
                         # Finish what is in flight, then hand over to a fresh run
@@ -455,20 +461,19 @@ class _Run:
                     if self.out_of_time:
                         if not self.inflight:
                             break
-                        self._wait_inflight()
+                        self._wait_head()
                         continue
                     read = self._read()
                     submitted = self._submit(pool)
                     if self.inflight:
                         idle_since = None
-                        if not read and not submitted:
-                            self._wait_inflight()
+                        if not submitted:
+                            self._wait_head()
                         continue
-                    self._advance([])
                     if read or submitted:
                         idle_since = None
                         continue
-                    if self.pending:
+                    if self.pending:  # a partial batch waiting for its flush time
                         idle_since = None
                         time.sleep(POLL_SECONDS)
                         continue
@@ -477,9 +482,12 @@ class _Run:
                         break
                     time.sleep(POLL_SECONDS)
             finally:
+                # Batches waiting to retry give up; they are not acknowledged, so
+                # the cursor stays before them and the next run sends them again.
                 self.stop.set()
         self.sessions.close()
-        # Batches cut short by `stop` are not acknowledged: the cursor stays before them.
+        self._collect()
+        self._save(force=True)
         return self.finished
 
     def _config_changed(self) -> bool:
@@ -500,13 +508,16 @@ class _Run:
         self.renewed_at = time.monotonic()
         if leases.acquire(LEASE, self.holder, settings.OBSERVABILITY_LEASE_SECONDS):
             return True
-        log.warning("forwarder lost its lease; stopping without moving the cursor")
+        log.warning("forwarder lost its lease; stopping")
         return False
 
     def _read(self) -> bool:
         """Read the next chunk of the log into `pending`; True when something was read."""
         if len(self.pending) >= READ_CHUNK or len(self.inflight) >= self.window:
             return False
+        if self.caught_up and time.monotonic() - self.read_at < POLL_SECONDS:
+            return False
+        self.read_at = time.monotonic()
         rows = list(
             PlatformEvent.objects.filter(id__gt=self.scanned)
             .order_by("id")
@@ -522,6 +533,7 @@ class _Run:
                 "data",
             )[:READ_CHUNK]
         )
+        self.caught_up = len(rows) < READ_CHUNK
         if not rows:
             return False
         self.scanned = rows[-1]["id"]
@@ -540,75 +552,85 @@ class _Run:
                 age = (timezone.now() - self.pending_since).total_seconds()
                 if age < settings.OBSERVABILITY_FLUSH_INTERVAL:
                     break
-            entries, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size :]
+            entries = [
+                self.pending.popleft() for _ in range(min(self.batch_size, len(self.pending)))
+            ]
             batch = Batch.of(entries, end_id=entries[-1]["event_id"])
-            self.inflight.append(
-                (
-                    batch,
-                    pool.submit(send, self.target, batch, self.attempts, self.sessions, self.stop),
-                )
-            )
+            future = pool.submit(send, self.target, batch, self.attempts, self.sessions, self.stop)
+            self.inflight.append((batch, future))
             if self.pending:
                 self.pending_since = _parse_iso(self.pending[0]["timestamp"])
             submitted = True
         return submitted
 
-    def _wait_inflight(self) -> None:
-        wait([f for _, f in self.inflight], timeout=0.2, return_when=FIRST_COMPLETED)
+    def _wait_head(self) -> None:
+        # Only the oldest batch can move the cursor, so that is the one worth waiting for.
+        wait([self.inflight[0][1]], timeout=0.2)
 
-    def _finish_done(self) -> bool:
-        """Record the finished head of the pipeline; False when the cursor moved under us."""
-        done: list[tuple[Batch, Result]] = []
+    def _collect(self) -> None:
+        """Take the finished head of the pipeline into the unsaved progress."""
         while self.inflight and self.inflight[0][1].done():
-            batch, future = self.inflight.popleft()
+            batch, future = self.inflight[0]
             try:
                 result = future.result()
             except Exception as exc:  # a bug in sending must not stall the cursor silently
                 log.exception("forwarder send failed")
                 result = Result(False, 1, error=f"internal error: {exc!r}")
-            done.append((batch, result))
-        if not done:
-            return True
-        return self._advance(done)
+            if result.stopped:
+                return
+            self.inflight.popleft()
+            self.acked_to = batch.end_id
+            self.unsaved_finished += len(batch.entries)
+            if result.delivered:
+                self.unsaved_forwarded += len(batch.entries)
+            else:
+                self.unsaved_failures.append((batch, result))
 
-    def _advance(self, done: list[tuple[Batch, Result]]) -> bool:
-        """Dead-letter failed batches and move the cursor over everything finished, atomically."""
+    def _save(self, force: bool = False) -> bool:
+        """Write dead letters and move the cursor over everything finished, in one transaction.
+
+        Progress is written at most every SAVE_SECONDS while batches flow (a crash
+        then re-sends at most that much), at once for dead letters and when idle.
+        False when the cursor moved under this run (reconfigured, or taken over).
+        """
         if self.inflight:
-            target = done[-1][0].end_id if done else self.cursor
+            target = self.acked_to
         elif self.pending:
             target = self.pending[0]["event_id"] - 1
         else:
             target = self.scanned
         target = max(target, self.cursor)
-        if target == self.cursor and not done:
+        if target == self.cursor and not self.unsaved_finished:
+            return True
+        due = time.monotonic() - self.saved_at >= SAVE_SECONDS
+        if not (force or due or self.unsaved_failures):
             return True
         now = timezone.now()
-        forwarded = sum(len(b.entries) for b, r in done if r.delivered)
-        failures = [(b, r) for b, r in done if not r.delivered]
         fields: dict[str, Any] = {"cursor": target}
-        if forwarded:
-            fields["events_forwarded"] = F("events_forwarded") + forwarded
+        if self.unsaved_forwarded:
+            fields["events_forwarded"] = F("events_forwarded") + self.unsaved_forwarded
             fields["last_forwarded_at"] = now
-        if failures:
-            fields["last_error"] = failures[-1][1].error[:2000]
+        if self.unsaved_failures:
+            fields["last_error"] = self.unsaved_failures[-1][1].error[:2000]
             fields["last_error_at"] = now
         with transaction.atomic():
             moved = ForwarderState.objects.filter(
                 pk=ForwarderState.SINGLETON_ID, cursor=self.cursor
             ).update(**fields)
             if not moved:
-                log.warning(
-                    "forwarder cursor changed under this run (reconfigured or taken over); stopping"
-                )
+                log.warning("forwarder cursor changed under this run (reconfigured or taken over)")
                 return False
-            if failures:
+            if self.unsaved_failures:
                 ForwarderDeadLetter.objects.bulk_create(
                     dead_letter(entry, r.error, r.attempts, now)
-                    for b, r in failures
+                    for b, r in self.unsaved_failures
                     for entry in b.entries
                 )
         self.cursor = target
-        self.finished += sum(len(b.entries) for b, _ in done)
+        self.finished += self.unsaved_finished
+        self.unsaved_forwarded = self.unsaved_finished = 0
+        self.unsaved_failures = []
+        self.saved_at = time.monotonic()
         return True
 
 

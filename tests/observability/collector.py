@@ -14,7 +14,9 @@ class Collector:
     before answering simulate a slow collector.
     """
 
-    def __init__(self, status: int = 200, delay: float = 0.0, first: list[int] | None = None) -> None:
+    def __init__(
+        self, status: int = 200, delay: float = 0.0, first: list[int] | None = None
+    ) -> None:
         self.status = status
         self.first = list(first or [])
         self.delay = delay
@@ -32,7 +34,12 @@ class Collector:
                 with collector.lock:
                     status = collector.first.pop(0) if collector.first else collector.status
                     collector.requests.append(
-                        {"headers": dict(self.headers.items()), "body": body, "status": status, "at": time.time()}
+                        {
+                            "headers": dict(self.headers.items()),
+                            "body": body,
+                            "status": status,
+                            "at": time.time(),
+                        }
                     )
                 reply = b'{"ok":true}'
                 self.send_response(status)

@@ -27,7 +27,9 @@ def api() -> APIClient:
 
 
 def publish(count: int) -> list[int]:
-    saved = events.publish_many(events.build("node.online", agent_node_id=f"n{i}") for i in range(count))
+    saved = events.publish_many(
+        events.build("node.online", agent_node_id=f"n{i}") for i in range(count)
+    )
     return [e.id for e in saved]
 
 
@@ -45,7 +47,9 @@ def test_a_failing_collector_gets_three_attempts_then_every_event_is_dead_letter
         assert len(collector.requests) == 6, "two batches, three attempts each"
         per_batch: dict[str, int] = {}
         for request in collector.requests:
-            per_batch[request["headers"]["webhook-id"]] = per_batch.get(request["headers"]["webhook-id"], 0) + 1
+            per_batch[request["headers"]["webhook-id"]] = (
+                per_batch.get(request["headers"]["webhook-id"], 0) + 1
+            )
         assert sorted(per_batch.values()) == [3, 3], "retries keep the batch's webhook-id"
 
     assert ForwarderState.get().cursor == ids[-1], "the cursor moves past dead-lettered batches"
@@ -112,7 +116,12 @@ def test_redrive_delivers_every_entry_across_pages_and_empties_the_queue(fast, a
         result = api.post(f"{BASE}/redrive").json()
         assert (result["success"], result["processed"], result["failed"]) == (True, 205, 0)
         assert sorted(collector.accepted_ids()) == ids, "every entry delivered, none skipped"
-        assert api.get(f"{BASE}/dlq").json() == {"entries": [], "total_count": 0, "limit": 50, "offset": 0}
+        assert api.get(f"{BASE}/dlq").json() == {
+            "entries": [],
+            "total_count": 0,
+            "limit": 50,
+            "offset": 0,
+        }
 
         result = api.post(f"{BASE}/redrive").json()
         assert (result["success"], result["processed"], result["failed"]) == (True, 0, 0)

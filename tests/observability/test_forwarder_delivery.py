@@ -33,7 +33,8 @@ def configure(url: str, **overrides) -> None:
 
 def publish(count: int, event_type: str = "execution.created") -> list[int]:
     saved = events.publish_many(
-        events.build(event_type, execution_id=f"exec_{i}", status="queued", data={"n": i}) for i in range(count)
+        events.build(event_type, execution_id=f"exec_{i}", status="queued", data={"n": i})
+        for i in range(count)
     )
     return [e.id for e in saved]
 
@@ -56,12 +57,18 @@ def test_batches_of_ten_carry_every_event_with_both_signatures(fast):
             assert headers["Content-Type"] == "application/json"
             # Both signatures, checked the way receivers check them.
             standardwebhooks.Webhook(SECRET).verify(request["body"], headers)
-            assert headers["X-AgentField-Signature"] == signing.agentfield_signature(request["body"], SECRET)
+            assert headers["X-AgentField-Signature"] == signing.agentfield_signature(
+                request["body"], SECRET
+            )
             assert set(envelope) >= {"batch_id", "event_count", "events", "timestamp"}
             assert len(envelope["events"]) == envelope["event_count"] <= 10
         first = envelopes[0]["events"][0]
         assert set(first) >= {"event_id", "event_type", "event_source", "timestamp", "data"}
-        assert (first["event_type"], first["event_source"], first["data"]) == ("execution.created", "execution", {"n": 0})
+        assert (first["event_type"], first["event_source"], first["data"]) == (
+            "execution.created",
+            "execution",
+            {"n": 0},
+        )
         assert first["execution_id"] == "exec_0"
 
     state = ForwarderState.get()
@@ -80,7 +87,9 @@ def test_a_partial_batch_waits_for_the_flush_interval(fast):
         forwarder.run(seconds=10, linger=0)
         assert collector.accepted_ids() == ids
         (request,) = collector.requests
-        assert request["at"] - started >= 0.4, "a partial batch is held until its first event is 0.5 s old"
+        assert request["at"] - started >= 0.4, (
+            "a partial batch is held until its first event is 0.5 s old"
+        )
         assert request["at"] - started < 3
 
 
@@ -128,7 +137,11 @@ def test_events_written_while_the_collector_is_down_are_sent_later_in_order(fast
         forwarder.run(seconds=10, linger=0)
         assert collector.accepted_ids() == ids, "all of them, in order, none twice"
     status = forwarder.status()
-    assert (status["backlog"], status["events_forwarded"], status["dead_letter_count"]) == (0, 37, 0)
+    assert (status["backlog"], status["events_forwarded"], status["dead_letter_count"]) == (
+        0,
+        37,
+        0,
+    )
     assert status["last_forwarded_at"]
 
 

@@ -19,7 +19,9 @@ def api(settings) -> APIClient:
 def test_get_post_delete(api):
     assert api.get(BASE).json() == {"configured": False}
 
-    response = api.post(BASE, {"url": "http://collector.local/in", "secret": "top-secret"}, format="json")
+    response = api.post(
+        BASE, {"url": "http://collector.local/in", "secret": "top-secret"}, format="json"
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["success"] is True and body["message"]
@@ -63,7 +65,9 @@ def test_an_omitted_secret_keeps_the_old_one_and_an_empty_one_removes_it(api):
     assert config["event_types"] == ["execution.*", "node.online"]
     assert config["headers"] == {"Authorization": "Bearer collector-token"}
 
-    config = api.post(BASE, {"url": "http://collector.local/b", "secret": ""}, format="json").json()["config"]
+    config = api.post(
+        BASE, {"url": "http://collector.local/b", "secret": ""}, format="json"
+    ).json()["config"]
     assert config["has_secret"] is False
 
 
@@ -80,8 +84,14 @@ def test_an_omitted_secret_keeps_the_old_one_and_an_empty_one_removes_it(api):
         ({"url": "http://collector.local/x", "headers": ["X-A"]}, "headers"),
         ({"url": "http://collector.local/x", "headers": {"X-A": 1}}, "X-A"),
         ({"url": "http://collector.local/x", "headers": {"bad name": "v"}}, "valid HTTP header"),
-        ({"url": "http://collector.local/x", "headers": {"X-A": "a\r\nInjected: 1"}}, "line breaks"),
-        ({"url": "http://collector.local/x", "headers": {"webhook-signature": "v1,x"}}, "cannot be overridden"),
+        (
+            {"url": "http://collector.local/x", "headers": {"X-A": "a\r\nInjected: 1"}},
+            "line breaks",
+        ),
+        (
+            {"url": "http://collector.local/x", "headers": {"webhook-signature": "v1,x"}},
+            "cannot be overridden",
+        ),
         ({"url": "http://collector.local/x", "event_types": "execution.*"}, "event_types"),
         ({"url": "http://collector.local/x", "event_types": []}, "at least one"),
         ({"url": "http://collector.local/x", "event_types": ["exec ution"]}, "pattern"),

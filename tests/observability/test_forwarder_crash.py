@@ -1,0 +1,62 @@
+"""A worker SIGKILLed mid-forwarding loses nothing: the next one resumes from the durable cursor."""
+
+import time
+
+import pytest
+
+from observability import events, forwarder
+from observability.models import ForwarderState
+from tests.observability.collector import Collector
+from tests.support.processes import wait_for
+
+WORKER_ENV = {
+    "OBSERVABILITY_LEASE_SECONDS": "2",
+    "OBSERVABILITY_FLUSH_INTERVAL": "0.2",
+    "OBSERVABILITY_CONCURRENCY": "2",
+    "OBSERVABILITY_RUN_SECONDS": "20",
+}
+
+
+@pytest.mark.processes
+def test_every_event_reaches_the_collector_across_a_worker_crash(proc_env, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    # A slow collector keeps the forwarder busy long enough to be killed mid-send.
+    with Collector(delay=0.1) as collector:
+        forwarder.configure(
+            url=collector.url, secret="s3cret", headers={}, enabled=True, event_types=["*"]
+        )
+        ids = [
+            e.id
+            for e in events.publish_many(
+                events.build("execution.log", data={"i": i}) for i in range(300)
+            )
+        ]
+
+        worker = proc_env.worker(WORKER_ENV)
+        wait_for(
+            lambda: len(collector.requests) >= 6, timeout=60, what=f"first batches\n{worker.log()}"
+        )
+        worker.kill()
+        before = set(collector.accepted_ids())
+        assert len(before) < len(ids), "the worker was killed before it finished"
+        cursor_at_kill = ForwarderState.get().cursor
+        assert cursor_at_kill < ids[-1]
+
+        # Let the dead worker's leases lapse, then start a fresh one.
+        time.sleep(2.5)
+        worker = proc_env.worker(WORKER_ENV)
+        wait_for(
+            lambda: set(ids) <= set(collector.accepted_ids()),
+            timeout=60,
+            what=f"every event after the restart ({len(set(collector.accepted_ids()))} of {len(ids)})\n{worker.log()[-3000:]}",
+        )
+        received = collector.accepted_ids()
+        assert set(received) >= set(ids), "every event id at least once"
+        resent = len(received) - len(set(received))
+        # Only batches in flight at the kill (or after the cursor) may come twice.
+        assert resent <= 10 * int(WORKER_ENV["OBSERVABILITY_CONCURRENCY"]) * 2
+        wait_for(
+            lambda: ForwarderState.get().cursor == ids[-1],
+            timeout=10,
+            what="the cursor to reach the end",
+        )
