@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.db import connections
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _release_stream_connections():
     yield
     tail.close_pool_connections()
+    # Channels' AuthMiddleware reads the session on asgiref's shared sync thread.
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 def publish(*specs: tuple[str, dict]) -> list[int]:
