@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import certifi
 import requests
+import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -167,6 +169,9 @@ class GuardedAdapter(HTTPAdapter):
     """A keep-alive pooled adapter whose connections check addresses at connect time."""
 
     def init_poolmanager(self, *args, **kwargs) -> None:
+        # `post` uses this pool directly: verify TLS against the same CA bundle requests uses.
+        kwargs.setdefault("cert_reqs", "CERT_REQUIRED")
+        kwargs.setdefault("ca_certs", certifi.where())
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": GuardedHTTPConnectionPool,
@@ -211,42 +216,54 @@ class Outcome:
 
 
 def post(session: requests.Session, url: str, body: bytes, headers, timeout: float) -> Outcome:
-    """POST `body` once; never raises for network errors, never follows redirects."""
+    """POST `body` once; never raises for network errors, never follows redirects.
+
+    Goes straight to the session's guarded urllib3 pool (same keep-alive
+    connections, same connect-time check) rather than through `Session.request`,
+    whose per-request preparation costs more CPU than the HTTP exchange itself
+    and halves a sender's throughput.
+    """
     limit = int(getattr(settings, "WEBHOOK_RESPONSE_BODY_LIMIT", 16 * 1024))
     started = time.monotonic()
     outcome = Outcome()
     try:
-        response = session.post(
-            url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+        pool = session.get_adapter(url).poolmanager
+        response = pool.urlopen(
+            "POST",
+            url,
+            body=body,
+            headers=dict(headers),
+            redirect=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            preload_content=False,
         )
         try:
-            outcome.status = response.status_code
+            outcome.status = response.status
             outcome.headers = dict(response.headers)
             outcome.retry_after = response.headers.get("Retry-After")
-            received = bytearray()
-            truncated = False
-            for chunk in response.iter_content(8192):
-                received += chunk
-                if len(received) > limit:
-                    truncated = True
-                    break
-            outcome.body = bytes(received[:limit]).decode("utf-8", errors="replace")
-            if truncated:
+            received = response.read(limit + 1, decode_content=True)
+            outcome.body = received[:limit].decode("utf-8", errors="replace")
+            if len(received) > limit:
                 # The rest is not read: drop this connection rather than drain it.
                 response.close()
-        except requests.RequestException as exc:
+            else:
+                response.drain_conn()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             # Headers arrived but the body did not: keep the status, note the error.
             outcome.error = f"error reading the response body: {exc}"
             response.close()
+        finally:
+            response.release_conn()
     except UnsafeURL as exc:
         outcome.error = f"blocked: {exc}"
-    except requests.Timeout as exc:
-        outcome.error = f"timeout after {timeout:g}s: {exc}"
-    except requests.ConnectionError as exc:
+    except NewConnectionError as exc:  # a subclass of ConnectTimeoutError in urllib3 2
         outcome.error = f"connection error: {_root_cause(exc)}"
-    except requests.RequestException as exc:
-        outcome.error = f"request error: {exc}"
-    except ValueError as exc:
+    except urllib3.exceptions.TimeoutError as exc:
+        outcome.error = f"timeout after {timeout:g}s: {exc}"
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        outcome.error = f"connection error: {_root_cause(exc)}"
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, ValueError) as exc:
         outcome.error = f"invalid request: {exc}"
     outcome.duration_ms = int((time.monotonic() - started) * 1000)
     return outcome

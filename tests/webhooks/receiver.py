@@ -22,6 +22,11 @@ class Received:
     at: float
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 refuses connections when the engine opens 32 at once.
+    request_queue_size = 128
+
+
 class Receiver:
     """Answers each request with the next scripted `Reply`, then with `default`."""
 
@@ -56,7 +61,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

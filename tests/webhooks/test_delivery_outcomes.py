@@ -139,3 +139,4 @@ def test_many_deliveries_one_flush(webhook_settings):
     assert len({r.headers["webhook-id"] for r in receiver.requests}) == 60
     assert Attempt.objects.count() == 60 == len(events("webhook.delivered"))
     assert rows
+

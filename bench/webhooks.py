@@ -1,0 +1,254 @@
+"""Webhook delivery: engine throughput vs a bare sender, and completion latency.
+
+`python -m bench webhooks [--n=N] [--repeat=R] [--latency-n=M]`. Runs on the
+database that DATABASE_URL names (SQLite by default), in a throwaway database
+created beside it the way the tests do. The receiver is a separate process
+(aiohttp, keep-alive) that checks `X-AgentField-Signature` and records when each
+delivery arrived.
+
+- engine: N completion deliveries already in the table, then `delivery.send_due()`
+  claims, signs, sends, writes every attempt and outcome event: signed, persisted
+  deliveries per second. Next to it, a bare keep-alive `requests` sender with the
+  same thread count posting the same bodies (no database, no signing): the ratio
+  is what the durable path costs.
+- latency: M executions finishing one after another (`enqueue_completion` in a
+  transaction, as the executions app does) with a real `qcluster` worker taking
+  the on-commit wake-up: finished -> received, p50 and p99.
+Figures are medians of R runs.
+"""
+
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_receiver(port: int) -> None:
+    """The receiver process: verify signatures, record arrival per execution id, answer 200."""
+    from aiohttp import web
+
+    sys.path.insert(0, str(ROOT))
+    from agentfield_site.lib.signing import agentfield_signature
+
+    arrived: dict[str, float] = {}
+    counts = {"requests": 0, "bad_signatures": 0}
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        counts["requests"] += 1
+        signature = request.headers.get("X-AgentField-Signature")
+        if signature is not None and signature != agentfield_signature(body, SECRET):
+            counts["bad_signatures"] += 1
+        arrived.setdefault(json.loads(body)["execution_id"], time.time())
+        return web.Response(text="ok")
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({**counts, "distinct": len(arrived), "arrived": arrived if "times" in request.query else {}})
+
+    async def reset(request: web.Request) -> web.Response:
+        arrived.clear()
+        counts.update(requests=0, bad_signatures=0)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.add_routes([web.post("/hook", hook), web.get("/stats", stats), web.post("/reset", reset)])
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def _setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentfield_site.settings")
+    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["Q_CLUSTER_NAME"] = f"bench-webhooks-{os.getpid()}"
+    allowed = os.environ.get("WEBHOOK_ALLOWED_HOSTS", "")
+    os.environ["WEBHOOK_ALLOWED_HOSTS"] = ",".join(filter(None, [allowed, "127.0.0.1"]))
+    if not os.environ.get("TEST_DB_NAME"):
+        if os.environ.get("DATABASE_URL", "").startswith("postgres"):
+            os.environ["TEST_DB_NAME"] = f"bench_webhooks_{os.getpid()}"
+        else:
+            os.environ["TEST_DB_NAME"] = os.path.join(tempfile.gettempdir(), f"bench-webhooks-{os.getpid()}.sqlite3")
+    import django
+
+    django.setup()
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{s.get('USER') or 'postgres'}{password}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+def _payload(execution_id: str) -> dict:
+    return {
+        "event": "execution.completed", "execution_id": execution_id, "workflow_id": "run_bench",
+        "run_id": "run_bench", "agent_node_id": "analyzer", "reasoner_id": "process", "status": "succeeded",
+        "target": "analyzer.process", "type": "reasoner", "duration_ms": 12,
+        "result": {"summary": "Document processed successfully", "score": 0.93},
+        "timestamp": "2026-03-23T10:00:00Z",
+    }
+
+
+def _bare_sender(url: str, bodies: list[bytes], threads: int) -> float:
+    """Deliveries/s of plain keep-alive requests sessions, one per thread."""
+    import requests
+
+    local = threading.local()
+
+    def send(body: bytes) -> int:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        return session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=10).status_code
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(send, bodies[:threads]))  # open the connections first, as the engine's are
+        started = time.perf_counter()
+        statuses = list(pool.map(send, bodies))
+        elapsed = time.perf_counter() - started
+    assert all(s == 200 for s in statuses)
+    return len(bodies) / elapsed
+
+
+def _engine(url: str, total: int, run: int) -> float:
+    from webhooks import delivery
+    from webhooks.completion import encode_body
+    from webhooks.models import Attempt, Delivery
+
+    Delivery.objects.all().delete()
+    rows = [
+        Delivery(kind=Delivery.COMPLETION, event_type="execution.completed", execution_id=f"exec_{run}_{i}",
+                 url=url, target_host="127.0.0.1", secret=SECRET, body=encode_body(_payload(f"exec_{run}_{i}")))
+        for i in range(total)
+    ]
+    for start in range(0, total, 1000):
+        Delivery.objects.bulk_create(rows[start : start + 1000])
+    started = time.perf_counter()
+    delivery.send_due(run_seconds=600)
+    elapsed = time.perf_counter() - started
+    delivered = Delivery.objects.filter(status=Delivery.DELIVERED).count()
+    if delivered != total or Attempt.objects.filter(delivery__execution_id__startswith=f"exec_{run}_").count() != total:
+        raise SystemExit(f"engine run failed: {delivered}/{total} delivered")
+    return total / elapsed
+
+
+def _latency(base: str, count: int, tmp: Path) -> list[float]:
+    """Finished -> received, in ms, through a real worker and the on-commit wake-up."""
+    import requests
+    from django.db import transaction
+
+    from webhooks.completion import enqueue_completion
+
+    env = {**os.environ, "DATABASE_URL": _database_url(), "TEST_DB_NAME": "", "Q_WORKERS": "2",
+           "PYTHONUNBUFFERED": "1", "SWEEP_TICK_SECONDS": "0.5"}
+    log_path = tmp / "bench-qcluster.log"
+    worker = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
+                              stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    finished: dict[str, float] = {}
+    try:
+        requests.post(f"{base}/reset", timeout=5)
+        warmup = 5
+        for i in range(count + warmup):
+            execution_id = f"exec_latency_{i}"
+            finished[execution_id] = time.time()
+            with transaction.atomic():
+                enqueue_completion(execution_id=execution_id, url=f"{base}/hook", secret=SECRET, headers={},
+                                   payload=_payload(execution_id))
+            deadline = time.monotonic() + (60 if i < warmup else 10)
+            while requests.get(f"{base}/stats", timeout=5).json()["distinct"] < i + 1:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"latency run: delivery {i} never arrived\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.005)
+            time.sleep(0.05)
+        arrived = requests.get(f"{base}/stats", params={"times": 1}, timeout=5).json()["arrived"]
+    finally:
+        # A bench worker has nothing worth a graceful stop (its sweeper task runs for a minute).
+        os.killpg(worker.pid, 9)
+        worker.wait(timeout=20)
+    return [(arrived[e] - finished[e]) * 1000 for e in list(finished)[warmup:]]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main(argv: list[str]) -> None:
+    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    total = int(options.get("n", 3000))
+    repeat = int(options.get("repeat", 3))
+    latency_n = int(options.get("latency-n", 100))
+
+    port = _free_port()
+    # Start the receiver before Django opens connections: a forked child must not share them.
+    receiver = multiprocessing.get_context("spawn").Process(target=serve_receiver, args=(port,), daemon=True)
+    receiver.start()
+    base = f"http://127.0.0.1:{port}"
+    _setup_django()
+
+    import requests
+    from django.conf import settings
+    from django.db import connection
+
+    test_db = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    threads = settings.WEBHOOK_CONCURRENCY
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                requests.post(f"{base}/reset", timeout=1)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the bench receiver did not start") from None
+                time.sleep(0.1)
+        from webhooks.completion import encode_body
+
+        bodies = [encode_body(_payload(f"bare_{i}")) for i in range(total)]
+        bare, engine = [], []
+        for run in range(repeat):
+            bare.append(_bare_sender(f"{base}/hook", bodies, threads))
+            engine.append(_engine(f"{base}/hook", total, run))
+        stats = requests.get(f"{base}/stats", timeout=5).json()
+        if stats["bad_signatures"]:
+            raise SystemExit(f"bad signatures at the receiver: {stats}")
+        with tempfile.TemporaryDirectory() as tmp:
+            latencies = _latency(base, latency_n, Path(tmp))
+    finally:
+        connection.creation.destroy_test_db(test_db, verbosity=0)
+        receiver.terminate()
+
+    broker = "Redis" if settings.REDIS_URL else "ORM"
+    bare_rate, engine_rate = statistics.median(bare), statistics.median(engine)
+    print(f"database: {connection.vendor}, broker: {broker}; {total} deliveries per run, median of {repeat} runs; "
+          f"{threads} sender threads, batch {settings.WEBHOOK_BATCH_SIZE}\n")
+    print("| measure | value |")
+    print("|---|---:|")
+    print(f"| engine: signed, persisted deliveries/s | {engine_rate:,.0f} |")
+    print(f"| bare keep-alive requests sender, requests/s | {bare_rate:,.0f} |")
+    print(f"| engine / bare | {engine_rate / bare_rate:.2f} |")
+    print(f"| finished → received p50 (ms, {len(latencies)} executions, qcluster worker) | {_percentile(latencies, 0.5):.1f} |")
+    print(f"| finished → received p99 (ms) | {_percentile(latencies, 0.99):.1f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
