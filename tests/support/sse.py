@@ -155,15 +155,25 @@ class SocketSse:
         await self._reader.readexactly(2)
         return data
 
-    async def read_events(self, count: int, timeout: float = 15) -> list[Frame]:
+    async def read_until(self, done, timeout: float = 15) -> list[Frame]:
+        """Read until `done(frames)` is true; returns all frames so far."""
+
         async def loop() -> None:
-            while len(events_only(self.parser.frames)) < count:
+            while not done(self.parser.frames):
                 chunk = await self._chunk()
                 if not chunk:
-                    raise AssertionError("stream ended early")
+                    raise AssertionError(f"stream ended early after {self.parser.frames!r}")
                 self.parser.feed(chunk)
 
         await asyncio.wait_for(loop(), timeout)
+        return self.parser.frames
+
+    async def subscribed(self, timeout: float = 15) -> None:
+        """Wait for the `retry:` preamble: the server sends it once the stream is live."""
+        await self.read_until(lambda fs: any(f.retry for f in fs), timeout)
+
+    async def read_events(self, count: int, timeout: float = 15) -> list[Frame]:
+        await self.read_until(lambda fs: len(events_only(fs)) >= count, timeout)
         return events_only(self.parser.frames)
 
     async def close(self) -> None:
