@@ -55,7 +55,9 @@ def enqueue(execution_id: str) -> None:
 
         async_task(TASK, execution_id, task_name=f"dispatch {execution_id}")
 
-    transaction.on_commit(send)
+    # robust: a broker outage must not fail the request that already committed the
+    # execution; its dispatch lease lapses and the sweeper enqueues it again.
+    transaction.on_commit(send, robust=True)
 
 
 def _lease_until():

@@ -32,7 +32,7 @@ class AgentNode(models.Model):
     INACTIVE = "inactive"
 
     id = models.CharField(max_length=128, primary_key=True, help_text="The node id agents register with.")
-    base_url = models.URLField(max_length=500)
+    base_url = models.CharField(max_length=500)
     version = models.CharField(max_length=64, blank=True)
     reasoners = models.JSONField(default=list, blank=True)
     skills = models.JSONField(default=list, blank=True)

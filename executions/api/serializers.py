@@ -1,31 +1,42 @@
 """Request validation and response shapes (the latter drive the OpenAPI schema)."""
 
 import re
+from urllib.parse import urlsplit
 
 from rest_framework import serializers
 
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-:]{0,127}$")
 
 
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: ids that arrive as numbers are a client bug."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ComponentSerializer(serializers.Serializer):
     """A reasoner or skill as the SDK describes it; extra keys are kept as sent."""
 
-    id = serializers.CharField(max_length=170)
+    id = StrictCharField(max_length=170)
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError("Each reasoner or skill must be an object with an `id`.")
-        super().to_internal_value(data)
-        if "." in data["id"] or "/" in data["id"]:
+        component_id = super().to_internal_value(data)["id"]
+        if "." in component_id or "/" in component_id:
             raise serializers.ValidationError("An id may not contain '.' or '/'.")
-        return data
+        return {**data, "id": component_id}
 
 
 class NodeRegistrationSerializer(serializers.Serializer):
     """The SDK's AgentNode body; fields beyond these are accepted and ignored."""
 
-    id = serializers.CharField(max_length=128)
-    base_url = serializers.URLField(max_length=500)
+    id = StrictCharField(max_length=128)
+    # Not URLField: agents are often reached by bare service names (http://my-agent:8001).
+    base_url = StrictCharField(max_length=500)
     version = serializers.CharField(max_length=64, required=False, allow_blank=True)
     reasoners = ComponentSerializer(many=True, required=False)
     skills = ComponentSerializer(many=True, required=False)
@@ -39,9 +50,14 @@ class NodeRegistrationSerializer(serializers.Serializer):
         return value
 
     def validate_base_url(self, value: str) -> str:
-        if not value.lower().startswith(("http://", "https://")):
-            raise serializers.ValidationError("Must be an http or https URL.")
-        return value
+        try:
+            parts = urlsplit(value.strip())
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise serializers.ValidationError("Must be an http or https URL.") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            raise serializers.ValidationError("Must be an http or https URL with a host and no credentials.")
+        return value.strip()
 
 
 class NodeRegisteredSerializer(serializers.Serializer):

@@ -79,9 +79,6 @@ class NodeRegisterView(APIView):
 def _register(request: Request) -> Response:
     body = _object_body(request)
     data = _validated(s.NodeRegistrationSerializer, body)
-    # Keep the SDK's full component descriptions (schemas, tags), not just the ids.
-    data["reasoners"] = body.get("reasoners") or []
-    data["skills"] = body.get("skills") or []
     node, created = nodes.register(data)
     return Response(
         {

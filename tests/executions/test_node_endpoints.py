@@ -11,6 +11,7 @@ from observability.models import PlatformEvent
 
 pytestmark = pytest.mark.django_db
 
+URL = "http://localhost:8001"
 SDK_BODY = {
     "id": "writer",
     "team_id": "default",
@@ -40,18 +41,21 @@ def test_register_then_reregister_updates(api):
     node = AgentNode.objects.get(pk="writer")
     assert node.reasoners[0]["input_schema"] == {"type": "object"}
     assert node.kind_of("draft") == "reasoner" and node.kind_of("spell") == "skill"
-    response = api.post("/api/v1/nodes", {**SDK_BODY, "version": "1.3.0", "base_url": "http://localhost:8002"}, format="json")
+    response = api.post("/api/v1/nodes", {**SDK_BODY, "version": "1.3.0", "base_url": "http://writer-svc:8002"}, format="json")
     assert response.status_code == 201, "POST /api/v1/nodes is an alias"
     node.refresh_from_db()
-    assert (node.version, node.base_url) == ("1.3.0", "http://localhost:8002")
+    assert (node.version, node.base_url) == ("1.3.0", "http://writer-svc:8002"), "bare service names are fine"
     assert _types() == ["node.registered", "node.registered"]
 
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"id": "x"}, {"id": "a.b", "base_url": "http://h"}, {"id": "x", "base_url": "ftp://h"},
-     {"id": "x", "base_url": "http://h", "reasoners": "nope"}, {"id": "x", "base_url": "http://h", "reasoners": [1]},
-     [1, 2]],
+    [{}, {"id": "x"}, {"id": "a.b", "base_url": URL}, {"id": "x", "base_url": "ftp://h.example"},
+     {"id": "x", "base_url": "not a url"}, {"id": "x", "base_url": "http://u:p@h:1"},
+     {"id": "x", "base_url": "http://h:port"}, {"id": "x", "base_url": URL, "reasoners": "nope"},
+     {"id": "x", "base_url": URL, "reasoners": [1]}, {"id": "x", "base_url": URL, "reasoners": [{"id": 5}]},
+     {"id": "x", "base_url": URL, "reasoners": [{"id": "a.b"}]}, {"id": "x", "base_url": URL, "metadata": []},
+     {"id": "x", "base_url": URL, "skills": [{"id": "a/b"}]}, {"id": 7, "base_url": URL}, [1, 2]],
 )
 def test_bad_registrations_are_400(api, body):
     response = api.post("/api/v1/nodes/register", body, format="json")
