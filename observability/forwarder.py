@@ -60,8 +60,9 @@ LINGER_SECONDS = 3.0
 SAVE_SECONDS = 0.25
 # At most one task enqueued per this many seconds by `kick()`.
 KICK_SECONDS = 1.0
-# `kick()` from every commit checks the configuration at most this often per process.
+# `on_commit` checks the configuration, and trusts a running forwarder, this long per process.
 CONFIG_CACHE_SECONDS = 1.0
+RUNNING_CACHE_SECONDS = 0.5
 
 # The same header rules as webhooks (webhooks.completion.header_problem); that
 # module is a higher layer, so they are restated here rather than imported.
@@ -100,7 +101,9 @@ def validate_headers(value: object) -> dict[str, str]:
             raise ConfigError(f"header {name[:40]!r} must have a string value.")
         text = str(val)
         if len(name) > MAX_HEADER_LENGTH or len(text) > MAX_HEADER_LENGTH:
-            raise ConfigError(f"header {name[:40]!r} is longer than {MAX_HEADER_LENGTH} characters.")
+            raise ConfigError(
+                f"header {name[:40]!r} is longer than {MAX_HEADER_LENGTH} characters."
+            )
         if any(c in name + text for c in "\r\n\0") or any(c in name for c in " :\t"):
             raise ConfigError(f"header {name[:40]!r} contains forbidden characters.")
         lower = name.lower()
@@ -392,7 +395,15 @@ def run(seconds: float | None = None, linger: float = LINGER_SECONDS) -> int:
     Returns the number of events finished (delivered or dead-lettered). This is
     the django-q2 task and what tests call directly.
     """
-    seconds = settings.OBSERVABILITY_RUN_SECONDS if seconds is None else seconds
+    if seconds is None:
+        # Stop taking new batches early enough that the slowest batch in flight
+        # (every attempt timing out, every delay doubled by Retry-After) still
+        # ends before django-q2's task timeout would kill the run.
+        slowest = attempts_allowed() * settings.OBSERVABILITY_TIMEOUT + 2.4 * sum(
+            settings.OBSERVABILITY_RETRY_SCHEDULE
+        )
+        room = settings.Q_CLUSTER["timeout"] - slowest - 5
+        seconds = max(1.0, min(settings.OBSERVABILITY_RUN_SECONDS, room))
     holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     if not leases.acquire(LEASE, holder, settings.OBSERVABILITY_LEASE_SECONDS):
         return 0
@@ -706,7 +717,7 @@ def clear_dead_letters() -> int:
 
 # --- Triggers ------------------------------------------------------------------------
 
-_config_cache = {"until": 0.0, "enabled": False}
+_config_cache = {"until": 0.0, "enabled": False, "running_until": 0.0}
 
 
 def _forget_cached_config() -> None:
@@ -724,8 +735,14 @@ def _enabled_cached() -> bool:
 def on_commit(last_id: int) -> None:
     """`events.after_commit` listener: start a run for new events (a lost wake-up costs latency only)."""
     try:
-        if _enabled_cached():
-            kick()
+        # A run seen within the last RUNNING_CACHE_SECONDS is still polling the log
+        # (it lingers after draining), so most commits cost no query at all.
+        if time.monotonic() < _config_cache["running_until"] or not _enabled_cached():
+            return
+        if leases.is_held(LEASE):
+            _config_cache["running_until"] = time.monotonic() + RUNNING_CACHE_SECONDS
+            return
+        kick()
     except Exception:
         log.exception("forwarder wake-up failed; the sweeper tick will catch up")
 
