@@ -4,9 +4,10 @@ The event log is the queue. `ForwarderState.cursor` is the id of the last event
 that is done with (acknowledged by the collector, dead-lettered, or filtered out);
 it moves only after the collector answered 2xx or the batch went to the dead
 letter queue, in the same transaction as those dead letters. A worker killed
-mid-send therefore re-sends that batch on the next run: delivery is at least
-once. `batch_id` is derived from the events a batch carries, so a batch re-sent
-with the same events keeps its `webhook-id` and collectors can de-duplicate on it.
+mid-send therefore re-sends the batches in flight, and those acknowledged in the
+last SAVE_SECONDS, on the next run: delivery is at least once. `batch_id` is
+derived from the events a batch carries, so a batch re-sent with the same events
+keeps its `webhook-id` and collectors can de-duplicate on it.
 
 One forwarder runs at a time (the "forwarder" lease), so batches are started in
 id order. Up to OBSERVABILITY_CONCURRENCY consecutive batches are in flight at
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import requests
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Max
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 LEASE = "forwarder"
 KICK_LEASE = "forwarder-kick"
 TASK = "observability.forwarder.run"
-USER_AGENT = "AgentField-Webhooks/0.1.0"
+USER_AGENT = "AgentField-Webhooks/0.1.0"  # what webhooks send too
 # Events read per query: large, so the database is not the bottleneck at 5,000/s.
 READ_CHUNK = 2000
 # How often an idle run looks at the log, and how long it stays after draining:
@@ -316,7 +318,7 @@ class Sessions:
         self._all: list = []
         self._lock = threading.Lock()
 
-    def get(self):
+    def get(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = safe_http.new_session()
