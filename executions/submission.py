@@ -129,11 +129,13 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         existing = _existing_for_key(request.idempotency_key)
         if existing is not None:
             return existing, False
-    waiting = Execution.objects.filter(status__in=("pending", "queued")).count()
-    if waiting >= settings.EXECUTION_QUEUE_LIMIT:
+    limit = settings.EXECUTION_QUEUE_LIMIT
+    # Counting stops at the limit: a full queue must not make every refusal slower.
+    waiting = Execution.objects.filter(status__in=("pending", "queued")).values("pk")[:limit].count()
+    if waiting >= limit:
         raise ApiError(
             503, "concurrency_limit",
-            f"{waiting} executions are waiting for dispatch; try again later.",
+            f"{limit} executions are already waiting for dispatch; try again later.",
             error_category="concurrency_limit",
         )
     hook, hook_error = (None, None)

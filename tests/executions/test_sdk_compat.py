@@ -96,5 +96,13 @@ def test_sdk_agent_and_client_round_trip(proc_env):
         assert payload["result"] == result
         lower = {k.lower(): v for k, v in headers.items()}
         Webhook(SECRET).verify(body, {k: lower[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")})
+
+        # The SDK's blocking call: async submit, then its own GET polling.
+        response = AgentFieldClient(base_url=web.url).execute_sync("sdk-node.summarize", {"text": "a b c"})
+        assert response["status"] == "succeeded" and response["result"] == {"echo": "a b c", "words": 3}
+
+        agent.stop()
+        wait_for(lambda: AgentNode.objects.get(pk="sdk-node").health_status == "inactive", timeout=10,
+                 what="the SDK's graceful shutdown notice")
     finally:
         receiver.close()
