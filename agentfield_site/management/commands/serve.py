@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -37,7 +38,11 @@ class Command(BaseCommand):
             commands.append(
                 ("demo-agent", [py, "-m", "demo_agent", "--port", agent_port, "--node-id", "analyzer", "--server", base])
             )
-        children = [(name, subprocess.Popen(cmd, start_new_session=True)) for name, cmd in commands]
+        children = []
+        for name, cmd in commands:
+            if name == "demo-agent":
+                self._wait_healthy(f"http://127.0.0.1:{port}/health")
+            children.append((name, subprocess.Popen(cmd, start_new_session=True)))
         self.stdout.write(
             self.style.SUCCESS(
                 f"\n  API        {base}/api/v1/\n"
@@ -63,15 +68,28 @@ class Command(BaseCommand):
                         stopping = True
                 time.sleep(0.5)
         finally:
-            for _, child in children:
-                if child.poll() is None:
-                    os.killpg(child.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            for _, child in children:
-                try:
-                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.pid, signal.SIGKILL)
+            # The agent first, so it can still tell the control plane it is leaving.
+            for _, child in reversed(children):
+                self._stop(child)
+
+    def _stop(self, child: subprocess.Popen, grace: float = 10.0) -> None:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+    def _wait_healthy(self, url: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
 
     def _ensure_admin(self) -> None:
         """On a fresh database, make a staff account for the tour and say its password once."""
