@@ -129,8 +129,22 @@ def _bare_sender(url: str, bodies: list[bytes], threads: int) -> float:
     return len(bodies) / elapsed
 
 
-def _engine(url: str, total: int, run: int) -> float:
+def _engine_process(database_url: str, barrier, results) -> None:
+    """One sender process, as a qcluster worker would run it: wait for the start, drain."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.update({"DATABASE_URL": database_url, "TEST_DB_NAME": ""})
+    _setup_django()
+    from django.db import connection
+
     from webhooks import delivery
+
+    connection.ensure_connection()
+    delivery._executor()
+    barrier.wait()
+    results.put(delivery.send_due(run_seconds=600))
+
+
+def _engine(url: str, total: int, run: int, processes: int) -> float:
     from webhooks.completion import encode_body
     from webhooks.models import Attempt, Delivery
 
@@ -142,12 +156,21 @@ def _engine(url: str, total: int, run: int) -> float:
     ]
     for start in range(0, total, 1000):
         Delivery.objects.bulk_create(rows[start : start + 1000])
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes + 1), ctx.Queue()
+    procs = [ctx.Process(target=_engine_process, args=(_database_url(), barrier, results)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    barrier.wait(timeout=60)  # every process has Django loaded and a connection open
     started = time.perf_counter()
-    delivery.send_due(run_seconds=600)
+    sent = sum(results.get(timeout=600) for _ in procs)
     elapsed = time.perf_counter() - started
+    for proc in procs:
+        proc.join(timeout=30)
     delivered = Delivery.objects.filter(status=Delivery.DELIVERED).count()
-    if delivered != total or Attempt.objects.filter(delivery__execution_id__startswith=f"exec_{run}_").count() != total:
-        raise SystemExit(f"engine run failed: {delivered}/{total} delivered")
+    attempts = Attempt.objects.filter(delivery__execution_id__startswith=f"exec_{run}_").count()
+    if delivered != total or attempts != total or sent != total:
+        raise SystemExit(f"engine run failed: {delivered}/{total} delivered, {attempts} attempts, {sent} sent")
     return total / elapsed
 
 
@@ -224,10 +247,11 @@ def main(argv: list[str]) -> None:
         from webhooks.completion import encode_body
 
         bodies = [encode_body(_payload(f"bare_{i}")) for i in range(total)]
-        bare, engine = [], []
+        bare, engine = [], {1: [], 2: []}
         for run in range(repeat):
             bare.append(_bare_sender(f"{base}/hook", bodies, threads))
-            engine.append(_engine(f"{base}/hook", total, run))
+            for processes in engine:
+                engine[processes].append(_engine(f"{base}/hook", total, run * 10 + processes, processes))
         stats = requests.get(f"{base}/stats", timeout=5).json()
         if stats["bad_signatures"]:
             raise SystemExit(f"bad signatures at the receiver: {stats}")
@@ -238,14 +262,17 @@ def main(argv: list[str]) -> None:
         receiver.terminate()
 
     broker = "Redis" if settings.REDIS_URL else "ORM"
-    bare_rate, engine_rate = statistics.median(bare), statistics.median(engine)
+    bare_rate = statistics.median(bare)
+    one, two = statistics.median(engine[1]), statistics.median(engine[2])
     print(f"database: {connection.vendor}, broker: {broker}; {total} deliveries per run, median of {repeat} runs; "
           f"{threads} sender threads, batch {settings.WEBHOOK_BATCH_SIZE}\n")
     print("| measure | value |")
     print("|---|---:|")
-    print(f"| engine: signed, persisted deliveries/s | {engine_rate:,.0f} |")
-    print(f"| bare keep-alive requests sender, requests/s | {bare_rate:,.0f} |")
-    print(f"| engine / bare | {engine_rate / bare_rate:.2f} |")
+    print(f"| engine, 1 sender process: signed, persisted deliveries/s | {one:,.0f} |")
+    print(f"| engine, 2 sender processes (as 2 qcluster workers) | {two:,.0f} |")
+    print(f"| bare keep-alive requests sender (1 process), requests/s | {bare_rate:,.0f} |")
+    print(f"| engine (1 process) / bare | {one / bare_rate:.2f} |")
+    print(f"| engine (2 processes) / bare | {two / bare_rate:.2f} |")
     print(f"| finished → received p50 (ms, {len(latencies)} executions, qcluster worker) | {_percentile(latencies, 0.5):.1f} |")
     print(f"| finished → received p99 (ms) | {_percentile(latencies, 0.99):.1f} |")
 

@@ -77,22 +77,33 @@ class _Result:
 # --- claiming -------------------------------------------------------------------
 
 def claim(limit: int) -> tuple[str, list[Delivery]]:
-    """Lease up to `limit` due deliveries; returns the lease token and the rows."""
+    """Lease up to `limit` due deliveries in one statement; returns the lease token and the rows.
+
+    `UPDATE ... WHERE id IN (due ids) RETURNING *`: on PostgreSQL the inner select
+    takes `FOR UPDATE SKIP LOCKED` so concurrent senders split the due rows
+    instead of queueing behind each other; on SQLite the single statement is
+    atomic on its own (one writer at a time).
+    """
+    table = Delivery._meta.db_table
+    ops = connection.ops
     now = timezone.now()
     token = uuid.uuid4().hex
-    due = Delivery.objects.filter(status=Delivery.PENDING, next_attempt_at__lte=now).order_by("next_attempt_at")
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    sql = (
+        f"UPDATE {table} SET status = %s, lease_token = %s, lease_until = %s "
+        f"WHERE id IN (SELECT id FROM {table} WHERE status = %s AND next_attempt_at <= %s "
+        f"ORDER BY next_attempt_at LIMIT %s{lock}) RETURNING *"
+    )
+    params = [
+        Delivery.IN_FLIGHT,
+        token,
+        ops.adapt_datetimefield_value(now + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)),
+        Delivery.PENDING,
+        ops.adapt_datetimefield_value(now),
+        limit,
+    ]
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            due = due.select_for_update(skip_locked=True)
-        ids = list(due.values_list("id", flat=True)[:limit])
-        if not ids:
-            return token, []
-        Delivery.objects.filter(id__in=ids, status=Delivery.PENDING).update(
-            status=Delivery.IN_FLIGHT,
-            lease_token=token,
-            lease_until=now + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS),
-        )
-    rows = list(Delivery.objects.filter(id__in=ids, lease_token=token).select_related("subscription"))
+        rows = list(Delivery.objects.raw(sql, params))
     return token, rows
 
 
@@ -107,6 +118,7 @@ def reclaim_expired() -> int:
 def _jobs(rows: list[Delivery]) -> list[_Job]:
     sub_ids = {r.subscription_id for r in rows if r.subscription_id}
     secrets: dict[str, list[str]] = defaultdict(list)
+    subs = Subscription.objects.in_bulk(sub_ids) if sub_ids else {}
     if sub_ids:
         now = timezone.now()
         for sub_id, secret in (
@@ -120,7 +132,7 @@ def _jobs(rows: list[Delivery]) -> list[_Job]:
     for row in rows:
         row.body = bytes(row.body)  # PostgreSQL hands back a memoryview
         if row.subscription_id:
-            sub = row.subscription
+            sub = subs.get(row.subscription_id)
             if sub is None:
                 jobs.append(_Job(row, row.url, {}, [], "the subscription was deleted"))
             elif not sub.enabled and row.kind != Delivery.TEST:
@@ -217,27 +229,16 @@ def _event(row: Delivery, event_type: str, status: str, outcome: safe_http.Outco
 
 
 def record(token: str, results: list[_Result]) -> None:
-    """Write attempts in bulk and outcomes with targeted updates, in one transaction."""
+    """Write attempts in bulk and outcomes with targeted updates, in one transaction.
+
+    Every update is conditional on the row still being leased to `token`. A sender
+    whose lease lapsed (it stalled and the row was sent again) logs its attempt
+    but decides nothing and announces nothing.
+    """
     now = timezone.now()
-    with transaction.atomic():
-        # Rows still leased to us. A sender whose lease lapsed (it stalled, the row
-        # was sent again) logs its attempt but decides nothing and announces nothing.
-        live = set(
-            Delivery.objects.filter(
-                id__in=[r.job.delivery.id for r in results], lease_token=token, status=Delivery.IN_FLIGHT
-            ).values_list("id", flat=True)
-        )
-        _record(token, results, live, now)
-
-
-def _record(token: str, results: list[_Result], live: set[int], now: datetime) -> None:
     attempts: list[Attempt] = []
-    events = []
-    delivered: dict[int | None, list[int]] = defaultdict(list)
-    singles: list[tuple[int, dict]] = []
-    sub_ok: set[str] = set()
-    sub_failing: set[str] = set()
-    sub_gone: set[str] = set()
+    delivered: dict[int | None, list[_Result]] = defaultdict(list)
+    singles: list[tuple[_Result, str, dict]] = []
     for result in results:
         row, outcome = result.job.delivery, result.outcome
         verdict, delay = _verdict(row, result)
@@ -255,44 +256,68 @@ def _record(token: str, results: list[_Result], live: set[int], now: datetime) -
                 outcome=verdict,
             )
         )
-        if row.id not in live:
-            continue
-        sub_id = row.subscription_id if row.subscription is not None else None
         if verdict == Attempt.DELIVERED:
-            delivered[outcome.status].append(row.id)
-            events.append(_event(row, "webhook.delivered", "delivered", outcome, "", result.job.url))
-            if sub_id:
-                sub_ok.add(sub_id)
+            delivered[outcome.status].append(result)
             continue
-        if sub_id and not result.job.skip_reason:
-            (sub_gone if outcome.status == 410 else sub_failing).add(sub_id)
         fields = {"last_status": outcome.status, "last_error": error[:4000]}
         if verdict == Attempt.RETRY:
             fields.update(status=Delivery.PENDING, next_attempt_at=now + timedelta(seconds=delay))
-            if row.attempts == row.budget_base:  # first failure of this budget: once, not per retry
-                events.append(_event(row, "webhook.failed", "retrying", outcome, error, result.job.url))
         elif verdict == Attempt.FAILED:
             fields.update(status=Delivery.FAILED)
-            events.append(_event(row, "webhook.failed", "failed", outcome, error, result.job.url))
         else:
             fields.update(status=Delivery.DEAD, dead_lettered_at=now)
-            events.append(_event(row, "webhook.dead_lettered", "dead", outcome, error, result.job.url))
-        singles.append((row.id, fields))
+        singles.append((result, verdict, fields))
 
-    lease_free = {"lease_token": "", "lease_until": None, "attempts": F("attempts") + 1}
-    Attempt.objects.bulk_create(attempts)
-    mine = Delivery.objects.filter(lease_token=token, status=Delivery.IN_FLIGHT)
-    for http_status, ids in delivered.items():
-        mine.filter(id__in=ids).update(
-            status=Delivery.DELIVERED, delivered_at=now, last_status=http_status, last_error="", **lease_free
-        )
-    for row_id, fields in singles:
-        mine.filter(id=row_id).update(**fields, **lease_free)
-    if sub_ok:
-        Subscription.objects.filter(id__in=sub_ok, failing_since__isnull=False).update(failing_since=None)
-    if sub_failing or sub_gone:
-        _note_failures(sub_failing | sub_gone, sub_gone, now)
-    publish_many(events)
+    events = []
+    sub_ok: set[str] = set()
+    sub_failing: set[str] = set()
+    sub_gone: set[str] = set()
+    with transaction.atomic():
+        Attempt.objects.bulk_create(attempts)
+        for http_status, group in delivered.items():
+            live = _mark_delivered(token, [r.job.delivery.id for r in group], http_status, now)
+            for result in group:
+                row = result.job.delivery
+                if row.id in live:
+                    events.append(_event(row, "webhook.delivered", "delivered", result.outcome, "", result.job.url))
+                    if row.subscription_id:
+                        sub_ok.add(row.subscription_id)
+        mine = Delivery.objects.filter(lease_token=token, status=Delivery.IN_FLIGHT)
+        lease_free = {"lease_token": "", "lease_until": None, "attempts": F("attempts") + 1}
+        for result, verdict, fields in singles:
+            row = result.job.delivery
+            if not mine.filter(id=row.id).update(**fields, **lease_free):
+                continue
+            if row.subscription_id and not result.job.skip_reason:
+                (sub_gone if result.outcome.status == 410 else sub_failing).add(row.subscription_id)
+            error = fields["last_error"]
+            if verdict == Attempt.RETRY:
+                if row.attempts == row.budget_base:  # first failure of this budget: once, not per retry
+                    events.append(_event(row, "webhook.failed", "retrying", result.outcome, error, result.job.url))
+            elif verdict == Attempt.FAILED:
+                events.append(_event(row, "webhook.failed", "failed", result.outcome, error, result.job.url))
+            else:
+                events.append(_event(row, "webhook.dead_lettered", "dead", result.outcome, error, result.job.url))
+        if sub_ok:
+            Subscription.objects.filter(id__in=sub_ok, failing_since__isnull=False).update(failing_since=None)
+        if sub_failing or sub_gone:
+            _note_failures(sub_failing | sub_gone, sub_gone, now)
+        publish_many(events)
+
+
+def _mark_delivered(token: str, ids: list[int], http_status: int | None, now: datetime) -> set[int]:
+    """One UPDATE for a group of delivered rows still leased to `token`; returns the ids it changed."""
+    table = Delivery._meta.db_table
+    marks = ", ".join(["%s"] * len(ids))
+    sql = (
+        f"UPDATE {table} SET status = %s, delivered_at = %s, last_status = %s, last_error = '', "
+        f"lease_token = '', lease_until = NULL, attempts = attempts + 1 "
+        f"WHERE lease_token = %s AND status = %s AND id IN ({marks}) RETURNING id"
+    )
+    params = [Delivery.DELIVERED, connection.ops.adapt_datetimefield_value(now), http_status, token, Delivery.IN_FLIGHT, *ids]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _note_failures(failing: set[str], gone: set[str], now: datetime) -> None:
