@@ -1,0 +1,140 @@
+"""Real executions on the demo agent, watched live: SSE from daphne, work done by a qcluster.
+
+A client connected before the execution sees `execution.created` through
+`execution.completed` in order; after a disconnect, while more executions run, it
+resumes with Last-Event-ID and gets exactly what it missed. The real AgentField SDK
+with `enable_event_stream=True` learns of completion from the same stream.
+"""
+
+import asyncio
+import time
+
+import pytest
+import requests
+from agentfield.async_config import AsyncConfig
+from agentfield.client import AgentFieldClient
+from django.db import connections
+
+from observability.models import PlatformEvent
+from tests.support.processes import wait_for
+from tests.support.sse import SocketSse, events_only
+
+pytestmark = pytest.mark.processes
+
+TERMINAL = ("succeeded", "failed", "cancelled", "timeout")
+
+
+def submit(base: str, text: str) -> str:
+    response = requests.post(
+        f"{base}/api/v1/execute/async/analyzer.process", json={"input": {"document": text}}, timeout=5
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["execution_id"]
+
+
+def finished(base: str, execution_id: str) -> dict | None:
+    doc = requests.get(f"{base}/api/v1/executions/{execution_id}", timeout=5).json()
+    return doc if doc["status"] in TERMINAL else None
+
+
+def stream_ids_after(last_id: int, up_to: int) -> list[int]:
+    try:
+        rows = PlatformEvent.objects.filter(
+            id__gt=last_id, id__lte=up_to, source__in=("execution", "webhook")
+        ).order_by("id")
+        return list(rows.values_list("id", flat=True))
+    finally:
+        connections.close_all()
+
+
+@pytest.fixture
+def platform(proc_env):
+    web = proc_env.daphne()
+    proc_env.worker()
+    agent = proc_env.demo_agent(web.url)
+    wait_for(lambda: requests.get(f"{web.url}/api/v1/nodes/analyzer", timeout=2).ok, timeout=30,
+             what=f"demo agent registration\n{agent.log()}")
+    return web
+
+
+def test_sse_sees_an_execution_through_to_completed_then_resumes_exactly(platform):
+    web = platform
+
+    async def watch_one():
+        sse = await SocketSse(f"{web.url}/api/ui/v1/executions/events").start()
+        await sse.subscribed()
+        execution_id = await asyncio.to_thread(submit, web.url, "streams are live")
+
+        def completed(frames) -> bool:
+            return any(f.event == "execution.completed" and f.json.get("execution_id") == execution_id for f in frames)
+
+        frames = await sse.read_until(completed, timeout=30)
+        await sse.close()
+        return execution_id, events_only(frames)
+
+    execution_id, frames = asyncio.run(watch_one())
+    mine = [f for f in frames if f.json.get("execution_id") == execution_id]
+    types = [f.event for f in mine if f.event != "execution.log"]
+    assert types[0] == "execution.created" and types[-1] == "execution.completed", types
+    assert types.index("execution.started") < types.index("execution.completed")
+    ids = [int(f.id) for f in frames]
+    assert ids == sorted(set(ids)), "ids increase, each once"
+    completed = mine[-1].json
+    assert completed["type"] == "execution_completed" and completed["status"] == "succeeded"
+    last_seen = ids[-1]
+
+    # Disconnected: two more executions run to completion.
+    more = [submit(web.url, f"missed run {i}") for i in range(2)]
+    for other in more:
+        assert wait_for(lambda other=other: finished(web.url, other), timeout=30)["status"] == "succeeded"
+
+    async def resume():
+        sse = await SocketSse(f"{web.url}/api/ui/v1/executions/events", {"Last-Event-ID": str(last_seen)}).start()
+        expected = await asyncio.to_thread(stream_ids_after, last_seen, 10**18)
+        got = await sse.read_events(len(expected), timeout=20)
+        await sse.close()
+        return expected, got
+
+    expected, got = asyncio.run(resume())
+    got_ids = [int(f.id) for f in got]
+    # Everything written meanwhile, in order, no gap, no duplicate; live events may follow.
+    assert got_ids[: len(expected)] == expected
+    assert got_ids == stream_ids_after(last_seen, got_ids[-1])
+    for other in more:
+        assert any(f.event == "execution.completed" and f.json["execution_id"] == other for f in got)
+
+
+async def _sdk_run(base: str) -> tuple[object, object, float]:
+    # Polls are 30 s apart after the first, so a result within seconds came by the stream.
+    config = AsyncConfig(
+        enable_event_stream=True,
+        initial_poll_interval=30.0,
+        fast_poll_interval=30.0,
+        medium_poll_interval=30.0,
+        slow_poll_interval=30.0,
+        max_poll_interval=30.0,
+        batch_poll_interval=30.0,
+    )
+    client = AgentFieldClient(base_url=base, async_config=config)
+    try:
+        manager = await client._get_async_execution_manager()
+        await asyncio.sleep(0.5)  # let the SDK's stream connect before the work starts
+        started = time.monotonic()
+        execution_id = await client.execute_async("analyzer.process", {"document": "sdk listens"})
+        # Read the SDK's own state rather than wait_for_execution_result: in 0.1.144 that
+        # returns as soon as the stream marks the execution succeeded, racing the
+        # immediate poll the same event triggers to fetch the result.
+        state = manager._executions[execution_id]
+        while time.monotonic() - started < 15 and state.result is None:
+            await asyncio.sleep(0.05)
+        assert manager._event_stream_task is not None and not manager._event_stream_task.done()
+        return state.status.value, state.result, time.monotonic() - started
+    finally:
+        await client.close_async_execution_manager()
+
+
+def test_agentfield_sdk_event_stream_learns_completion_from_sse(platform):
+    status, result, elapsed = asyncio.run(_sdk_run(platform.url))
+    assert status == "succeeded", (status, result, elapsed)
+    assert result == {"summary": "sdk listens", "words": 2, "document": "sdk listens"}
+    assert elapsed < 10, f"the SDK waited {elapsed:.1f}s: it polled instead of reading the stream"
