@@ -1,0 +1,43 @@
+"""The admin as an operations console: deliveries with attempts, the DLQ, redrive, masked secrets."""
+
+import pytest
+from django.contrib.auth.models import User
+
+from tests.webhooks.conftest import drain, enqueue
+from tests.webhooks.receiver import Receiver, Reply
+from webhooks import subscriptions
+from webhooks.models import Delivery
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(client):
+    user = User.objects.create_superuser("alice", "alice@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def test_delivery_pages_search_and_redrive_action(staff):
+    with Receiver(default=Reply(410, body=b"gone")) as receiver:
+        row = drain(enqueue(receiver.url, execution_id="exec_admin"))
+        listing = staff.get("/admin/webhooks/delivery/", {"q": "exec_admin"})
+        assert listing.status_code == 200 and row.webhook_id in listing.content.decode()
+        assert staff.get("/admin/webhooks/delivery/", {"status": "dead", "target_host": "127.0.0.1"}).status_code == 200
+        detail = staff.get(f"/admin/webhooks/delivery/{row.id}/change/")
+        assert detail.status_code == 200 and "gone" in detail.content.decode()  # the attempt, inline
+        dlq = staff.get("/admin/webhooks/deadletter/")
+        assert dlq.status_code == 200 and row.webhook_id in dlq.content.decode()
+        receiver.default = Reply(200)
+        response = staff.post(
+            "/admin/webhooks/deadletter/", {"action": "redrive_selected", "_selected_action": [row.id]}, follow=True
+        )
+        assert "Queued 1 deliveries" in response.content.decode()
+        assert drain(row).status == Delivery.DELIVERED
+    assert staff.get("/admin/webhooks/deadletter/").content.decode().count(row.webhook_id) == 0
+
+
+def test_subscription_admin_masks_the_secret(staff):
+    sub, secret = subscriptions.create(url="http://127.0.0.1:9/", event_types=["*"], headers={})
+    page = staff.get(f"/admin/webhooks/subscription/{sub.id}/change/").content.decode()
+    assert secret not in page and secret[-4:] in page
