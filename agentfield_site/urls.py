@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from observability import dashboard
+
 from .lib import api
 from .views import health
 
@@ -9,6 +11,7 @@ urlpatterns = [
     path("health", health, name="health"),
     path("health/", health),
     path("admin/", admin.site.urls),
+    path("dashboard/", dashboard.dashboard, name="dashboard"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("executions.api.urls")),
