@@ -64,7 +64,7 @@ class RedriveFilterSerializer(serializers.Serializer):
 
 
 class RedriveSerializer(serializers.Serializer):
-    ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=10_000)
+    ids = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), required=False, max_length=10_000)
     all = serializers.BooleanField(required=False, default=False)
     filter = RedriveFilterSerializer(required=False)
 

@@ -88,7 +88,7 @@ class DeadLetterListView(APIView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 50, DLQ_MAX_LIMIT)
-        offset = _int_param(request, "offset", 0)
+        offset = _int_param(request, "offset", 0, 2**31)
         rows = _dead_letters(request.query_params).select_related("subscription").order_by("dead_lettered_at", "id")
         return Response({
             "entries": DeadLetterSerializer(rows[offset : offset + limit], many=True).data,
