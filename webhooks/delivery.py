@@ -9,6 +9,10 @@ whose lease lapsed (it hung, or was killed) cannot overwrite the row's newer
 state. A lapsed lease makes the row due again: at least once, and receivers
 de-duplicate on the stable `webhook-id`.
 
+Outcome events, one per outcome and never one per retry: `webhook.delivered`;
+`webhook.failed` once when a delivery first fails and goes into retries (and for
+a one-shot test send that fails); `webhook.dead_lettered`; `webhook.redriven`.
+
 django-q2 only wakes this up (`kick` after commit, the sweeper tick for due
 retries); its own retry is not the policy: the row's schedule is.
 """
