@@ -137,9 +137,11 @@ def run(execution_id: str) -> str:
 
 def _record_response(execution: Execution, token: str, response: requests.Response) -> str:
     if response.status_code == 202:
-        Execution.objects.filter(pk=execution.id, dispatch_token=token).update(
-            dispatch_state=Execution.Dispatch.ACCEPTED, dispatch_lease_until=None
-        )
+        # Conditional on IN_FLIGHT: a callback that already finished the execution
+        # (agents may report before their 202 reaches us) has set DONE, which stays.
+        Execution.objects.filter(
+            pk=execution.id, dispatch_token=token, dispatch_state=Execution.Dispatch.IN_FLIGHT
+        ).update(dispatch_state=Execution.Dispatch.ACCEPTED, dispatch_lease_until=None)
         return "accepted"
     if 200 <= response.status_code < 300:
         try:

@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from agentfield_site.lib.api import ApiError
 from webhooks.completion import webhook_events
 
-from .. import cancellation, dispatch, nodes, reports, submission
+from .. import cancellation, dispatch, lifecycle, nodes, reports, submission
 from ..documents import (
     iso,
     node_document,
@@ -241,7 +241,7 @@ def _wait_for_terminal(execution_id: str, deadline: float) -> Execution:
 
 
 class ExecutionFilter(django_filters.FilterSet):
-    status = django_filters.ChoiceFilter(choices=[(v, v) for v in STATUSES])
+    status = django_filters.CharFilter(method="filter_status", help_text=f"One of {', '.join(STATUSES)} or an alias.")
     agent_node_id = django_filters.CharFilter()
     workflow_id = django_filters.CharFilter()
     target = django_filters.CharFilter()
@@ -251,6 +251,12 @@ class ExecutionFilter(django_filters.FilterSet):
     class Meta:
         model = Execution
         fields = ["status", "agent_node_id", "workflow_id", "target", "since", "until"]
+
+    def filter_status(self, queryset, name: str, value: str):
+        try:
+            return queryset.filter(status=lifecycle.normalize(value))
+        except ValueError:
+            raise exceptions.ValidationError({"status": f"Unknown status {value!r}."}) from None
 
 
 class ExecutionCursor(CursorPagination):

@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -15,6 +16,8 @@ class LoopbackAgent:
         self.status = 200
         self.body: Any = {"ok": True}
         self.delay = 0.0
+        # Called with each request before answering (e.g. to post a callback first).
+        self.on_request: Callable[[dict[str, Any]], None] | None = None
         agent = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -26,7 +29,10 @@ class LoopbackAgent:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                agent.requests.append({"path": self.path, "headers": dict(self.headers), "body": raw})
+                request = {"path": self.path, "headers": dict(self.headers), "body": raw}
+                agent.requests.append(request)
+                if agent.on_request:
+                    agent.on_request(request)
                 if agent.delay:
                     time.sleep(agent.delay)
                 data = agent.body if isinstance(agent.body, bytes) else json.dumps(agent.body).encode()

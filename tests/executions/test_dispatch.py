@@ -4,9 +4,10 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
-from executions import dispatch, submission
+from executions import dispatch, reports, submission
 from executions.models import Execution
 from observability.models import PlatformEvent
 from tests.support.processes import free_port
@@ -127,3 +128,21 @@ def test_stale_executions_time_out_and_fire_their_webhook(node, completions, set
     [call] = completions
     assert call["payload"]["event"] == "execution.failed" and call["payload"]["status"] == "timeout"
     assert dispatch.expire_stale() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_callback_that_beats_the_202_keeps_its_outcome(node, agent):
+    """Agents may report before their 202 reaches us: the finished execution stays finished."""
+
+    def report_first(request):
+        reports.apply_status(request["headers"]["X-Execution-ID"], {"status": "succeeded", "result": {"early": True}})
+        connection.close()
+
+    agent.on_request = report_first
+    agent.status, agent.body = 202, {"status": "processing"}
+    execution = _submit()
+    assert dispatch.run(execution.id) == "accepted"
+    execution.refresh_from_db()
+    assert execution.status == "succeeded" and execution.result == {"early": True}
+    assert execution.dispatch_state == Execution.Dispatch.DONE
+    assert dispatch.requeue_lapsed() == 0

@@ -54,6 +54,7 @@ def test_list_filters(api, node):
 
     assert ids("") == [second.id, first.id], "newest first"
     assert ids("?status=cancelled") == [second.id]
+    assert ids("?status=canceled") == [second.id], "aliases filter too"
     assert ids("?workflow_id=run_one") == [first.id]
     assert ids("?target=analyzer.count") == [second.id]
     assert ids("?agent_node_id=analyzer") == [second.id, first.id]
