@@ -277,7 +277,7 @@ def record(token: str, results: list[_Result]) -> None:
     sub_failing: set[str] = set()
     sub_gone: set[str] = set()
     with transaction.atomic():
-        Attempt.objects.bulk_create(attempts)
+        _insert_attempts(attempts)
         for http_status, group in delivered.items():
             live = _mark_delivered(token, [r.job.delivery.id for r in group], http_status, now)
             for result in group:
@@ -307,6 +307,30 @@ def record(token: str, results: list[_Result]) -> None:
         if sub_failing or sub_gone:
             _note_failures(sub_failing | sub_gone, sub_gone, now)
         publish_many(events)
+
+
+_ATTEMPT_COLUMNS = (
+    "delivery_id", "number", "started_at", "duration_ms", "status_code",
+    "response_headers", "response_body", "error", "outcome",
+)
+
+
+def _insert_attempts(attempts: list[Attempt]) -> None:
+    """Insert attempt rows; on PostgreSQL with COPY, several times cheaper than a bulk INSERT."""
+    if connection.vendor != "postgresql":
+        Attempt.objects.bulk_create(attempts)
+        return
+    from psycopg.types.json import Jsonb
+
+    columns = ", ".join(_ATTEMPT_COLUMNS)
+    with connection.cursor() as cursor, cursor.cursor.copy(
+        f"COPY {Attempt._meta.db_table} ({columns}) FROM STDIN"
+    ) as copy:
+        for a in attempts:
+            copy.write_row((
+                a.delivery_id, a.number, a.started_at, a.duration_ms, a.status_code,
+                Jsonb(a.response_headers), a.response_body, a.error, a.outcome,
+            ))
 
 
 def _mark_delivered(token: str, ids: list[int], http_status: int | None, now: datetime) -> set[int]:
