@@ -377,13 +377,20 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     finished: dict[str, list[_Result]] = defaultdict(list)
     last_flush = time.monotonic()
     drained = False
+    helped = False
     recorded = 0
     while True:
         if not drained and len(inflight) <= batch // 2:
-            token, rows = claim(batch - len(inflight))
+            want = batch - len(inflight)
+            token, rows = claim(want)
             for job in _jobs(rows):
                 inflight[executor.submit(_send, job)] = token
             drained = not rows or time.monotonic() > deadline
+            if len(rows) == want and not helped:
+                # A backlog: wake one more worker process to share it (it claims
+                # other rows); each helper may call one more while the backlog lasts.
+                helped = True
+                transaction.on_commit(kick)
         if inflight:
             done, _ = wait(list(inflight), timeout=FLUSH_EVERY, return_when=FIRST_COMPLETED)
             for future in done:
