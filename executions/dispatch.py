@@ -40,7 +40,7 @@ def _session() -> requests.Session:
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
-        retry = Retry(total=None, connect=3, read=0, redirect=0, status=0, other=0, backoff_factor=0.5)
+        retry = Retry(total=None, connect=3, read=0, redirect=0, status=0, other=0, backoff_factor=0.25)
         session.mount("http://", HTTPAdapter(max_retries=retry))
         session.mount("https://", HTTPAdapter(max_retries=retry))
         _local.session = session

@@ -70,7 +70,7 @@ def test_sdk_agent_and_client_round_trip(proc_env):
     receiver = Receiver()
     try:
         web = proc_env.daphne()
-        proc_env.worker()
+        worker = proc_env.worker()
         port = free_port()
         agent = proc_env.script("sdk-agent", ["tests/executions/sdk_agent_app.py", str(port), "sdk-node", web.url], port)
         node = wait_for(lambda: AgentNode.objects.filter(pk="sdk-node").first(), timeout=30,
@@ -104,5 +104,7 @@ def test_sdk_agent_and_client_round_trip(proc_env):
         agent.stop()
         wait_for(lambda: AgentNode.objects.get(pk="sdk-node").health_status == "inactive", timeout=10,
                  what="the SDK's graceful shutdown notice")
+        # A graceful stop would wait for the worker's sweeper task (a 20 s run).
+        worker.kill()
     finally:
         receiver.close()
