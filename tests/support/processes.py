@@ -127,8 +127,9 @@ class ProcessEnv:
         self.procs.append(proc)
         return proc
 
-    def daphne(self, extra_env: dict | None = None) -> Proc:
-        port = free_port()
+    def daphne(self, extra_env: dict | None = None, port: int | None = None) -> Proc:
+        """Start daphne; `port` reuses a stopped server's port (a restart clients reconnect to)."""
+        port = port or free_port()
         proc = self._start(
             "daphne",
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "agentfield_site.asgi:application"],
