@@ -4,6 +4,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
+
 from webhooks.completion import webhook_events
 
 
@@ -68,6 +70,43 @@ def status_document(execution, events: list[dict] | None = None) -> dict[str, An
     if execution.webhook_error:
         doc["webhook_error"] = execution.webhook_error
     return doc
+
+
+def sync_outcome(execution) -> tuple[int, dict[str, Any]]:
+    """HTTP status and body of the sync API: 200 with the result, 502 failed, 504 no outcome yet."""
+    if execution.status == "succeeded":
+        return 200, {
+            "execution_id": execution.id,
+            "run_id": execution.run_id,
+            "workflow_id": execution.workflow_id,
+            "status": "succeeded",
+            "result": execution.result,
+            "duration_ms": execution.duration_ms,
+            "finished_at": iso(execution.completed_at),
+            "webhook_registered": execution.webhook_registered,
+        }
+    common = {
+        "execution_id": execution.id,
+        "run_id": execution.run_id,
+        "status": execution.status,
+        "webhook_registered": execution.webhook_registered,
+    }
+    if execution.is_terminal:
+        body = {
+            "error": f"execution_{execution.status}",
+            "message": execution.error or f"The execution ended {execution.status}.",
+            "error_category": execution.error_category or "agent_error",
+            **common,
+        }
+        if execution.error_details is not None:
+            body["error_details"] = execution.error_details
+        return 502, body
+    return 504, {
+        "error": "timeout",
+        "message": f"No result within {settings.AGENT_CALL_TIMEOUT:g}s; poll the execution for its outcome.",
+        "error_category": "agent_timeout",
+        **common,
+    }
 
 
 def status_documents(executions: Iterable) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ Nothing is half-written: the row and its `execution.created` event commit togeth
 and dispatch is enqueued only after that commit.
 """
 
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -182,3 +183,23 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
             return existing, False
         raise
     return execution, True
+
+
+def execute_and_wait(request: Request) -> Execution:
+    """The sync API: submit, call the agent in this thread, wait for an outcome.
+
+    Returns the execution as it stands when it is terminal or AGENT_CALL_TIMEOUT
+    has passed. If this process dies mid-call, the dispatch lease lapses and a
+    worker takes the execution over, so a sync caller's work is not lost either.
+    """
+    deadline = time.monotonic() + settings.AGENT_CALL_TIMEOUT
+    execution, created = submit(request, enqueue=False)
+    if created:
+        dispatch.run(execution.id)
+    interval = 0.02
+    while True:
+        execution = Execution.objects.get(pk=execution.id)
+        if execution.is_terminal or time.monotonic() >= deadline:
+            return execution
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(interval * 2, 0.25)

@@ -173,12 +173,6 @@ class ExecutionStatusSerializer(serializers.Serializer):
     webhook_events = WebhookEventSerializer(many=True)
 
 
-class ExecutionPageSerializer(serializers.Serializer):
-    results = ExecutionStatusSerializer(many=True)
-    next = serializers.CharField(allow_null=True)
-    previous = serializers.CharField(allow_null=True)
-
-
 class BatchStatusRequestSerializer(serializers.Serializer):
     execution_ids = serializers.ListField(
         child=serializers.CharField(max_length=128), allow_empty=False, max_length=500

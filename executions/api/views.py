@@ -1,9 +1,6 @@
 """The AgentField API for nodes and executions: thin views over the service modules."""
 
-import time
-
 import django_filters
-from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, generics, serializers, status
@@ -15,7 +12,7 @@ from rest_framework.views import APIView
 from agentfield_site.lib.api import ApiError
 from webhooks.completion import webhook_events
 
-from .. import cancellation, dispatch, lifecycle, nodes, reports, submission
+from .. import cancellation, lifecycle, nodes, reports, submission
 from ..documents import (
     iso,
     node_document,
@@ -23,8 +20,9 @@ from ..documents import (
     status_document,
     status_documents,
     submission_document,
+    sync_outcome,
 )
-from ..models import STATUSES, TERMINAL, AgentNode, Execution
+from ..models import STATUSES, AgentNode, Execution
 from . import serializers as s
 
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 404, 409, 413)}
@@ -183,61 +181,8 @@ class ExecuteSyncView(APIView):
     )
     def post(self, request: Request, target: str) -> Response:
         req = submission.request_from(target, _object_body(request), request.headers)
-        deadline = time.monotonic() + settings.AGENT_CALL_TIMEOUT
-        execution, created = submission.submit(req, enqueue=False)
-        if created:
-            # The request thread calls the agent itself; if this process dies the
-            # dispatch lease lapses and a worker takes the execution over.
-            dispatch.run(execution.id)
-        execution = _wait_for_terminal(execution.id, deadline)
-        if execution.status == "succeeded":
-            return Response(
-                {
-                    "execution_id": execution.id,
-                    "run_id": execution.run_id,
-                    "workflow_id": execution.workflow_id,
-                    "status": "succeeded",
-                    "result": execution.result,
-                    "duration_ms": execution.duration_ms,
-                    "finished_at": iso(execution.completed_at),
-                    "webhook_registered": execution.webhook_registered,
-                }
-            )
-        common = {
-            "execution_id": execution.id,
-            "run_id": execution.run_id,
-            "status": execution.status,
-            "webhook_registered": execution.webhook_registered,
-        }
-        if execution.status in TERMINAL:
-            body = {
-                "error": f"execution_{execution.status}",
-                "message": execution.error or f"The execution ended {execution.status}.",
-                "error_category": execution.error_category or "agent_error",
-                **common,
-            }
-            if execution.error_details is not None:
-                body["error_details"] = execution.error_details
-            return Response(body, status=status.HTTP_502_BAD_GATEWAY)
-        return Response(
-            {
-                "error": "timeout",
-                "message": f"No result within {settings.AGENT_CALL_TIMEOUT:g}s; poll the execution for its outcome.",
-                "error_category": "agent_timeout",
-                **common,
-            },
-            status=status.HTTP_504_GATEWAY_TIMEOUT,
-        )
-
-
-def _wait_for_terminal(execution_id: str, deadline: float) -> Execution:
-    interval = 0.02
-    while True:
-        execution = Execution.objects.get(pk=execution_id)
-        if execution.is_terminal or time.monotonic() >= deadline:
-            return execution
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        interval = min(interval * 2, 0.25)
+        code, body = sync_outcome(submission.execute_and_wait(req))
+        return Response(body, status=code)
 
 
 class ExecutionFilter(django_filters.FilterSet):
