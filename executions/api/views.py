@@ -106,10 +106,10 @@ class NodeHeartbeatView(APIView):
     def post(self, request: Request, node_id: str) -> Response:
         data = _validated(s.HeartbeatSerializer, _object_body(request))
         try:
-            node = nodes.heartbeat(node_id, data.get("status") or "")
+            beat = nodes.heartbeat(node_id, data.get("status") or "")
         except AgentNode.DoesNotExist:
             raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered; register first.") from None
-        return Response({"success": True, "message": "heartbeat received", "timestamp": iso(node.last_heartbeat)})
+        return Response({"success": True, "message": "heartbeat received", "timestamp": iso(beat)})
 
 
 class NodeShutdownView(APIView):
