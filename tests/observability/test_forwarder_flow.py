@@ -24,6 +24,11 @@ def run_execution(base: str, text: str) -> str:
     return response.json()["execution_id"]
 
 
+def finished(base: str, execution_id: str) -> bool:
+    doc = requests.get(f"{base}/api/v1/executions/{execution_id}", timeout=5).json()
+    return doc["status"] in ("succeeded", "failed", "cancelled", "timeout")
+
+
 def terminal_ids(collector: Collector) -> set[str]:
     return {
         e.get("execution_id")
@@ -75,14 +80,23 @@ def test_configure_forward_fail_and_redrive(proc_env):
         collector.status = 500
         failed_before = len(collector.requests)
         second = {run_execution(web.url, f"later {i}") for i in range(2)}
+        for execution_id in second:
+            wait_for(
+                lambda eid=execution_id: finished(web.url, eid),
+                timeout=30,
+                what="the execution to finish",
+            )
+        second_events = set(
+            PlatformEvent.objects.filter(execution_id__in=second).values_list("id", flat=True)
+        )
         dlq = wait_for(
             lambda: (
-                (d := requests.get(f"{web.url}{OBS}/dlq", timeout=5).json())
-                and {e["payload"].get("execution_id") for e in d["entries"]} >= second
+                (d := requests.get(f"{web.url}{OBS}/dlq", params={"limit": 1000}, timeout=5).json())
+                and second_events <= {e["event_id"] for e in d["entries"]}
                 and d
             ),
             timeout=30,
-            what="dead letters for the executions run while the collector failed",
+            what="every event of the executions run while the collector failed in the DLQ",
         )
         assert all(e["retry_count"] == 3 for e in dlq["entries"])
         dead = {e["event_id"] for e in dlq["entries"]}
