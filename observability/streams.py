@@ -77,13 +77,16 @@ async def _events(
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         while True:
-            event = await sub.next_event(settings.STREAM_KEEPALIVE_SECONDS)
-            if event is None:
+            batch = await sub.next_events(settings.STREAM_KEEPALIVE_SECONDS)
+            if not batch:
                 yield b": keep-alive\n\n"
                 continue
-            yield event.sse
-            if until_terminal and event.is_terminal:
-                return
+            if until_terminal:
+                ends = next((i for i, event in enumerate(batch) if event.is_terminal), None)
+                if ends is not None:
+                    yield b"".join(event.sse for event in batch[: ends + 1])
+                    return
+            yield b"".join(event.sse for event in batch)
     finally:
         sub.close()
 

@@ -190,16 +190,35 @@ class Subscription:
                 self._pending.extend(page)
                 self._needs_replay = len(page) == PAGE_SIZE
                 continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            try:
-                event = await asyncio.wait_for(self.queue.get(), remaining)
-            except TimeoutError:
-                return None
+            if not self.queue.empty():
+                event = self.queue.get_nowait()
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                try:
+                    # asyncio.timeout, not wait_for: no extra task per event.
+                    async with asyncio.timeout(remaining):
+                        event = await self.queue.get()
+                except TimeoutError:
+                    return None
             if event.id > self.cursor:
                 self.cursor = event.id
                 return event
+
+    async def next_events(self, timeout: float, limit: int = 100) -> list[TailedEvent]:
+        """`next_event`, plus whatever else is ready at once (up to `limit`): a client
+        that fell behind catches up in a few large writes instead of many small ones."""
+        first = await self.next_event(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < limit and (self._pending or not self.queue.empty()):
+            event = await self.next_event(0)
+            if event is None:
+                break
+            batch.append(event)
+        return batch
 
     def close(self) -> None:
         self.tailer.unsubscribe(self)
