@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -364,6 +364,19 @@ def _note_failures(failing: set[str], gone: set[str], now: datetime) -> None:
     )
 
 
+def _record_surviving(token: str, results: list[_Result]) -> int:
+    """`record`, tolerating deliveries deleted while in flight (their subscription was deleted)."""
+    try:
+        record(token, results)
+    except IntegrityError:
+        existing = set(
+            Delivery.objects.filter(id__in=[r.job.delivery.id for r in results]).values_list("id", flat=True)
+        )
+        results = [r for r in results if r.job.delivery.id in existing]
+        record(token, results)
+    return len(results)
+
+
 # --- the loop --------------------------------------------------------------------
 
 def send_due(run_seconds: float = RUN_SECONDS) -> int:
@@ -402,8 +415,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
             not inflight or pending_results >= batch // 2 or time.monotonic() - last_flush >= FLUSH_EVERY
         ):
             for token, results in finished.items():
-                record(token, results)
-                recorded += len(results)
+                recorded += _record_surviving(token, results)
             finished.clear()
             last_flush = time.monotonic()
         if drained and not inflight and not finished:

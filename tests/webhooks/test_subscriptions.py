@@ -169,3 +169,16 @@ def test_patterns():
     assert subscriptions.matches(["*"], "webhook.delivered")
     assert subscriptions.matches(["execution.*ed"], "execution.failed")
     assert not subscriptions.matches(["execution.completed"], "execution.completed.x")
+
+
+@pytest.mark.django_db(transaction=True)  # the foreign key is checked at a real commit
+def test_subscription_deleted_while_its_delivery_is_in_flight(api):
+    with Receiver(Reply(200, delay=0.5)) as receiver:
+        sub = create(api, receiver.url, ["node.*"])
+        with transaction.atomic():
+            publish("node.online", agent_node_id="a")
+        token, rows = delivery.claim(10)
+        jobs = delivery._jobs(rows)
+        api.delete(f"{BASE}/{sub['id']}")
+        assert delivery._record_surviving(token, [delivery._send(job) for job in jobs]) == 0
+    assert not Delivery.objects.exists()
