@@ -38,6 +38,11 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+## The soak (docs/reliability.md): 5,000 executions while the receiver, worker and daphne fail.
+## `make soak SOAK_ARGS=--ci` is the short form the test suite runs.
+soak: $(VENV)/.installed-dev
+	$(BIN)/python -m soak $(SOAK_ARGS)
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 

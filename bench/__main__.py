@@ -9,7 +9,7 @@ ratios in one table were measured under the same load.
 import importlib
 import sys
 
-SUITES = ["webhooks", "streams", "forwarder"]
+SUITES = ["webhooks", "streams", "forwarder", "load"]
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,34 @@
+"""`make soak` / `python -m soak [--executions=N] [--rate=R] [--outage=S] [--ci]`.
+
+Runs the soak on the database that DATABASE_URL names (SQLite by default; with
+REDIS_URL, Redis as broker and channel layer), in a throwaway database created
+beside it the way the tests do, prints the table, and exits non-zero when
+anything was lost.
+"""
+
+import sys
+
+from soak.standalone import throwaway_database
+
+
+def main(argv: list[str]) -> int:
+    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    with throwaway_database("soak") as env:
+        from soak.orchestrator import SoakConfig, run_soak
+
+        config = SoakConfig.ci() if "--ci" in argv else SoakConfig()
+        config.executions = int(options.get("executions", config.executions))
+        config.rate = float(options.get("rate", config.rate))
+        config.outage_seconds = float(options.get("outage", config.outage_seconds))
+        print(f"soak: {config.executions} executions at {config.rate:g}/s, receiver failing "
+              f"{config.fail_rate:.0%}, outages of {config.outage_seconds:g}s; logs in {env.tmp}", flush=True)
+        report = run_soak(env, config)
+    print(report.table())
+    problems = report.problems()
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
