@@ -189,6 +189,7 @@ OBSERVABILITY_FLUSH_INTERVAL = env.float("OBSERVABILITY_FLUSH_INTERVAL", default
 OBSERVABILITY_RETRY_SCHEDULE = [float(s) for s in env.list("OBSERVABILITY_RETRY_SCHEDULE", default=["1", "5"])]
 OBSERVABILITY_TIMEOUT = env.float("OBSERVABILITY_TIMEOUT", default=10.0)
 # Consecutive batches in flight at once; the cursor only passes acknowledged ones.
+# 1 = batches arrive strictly in id order; more = throughput (neighbours may swap).
 OBSERVABILITY_CONCURRENCY = env.int("OBSERVABILITY_CONCURRENCY", default=4)
 OBSERVABILITY_LEASE_SECONDS = env.float("OBSERVABILITY_LEASE_SECONDS", default=15.0)
 OBSERVABILITY_RUN_SECONDS = env.float("OBSERVABILITY_RUN_SECONDS", default=50.0)
