@@ -52,9 +52,10 @@ def test_every_event_reaches_the_collector_across_a_worker_crash(proc_env, setti
         )
         received = collector.accepted_ids()
         assert set(received) >= set(ids), "every event id at least once"
-        resent = len(received) - len(set(received))
-        # Only batches in flight at the kill (or after the cursor) may come twice.
-        assert resent <= 10 * int(WORKER_ENV["OBSERVABILITY_CONCURRENCY"]) * 2
+        # The new worker resumed from the durable cursor: only events after it (in
+        # flight, or acknowledged but not yet saved, at the kill) may come twice.
+        twice = {i for i in received if received.count(i) > 1}
+        assert all(i > cursor_at_kill for i in twice)
         wait_for(
             lambda: ForwarderState.get().cursor == ids[-1],
             timeout=10,
