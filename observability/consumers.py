@@ -46,6 +46,9 @@ def _last_event_id(value: object) -> int | None:
 class EventStreamConsumer(AsyncWebsocketConsumer):
     """One client socket: at most one live subscription at a time."""
 
+    # No channel-layer inbox per socket: events come from the tail, which reads the
+    # log. (An alias with no configuration makes channels skip the layer.)
+    channel_layer_alias = "none:websocket-streams-read-the-log"
     _task: asyncio.Task | None = None
 
     async def connect(self) -> None:
