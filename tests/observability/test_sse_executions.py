@@ -68,7 +68,7 @@ def test_sse_sees_an_execution_through_to_completed_then_resumes_exactly(platfor
         def completed(frames) -> bool:
             return any(f.event == "execution.completed" and f.json.get("execution_id") == execution_id for f in frames)
 
-        frames = await sse.read_until(completed, timeout=30)
+        frames = await sse.read_until(completed, timeout=60)
         await sse.close()
         return execution_id, events_only(frames)
 
@@ -86,12 +86,12 @@ def test_sse_sees_an_execution_through_to_completed_then_resumes_exactly(platfor
     # Disconnected: two more executions run to completion.
     more = [submit(web.url, f"missed run {i}") for i in range(2)]
     for other in more:
-        assert wait_for(lambda other=other: finished(web.url, other), timeout=30)["status"] == "succeeded"
+        assert wait_for(lambda other=other: finished(web.url, other), timeout=60)["status"] == "succeeded"
 
     async def resume():
         sse = await SocketSse(f"{web.url}/api/ui/v1/executions/events", {"Last-Event-ID": str(last_seen)}).start()
         expected = await asyncio.to_thread(stream_ids_after, last_seen, 10**18)
-        got = await sse.read_events(len(expected), timeout=20)
+        got = await sse.read_events(len(expected), timeout=60)
         await sse.close()
         return expected, got
 
@@ -105,15 +105,15 @@ def test_sse_sees_an_execution_through_to_completed_then_resumes_exactly(platfor
 
 
 async def _sdk_run(base: str) -> tuple[object, object, float]:
-    # Polls are 30 s apart after the first, so a result within seconds came by the stream.
+    # Polls are 60 s apart after the first, so a result within seconds came by the stream.
     config = AsyncConfig(
         enable_event_stream=True,
-        initial_poll_interval=30.0,
-        fast_poll_interval=30.0,
-        medium_poll_interval=30.0,
-        slow_poll_interval=30.0,
-        max_poll_interval=30.0,
-        batch_poll_interval=30.0,
+        initial_poll_interval=60.0,
+        fast_poll_interval=60.0,
+        medium_poll_interval=60.0,
+        slow_poll_interval=60.0,
+        max_poll_interval=60.0,
+        batch_poll_interval=60.0,
     )
     client = AgentFieldClient(base_url=base, async_config=config)
     try:
@@ -125,7 +125,7 @@ async def _sdk_run(base: str) -> tuple[object, object, float]:
         # returns as soon as the stream marks the execution succeeded, racing the
         # immediate poll the same event triggers to fetch the result.
         state = manager._executions[execution_id]
-        while time.monotonic() - started < 15 and state.result is None:
+        while time.monotonic() - started < 30 and state.result is None:
             await asyncio.sleep(0.05)
         assert manager._event_stream_task is not None and not manager._event_stream_task.done()
         return state.status.value, state.result, time.monotonic() - started
@@ -137,4 +137,4 @@ def test_agentfield_sdk_event_stream_learns_completion_from_sse(platform):
     status, result, elapsed = asyncio.run(_sdk_run(platform.url))
     assert status == "succeeded", (status, result, elapsed)
     assert result == {"summary": "sdk listens", "words": 2, "document": "sdk listens"}
-    assert elapsed < 10, f"the SDK waited {elapsed:.1f}s: it polled instead of reading the stream"
+    assert elapsed < 25, f"the SDK waited {elapsed:.1f}s: it polled instead of reading the stream"

@@ -46,7 +46,7 @@ async def in_thread(fn, *args):
     return await asyncio.to_thread(call)
 
 
-async def ws_frames(ws, count: int, timeout: float = 20) -> list[dict]:
+async def ws_frames(ws, count: int, timeout: float = 60) -> list[dict]:
     got: list[dict] = []
 
     async def loop() -> None:
