@@ -73,4 +73,4 @@ def test_the_task_run_fits_inside_the_task_timeout(settings, enqueued):
     # 40 s timeout - (3 x 10 s + 2.4 x 6 s) - 5 s leaves no room: the run takes 1 s at most.
     started = time.monotonic()
     forwarder.run()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6, "not the 50 s OBSERVABILITY_RUN_SECONDS"
