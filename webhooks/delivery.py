@@ -445,10 +445,8 @@ def tick() -> None:
 
 # --- redrive ---------------------------------------------------------------------
 
-def redrive(deliveries: QuerySet | Iterable[Delivery], statuses: Iterable[str] = (Delivery.DEAD,)) -> int:
+def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.DEAD,)) -> int:
     """Give deliveries in `statuses` a fresh retry budget under the same webhook-id; returns how many."""
-    if not isinstance(deliveries, QuerySet):
-        deliveries = Delivery.objects.filter(id__in=[d.id for d in deliveries])
     statuses = list(statuses)
     now = timezone.now()
     with transaction.atomic():

@@ -45,14 +45,6 @@ class Subscription(models.Model):
     def __str__(self) -> str:
         return f"{self.id} → {self.url}"
 
-    def active_secrets(self) -> list[str]:
-        """Secrets that sign now, current first (a rotated-out one signs until it expires)."""
-        now = timezone.now()
-        return [
-            s.secret
-            for s in self.secrets.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).order_by("-created_at", "-id")
-        ]
-
 
 class SubscriptionSecret(models.Model):
     """One signing secret; rotation gives the old one an expiry instead of deleting it."""
