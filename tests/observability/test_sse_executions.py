@@ -79,7 +79,7 @@ def test_sse_sees_an_execution_through_to_completed_then_resumes_exactly(platfor
     assert types.index("execution.started") < types.index("execution.completed")
     ids = [int(f.id) for f in frames]
     assert ids == sorted(set(ids)), "ids increase, each once"
-    completed = mine[-1].json
+    completed = next(f.json for f in mine if f.event == "execution.completed")
     assert completed["type"] == "execution_completed" and completed["status"] == "succeeded"
     last_seen = ids[-1]
 
