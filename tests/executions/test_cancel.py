@@ -54,4 +54,4 @@ def test_an_unreachable_agent_does_not_delay_or_fail_cancel(api, node):
     Execution.objects.filter(pk=execution.id).update(status="running")
     started = time.monotonic()
     assert api.post(f"/api/v1/executions/{execution.id}/cancel", {}, format="json").status_code == 200
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 1.5, "the notice (connect retries, 2 s timeout) runs in the background"
