@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
@@ -50,11 +51,30 @@ RUN_SECONDS = 30.0
 FLUSH_EVERY = 0.05
 
 
+def _kick_key() -> str | None:
+    """The shared "a send task is queued and has not started" flag, when the cache is shared.
+
+    A per-process cache (the embedded default) cannot tell a web process that a
+    worker started the task, so there every commit enqueues its own.
+    """
+    if "locmem" in settings.CACHES["default"]["BACKEND"].lower():
+        return None
+    return f"webhooks:send-due-queued:{settings.Q_CLUSTER['name']}"
+
+
 def kick() -> None:
-    """Ask a worker to send due deliveries (call on commit; losing one costs latency only)."""
+    """Ask a worker to send due deliveries (call on commit; losing one costs latency only).
+
+    Under load many transactions commit while one send task waits in the queue;
+    that task will see all their rows, so they add no second one. The task clears
+    the flag before its first claim, so a row committed later always gets a task.
+    """
     from django_q.tasks import async_task
 
+    key = _kick_key()
     try:
+        if key and not cache.add(key, 1, timeout=1.0):
+            return
         async_task(TASK, task_name="webhooks.send_due")
     except Exception:  # the sweeper tick picks the rows up anyway
         log.exception("could not enqueue %s", TASK)
@@ -385,6 +405,9 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     Keeps up to WEBHOOK_BATCH_SIZE deliveries in flight over WEBHOOK_CONCURRENCY
     threads, claiming more as sends finish and flushing results in groups.
     """
+    key = _kick_key()
+    if key:
+        cache.delete(key)
     batch = max(1, settings.WEBHOOK_BATCH_SIZE)
     executor = _executor()
     deadline = time.monotonic() + run_seconds
