@@ -1,6 +1,6 @@
 """SSE fan-out: event -> client latency with 100 and 1,000 open streams on one daphne.
 
-`python -m bench streams [--clients=100,1000] [--events=30] [--interval=0.1]`. Runs on
+`python -m bench streams [--clients=100,1000] [--events=20] [--interval=0.25]`. Runs on
 the database that DATABASE_URL names (SQLite by default; add REDIS_URL for channel-layer
 wake-ups), in a throwaway database created beside it. One daphne process serves the
 streams; this process opens the clients (asyncio, raw sockets), then publishes events
@@ -181,8 +181,8 @@ async def _run_case(port: int, daphne_pid: int, clients_n: int, events_n: int, i
 def main(argv: list[str]) -> None:
     options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
     counts = [int(n) for n in options.get("clients", "100,1000").split(",")]
-    events_n = int(options.get("events", 30))
-    interval = float(options.get("interval", 0.1))
+    events_n = int(options.get("events", 20))
+    interval = float(options.get("interval", 0.25))
     limit = _raise_open_files(max(counts) * 2 + 256)
 
     _setup_django()
