@@ -169,10 +169,10 @@ NODE_OFFLINE_AFTER = env.float("NODE_OFFLINE_AFTER", default=30.0)
 IDEMPOTENCY_WINDOW_HOURS = env.int("IDEMPOTENCY_WINDOW_HOURS", default=24)
 EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=7.0)
 
-# The sweeper: one long-running django-q2 task at a time (a lease guards it)
-# that ticks over due retries, expired leases and stale rows.
+# The sweeper: one django-q2 task at a time (a lease guards it) that ticks over
+# due retries, expired leases and stale rows for SWEEP_RUN_SECONDS, then hands over.
 SWEEP_TICK_SECONDS = env.float("SWEEP_TICK_SECONDS", default=0.5)
-SWEEP_RUN_SECONDS = env.float("SWEEP_RUN_SECONDS", default=55.0)
+SWEEP_RUN_SECONDS = env.float("SWEEP_RUN_SECONDS", default=10.0)
 SWEEP_LEASE_SECONDS = env.float("SWEEP_LEASE_SECONDS", default=10.0)
 
 WEBHOOK_RETRY_SCHEDULE = [float(s) for s in env.list("WEBHOOK_RETRY_SCHEDULE", default=["5", "30", "120", "600", "1800"])]

@@ -24,7 +24,7 @@ class ObservabilityConfig(AppConfig):
 def _on_worker_start(sender, proc_name: str, **kwargs) -> None:
     from . import sweeper
 
-    sweeper.kick()
+    sweeper.kick(after_restart=True)
 
 
 def _on_migrate(sender, **kwargs) -> None:

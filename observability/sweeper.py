@@ -30,7 +30,11 @@ ticks: list[Callable[[], None]] = []
 
 
 def run(seconds: float | None = None) -> int:
-    """Hold the sweeper lease and tick until `seconds` pass; returns ticks run."""
+    """Hold the sweeper lease and tick until `seconds` pass; returns ticks run.
+
+    Runs are short (SWEEP_RUN_SECONDS) and chained, because a graceful qcluster
+    stop waits for running tasks: a short run keeps that wait short.
+    """
     seconds = settings.SWEEP_RUN_SECONDS if seconds is None else seconds
     holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + seconds
@@ -67,9 +71,13 @@ def tick_once() -> None:
             log.exception("sweeper tick %s failed", getattr(tick, "__qualname__", tick))
 
 
-def kick() -> None:
-    """Start a sweeper task unless one runs; at most one kick per lease period."""
-    if leases.is_held(LEASE):
+def kick(*, after_restart: bool = False) -> None:
+    """Start a sweeper task unless one runs; at most one kick per lease period.
+
+    `after_restart`: a worker just started, so a live-looking lease may belong to a
+    process that was killed; the new task waits that lease out (see `run`).
+    """
+    if leases.is_held(LEASE) and not after_restart:
         return
     if leases.acquire(KICK_LEASE, uuid.uuid4().hex, settings.SWEEP_LEASE_SECONDS):
         _enqueue()

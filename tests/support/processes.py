@@ -4,6 +4,7 @@ Every process gets the test database's connection string, short sweeper and retr
 timings, and loopback in the webhook allow-list. Loops that wait are bounded.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,13 +66,22 @@ class Proc:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(timeout=10)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to the leader, as a supervisor stops a service, then SIGKILL after `grace`.
+
+        Only the leader: qcluster orchestrates its own children's shutdown, and a
+        SIGTERM to its whole group can leave it waiting on a dead child's lock.
+        """
         if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=grace)
+        if self.popen.poll() is None:
+            self.kill()
+        else:
+            # Children the leader left behind (daemonized workers) go too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -97,7 +107,7 @@ class ProcessEnv:
                 "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "SWEEP_TICK_SECONDS": "0.1",
                 "SWEEP_LEASE_SECONDS": "2",
-                "SWEEP_RUN_SECONDS": "20",
+                "SWEEP_RUN_SECONDS": "3",
                 "Q_TIMEOUT": "60",
                 "Q_RETRY": "90",
                 "Q_WORKERS": "3",

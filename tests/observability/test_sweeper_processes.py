@@ -1,0 +1,40 @@
+"""The sweeper in a real qcluster: it stops promptly and comes back after a crash."""
+
+import time
+
+import pytest
+
+from observability.models import Lease
+from tests.support.processes import wait_for
+
+pytestmark = pytest.mark.processes
+
+
+def _holder() -> str | None:
+    from django.utils import timezone
+
+    lease = Lease.objects.filter(name="sweeper", expires_at__gte=timezone.now()).first()
+    return lease.holder if lease else None
+
+
+def test_sigterm_ends_the_sweeper_at_once_and_releases_its_lease(proc_env):
+    worker = proc_env.worker()
+    wait_for(_holder, timeout=30, what="a sweeper holding the lease")
+    started = time.monotonic()
+    worker.stop()
+    assert time.monotonic() - started < 8, worker.log()[-2000:]
+    assert _holder() is None, "a graceful stop releases the lease"
+
+
+def test_a_restarted_worker_takes_over_from_a_killed_sweeper(proc_env):
+    first = proc_env.worker()
+    dead_holder = wait_for(_holder, timeout=30, what="a sweeper holding the lease")
+    first.kill()
+    proc_env.worker()
+    # The new worker's start kicks a sweeper that waits out the dead one's lease.
+    new_holder = wait_for(
+        lambda: (h := _holder()) and h != dead_holder and h,
+        timeout=20,
+        what="a new sweeper after the restart",
+    )
+    assert new_holder != dead_holder
