@@ -8,6 +8,8 @@ class AgentfieldSiteConfig(AppConfig):
     verbose_name = "Access"
 
     def ready(self) -> None:
+        from . import schema  # noqa: F401 - registers the OpenAPI auth extension
+
         checks.register(check_settings, checks.Tags.security)
 
 
