@@ -97,12 +97,12 @@ def test_410_dead_at_once():
 
 def test_receiver_slower_than_timeout(webhook_settings):
     webhook_settings.WEBHOOK_TIMEOUT = 0.3
-    with Receiver(Reply(200, delay=1.0)) as receiver:
+    with Receiver(Reply(200, delay=3.0)) as receiver:
         row = drain(enqueue(receiver.url))
     assert row.status == Delivery.DELIVERED and row.attempts == 2
     slow = row.attempt_log.first()
     assert slow.status_code is None and "timeout" in slow.error and slow.outcome == Attempt.RETRY
-    assert 250 <= slow.duration_ms < 1000
+    assert 250 <= slow.duration_ms < 2500  # gave up long before the receiver answered
 
 
 def test_retry_after_is_honoured_within_twice_the_schedule():
