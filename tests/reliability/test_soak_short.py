@@ -11,7 +11,7 @@ from soak.orchestrator import SoakConfig, run_soak
 pytestmark = pytest.mark.processes
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_short_soak_loses_nothing(proc_env):
     report = run_soak(proc_env, SoakConfig.ci())
     print("\n" + report.table())
