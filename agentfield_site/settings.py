@@ -157,6 +157,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "AgentField-compatible control-plane API: executions, agent nodes, webhooks, streams.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs page follow the API's rule: a key once keys exist.
+    "SERVE_PERMISSIONS": ["agentfield_site.auth.HasApiKeyIfConfigured"],
+    "SERVE_AUTHENTICATION": ["agentfield_site.auth.ApiKeyAuthentication"],
 }
 
 # --- The product's own knobs -------------------------------------------------
