@@ -1,13 +1,27 @@
 """WebSocket routes, and the origin rule that guards cookie-authenticated sockets."""
 
+from channels.generic.websocket import WebsocketConsumer
 from channels.security.websocket import OriginValidator
 from django.conf import settings
-from django.urls import path
+from django.urls import path, re_path
 
 from .consumers import EventStreamConsumer
 
+
+class NoSuchSocket(WebsocketConsumer):
+    """Any other WebSocket path: refused at the handshake (HTTP 403), never a 500.
+
+    The AgentField SDK probes `/api/v1/memory/events/ws` at start; the memory API is
+    out of scope, and the SDK runs on when the probe is refused.
+    """
+
+    def connect(self) -> None:
+        self.close()
+
+
 websocket_urlpatterns = [
     path("ws/events", EventStreamConsumer.as_asgi()),
+    re_path(r"", NoSuchSocket.as_asgi()),
 ]
 
 
