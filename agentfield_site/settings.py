@@ -163,7 +163,6 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- The product's own knobs -------------------------------------------------
-PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")
 AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=90.0)
 EXECUTION_TIMEOUT = env.float("EXECUTION_TIMEOUT", default=3600.0)
 EXECUTION_QUEUE_LIMIT = env.int("EXECUTION_QUEUE_LIMIT", default=10_000)
@@ -192,16 +191,15 @@ OBSERVABILITY_FLUSH_INTERVAL = env.float("OBSERVABILITY_FLUSH_INTERVAL", default
 OBSERVABILITY_RETRY_SCHEDULE = [float(s) for s in env.list("OBSERVABILITY_RETRY_SCHEDULE", default=["1", "5"])]
 OBSERVABILITY_TIMEOUT = env.float("OBSERVABILITY_TIMEOUT", default=10.0)
 # Consecutive batches in flight at once; the cursor only passes acknowledged ones.
-# 1 = batches arrive strictly in id order; more = throughput (neighbours may swap).
-OBSERVABILITY_CONCURRENCY = env.int("OBSERVABILITY_CONCURRENCY", default=4)
+# 1 (the default) = batches arrive strictly in id order, as the contract promises;
+# more = throughput, but neighbouring batches may arrive swapped.
+OBSERVABILITY_CONCURRENCY = env.int("OBSERVABILITY_CONCURRENCY", default=1)
 OBSERVABILITY_LEASE_SECONDS = env.float("OBSERVABILITY_LEASE_SECONDS", default=15.0)
 OBSERVABILITY_RUN_SECONDS = env.float("OBSERVABILITY_RUN_SECONDS", default=50.0)
 
 STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15.0)
 STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.25)
 STREAM_CLIENT_BUFFER = env.int("STREAM_CLIENT_BUFFER", default=1000)
-
-METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Static files, i18n, logging ---------------------------------------------
 STATIC_URL = "static/"
