@@ -22,6 +22,32 @@ class ApiError(exceptions.APIException):
         super().__init__(detail=message, code=error)
 
 
+def object_body(request, **extra) -> dict:
+    """The request's JSON body as an object; 400 for anything else (bad JSON is already a 400).
+
+    `extra` fields join the error body (executions add `error_category`).
+    """
+    data = request.data
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object.", **extra)
+    return data
+
+
+def int_param(request, name: str, default: int, maximum: int | None = None) -> int:
+    """A whole-number query parameter from 0 to `maximum`; 400 otherwise."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"{name} must be a whole number.") from None
+    if value < 0 or (maximum is not None and value > maximum):
+        bound = f" and at most {maximum}" if maximum is not None else ""
+        raise ApiError(400, "bad_request", f"{name} must be at least 0{bound}.")
+    return value
+
+
 def error_body(error: str, message: str, **extra) -> dict:
     return {"error": error, "message": message, **extra}
 

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agentfield_site.lib.api import ApiError
+from agentfield_site.lib.api import ApiError, object_body
 from webhooks.completion import webhook_events
 
 from .. import cancellation, lifecycle, nodes, reports, submission
@@ -26,14 +26,6 @@ from ..models import STATUSES, AgentNode, Execution
 from . import serializers as s
 
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 404, 409, 413)}
-
-
-def _object_body(request: Request) -> dict:
-    """The JSON body as an object; 400 for anything else (invalid JSON is already a 400)."""
-    data = request.data
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object.", error_category="bad_request")
-    return data
 
 
 def _validated(serializer_class, data: dict) -> dict:
@@ -75,7 +67,7 @@ class NodeRegisterView(APIView):
 
 
 def _register(request: Request) -> Response:
-    body = _object_body(request)
+    body = object_body(request, error_category="bad_request")
     data = _validated(s.NodeRegistrationSerializer, body)
     node, created = nodes.register(data)
     return Response(
@@ -104,7 +96,7 @@ class NodeHeartbeatView(APIView):
                    **ERRORS},
     )
     def post(self, request: Request, node_id: str) -> Response:
-        data = _validated(s.HeartbeatSerializer, _object_body(request))
+        data = _validated(s.HeartbeatSerializer, object_body(request, error_category="bad_request"))
         try:
             beat = nodes.heartbeat(node_id, data.get("status") or "")
         except AgentNode.DoesNotExist:
@@ -115,7 +107,7 @@ class NodeHeartbeatView(APIView):
 class NodeShutdownView(APIView):
     @extend_schema(request=None, responses={200: s.SuccessSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
     def post(self, request: Request, node_id: str) -> Response:
-        _object_body(request)
+        object_body(request, error_category="bad_request")
         try:
             nodes.shutdown(node_id)
         except AgentNode.DoesNotExist:
@@ -134,21 +126,21 @@ class DidRegisterView(APIView):
 class WorkflowEventView(APIView):
     @extend_schema(request=OpenApiTypes.OBJECT, responses={200: s.SuccessSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        applied = reports.apply_workflow_event(_object_body(request))
+        applied = reports.apply_workflow_event(object_body(request, error_category="bad_request"))
         return Response({"success": True, "applied": applied})
 
 
 class ExecutionLogsView(APIView):
     @extend_schema(request=s.LogsRequestSerializer, responses={200: s.SuccessSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
-        count = reports.append_logs(execution_id, _object_body(request).get("entries"))
+        count = reports.append_logs(execution_id, object_body(request, error_category="bad_request").get("entries"))
         return Response({"success": True, "accepted": count})
 
 
 class ExecutionStatusCallbackView(APIView):
     @extend_schema(request=s.StatusCallbackSerializer, responses={200: s.ExecutionStatusSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
-        execution = reports.apply_status(execution_id, _object_body(request))
+        execution = reports.apply_status(execution_id, object_body(request, error_category="bad_request"))
         return Response(status_documents([execution])[0])
 
 
@@ -167,7 +159,7 @@ class ExecuteAsyncView(APIView):
         responses={202: s.SubmissionSerializer, 503: s.ErrorSerializer, **ERRORS},
     )
     def post(self, request: Request, target: str) -> Response:
-        req = submission.request_from(target, _object_body(request), request.headers)
+        req = submission.request_from(target, object_body(request, error_category="bad_request"), request.headers)
         execution, _ = submission.submit(req)
         return Response(submission_document(execution), status=status.HTTP_202_ACCEPTED)
 
@@ -180,7 +172,7 @@ class ExecuteSyncView(APIView):
                    503: s.ErrorSerializer, **ERRORS},
     )
     def post(self, request: Request, target: str) -> Response:
-        req = submission.request_from(target, _object_body(request), request.headers)
+        req = submission.request_from(target, object_body(request, error_category="bad_request"), request.headers)
         code, body = sync_outcome(submission.execute_and_wait(req))
         return Response(body, status=code)
 
@@ -245,7 +237,7 @@ class BatchStatusView(APIView):
         description="A map of execution id to its status document; `{\"status\": \"not_found\"}` for misses.",
     )
     def post(self, request: Request) -> Response:
-        ids = _validated(s.BatchStatusRequestSerializer, _object_body(request))["execution_ids"]
+        ids = _validated(s.BatchStatusRequestSerializer, object_body(request, error_category="bad_request"))["execution_ids"]
         found = {doc["execution_id"]: doc for doc in status_documents(Execution.objects.filter(pk__in=ids))}
         return Response({i: found.get(i, {"execution_id": i, "status": "not_found"}) for i in ids})
 
@@ -253,5 +245,5 @@ class BatchStatusView(APIView):
 class ExecutionCancelView(APIView):
     @extend_schema(request=s.CancelRequestSerializer, responses={200: s.CancelledSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
-        data = _validated(s.CancelRequestSerializer, _object_body(request))
+        data = _validated(s.CancelRequestSerializer, object_body(request, error_category="bad_request"))
         return Response(cancellation.cancel(execution_id, data.get("reason") or ""))

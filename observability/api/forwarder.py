@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agentfield_site.lib.api import ApiError
+from agentfield_site.lib.api import ApiError, int_param, object_body
 
 from .. import forwarder
 from ..models import ForwarderConfig, ForwarderDeadLetter
@@ -96,26 +96,6 @@ class RedriveDocument(serializers.Serializer):
     failed = serializers.IntegerField(help_text="Of those, still failing (they stay in the queue).")
 
 
-def _body(request: Request) -> dict:
-    if not isinstance(request.data, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object.")
-    return request.data
-
-
-def _int_param(request: Request, name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"{name} must be a whole number.") from None
-    if value < 0 or (maximum is not None and value > maximum):
-        limit = f" and at most {maximum}" if maximum is not None else ""
-        raise ApiError(400, "bad_request", f"{name} must be at least 0{limit}.")
-    return value
-
-
 class ObservabilityWebhookView(APIView):
     """The one collector configuration."""
 
@@ -135,7 +115,7 @@ class ObservabilityWebhookView(APIView):
         responses=SavedDocument,
     )
     def post(self, request: Request) -> Response:
-        data = _body(request)
+        data = object_body(request)
         unknown = sorted(set(data) - {"url", "secret", "headers", "enabled", "event_types"})
         if unknown:
             raise ApiError(400, "bad_request", f"Unknown fields: {', '.join(unknown)}.")
@@ -191,8 +171,8 @@ class ObservabilityDeadLettersView(APIView):
         responses=DeadLetterPage,
     )
     def get(self, request: Request) -> Response:
-        limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
-        offset = _int_param(request, "offset", 0)
+        limit = int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
+        offset = int_param(request, "offset", 0, 2**31)
         rows = ForwarderDeadLetter.objects.order_by("id")[offset : offset + limit]
         return Response(
             {

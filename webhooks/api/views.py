@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agentfield_site.lib.api import ApiError
+from agentfield_site.lib.api import ApiError, int_param
 
 from .. import delivery as engine
 from .. import subscriptions
@@ -69,26 +69,13 @@ def _dead_letters(params) -> QuerySet:
     return rows
 
 
-def _int_param(request: Request, name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"{name} must be an integer.") from None
-    if value < 0:
-        raise ApiError(400, "bad_request", f"{name} must not be negative.")
-    return min(value, maximum) if maximum else value
-
-
 class DeadLetterListView(APIView):
     """Dead-lettered deliveries, oldest first."""
 
     @extend_schema(responses={200: dict})
     def get(self, request: Request) -> Response:
-        limit = _int_param(request, "limit", 50, DLQ_MAX_LIMIT)
-        offset = _int_param(request, "offset", 0, 2**31)
+        limit = int_param(request, "limit", 50, DLQ_MAX_LIMIT)
+        offset = int_param(request, "offset", 0, 2**31)
         rows = _dead_letters(request.query_params).select_related("subscription").order_by("dead_lettered_at", "id")
         return Response({
             "entries": DeadLetterSerializer(rows[offset : offset + limit], many=True).data,
