@@ -92,8 +92,11 @@ if IS_SQLITE:
         "timeout": 30,
     }
 elif IS_POSTGRES:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    # 0 by default: under daphne every sync_to_async thread would keep its own
+    # connection open, and a busy server runs out of PostgreSQL's max_connections.
+    # Workers may set CONN_MAX_AGE=60 (or use PgBouncer) to reuse connections.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: broker, channel layer, cache ----------------------------------

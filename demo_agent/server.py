@@ -53,26 +53,51 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+# How long a result is retried while the control plane is unreachable (a restart,
+# a deploy): the result is the one thing an agent must not drop.
+FINISH_PATIENCE_SECONDS = 300.0
+
+
 class ControlPlane:
-    """The calls an agent makes to the control plane, over one keep-alive session."""
+    """The calls an agent makes to the control plane, over keep-alive sessions."""
 
     def __init__(self, server: str, node_id: str, api_key: str = "") -> None:
         self.api = server.rstrip("/") + "/api/v1"
         self.node_id = node_id
-        self.session = requests.Session()
-        self.session.headers["Content-Type"] = "application/json"
+        self.headers = {"Content-Type": "application/json"}
         if api_key:
-            self.session.headers["X-API-Key"] = api_key
-        self.lock = threading.Lock()
+            self.headers["X-API-Key"] = api_key
+        # One session per thread: requests.Session is not safe to share, and a
+        # shared one behind a lock would queue every callback behind the slowest.
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+            self._local.session.headers.update(self.headers)
+        return self._local.session
 
     def post(self, path: str, body: dict[str, Any], timeout: float = 10.0) -> requests.Response | None:
         try:
-            # requests.Session is not thread-safe for concurrent use; callbacks are short.
-            with self.lock:
-                return self.session.post(self.api + path, data=json.dumps(body), timeout=timeout)
+            return self.session.post(self.api + path, data=json.dumps(body), timeout=timeout)
         except requests.RequestException as exc:
             log.warning("POST %s failed: %s", path, exc)
             return None
+
+    def post_until_answered(self, path: str, body: dict[str, Any], patience: float) -> None:
+        """POST until the control plane answers (not 5xx), with capped backoff, for `patience` s."""
+        deadline = time.monotonic() + patience
+        delay = 0.5
+        while True:
+            response = self.post(path, body, timeout=30.0)
+            if response is not None and response.status_code < 500:
+                return
+            if time.monotonic() + delay > deadline:
+                log.error("giving up on POST %s after %.0f s", path, patience)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
     def register(self, base_url: str) -> bool:
         response = self.post(
@@ -119,15 +144,11 @@ class ControlPlane:
         )
 
     def finish(self, execution_id: str, body: dict[str, Any]) -> None:
-        """The status callback, retried like the SDK (1 s, 2 s, 4 s, 8 s) on transient failures."""
-        for attempt in range(5):
-            response = self.post(f"/executions/{execution_id}/status", body, timeout=30.0)
-            if response is not None and (response.ok or 400 <= response.status_code < 500):
-                return
-            time.sleep(2**attempt)
+        """The status callback, retried through a control-plane restart (it is idempotent)."""
+        self.post_until_answered(f"/executions/{execution_id}/status", body, FINISH_PATIENCE_SECONDS)
 
     def logs(self, execution_id: str, entries: list[dict[str, Any]]) -> None:
-        self.post(f"/executions/{execution_id}/logs", {"entries": entries}, timeout=5.0)
+        self.post_until_answered(f"/executions/{execution_id}/logs", {"entries": entries}, 30.0)
 
 
 def run_execution(cp: ControlPlane, execution_id: str, run_id: str, payload: dict[str, Any]) -> None:

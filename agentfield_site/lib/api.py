@@ -4,12 +4,18 @@ Never a 500 for bad input: DRF exceptions, Django's own 404/413, and malformed
 bodies all end here with a 4xx and a machine-readable word.
 """
 
+import logging
+
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(exceptions.APIException):
@@ -84,6 +90,16 @@ def exception_handler(exc, context):
         return Response(
             error_body("payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."),
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, OperationalError):
+        # The database is down, locked or out of connections: nothing the client did
+        # wrong, and nothing was written (the request's transaction rolled back).
+        log.warning("database unavailable: %s", exc)
+        set_rollback()
+        return Response(
+            error_body("unavailable", "The database is busy or unreachable; retry shortly."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
         )
     if isinstance(exc, ApiError):
         return Response(error_body(exc.error, str(exc.detail), **exc.extra), status=exc.status_code)
