@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 LEASE = "sweeper"
 KICK_LEASE = "sweeper-kick"
+# Kicks closer together than this are one kick: a cluster's workers all start
+# within milliseconds of each other, a restart takes longer than this.
+KICK_DEDUPE_SECONDS = 1.0
 TASK = "observability.sweeper.run"
 ticks: list[Callable[[], None]] = []
 
@@ -45,9 +48,10 @@ def run(seconds: float | None = None) -> int:
             if count:
                 return count  # another sweeper took over after we stalled; it carries on
             # The holder may be a process killed a moment ago whose lease has not
-            # lapsed yet: wait out one lease period, then leave the live one alone.
+            # lapsed yet: wait out a lease period with margin (it may have renewed
+            # just before dying), then leave a live holder alone.
             waiting_since = waiting_since or time.monotonic()
-            if time.monotonic() - waiting_since > settings.SWEEP_LEASE_SECONDS:
+            if time.monotonic() - waiting_since > 2 * settings.SWEEP_LEASE_SECONDS:
                 return 0
             time.sleep(settings.SWEEP_TICK_SECONDS)
             continue
@@ -72,14 +76,14 @@ def tick_once() -> None:
 
 
 def kick(*, after_restart: bool = False) -> None:
-    """Start a sweeper task unless one runs; at most one kick per lease period.
+    """Start a sweeper task unless one runs; kicks within KICK_DEDUPE_SECONDS count once.
 
     `after_restart`: a worker just started, so a live-looking lease may belong to a
     process that was killed; the new task waits that lease out (see `run`).
     """
     if leases.is_held(LEASE) and not after_restart:
         return
-    if leases.acquire(KICK_LEASE, uuid.uuid4().hex, settings.SWEEP_LEASE_SECONDS):
+    if leases.acquire(KICK_LEASE, uuid.uuid4().hex, KICK_DEDUPE_SECONDS):
         _enqueue()
 
 

@@ -45,7 +45,7 @@ def test_second_sweeper_leaves_a_live_holder_alone(settings, monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_kick_enqueues_once_per_lease_period(settings, monkeypatch):
+def test_kicks_close_together_enqueue_once(settings, monkeypatch):
     enqueued = []
     monkeypatch.setattr(sweeper, "_enqueue", lambda: enqueued.append(1))
     sweeper.kick()
@@ -55,3 +55,5 @@ def test_kick_enqueues_once_per_lease_period(settings, monkeypatch):
     Lease.objects.filter(name=sweeper.KICK_LEASE).delete()
     sweeper.kick()
     assert enqueued == [1], "no kick while a sweeper holds the lease"
+    sweeper.kick(after_restart=True)
+    assert enqueued == [1, 1], "a restarted worker kicks even while a (maybe dead) holder has the lease"

@@ -30,11 +30,11 @@ def test_a_restarted_worker_takes_over_from_a_killed_sweeper(proc_env):
     first = proc_env.worker()
     dead_holder = wait_for(_holder, timeout=30, what="a sweeper holding the lease")
     first.kill()
-    proc_env.worker()
+    second = proc_env.worker()
     # The new worker's start kicks a sweeper that waits out the dead one's lease.
     new_holder = wait_for(
         lambda: (h := _holder()) and h != dead_holder and h,
-        timeout=20,
-        what="a new sweeper after the restart",
+        timeout=45,
+        what=f"a new sweeper after the restart\n{second.log()[-3000:]}",
     )
     assert new_holder != dead_holder
