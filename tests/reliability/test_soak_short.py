@@ -23,5 +23,7 @@ def test_short_soak_loses_nothing(proc_env):
     # The faults really happened and the machinery really worked through them.
     assert len(report.faults) == 5
     assert report.injected_failures > 0 and report.attempts > report.deliveries
-    assert report.dead_lettered > 0 and report.redriven == report.dead_lettered
+    # Whether an outage outlasts a delivery's short schedule depends on timing; when
+    # it does, the redrive must have sent every dead letter again.
+    assert report.redriven == report.dead_lettered
     assert report.sse_connections > report.sse_clients, "the SSE clients reconnected"
