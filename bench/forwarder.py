@@ -122,6 +122,7 @@ def main(argv: list[str]) -> None:
     try:
         _wait_up(url)
         rows = []
+        default_concurrency = settings.OBSERVABILITY_CONCURRENCY
         for batch_size, concurrency in CASES:
             settings.OBSERVABILITY_BATCH_SIZE = batch_size
             settings.OBSERVABILITY_CONCURRENCY = concurrency
@@ -177,7 +178,7 @@ def main(argv: list[str]) -> None:
     for batch_size, concurrency, rate, rps, dropped in rows:
         print(f"| {batch_size} | {concurrency} | {rate:,.0f} | {rps:,.0f} | {dropped} |")
     print(
-        f"\nTarget: 5,000 events/s. Default: batch size 10, {settings.OBSERVABILITY_CONCURRENCY} in flight."
+        f"\nTarget: 5,000 events/s. Default: batch size 10, {default_concurrency} in flight."
     )
 
 
