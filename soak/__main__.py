@@ -6,13 +6,26 @@ beside it the way the tests do, prints the table, and exits non-zero when
 anything was lost.
 """
 
+import signal
 import sys
 
 from soak.standalone import throwaway_database
 
+KNOWN = {"executions", "rate", "outage"}
+
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
     options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    unknown = set(options) - KNOWN | {a for a in argv if "=" not in a and a != "--ci"}
+    if unknown:
+        print(f"unknown arguments: {', '.join(sorted(unknown))}\n{__doc__}", file=sys.stderr)
+        return 2
+    # A SIGTERM (Ctrl-C's cousin from `timeout` or a CI runner) unwinds like an
+    # exception, so the processes the soak started are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with throwaway_database("soak") as env:
         from soak.orchestrator import SoakConfig, run_soak
 
