@@ -10,20 +10,16 @@ the median of R runs of N pre-written events through `forwarder.run()`.
 
 import multiprocessing
 import os
-import socket
 import statistics
 import sys
-import tempfile
 import time
+
+from bench.environment import free_port, setup_django
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CASES = [(10, 1), (10, 4), (10, 8), (100, 1), (100, 4)]  # (batch size, batches in flight)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_collector(port: int) -> None:
@@ -65,21 +61,6 @@ def serve_collector(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentfield_site.settings")
-    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
-    allowed = os.environ.get("WEBHOOK_ALLOWED_HOSTS", "")
-    os.environ["WEBHOOK_ALLOWED_HOSTS"] = ",".join(filter(None, [allowed, "127.0.0.1"]))
-    if not os.environ.get("TEST_DB_NAME"):
-        if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-            os.environ["TEST_DB_NAME"] = "bench_forwarder"
-        else:
-            os.environ["TEST_DB_NAME"] = os.path.join(
-                tempfile.gettempdir(), f"bench-forwarder-{os.getpid()}.sqlite3"
-            )
-    import django
-
-    django.setup()
 
 
 def _wait_up(url: str) -> None:
@@ -100,14 +81,14 @@ def main(argv: list[str]) -> None:
     total = int(options.get("events", 20000))
     repeat = int(options.get("repeat", 3))
 
-    port = _free_port()
+    port = free_port()
     # Start the collector before Django opens connections: a forked child must not share them.
     collector = multiprocessing.get_context("spawn").Process(
         target=serve_collector, args=(port,), daemon=True
     )
     collector.start()
     url = f"http://127.0.0.1:{port}"
-    _setup_django()
+    setup_django("forwarder")
 
     import requests
     from django.conf import settings

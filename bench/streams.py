@@ -18,18 +18,15 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench.environment import database_url, free_port, setup_django
 
 ROOT = Path(__file__).resolve().parents[1]
 _SEQ = re.compile(rb'"seq":(\d+)')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _raise_open_files(needed: int) -> int:
@@ -39,27 +36,8 @@ def _raise_open_files(needed: int) -> int:
     return target
 
 
-def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentfield_site.settings")
-    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
-    if not os.environ.get("TEST_DB_NAME"):
-        if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-            os.environ["TEST_DB_NAME"] = "bench_streams"
-        else:
-            os.environ["TEST_DB_NAME"] = os.path.join(tempfile.gettempdir(), f"bench-streams-{os.getpid()}.sqlite3")
-    import django
-
-    django.setup()
 
 
-def _database_url() -> str:
-    from django.db import connection
-
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    return f"postgres://{s.get('USER') or 'postgres'}{password}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
 
 
 def _rss_mib(pid: int) -> float:
@@ -70,7 +48,7 @@ def _rss_mib(pid: int) -> float:
 
 
 def _start_daphne(port: int) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": _database_url(), "TEST_DB_NAME": "", "DEBUG": "false", "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DATABASE_URL": database_url(), "TEST_DB_NAME": "", "DEBUG": "false", "LOG_LEVEL": "WARNING"}
     # BENCH_DAPHNE_PREFIX="-m cProfile -o /tmp/daphne.prof" profiles the server.
     prefix = os.environ.get("BENCH_DAPHNE_PREFIX", "").split()
     proc = subprocess.Popen(
@@ -185,12 +163,12 @@ def main(argv: list[str]) -> None:
     interval = float(options.get("interval", 0.25))
     limit = _raise_open_files(max(counts) * 2 + 256)
 
-    _setup_django()
+    setup_django("streams")
     from django.conf import settings
     from django.db import connection
 
     test_db = connection.creation.create_test_db(verbosity=0, autoclobber=True)
-    port = _free_port()
+    port = free_port()
     daphne = _start_daphne(port)
     rows = []
     try:

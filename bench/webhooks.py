@@ -20,7 +20,6 @@ Figures are medians of R runs.
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,14 +29,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.environment import database_url, free_port, setup_django
+
 SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_receiver(port: int) -> None:
@@ -72,31 +69,8 @@ def serve_receiver(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentfield_site.settings")
-    os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["Q_CLUSTER_NAME"] = f"bench-webhooks-{os.getpid()}"
-    allowed = os.environ.get("WEBHOOK_ALLOWED_HOSTS", "")
-    os.environ["WEBHOOK_ALLOWED_HOSTS"] = ",".join(filter(None, [allowed, "127.0.0.1"]))
-    if not os.environ.get("TEST_DB_NAME"):
-        if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-            os.environ["TEST_DB_NAME"] = f"bench_webhooks_{os.getpid()}"
-        else:
-            os.environ["TEST_DB_NAME"] = os.path.join(tempfile.gettempdir(), f"bench-webhooks-{os.getpid()}.sqlite3")
-    import django
-
-    django.setup()
 
 
-def _database_url() -> str:
-    from django.db import connection
-
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    return f"postgres://{s.get('USER') or 'postgres'}{password}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
 
 
 def _payload(execution_id: str) -> dict:
@@ -133,7 +107,7 @@ def _engine_process(database_url: str, barrier, results) -> None:
     """One sender process, as a qcluster worker would run it: wait for the start, drain."""
     sys.path.insert(0, str(ROOT))
     os.environ.update({"DATABASE_URL": database_url, "TEST_DB_NAME": ""})
-    _setup_django()
+    setup_django("webhooks")
     from django.db import connection
 
     from webhooks import delivery
@@ -158,7 +132,7 @@ def _engine(url: str, total: int, run: int, processes: int) -> float:
         Delivery.objects.bulk_create(rows[start : start + 1000])
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes + 1), ctx.Queue()
-    procs = [ctx.Process(target=_engine_process, args=(_database_url(), barrier, results)) for _ in range(processes)]
+    procs = [ctx.Process(target=_engine_process, args=(database_url(), barrier, results)) for _ in range(processes)]
     for proc in procs:
         proc.start()
     barrier.wait(timeout=60)  # every process has Django loaded and a connection open
@@ -181,7 +155,7 @@ def _latency(base: str, count: int, tmp: Path) -> list[float]:
 
     from webhooks.completion import enqueue_completion
 
-    env = {**os.environ, "DATABASE_URL": _database_url(), "TEST_DB_NAME": "", "Q_WORKERS": "2",
+    env = {**os.environ, "DATABASE_URL": database_url(), "TEST_DB_NAME": "", "Q_WORKERS": "2",
            "PYTHONUNBUFFERED": "1", "SWEEP_TICK_SECONDS": "0.5"}
     log_path = tmp / "bench-qcluster.log"
     worker = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
@@ -221,12 +195,12 @@ def main(argv: list[str]) -> None:
     repeat = int(options.get("repeat", 3))
     latency_n = int(options.get("latency-n", 100))
 
-    port = _free_port()
+    port = free_port()
     # Start the receiver before Django opens connections: a forked child must not share them.
     receiver = multiprocessing.get_context("spawn").Process(target=serve_receiver, args=(port,), daemon=True)
     receiver.start()
     base = f"http://127.0.0.1:{port}"
-    _setup_django()
+    setup_django("webhooks")
 
     import requests
     from django.conf import settings
