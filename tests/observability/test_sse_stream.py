@@ -13,15 +13,7 @@ from observability import events, tail
 from observability.models import PlatformEvent
 from tests.support.sse import AsgiSse
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _poll_without_channel_layer(settings):
-    """In-process tests run one event loop per test; a channel layer bound to an
-    earlier loop can hang the next one's shutdown. Wake-ups across processes over
-    Redis are covered by the real-daphne tests (test_streams_across_processes)."""
-    settings.CHANNEL_LAYERS = {}
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("poll_without_channel_layer")]
 
 
 @pytest.fixture(autouse=True)
