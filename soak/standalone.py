@@ -6,6 +6,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.environment import setup_django
+
 
 @contextlib.contextmanager
 def throwaway_database(name: str) -> Iterator["ProcessEnv"]:  # noqa: F821 - imported after Django starts
@@ -14,18 +16,8 @@ def throwaway_database(name: str) -> Iterator["ProcessEnv"]:  # noqa: F821 - imp
     Child processes' logs stay in a temporary directory that survives the run, so a
     failure can be read afterwards.
     """
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentfield_site.settings")
-    os.environ.setdefault("SECRET_KEY", f"{name}-only-not-secret")
-    os.environ["Q_CLUSTER_NAME"] = f"{name}-{os.getpid()}"
     os.environ["CHANNEL_PREFIX"] = f"asgi-{name}-{os.getpid()}"
-    if not os.environ.get("TEST_DB_NAME"):
-        if os.environ.get("DATABASE_URL", "").startswith("postgres"):
-            os.environ["TEST_DB_NAME"] = f"{name}_{os.getpid()}"
-        else:
-            os.environ["TEST_DB_NAME"] = os.path.join(tempfile.gettempdir(), f"{name}-{os.getpid()}.sqlite3")
-    import django
-
-    django.setup()
+    setup_django(name)
     from django.db import connection
 
     from tests.support.processes import ProcessEnv
