@@ -8,8 +8,6 @@ signed completion webhook reaches a receiver on loopback.
 
 import asyncio
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -19,36 +17,11 @@ from standardwebhooks import Webhook
 
 from executions.models import AgentNode, Execution
 from tests.support.processes import free_port, wait_for
+from tests.webhooks.receiver import Receiver
 
 pytestmark = pytest.mark.processes
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-class Receiver:
-    """A webhook receiver on loopback that records each request."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict, bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.received.append((dict(self.headers), body))
-                self.send_response(204)
-                self.end_headers()
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 async def _run_client(base_url: str, target: str, webhook_url: str) -> tuple[str, bool, object]:
@@ -67,8 +40,7 @@ async def _run_client(base_url: str, target: str, webhook_url: str) -> tuple[str
 
 
 def test_sdk_agent_and_client_round_trip(proc_env):
-    receiver = Receiver()
-    try:
+    with Receiver() as receiver:
         web = proc_env.daphne()
         worker = proc_env.worker()
         port = free_port()
@@ -89,8 +61,9 @@ def test_sdk_agent_and_client_round_trip(proc_env):
         assert doc["status"] == "succeeded" and doc["webhook_registered"] is True
         assert Execution.objects.get(pk=execution_id).dispatch_state == Execution.Dispatch.DONE
 
-        headers, body = wait_for(lambda: receiver.received and receiver.received[0], timeout=20,
-                                 what="the completion webhook")
+        hook = wait_for(lambda: receiver.requests and receiver.requests[0], timeout=20,
+                        what="the completion webhook")
+        headers, body = hook.headers, hook.body
         payload = json.loads(body)
         assert payload["event"] == "execution.completed" and payload["execution_id"] == execution_id
         assert payload["result"] == result
@@ -106,5 +79,3 @@ def test_sdk_agent_and_client_round_trip(proc_env):
                  what="the SDK's graceful shutdown notice")
         # A graceful stop would wait for the worker's sweeper task (a 20 s run).
         worker.kill()
-    finally:
-        receiver.close()
