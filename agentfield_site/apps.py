@@ -48,4 +48,6 @@ def check_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
                 id="agentfield.E004",
             )
         )
+    if settings.MAX_CONCURRENT_REQUESTS < 1:
+        errors.append(checks.Error("MAX_CONCURRENT_REQUESTS must be at least 1.", id="agentfield.E005"))
     return errors

@@ -98,6 +98,11 @@ elif IS_POSTGRES:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Requests one daphne works on at once; the rest wait on the event loop (see
+# agentfield_site.lib.concurrency_limit). Each holds a thread and, while in the
+# database, a connection: keep processes x (this + 4 stream threads) + workers
+# below PostgreSQL's max_connections.
+MAX_CONCURRENT_REQUESTS = env.int("MAX_CONCURRENT_REQUESTS", default=32)
 
 # --- Redis: broker, channel layer, cache ----------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -35,8 +35,6 @@ SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
-
 def serve_receiver(port: int) -> None:
     """The receiver process: verify signatures, record arrival per execution id, answer 200."""
     from aiohttp import web

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import requests
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from requests.adapters import HTTPAdapter
@@ -75,11 +75,32 @@ def _lease_until():
     return timezone.now() + timedelta(seconds=settings.DISPATCH_LEASE_SECONDS)
 
 
-def claim(execution_id: str) -> tuple[Execution, str] | None:
-    """Take the dispatch lease; (execution, token) for the winner, None otherwise."""
+def claim(execution_id: str, *, or_oldest: bool = False) -> tuple[Execution, str] | None:
+    """Take the dispatch lease; (execution, token) for the winner, None otherwise.
+
+    With `or_oldest`, a task whose own execution is already taken (a duplicate
+    wake-up, or a requeue that raced the original task) takes the oldest execution
+    still waiting instead: a task is a wake-up, not a reservation, so none that a
+    worker runs is wasted while a backlog lasts.
+    """
     token = uuid.uuid4().hex
     with transaction.atomic():
-        won = Execution.objects.filter(
+        won = _take(execution_id, token)
+        if not won and or_oldest:
+            oldest = _oldest_queued()
+            won = oldest is not None and _take(oldest, token)
+            execution_id = oldest
+        if not won:
+            return None
+        execution = Execution.objects.get(pk=execution_id)
+        if execution.status in ("pending", "queued"):
+            execution = lifecycle.transition(execution_id, "running").execution
+    return execution, token
+
+
+def _take(execution_id: str, token: str) -> bool:
+    return bool(
+        Execution.objects.filter(
             pk=execution_id, dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE
         ).update(
             dispatch_state=Execution.Dispatch.IN_FLIGHT,
@@ -87,12 +108,15 @@ def claim(execution_id: str) -> tuple[Execution, str] | None:
             dispatch_lease_until=_lease_until(),
             dispatch_attempts=F("dispatch_attempts") + 1,
         )
-        if not won:
-            return None
-        execution = Execution.objects.get(pk=execution_id)
-        if execution.status in ("pending", "queued"):
-            execution = lifecycle.transition(execution_id, "running").execution
-    return execution, token
+    )
+
+
+def _oldest_queued() -> str | None:
+    waiting = Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE)
+    if connection.vendor == "postgresql":
+        # Two workers looking at once take two different rows instead of queueing.
+        waiting = waiting.select_for_update(skip_locked=True)
+    return waiting.order_by("created_at").values_list("pk", flat=True).first()
 
 
 def _headers(execution: Execution) -> dict[str, str]:
@@ -117,9 +141,13 @@ def agent_url(node: AgentNode, execution: Execution) -> str:
     return f"{node.base_url.rstrip('/')}/{kind}/{execution.reasoner_id}"
 
 
-def run(execution_id: str) -> str:
-    """Dispatch one execution if this worker wins the claim; returns what happened."""
-    claimed = claim(execution_id)
+def run(execution_id: str, *, or_oldest: bool = False) -> str:
+    """Dispatch one execution if this worker wins the claim; returns what happened.
+
+    The worker's task passes `or_oldest` (see `claim`); the sync API dispatches
+    its own execution only.
+    """
+    claimed = claim(execution_id, or_oldest=or_oldest)
     if claimed is None:
         return "not_claimed"
     execution, token = claimed
@@ -201,18 +229,27 @@ def _fail(execution: Execution, token: str, category: str, message: str, details
 
 
 def requeue_lapsed() -> int:
-    """Sweeper tick: executions whose dispatch lease lapsed without an outcome go out again."""
+    """Sweeper tick: executions whose dispatch lease lapsed without an outcome go out again.
+
+    A call in flight whose lease lapsed (its worker died) goes out again at once.
+    A row still queued may simply be waiting behind a backlog in the broker: each
+    look doubles the time until the next (its age, at least one lease, at most ten),
+    so a backlog is not multiplied by duplicate wake-ups while its tasks are merely
+    late, and a task the broker really lost is still replaced.
+    """
     now = timezone.now()
+    lease = timedelta(seconds=settings.DISPATCH_LEASE_SECONDS)
     lapsed = Execution.objects.filter(
         dispatch_state__in=(Execution.Dispatch.QUEUED, Execution.Dispatch.IN_FLIGHT),
         dispatch_lease_until__lt=now,
         status__in=ACTIVE,
-    ).values_list("id", "dispatch_token", "dispatch_lease_until")[:200]
+    ).values_list("id", "dispatch_token", "dispatch_lease_until", "dispatch_state", "created_at")[:200]
     count = 0
-    for execution_id, token, lease in lapsed:
+    for execution_id, token, lapsed_at, state, created_at in lapsed:
+        wait = lease if state == Execution.Dispatch.IN_FLIGHT else min(max(lease, now - created_at), 10 * lease)
         # Conditional on the lease we saw, so two sweepers never both requeue.
-        if Execution.objects.filter(pk=execution_id, dispatch_token=token, dispatch_lease_until=lease).update(
-            dispatch_state=Execution.Dispatch.QUEUED, dispatch_lease_until=_lease_until()
+        if Execution.objects.filter(pk=execution_id, dispatch_token=token, dispatch_lease_until=lapsed_at).update(
+            dispatch_state=Execution.Dispatch.QUEUED, dispatch_lease_until=now + wait
         ):
             enqueue(execution_id)
             count += 1

@@ -4,4 +4,4 @@ from . import dispatch
 
 
 def dispatch_execution(execution_id: str) -> str:
-    return dispatch.run(execution_id)
+    return dispatch.run(execution_id, or_oldest=True)

@@ -112,6 +112,47 @@ def test_lapsed_lease_is_requeued_and_dispatched_again(node, agent, django_captu
     assert PlatformEvent.objects.filter(type="execution.started").count() == 1
 
 
+def test_a_duplicate_task_dispatches_the_oldest_waiting_execution(node, agent):
+    first, second, third = _submit(), _submit(), _submit()
+    assert dispatch.run(first.id, or_oldest=True) == "succeeded"
+    assert dispatch.run(first.id) == "not_claimed", "the sync API dispatches its own execution only"
+    # A second wake-up for `first` (a requeue raced its task): it takes `second`, the oldest waiting.
+    assert dispatch.run(first.id, or_oldest=True) == "succeeded"
+    assert [r["headers"]["X-Execution-ID"] for r in agent.requests] == [first.id, second.id]
+    assert Execution.objects.get(pk=third.id).dispatch_state == Execution.Dispatch.QUEUED
+    assert dispatch.run(third.id, or_oldest=True) == "succeeded"
+    assert dispatch.run(second.id, or_oldest=True) == "not_claimed", "nothing is left waiting"
+    assert len(agent.requests) == 3
+
+
+def test_a_queued_row_is_looked_at_less_often_the_longer_it_waits(node, settings, django_capture_on_commit_callbacks):
+    """Behind a backlog its task is late, not lost: duplicates must not pile up in the broker."""
+    settings.DISPATCH_LEASE_SECONDS = 5
+    execution = _submit()
+
+    def requeue_at_age(seconds: float) -> float:
+        now = timezone.now()
+        Execution.objects.filter(pk=execution.id).update(
+            created_at=now - timedelta(seconds=seconds), dispatch_lease_until=now - timedelta(seconds=1)
+        )
+        with django_capture_on_commit_callbacks(execute=False) as enqueued:
+            assert dispatch.requeue_lapsed() == 1
+        assert len(enqueued) == 1
+        lease = Execution.objects.get(pk=execution.id).dispatch_lease_until
+        return round((lease - now).total_seconds())
+
+    assert requeue_at_age(1) == 5, "at least one lease"
+    assert requeue_at_age(20) == 20, "then as long again as it has waited"
+    assert requeue_at_age(3600) == 50, "at most ten leases"
+    # A call in flight whose worker died goes out again after one lease, however old.
+    assert dispatch.claim(execution.id) is not None
+    Execution.objects.filter(pk=execution.id).update(dispatch_lease_until=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=False):
+        assert dispatch.requeue_lapsed() == 1
+    lease = Execution.objects.get(pk=execution.id).dispatch_lease_until
+    assert (lease - timezone.now()).total_seconds() <= 5
+
+
 def test_stale_executions_time_out_and_fire_their_webhook(node, completions, settings):
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     request = submission.request_from(
