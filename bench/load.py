@@ -97,12 +97,13 @@ def main(argv: list[str]) -> None:
         first = Execution.objects.filter(pk__in=accepted).order_by("created_at").values_list("created_at", flat=True).first()
         last = Execution.objects.filter(pk__in=accepted).order_by("-completed_at").values_list("completed_at", flat=True).first()
         vendor, broker = connection.vendor, "Redis" if settings.REDIS_URL else "ORM"
+        limit = settings.MAX_CONCURRENT_REQUESTS
 
     server_errors = sum(n for status, n in out["statuses"].items() if status >= 500)
     latencies = out["latency_ms"]
     span = (last - first).total_seconds() if first and last else float("nan")
     print(f"database: {vendor}, broker: {broker}; {clients} clients for {seconds:g}s, "
-          f"{workers} qcluster workers, one daphne, one demo agent\n")
+          f"{workers} qcluster workers, one daphne (MAX_CONCURRENT_REQUESTS={limit}), one demo agent\n")
     print("| measure | value |")
     print("|---|---:|")
     print(f"| submissions answered | {len(latencies):,} |")

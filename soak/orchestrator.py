@@ -53,10 +53,9 @@ class SoakConfig:
             "OBSERVABILITY_FLUSH_INTERVAL": "0.3",
             "OBSERVABILITY_LEASE_SECONDS": "3",
             "OBSERVABILITY_RETRY_SCHEDULE": "0.5,1",
-            # An agent whose status callback never gets through (its retries, ~15 s,
-            # can end inside a slow daphne restart) leaves its execution running; the
-            # contract's timeout makes it terminal and fires its webhook. Short here
-            # so the run settles; such executions show as `timeout` in the table.
+            # Short, so that an execution whose result never arrives still ends
+            # within the run (as `timeout`, firing its webhook): the table counts
+            # every end other than `succeeded` as a lost result, and the run fails.
             "EXECUTION_TIMEOUT": "180",
         }
     )
@@ -110,10 +109,16 @@ class SoakReport:
     def lost(self) -> int:
         return self.lost_executions + self.lost_webhooks + self.lost_sse + self.lost_collector
 
+    @property
+    def unsucceeded(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != "succeeded")
+
     def problems(self) -> list[str]:
         """Every broken invariant, in words (empty when the run passed)."""
         checks = {
             "an execution is not terminal or missing": self.lost_executions,
+            # The demo agent succeeds every time: any other end means its result was lost.
+            "an execution ended other than succeeded": self.unsucceeded,
             "a completion webhook never reached the receiver": self.lost_webhooks,
             "an SSE client missed an event id": self.lost_sse,
             "the collector missed an event id": self.lost_collector,
@@ -128,6 +133,7 @@ class SoakReport:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
         rows = [
             ("executions (terminal: " + statuses + ")", self.executions),
+            ("ended other than succeeded (agent result lost)", self.unsucceeded),
             ("completion deliveries", self.deliveries),
             ("attempts recorded", self.attempts),
             ("requests at the receiver (injected 500s)", f"{self.receiver_requests} ({self.injected_failures})"),
