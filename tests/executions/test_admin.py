@@ -26,7 +26,7 @@ def test_lists_filters_and_search(staff, node):
     execution = _submit()
     base = "/admin/executions/execution/"
     for query in ("", "?status__exact=queued", "?agent_node_id=analyzer", "?target=analyzer.process",
-                  f"?q={execution.id}", "?created_at__gte=2020-01-01"):
+                  f"?q={execution.id}", "?created_at__gte=2020-01-01+00:00:00%2B00:00"):
         response = staff.get(base + query)
         assert response.status_code == 200, query
         assert execution.id in response.content.decode(), query
