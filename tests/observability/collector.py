@@ -28,7 +28,12 @@ class Collector:
             protocol_version = "HTTP/1.1"  # keep-alive, as the forwarder's session expects
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender died mid-request (a SIGKILLed worker): nothing arrived.
+                    self.close_connection = True
+                    return
                 if collector.delay:
                     time.sleep(collector.delay)
                 with collector.lock:

@@ -43,6 +43,10 @@ class Receiver:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender died mid-request (a SIGKILLed worker): nothing arrived.
+                    self.close_connection = True
+                    return
                 with receiver.lock:
                     receiver.requests.append(Received(self.path, dict(self.headers), body, time.time()))
                     reply = receiver.script.pop(0) if receiver.script else receiver.default
