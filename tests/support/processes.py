@@ -111,6 +111,7 @@ class ProcessEnv:
                 "Q_TIMEOUT": "60",
                 "Q_RETRY": "90",
                 "Q_WORKERS": "3",
+                "Q_DELIVERY_WORKERS": "3",
                 "WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.6",
                 "WEBHOOK_LEASE_SECONDS": "3",
                 "DISPATCH_LEASE_SECONDS": "3",
@@ -150,7 +151,8 @@ class ProcessEnv:
         return proc
 
     def worker(self, extra_env: dict | None = None) -> Proc:
-        return self._start("qcluster", [sys.executable, "manage.py", "qcluster"], None, extra_env)
+        """Both django-q2 clusters (dispatch, deliveries) under `manage.py worker`, one process group."""
+        return self._start("worker", [sys.executable, "manage.py", "worker"], None, extra_env)
 
     def demo_agent(self, control_plane_url: str, node_id: str = "analyzer", extra_env: dict | None = None) -> Proc:
         port = free_port()

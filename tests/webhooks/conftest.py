@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from django.utils import timezone
 
 from webhooks import delivery
 from webhooks.completion import enqueue_completion
@@ -17,6 +18,9 @@ def webhook_settings(settings):
     settings.WEBHOOK_RETRY_SCHEDULE = SCHEDULE
     settings.WEBHOOK_TIMEOUT = 2.0
     settings.WEBHOOK_LEASE_SECONDS = 5.0
+    # Breaker behaviour has its own tests (test_breaker.py); elsewhere a failing
+    # receiver must see every attempt of its schedule.
+    settings.WEBHOOK_BREAKER_FAILURES = 1000
     return settings
 
 
@@ -51,3 +55,10 @@ def drain(row: Delivery, timeout: float = 10.0) -> Delivery:
             return row
         time.sleep(0.02)
     raise TimeoutError(f"delivery still {row.status} after {timeout}s")
+
+
+def send_now(token: str, rows: list[Delivery]) -> list:
+    """Send claimed rows and wait for every result, as the engine's loop would (for `record`)."""
+    jobs = delivery._jobs(token, rows)
+    started = timezone.now()
+    return [delivery._Result(job, started, delivery._start(job).result()) for job in jobs]
