@@ -25,16 +25,17 @@ retries); its own retry is not the policy: the row's schedule is.
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from queue import Empty, SimpleQueue
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from agentfield_site.lib import outbound, tasks
@@ -107,48 +108,66 @@ class _Result:
 
 # --- claiming -------------------------------------------------------------------
 
-def _claim_sql(blocked: int, probing: int) -> str:
-    table = Delivery._meta.db_table
-    not_blocked = f"AND destination NOT IN ({', '.join(['%s'] * blocked)})" if blocked else ""
-    cap = f"CASE WHEN due.destination IN ({', '.join(['%s'] * probing)}) THEN 1 ELSE %s END" if probing else "%s"
-    # Row numbers per destination give round-robin order across destinations and,
-    # with what is already in flight there, the per-destination cap.
-    return (
-        f"SELECT due.id FROM ("
-        f" SELECT id, destination, next_attempt_at,"
-        f" ROW_NUMBER() OVER (PARTITION BY destination ORDER BY next_attempt_at, id) AS rn"
-        f" FROM {table} WHERE status = %s AND next_attempt_at <= %s {not_blocked}"
-        f") due LEFT JOIN ("
-        f" SELECT destination, COUNT(*) AS n FROM {table} WHERE status = %s GROUP BY destination"
-        f") busy ON busy.destination = due.destination"
-        f" WHERE due.rn + COALESCE(busy.n, 0) <= {cap}"
-        f" ORDER BY due.rn, due.next_attempt_at, due.id LIMIT %s"
-    )
+def _pick(candidates: list[tuple[int, str]], room: dict[str, int], limit: int) -> list[int]:
+    """Round-robin across destinations, oldest first within each, using up each one's `room`."""
+    queues: dict[str, deque[int]] = {}
+    for row_id, destination in candidates:
+        if room[destination] > 0:
+            queues.setdefault(destination, deque()).append(row_id)
+    picked: list[int] = []
+    while queues and len(picked) < limit:
+        for destination in list(queues):
+            if room[destination] <= 0 or not queues[destination]:
+                del queues[destination]
+                continue
+            picked.append(queues[destination].popleft())
+            room[destination] -= 1
+            if len(picked) == limit:
+                break
+    return picked
 
 
 def claim(limit: int) -> tuple[str, list[Delivery]]:
     """Lease up to `limit` due deliveries that may be sent now; returns the lease token and rows.
 
-    Claims are serialized (an advisory lock on PostgreSQL; SQLite's IMMEDIATE
-    transactions already are), so the in-flight counts a claim reads are exact.
+    Destinations that are open, paused or already at their in-flight cap are left
+    out of the candidates, so a backlog behind a dead receiver never hides anyone
+    else's due rows. Claims are serialized (an advisory lock on PostgreSQL;
+    SQLite's IMMEDIATE transactions already are), so the in-flight counts a claim
+    reads are exact across every worker.
     """
     table = Delivery._meta.db_table
     ops = connection.ops
     token = uuid.uuid4().hex
+    cap = max(1, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION)
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
         now = timezone.now()
         gates = destinations.gates(now)
-        blocked, probing = sorted(gates.blocked), sorted(gates.probing)
-        params = [
-            Delivery.PENDING, ops.adapt_datetimefield_value(now), *blocked,
-            Delivery.IN_FLIGHT, *probing, max(1, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION), limit,
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(_claim_sql(len(blocked), len(probing)), params)
-            ids = [row[0] for row in cursor.fetchall()]
+        busy = dict(
+            Delivery.objects.filter(status=Delivery.IN_FLIGHT).order_by()
+            .values_list("destination").annotate(n=Count("id"))
+        )
+        room: dict[str, int] = defaultdict(lambda: cap)
+        for destination, n in busy.items():
+            room[destination] = cap - n
+        for destination in gates.probing:
+            room[destination] = 1 - busy.get(destination, 0)
+        full = set(gates.blocked) | {d for d, r in room.items() if r <= 0}
+        due = Delivery.objects.filter(status=Delivery.PENDING, next_attempt_at__lte=now).order_by("next_attempt_at", "id")
+        ids: list[int] = []
+        # The oldest due rows may all belong to one destination; once it is full,
+        # look past it (a few rounds at most), so its backlog hides no one else.
+        for _ in range(3):
+            window = limit * 4
+            candidates = list(due.exclude(destination__in=full).values_list("id", "destination")[:window])
+            ids += _pick(candidates, room, limit - len(ids))
+            filled = {d for _, d in candidates if room[d] <= 0} - full
+            if len(ids) >= limit or len(candidates) < window or not filled:
+                break
+            full |= filled
         if not ids:
             return token, []
         lease_until = now + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
@@ -225,12 +244,22 @@ def _jobs(token: str, rows: list[Delivery]) -> list[_Job]:
 
 # --- sending ---------------------------------------------------------------------
 
-def _start(job: _Job) -> "Future[outbound.Outcome]":
+def _start(job: _Job, done: "SimpleQueue[_Result]") -> None:
+    """Send the job's attempt on the asyncio client; its `_Result` lands in `done`."""
+    started = timezone.now()
     if job.skip_reason:
-        skipped: Future = Future()
-        skipped.set_result(outbound.Outcome(error=job.skip_reason))
-        return skipped
-    return outbound.client().submit(job.request)
+        done.put(_Result(job, started, outbound.Outcome(error=job.skip_reason)))
+        return
+
+    def finished(future: Future) -> None:
+        try:
+            outcome = future.result()
+        except Exception as exc:  # noqa: BLE001 - a bug in the client is this attempt's failure, not the loop's
+            log.exception("outbound attempt failed")
+            outcome = outbound.Outcome(error=f"internal error: {exc!r}")
+        done.put(_Result(job, started, outcome))
+
+    outbound.client().submit(job.request).add_done_callback(finished)
 
 
 # --- recording -------------------------------------------------------------------
@@ -436,50 +465,64 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
         cache.delete(key)
     capacity = max(1, settings.WEBHOOK_CONCURRENCY)
     batch = max(1, min(settings.WEBHOOK_BATCH_SIZE, capacity))
+    # Claim again once this many places came free (or CLAIM_EVERY passed): often
+    # enough to keep a destination's pipe full, rarely enough to be cheap.
+    refill = max(1, min(batch, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION) // 2)
     renew_every = settings.WEBHOOK_LEASE_SECONDS / 3
     deadline = time.monotonic() + run_seconds
-    inflight: dict[Future, tuple[_Job, datetime]] = {}
+    done: SimpleQueue[_Result] = SimpleQueue()
+    inflight: dict[int, _Job] = {}
     finished: dict[str, list[_Result]] = defaultdict(list)
+    unrecorded = freed = recorded = 0
     last_flush = last_renew = time.monotonic()
     last_claim = 0.0
     helped = False
-    recorded = 0
     try:
         while True:
             clock = time.monotonic()
             free = capacity - len(inflight)
-            if clock < deadline and free > 0 and (free >= batch // 2 or clock - last_claim >= CLAIM_EVERY):
+            if clock < deadline and free > 0 and (
+                not inflight or freed >= refill or clock - last_claim >= CLAIM_EVERY
+            ):
                 want = min(free, batch)
                 token, rows = claim(want)
-                last_claim = clock
+                last_claim, freed = clock, 0
                 for job in _jobs(token, rows):
-                    inflight[_start(job)] = (job, timezone.now())
+                    inflight[job.delivery.id] = job
+                    _start(job, done)
                 if len(rows) == want and not helped:
                     # A backlog: wake one more worker process to share it (it claims
                     # other rows); each helper may call one more while the backlog lasts.
                     helped = True
                     kick()
-                if not rows and not inflight and not finished:
+                if not rows and not inflight and not unrecorded:
                     break
-            elif not inflight and not finished:
+            elif not inflight and not unrecorded:
                 break
             if inflight:
-                done, _ = wait(list(inflight), timeout=CLAIM_EVERY, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job, started = inflight.pop(future)
-                    finished[job.token].append(_Result(job, started, future.result()))
-            count = sum(len(v) for v in finished.values())
+                results: list[_Result] = []
+                try:
+                    results.append(done.get(timeout=CLAIM_EVERY))
+                    while True:
+                        results.append(done.get_nowait())
+                except Empty:
+                    pass
+                for result in results:
+                    del inflight[result.job.delivery.id]
+                    finished[result.job.token].append(result)
+                freed += len(results)
+                unrecorded += len(results)
             clock = time.monotonic()
-            if count and (not inflight or count >= batch // 2 or clock - last_flush >= FLUSH_EVERY):
-                for token, results in finished.items():
-                    recorded += _record_surviving(token, results)
+            if unrecorded and (not inflight or unrecorded >= batch // 2 or clock - last_flush >= FLUSH_EVERY):
+                for token, group in finished.items():
+                    recorded += _record_surviving(token, group)
                 finished.clear()
-                last_flush = clock
+                unrecorded, last_flush = 0, clock
             if inflight and clock - last_renew >= renew_every:
-                renew({job.token for job, _ in inflight.values()})
+                renew({job.token for job in inflight.values()})
                 last_renew = clock
     finally:
-        unsent = {job.token for job, _ in inflight.values()} | set(finished)
+        unsent = {job.token for job in inflight.values()} | set(finished)
         if unsent:
             release(unsent)
     if time.monotonic() > deadline and Delivery.objects.filter(

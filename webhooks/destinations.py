@@ -110,6 +110,7 @@ def _ensure(destinations) -> None:
 
 
 def _close(destinations: set[str], now: datetime) -> list:
+    _ensure(destinations)  # every address ever sent to is listed, healthy or not
     reopened = list(
         Destination.objects.filter(destination__in=destinations)
         .exclude(state=Destination.CLOSED)

@@ -1,9 +1,9 @@
 """Webhook test fixtures: loopback allowed, short retry schedule, a drain helper."""
 
 import time
+from queue import SimpleQueue
 
 import pytest
-from django.utils import timezone
 
 from webhooks import delivery
 from webhooks.completion import enqueue_completion
@@ -60,5 +60,7 @@ def drain(row: Delivery, timeout: float = 10.0) -> Delivery:
 def send_now(token: str, rows: list[Delivery]) -> list:
     """Send claimed rows and wait for every result, as the engine's loop would (for `record`)."""
     jobs = delivery._jobs(token, rows)
-    started = timezone.now()
-    return [delivery._Result(job, started, delivery._start(job).result()) for job in jobs]
+    done = SimpleQueue()
+    for job in jobs:
+        delivery._start(job, done)
+    return [done.get(timeout=30) for _ in jobs]
