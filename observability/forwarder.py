@@ -262,18 +262,31 @@ class Result:
 
 
 def entry_of(row: Mapping[str, Any]) -> dict:
-    """An event as the envelope carries it; the log's ids and status ride along when set."""
-    entry = {
+    """An event as AgentField's forwarder sends it: ids and status in `data`, the event's own data under `payload`.
+
+    A collector written for AgentField reads `data.execution_id` (execution
+    events) or `data.node_id` (node events) and `data.payload`.
+    """
+    payload = row["data"]
+    if row["source"] == "execution":
+        data = {
+            "execution_id": row["execution_id"], "workflow_id": row["workflow_id"],
+            "agent_node_id": row["agent_node_id"], "status": row["status"],
+        }
+    elif row["source"] == "node":
+        data = {"node_id": row["agent_node_id"], "status": row["status"]}
+        if isinstance(payload, dict):
+            data.update({k: payload[k] for k in ("old_status", "new_status", "source", "reason") if k in payload})
+    else:
+        data = {k: row[k] for k in ("execution_id", "status") if row.get(k)}
+    data["payload"] = payload
+    return {
         "event_id": row["id"],
         "event_type": row["type"],
         "event_source": row["source"],
         "timestamp": _iso(row["timestamp"]),
-        "data": row["data"],
+        "data": data,
     }
-    for key in ("execution_id", "workflow_id", "agent_node_id", "status"):
-        if row.get(key):
-            entry[key] = row[key]
-    return entry
 
 
 def send(target: Target, batch: Batch, max_attempts: int, stop: threading.Event | None = None) -> Result:
