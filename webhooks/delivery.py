@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 TASK = "webhooks.tasks.send_due"
 # How long one `send_due` call keeps claiming before handing over to a new task,
 # so one worker is not held forever under a constant stream of deliveries.
-RUN_SECONDS = 30.0
+RUN_SECONDS = 10.0
 # Recorded outcomes are flushed in groups: bulk writes, but a slow receiver in a
 # batch does not hold back the others' results for long.
 FLUSH_EVERY = 0.05
