@@ -173,7 +173,7 @@ def schedule_span() -> float:
 
 
 def expire_deferred(now: datetime | None = None) -> int:
-    """Dead-letter deliveries kept waiting by an open breaker past their schedule's span."""
+    """Dead-letter due deliveries kept waiting by an open breaker past their schedule's span."""
     now = now or timezone.now()
     down = dict(
         Destination.objects.exclude(state=Destination.CLOSED).values_list("destination", "opened_at")
@@ -187,8 +187,11 @@ def expire_deferred(now: datetime | None = None) -> int:
         error = f"destination {destination} unavailable since {since}; retry schedule span exceeded"
         with transaction.atomic():
             rows = list(
+                # Only rows that are due: one whose last retry (jitter, Retry-After) falls
+                # after the span still gets that attempt if the destination recovers.
                 Delivery.objects.filter(
-                    destination=destination, status=Delivery.PENDING, retries=True, budget_started_at__lt=cutoff
+                    destination=destination, status=Delivery.PENDING, retries=True,
+                    budget_started_at__lt=cutoff, next_attempt_at__lte=now,
                 ).values("id", "webhook_id", "execution_id", "event_type", "subscription_id", "attempts", "url")[:1000]
             )
             if not rows:
