@@ -207,6 +207,9 @@ WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=256)
 WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION = env.int("WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION", default=32)
 # Consecutive failed attempts (timeout, connection error, 5xx) that open a destination's breaker.
 WEBHOOK_BREAKER_FAILURES = env.int("WEBHOOK_BREAKER_FAILURES", default=5)
+# Seconds an open breaker waits before its probe; doubled after each failed probe, up to the max.
+WEBHOOK_BREAKER_COOLDOWN = env.float("WEBHOOK_BREAKER_COOLDOWN", default=30.0)
+WEBHOOK_BREAKER_MAX_COOLDOWN = env.float("WEBHOOK_BREAKER_MAX_COOLDOWN", default=600.0)
 WEBHOOK_DISABLE_AFTER_DAYS = env.float("WEBHOOK_DISABLE_AFTER_DAYS", default=5.0)
 
 OBSERVABILITY_BATCH_SIZE = env.int("OBSERVABILITY_BATCH_SIZE", default=10)

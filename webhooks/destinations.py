@@ -6,7 +6,8 @@ row is the breaker, shared by every worker process through the database:
 - `closed`: deliveries flow, at most WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION at once;
 - `open`: after WEBHOOK_BREAKER_FAILURES consecutive failed attempts (timeout,
   connection error, 5xx) its deliveries are not claimed, so they spend no attempt,
-  until `next_probe_at` (30 s, doubling on each failed probe up to 10 min);
+  until `next_probe_at` (WEBHOOK_BREAKER_COOLDOWN, 30 s, doubling on each failed
+  probe up to WEBHOOK_BREAKER_MAX_COOLDOWN, 10 min);
 - `half_open`: one delivery goes through as the probe; any HTTP answer below 500
   closes the breaker, a failure reopens it.
 
@@ -30,8 +31,6 @@ from observability.events import build, publish_many
 
 from .models import Attempt, Delivery, Destination
 
-FIRST_COOLDOWN = 30.0
-MAX_COOLDOWN = 600.0
 # A 429's Retry-After pauses a destination for at most this long.
 MAX_PAUSE = 600.0
 
@@ -103,24 +102,32 @@ def record(outcomes: dict[str, list[outbound.Outcome]], now: datetime) -> list:
     return events
 
 
+# Destinations this process has already made rows for: saves an INSERT per flush.
+_known: set[str] = set()
+
+
 def _ensure(destinations) -> None:
-    Destination.objects.bulk_create(
-        [Destination(destination=d) for d in destinations], ignore_conflicts=True
-    )
+    new = set(destinations) - _known
+    if new:
+        Destination.objects.bulk_create([Destination(destination=d) for d in new], ignore_conflicts=True)
+        _known.update(new)
 
 
 def _close(destinations: set[str], now: datetime) -> list:
+    """Reset failure counts and close breakers after an answer; the healthy path is one SELECT."""
     _ensure(destinations)  # every address ever sent to is listed, healthy or not
-    reopened = list(
+    troubled = list(
         Destination.objects.filter(destination__in=destinations)
-        .exclude(state=Destination.CLOSED)
-        .values_list("destination", "opened_at")
-    )
-    Destination.objects.filter(destination__in=destinations, consecutive_failures__gt=0).update(
-        consecutive_failures=0
+        .filter(Q(consecutive_failures__gt=0) | ~Q(state=Destination.CLOSED))
+        .values_list("destination", "state", "opened_at")
     )
     events = []
-    for destination, opened_at in reopened:
+    for destination, state, opened_at in troubled:
+        if state == Destination.CLOSED:
+            Destination.objects.filter(destination=destination, state=Destination.CLOSED).update(
+                consecutive_failures=0
+            )
+            continue
         closed = Destination.objects.filter(destination=destination).exclude(state=Destination.CLOSED).update(
             state=Destination.CLOSED, consecutive_failures=0, opened_at=None, cooldown_seconds=0,
             next_probe_at=None, probe_until=None, last_error="",
@@ -142,13 +149,14 @@ def _fail(failing: dict[str, tuple[bool, int, str]], now: datetime) -> list:
         )
         row = Destination.objects.get(destination=destination)
         if row.state == Destination.CLOSED and row.consecutive_failures >= threshold:
-            cooldown = FIRST_COOLDOWN
+            cooldown = settings.WEBHOOK_BREAKER_COOLDOWN
             opened = Destination.objects.filter(destination=destination, state=Destination.CLOSED).update(
                 state=Destination.OPEN, opened_at=now, cooldown_seconds=cooldown,
                 next_probe_at=now + timedelta(seconds=cooldown), probe_until=None,
             )
         elif row.state == Destination.HALF_OPEN and not answered:
-            cooldown = min(max(row.cooldown_seconds, FIRST_COOLDOWN) * 2, MAX_COOLDOWN)
+            first, most = settings.WEBHOOK_BREAKER_COOLDOWN, settings.WEBHOOK_BREAKER_MAX_COOLDOWN
+            cooldown = min(max(row.cooldown_seconds, first) * 2, most)
             opened = Destination.objects.filter(destination=destination, state=Destination.HALF_OPEN).update(
                 state=Destination.OPEN, cooldown_seconds=cooldown,
                 next_probe_at=now + timedelta(seconds=cooldown), probe_until=None,

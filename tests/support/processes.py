@@ -114,6 +114,9 @@ class ProcessEnv:
                 "Q_DELIVERY_WORKERS": "3",
                 "WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.6",
                 "WEBHOOK_LEASE_SECONDS": "3",
+                # Breaker pauses shrink with the retry schedule, as they would relative to its span.
+                "WEBHOOK_BREAKER_COOLDOWN": "0.5",
+                "WEBHOOK_BREAKER_MAX_COOLDOWN": "2",
                 "DISPATCH_LEASE_SECONDS": "3",
                 "AGENT_CALL_TIMEOUT": "10",
                 "OBSERVABILITY_RETRY_SCHEDULE": "0.2,0.4",
