@@ -23,6 +23,8 @@ if not SECRET_KEY:
     )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Browser origins (scheme://host:port) allowed to open WebSockets besides the server's own.
+ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
@@ -153,8 +155,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["agentfield_site.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["agentfield_site.auth.HasApiKeyIfConfigured"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["agentfield_site.lib.drf_json.SafeJSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["agentfield_site.lib.drf_json.StrictJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "agentfield_site.lib.api.exception_handler",
