@@ -5,14 +5,13 @@
 the transaction that made it terminal), `webhook_events` reports the attempts.
 """
 
-import json
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
-from agentfield_site.lib import safe_http
+from agentfield_site.lib import safe_http, strict_json
 
 from . import delivery as engine
 from .models import Attempt, Delivery
@@ -83,8 +82,13 @@ def validate_webhook(value: object) -> tuple[dict | None, str | None]:
 
 
 def encode_body(document: dict) -> bytes:
-    """The bytes sent and signed: compact JSON, UTF-8, produced once and stored."""
-    return json.dumps(document, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes sent and signed: compact JSON, UTF-8, produced once and stored.
+
+    A bad value stored before the strict parser (a lone surrogate, an infinite
+    number) is escaped rather than raised on: the callback that finishes the
+    execution must not fail on it, retry after retry.
+    """
+    return strict_json.dumps(document, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def enqueue_completion(*, execution_id: str, url: str, secret: str, headers: dict, payload: dict) -> None:
