@@ -10,6 +10,7 @@ from rest_framework import exceptions, generics, serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
 from agentfield_site.lib.api import ApiError, int_param, object_body
@@ -217,6 +218,11 @@ class ExecutionCursor(CursorPagination):
     def get_page_size(self, request) -> int:
         # DRF silently falls back to the default for a limit it cannot read.
         return int_param(request, "limit", self.page_size, self.max_page_size) or self.page_size
+
+    def encode_cursor(self, cursor) -> str:
+        # The links copy the request's query, and a key sent as ?api_key= would end
+        # up in every client's logs and history with them: the caller adds its own.
+        return remove_query_param(super().encode_cursor(cursor), "api_key")
 
     def decode_cursor(self, request):
         # DRF's base64 decoding skips characters it does not know (so "%%%" reads as
