@@ -43,6 +43,16 @@ def _origin_of(scheme: str, netloc: str) -> tuple[str, str, int] | None:
     return scheme, parts.hostname.lower(), port
 
 
+def _forwarded_https(headers: dict[bytes, bytes]) -> bool:
+    """Behind a TLS proxy trusted the way Django trusts it (SECURE_PROXY_SSL_HEADER)."""
+    trusted = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if not trusted:
+        return False
+    name, value = trusted
+    header = name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin1")
+    return headers.get(header, b"").decode("latin1").strip() == value
+
+
 class SameOriginValidator:
     """Refuse browser sockets from any other origin; let programs without an Origin through.
 
@@ -72,7 +82,7 @@ class SameOriginValidator:
             return False
         if origin in {_origin_of(*urlsplit(o.strip())[:2]) for o in settings.ALLOWED_ORIGINS}:
             return True
-        scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
+        scheme = "https" if scope.get("scheme") in ("wss", "https") or _forwarded_https(headers) else "http"
         host = headers.get(b"host", b"").decode("latin1")
         name = f"[{origin[1]}]" if ":" in origin[1] else origin[1]  # ALLOWED_HOSTS writes IPv6 bracketed
         return origin == _origin_of(scheme, host) and validate_host(name, settings.ALLOWED_HOSTS)

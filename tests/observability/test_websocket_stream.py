@@ -164,6 +164,7 @@ def test_foreign_origin_is_refused_but_no_origin_is_allowed():
 )
 def test_origin_must_match_scheme_host_and_port(settings, host, origin, allowed_origins, accepted):
     settings.ALLOWED_ORIGINS = allowed_origins
+    settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
 
     async def scenario() -> bool:
         ws = WebsocketCommunicator(application, "/ws/events", headers=[(b"host", host), (b"origin", origin)])
@@ -173,3 +174,20 @@ def test_origin_must_match_scheme_host_and_port(settings, host, origin, allowed_
         return connected
 
     assert asyncio.run(scenario()) is accepted
+
+
+def test_behind_a_tls_proxy_the_origin_is_https(settings):
+    settings.ALLOWED_HOSTS = ["agents.example.com"]
+    headers = [(b"host", b"agents.example.com"), (b"origin", b"https://agents.example.com"), (b"x-forwarded-proto", b"https")]
+
+    async def connects() -> bool:
+        ws = WebsocketCommunicator(application, "/ws/events", headers=headers)
+        connected, _ = await ws.connect()
+        if connected:
+            await ws.disconnect()
+        return connected
+
+    settings.SECURE_PROXY_SSL_HEADER = None
+    assert asyncio.run(connects()) is False, "X-Forwarded-Proto is not trusted unless configured"
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    assert asyncio.run(connects()) is True
