@@ -146,7 +146,8 @@ class BodyLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if not request.META.get("CONTENT_LENGTH") and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked and not request.META.get("CONTENT_LENGTH"):
             refused = self._read_chunked(request)
             if refused is not None:
                 return refused
@@ -165,7 +166,6 @@ class BodyLimitMiddleware:
             return error_response(
                 413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."
             )
-
 
     @staticmethod
     def _read_chunked(request) -> JsonResponse | None:

@@ -8,9 +8,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import connections
+from django.test import RequestFactory
 from rest_framework.test import APIClient
 
 from agentfield_site.asgi import application
+from agentfield_site.lib.api import BodyLimitMiddleware
 from executions import nodes, submission
 from executions.models import AgentNode, Execution
 from observability import tail
@@ -157,3 +159,15 @@ def test_the_websocket_answers_an_error_frame_and_stays_open(settings):
 @pytest.fixture
 def poll_without_channel_layer(settings):
     settings.CHANNEL_LAYERS = {}
+
+
+def test_a_chunked_body_that_cannot_be_read_is_411_not_an_empty_body():
+    """Under WSGI (no server here dechunks for Django) the body is unreadable: 411, never `{}`.
+    The ASGI path, which reads it whole, is tested against a real daphne (test_daphne_edges)."""
+    request = RequestFactory().generic(
+        "POST", "/api/v1/execute/async/analyzer.process", b'{"input": {}}',
+        content_type="application/json", HTTP_TRANSFER_ENCODING="chunked",
+    )
+    del request.META["CONTENT_LENGTH"]
+    response = BodyLimitMiddleware(lambda r: pytest.fail("the view must not run"))(request)
+    assert response.status_code == 411 and json.loads(response.content)["error"] == "length_required"
