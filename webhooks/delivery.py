@@ -54,9 +54,12 @@ RUN_SECONDS = 10.0
 # Recorded outcomes are flushed in groups: bulk writes, but a slow receiver in a
 # batch does not hold back the others' results for long.
 FLUSH_EVERY = 0.1
-# While requests are in flight, look for newly due rows this often (new rows also
-# wake a second task through `kick`).
+# While requests are in flight, look for newly due rows this often, and less
+# often after a claim that found nothing (new rows also wake a task through
+# `kick`; this is the fallback when every worker is busy). A claim holds the
+# write lock on SQLite, so idle polling is not free.
 CLAIM_EVERY = 0.05
+IDLE_CLAIM_EVERY = 0.1
 # Claims take a transaction-level advisory lock on PostgreSQL so that the
 # per-destination in-flight counts they read cannot be raced by another claim.
 _CLAIM_LOCK_KEY = 0x4146_434C  # "AFCL"
@@ -127,50 +130,70 @@ def _pick(candidates: list[tuple[int, str]], room: dict[str, int], limit: int) -
     return picked
 
 
+def _room(now: datetime) -> tuple[destinations.Gates, dict[str, int]]:
+    """The breakers' gates, and how many more requests each destination may have in flight."""
+    cap = max(1, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION)
+    gates = destinations.gates(now)
+    busy = dict(
+        Delivery.objects.filter(status=Delivery.IN_FLIGHT).order_by()
+        .values_list("destination").annotate(n=Count("id"))
+    )
+    room: dict[str, int] = defaultdict(lambda: cap)
+    for destination, n in busy.items():
+        room[destination] = cap - n
+    for destination in gates.probing:
+        room[destination] = 1 - busy.get(destination, 0)
+    for destination in gates.blocked:
+        room[destination] = 0
+    return gates, room
+
+
 def claim(limit: int) -> tuple[str, list[Delivery]]:
     """Lease up to `limit` due deliveries that may be sent now; returns the lease token and rows.
 
-    Destinations that are open, paused or already at their in-flight cap are left
-    out of the candidates, so a backlog behind a dead receiver never hides anyone
-    else's due rows. Claims are serialized (an advisory lock on PostgreSQL;
-    SQLite's IMMEDIATE transactions already are), so the in-flight counts a claim
-    reads are exact across every worker.
+    Candidates are chosen first, without a lock: round-robin across destinations,
+    leaving out those that are open, paused or at their in-flight cap, so a
+    backlog behind a dead receiver never hides anyone else's due rows. Then, in a
+    short serialized transaction (an advisory lock on PostgreSQL; SQLite's
+    IMMEDIATE transactions already are), the gates and in-flight counts are read
+    again and the choice is trimmed to them before the rows are leased: the caps
+    hold exactly across every worker, and the write lock is held for three
+    small statements.
     """
     table = Delivery._meta.db_table
     ops = connection.ops
     token = uuid.uuid4().hex
-    cap = max(1, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION)
+    now = timezone.now()
+    _, room = _room(now)
+    full = {d for d, r in room.items() if r <= 0}
+    due = Delivery.objects.filter(status=Delivery.PENDING, next_attempt_at__lte=now).order_by("next_attempt_at", "id")
+    chosen: dict[int, str] = {}
+    # The oldest due rows may all belong to one destination; once it is full,
+    # look past it (a few rounds at most), so its backlog hides no one else.
+    for _ in range(3):
+        window = limit * 4
+        candidates = list(due.exclude(destination__in=full).values_list("id", "destination")[:window])
+        where = dict(candidates)
+        chosen.update((i, where[i]) for i in _pick(candidates, room, limit - len(chosen)))
+        filled = {d for _, d in candidates if room[d] <= 0} - full
+        if len(chosen) >= limit or len(candidates) < window or not filled:
+            break
+        full |= filled
+    if not chosen:
+        return token, []
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
-        now = timezone.now()
-        gates = destinations.gates(now)
-        busy = dict(
-            Delivery.objects.filter(status=Delivery.IN_FLIGHT).order_by()
-            .values_list("destination").annotate(n=Count("id"))
-        )
-        room: dict[str, int] = defaultdict(lambda: cap)
-        for destination, n in busy.items():
-            room[destination] = cap - n
-        for destination in gates.probing:
-            room[destination] = 1 - busy.get(destination, 0)
-        full = set(gates.blocked) | {d for d, r in room.items() if r <= 0}
-        due = Delivery.objects.filter(status=Delivery.PENDING, next_attempt_at__lte=now).order_by("next_attempt_at", "id")
-        ids: list[int] = []
-        # The oldest due rows may all belong to one destination; once it is full,
-        # look past it (a few rounds at most), so its backlog hides no one else.
-        for _ in range(3):
-            window = limit * 4
-            candidates = list(due.exclude(destination__in=full).values_list("id", "destination")[:window])
-            ids += _pick(candidates, room, limit - len(ids))
-            filled = {d for _, d in candidates if room[d] <= 0} - full
-            if len(ids) >= limit or len(candidates) < window or not filled:
-                break
-            full |= filled
+        gates, room = _room(now)
+        ids = []
+        for row_id, destination in chosen.items():
+            if room[destination] > 0:
+                room[destination] -= 1
+                ids.append(row_id)
         if not ids:
             return token, []
-        lease_until = now + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
+        lease_until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
         sql = (
             f"UPDATE {table} SET status = %s, lease_token = %s, lease_until = %s "
             f"WHERE status = %s AND id IN ({', '.join(['%s'] * len(ids))}) RETURNING *"
@@ -483,7 +506,8 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
             clock = time.monotonic()
             free = capacity - len(inflight)
             if clock < deadline and free > 0 and (
-                not inflight or freed >= refill or clock - last_claim >= CLAIM_EVERY
+                not inflight or freed >= refill
+                or clock - last_claim >= (IDLE_CLAIM_EVERY if drained else CLAIM_EVERY)
             ):
                 want = min(free, batch)
                 token, rows = claim(want)
