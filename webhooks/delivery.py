@@ -148,6 +148,19 @@ def _room(now: datetime) -> tuple[destinations.Gates, dict[str, int]]:
     return gates, room
 
 
+def sendable_now() -> bool:
+    """True when a claim would find something: a due row whose destination has room.
+
+    Rows held back by an open breaker or a full destination wake no one.
+    """
+    now = timezone.now()
+    _, room = _room(now)
+    full = [d for d, r in room.items() if r <= 0]
+    return Delivery.objects.filter(status=Delivery.PENDING, next_attempt_at__lte=now).exclude(
+        destination__in=full
+    ).exists()
+
+
 def claim(limit: int) -> tuple[str, list[Delivery]]:
     """Lease up to `limit` due deliveries that may be sent now; returns the lease token and rows.
 
@@ -553,9 +566,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
         unsent = {job.token for job in inflight.values()} | set(finished)
         if unsent:
             release(unsent)
-    if time.monotonic() > deadline and Delivery.objects.filter(
-        status=Delivery.PENDING, next_attempt_at__lte=timezone.now()
-    ).exists():
+    if time.monotonic() > deadline and sendable_now():
         kick()  # more work than one run: hand over to a fresh task
     return recorded
 
@@ -572,7 +583,7 @@ def tick() -> None:
     # At most one kick per half second: a kicked task drains everything that is due.
     if now - _last_tick_kick < 0.5:
         return
-    if Delivery.objects.filter(status=Delivery.PENDING, next_attempt_at__lte=timezone.now()).exists():
+    if sendable_now():
         _last_tick_kick = now
         kick()
 
