@@ -5,9 +5,9 @@ from typing import Any
 from django.db import transaction
 
 from agentfield_site.lib.api import ApiError
+from agentfield_site.lib.timefmt import iso
 
 from . import dispatch, lifecycle
-from .documents import iso
 from .models import AgentNode, Execution
 
 

@@ -40,6 +40,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from agentfield_site.lib import backoff, outbound, strict_json, tasks
+from agentfield_site.lib.timefmt import iso
 
 from . import leases
 from .models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
@@ -178,8 +179,8 @@ def config_document(config: ForwarderConfig) -> dict:
         "headers": config.headers,
         "enabled": config.enabled,
         "event_types": config.event_types,
-        "created_at": _iso(config.created_at),
-        "updated_at": _iso(config.updated_at),
+        "created_at": iso(config.created_at),
+        "updated_at": iso(config.updated_at),
     }
 
 
@@ -206,9 +207,9 @@ def status() -> dict:
         "cursor": state.cursor,
         "events_forwarded": state.events_forwarded,
         "dead_letter_count": ForwarderDeadLetter.objects.count(),
-        "last_forwarded_at": _iso(state.last_forwarded_at),
+        "last_forwarded_at": iso(state.last_forwarded_at),
         "last_error": state.last_error or None,
-        "last_error_at": _iso(state.last_error_at),
+        "last_error_at": iso(state.last_error_at),
     }
 
 
@@ -246,7 +247,7 @@ class Batch:
             "batch_id": batch_id,
             "event_count": len(entries),
             "events": entries,
-            "timestamp": _iso(timezone.now()),
+            "timestamp": iso(timezone.now()),
         }
         # Strict: an event that cannot be encoded raises here (see `_Run._batches`).
         body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
@@ -290,7 +291,7 @@ def entry_of(row: Mapping[str, Any]) -> dict:
         "event_id": row["id"],
         "event_type": row["type"],
         "event_source": row["source"],
-        "timestamp": _iso(row["timestamp"]),
+        "timestamp": iso(row["timestamp"]),
         "data": data,
     }
 
@@ -511,7 +512,7 @@ class _Run:
                     outcome = pool.submit(send, self.target, batch, self.attempts, self.stop)
                 self.inflight.append((batch, outcome))
             if self.pending:
-                self.pending_since = _parse_iso(self.pending[0]["timestamp"])
+                self.pending_since = datetime.fromisoformat(self.pending[0]["timestamp"])
             submitted = True
         return submitted
 
@@ -620,7 +621,7 @@ def dead_letter(entry: dict, error: str, attempts: int, now: datetime) -> Forwar
         event_id=entry["event_id"],
         event_type=entry["event_type"],
         event_source=entry["event_source"],
-        event_timestamp=_parse_iso(entry["timestamp"]),
+        event_timestamp=datetime.fromisoformat(entry["timestamp"]),
         payload=entry,
         error_message=error[:2000],
         retry_count=attempts,
@@ -739,10 +740,3 @@ def kick() -> None:
             TASK, cluster=settings.DELIVERY_CLUSTER, name="forwarder", timeout=settings.Q_CLUSTER["timeout"]
         )
 
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def _parse_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agentfield_site.lib import outbound, signing
+from agentfield_site.lib.timefmt import iso
 from observability.models import PlatformEvent
 
 from . import delivery
@@ -129,7 +130,7 @@ def send_test(sub: Subscription) -> Delivery:
         "id": None,
         "type": "webhook.test",
         "source": "webhook",
-        "timestamp": now.isoformat().replace("+00:00", "Z"),
+        "timestamp": iso(now),
         "data": {"subscription_id": sub.id, "message": "This is a test event from AgentField."},
     }
     with transaction.atomic():
