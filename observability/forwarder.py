@@ -44,6 +44,7 @@ from agentfield_site.lib.timefmt import iso
 
 from . import leases
 from .models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
+from .type_patterns import type_regex
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +185,9 @@ def config_document(config: ForwarderConfig) -> dict:
     }
 
 
-def type_regex(patterns: Sequence[str]) -> str | None:
-    """One anchored regex for the patterns (None = every type); valid in Python, SQLite and PostgreSQL."""
-    if not patterns or "*" in patterns:
-        return None
-    parts = (re.escape(p).replace(r"\*", ".*") for p in patterns)
-    return "^(" + "|".join(parts) + ")$"
+def _types_regex(patterns: Sequence[str]) -> str | None:
+    """The regex of the forwarded types, None when every type is forwarded (no regex to run)."""
+    return None if not patterns or "*" in patterns else type_regex(patterns)
 
 
 def status() -> dict:
@@ -197,7 +195,7 @@ def status() -> dict:
     config = ForwarderConfig.current()
     state = ForwarderState.get()
     events = PlatformEvent.objects.filter(id__gt=state.cursor)
-    regex = type_regex(config.event_types) if config else None
+    regex = _types_regex(config.event_types) if config else None
     if regex:
         events = events.filter(type__regex=regex)
     return {
@@ -392,7 +390,7 @@ class _Run:
             return 0
         self.target = Target.of(config)
         self.config_version = (config.updated_at, config.enabled)
-        regex = type_regex(config.event_types)
+        regex = _types_regex(config.event_types)
         self.matches = re.compile(regex).match if regex else None
         self.cursor = self.scanned = self.acked_to = ForwarderState.get().cursor
         self.batch_size = max(1, settings.OBSERVABILITY_BATCH_SIZE)
