@@ -69,12 +69,6 @@ class EventFilter:
             query &= type_q
         return query
 
-    def narrowed(self, **changes: object) -> "EventFilter":
-        """A copy with some fields replaced (a stream's fixed scope over the client's filters)."""
-        values = {name: getattr(self, name) for name in (*_FIELDS, "types", "sources")}
-        values.update(changes)
-        return EventFilter(**values)
-
 
 def parse_filters(params: Mapping[str, object], *, sources: Iterable[str] = ()) -> EventFilter:
     """An EventFilter from query parameters or a WebSocket `filters` object.
