@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8080
 
-.PHONY: run test bench soak lint clean
+.PHONY: run test test-fast bench soak lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: $(VENV)/.installed .env
 ## The whole suite; on PostgreSQL + Redis when DATABASE_URL and REDIS_URL are set.
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The inner loop: everything but the tests that start processes or a browser.
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not processes and not browser" $(PYTEST_ARGS)
 
 ## Throughput and latency figures, printed as tables (see bench/README.md).
 bench: $(VENV)/.installed-dev

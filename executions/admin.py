@@ -9,7 +9,6 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 
 from agentfield_site.escaped_admin import EscapedJSONAdmin
-from agentfield_site.lib.api import ApiError
 
 from . import cancellation
 from .models import TERMINAL, AgentNode, Execution
@@ -53,11 +52,8 @@ class ExecutionAdmin(EscapedJSONAdmin):
 
     @admin.action(description="Cancel the selected executions")
     def cancel_selected(self, request, queryset: QuerySet) -> None:
-        cancelled = 0
-        for execution in queryset.exclude(status__in=TERMINAL).only("id"):
-            try:
-                cancellation.cancel(execution.id, f"cancelled in the admin by {request.user}")
-                cancelled += 1
-            except ApiError as exc:
-                self.message_user(request, f"{execution.id}: {exc}", messages.WARNING)
+        ids = list(queryset.exclude(status__in=TERMINAL).values_list("id", flat=True))
+        cancelled, refused = cancellation.cancel_many(ids, f"cancelled in the admin by {request.user}")
+        for execution_id, why in refused:
+            self.message_user(request, f"{execution_id}: {why}", messages.WARNING)
         self.message_user(request, f"Cancelled {cancelled} execution(s).", messages.SUCCESS)

@@ -1,19 +1,48 @@
 """Cancelling an execution on request, and telling its agent (best effort)."""
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
 
 from agentfield_site.lib.api import ApiError
+from agentfield_site.lib.timefmt import iso
 
 from . import dispatch, lifecycle
-from .documents import iso
 from .models import AgentNode, Execution
 
 
 def cancel(execution_id: str, reason: str = "") -> dict[str, Any]:
     """Cancel a non-terminal execution; 404 when unknown, 409 `invalid_state` when terminal."""
+    document, notice = _cancel(execution_id, reason)
+    if notice is not None:
+        transaction.on_commit(lambda: dispatch.notify_cancel(*notice))
+    return document
+
+
+def cancel_many(execution_ids: Iterable[str], reason: str = "") -> tuple[int, list[tuple[str, str]]]:
+    """Cancel each execution; their agents hear of it from one queued task.
+
+    Returns how many were cancelled and (execution_id, why not) for the others.
+    """
+    cancelled, refused, notices = 0, [], []
+    for execution_id in execution_ids:
+        try:
+            _, notice = _cancel(execution_id, reason)
+        except ApiError as exc:
+            refused.append((execution_id, str(exc.detail)))
+            continue
+        cancelled += 1
+        if notice is not None:
+            notices.append(notice)
+    transaction.on_commit(lambda: dispatch.queue_cancel_notices(notices))
+    return cancelled, refused
+
+
+def _cancel(execution_id: str, reason: str) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """The cancel itself, and the (execution_id, base_url) notice its agent is owed, if any."""
     reason = (reason or "cancelled by request")[:500]
+    notice = None
     try:
         with transaction.atomic():
             change = lifecycle.transition(
@@ -24,18 +53,18 @@ def cancel(execution_id: str, reason: str = "") -> dict[str, Any]:
                 raise lifecycle.InvalidTransition(execution.status, "cancelled")
             node = AgentNode.objects.filter(pk=execution.agent_node_id).first()
             if node is not None and change.previous != "queued":
-                base_url = node.base_url
-                transaction.on_commit(lambda: dispatch.notify_cancel(execution_id, base_url))
+                notice = (execution_id, node.base_url)
     except Execution.DoesNotExist:
         raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found") from None
     except lifecycle.InvalidTransition as exc:
         raise ApiError(
             409, "invalid_state", f"The execution is already {exc.current}.", status=exc.current
         ) from None
-    return {
+    document = {
         "execution_id": execution.id,
         "previous_status": change.previous,
         "status": "cancelled",
         "reason": reason,
         "cancelled_at": iso(execution.completed_at),
     }
+    return document, notice

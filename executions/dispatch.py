@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import requests
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 TASK = "executions.tasks.dispatch_execution"
 CANCEL_TIMEOUT = 2.0
+CANCEL_NOTICES_TASK = "executions.tasks.send_cancel_notices"
+# A bulk cancel's notices in flight at once: a dead agent costs its timeout per
+# notice, so they overlap, but one task must not open a connection per execution.
+CANCEL_NOTICE_CONCURRENCY = 8
 _local = threading.local()
 
 
@@ -265,19 +270,35 @@ def expire_stale() -> int:
     return count
 
 
+def _send_cancel_notice(execution_id: str, base_url: str) -> None:
+    try:
+        _session().post(
+            f"{base_url.rstrip('/')}/_internal/executions/{execution_id}/cancel",
+            data=b"{}",
+            headers={"Content-Type": "application/json", "X-Execution-ID": execution_id},
+            timeout=CANCEL_TIMEOUT,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        log.info("cancel notice for %s not delivered: %s", execution_id, exc)
+
+
 def notify_cancel(execution_id: str, base_url: str) -> None:
     """Best effort: tell the agent in a background thread; its answer changes nothing."""
+    threading.Thread(
+        target=_send_cancel_notice, args=(execution_id, base_url), name=f"cancel-{execution_id}", daemon=True
+    ).start()
 
-    def call() -> None:
-        try:
-            _session().post(
-                f"{base_url.rstrip('/')}/_internal/executions/{execution_id}/cancel",
-                data=b"{}",
-                headers={"Content-Type": "application/json", "X-Execution-ID": execution_id},
-                timeout=CANCEL_TIMEOUT,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            log.info("cancel notice for %s not delivered: %s", execution_id, exc)
 
-    threading.Thread(target=call, name=f"cancel-{execution_id}", daemon=True).start()
+def queue_cancel_notices(notices: list[tuple[str, str]]) -> None:
+    """Tell the agents of many cancelled executions from one queued task, not a thread each."""
+    if notices:
+        tasks.enqueue(
+            CANCEL_NOTICES_TASK, notices, cluster=settings.DISPATCH_CLUSTER, name=f"cancel notices ({len(notices)})"
+        )
+
+
+def send_cancel_notices(notices: list[tuple[str, str]]) -> None:
+    """The task: (execution_id, base_url) notices, a few at a time (best effort, like `notify_cancel`)."""
+    with ThreadPoolExecutor(max_workers=CANCEL_NOTICE_CONCURRENCY, thread_name_prefix="cancel") as pool:
+        list(pool.map(lambda notice: _send_cancel_notice(*notice), notices))

@@ -1,16 +1,12 @@
 """The JSON documents the API returns for executions and nodes (contract shapes)."""
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 
+from agentfield_site.lib.timefmt import iso
 from webhooks.completion import webhook_events
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def submission_document(execution) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from agentfield_site.lib.timefmt import iso
 from observability.events import publish
 from webhooks.completion import enqueue_completion
 
-from .documents import iso
 from .models import STATUSES, TERMINAL, Execution
 
 ALIASES = {

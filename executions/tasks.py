@@ -5,3 +5,7 @@ from . import dispatch
 
 def dispatch_execution(execution_id: str) -> str:
     return dispatch.run(execution_id, or_oldest=True)
+
+
+def send_cancel_notices(notices: list[tuple[str, str]]) -> None:
+    dispatch.send_cancel_notices(notices)

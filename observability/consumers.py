@@ -19,7 +19,7 @@ from agentfield_site.lib import strict_json
 
 from .stream_filters import EventFilter, FilterError, parse_filters
 from .streams import BadStreamRequest, parse_last_event_id
-from .tail import Subscription, get_tailer, run_db
+from .tail import Listener, get_tailer, run_db
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_REQUEST = 4400
@@ -120,7 +120,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         )
         self._task = asyncio.get_running_loop().create_task(self._pump(sub))
 
-    async def _pump(self, sub: Subscription) -> None:
+    async def _pump(self, sub: Listener) -> None:
         try:
             while True:
                 event = await sub.next_event(_IDLE_WAIT_SECONDS)

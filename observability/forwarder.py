@@ -40,9 +40,11 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from agentfield_site.lib import backoff, outbound, strict_json, tasks
+from agentfield_site.lib.timefmt import iso
 
 from . import leases
 from .models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
+from .type_patterns import type_regex
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +180,14 @@ def config_document(config: ForwarderConfig) -> dict:
         "headers": config.headers,
         "enabled": config.enabled,
         "event_types": config.event_types,
-        "created_at": _iso(config.created_at),
-        "updated_at": _iso(config.updated_at),
+        "created_at": iso(config.created_at),
+        "updated_at": iso(config.updated_at),
     }
 
 
-def type_regex(patterns: Sequence[str]) -> str | None:
-    """One anchored regex for the patterns (None = every type); valid in Python, SQLite and PostgreSQL."""
-    if not patterns or "*" in patterns:
-        return None
-    parts = (re.escape(p).replace(r"\*", ".*") for p in patterns)
-    return "^(" + "|".join(parts) + ")$"
+def _types_regex(patterns: Sequence[str]) -> str | None:
+    """The regex of the forwarded types, None when every type is forwarded (no regex to run)."""
+    return None if not patterns or "*" in patterns else type_regex(patterns)
 
 
 def status() -> dict:
@@ -196,7 +195,7 @@ def status() -> dict:
     config = ForwarderConfig.current()
     state = ForwarderState.get()
     events = PlatformEvent.objects.filter(id__gt=state.cursor)
-    regex = type_regex(config.event_types) if config else None
+    regex = _types_regex(config.event_types) if config else None
     if regex:
         events = events.filter(type__regex=regex)
     return {
@@ -206,9 +205,9 @@ def status() -> dict:
         "cursor": state.cursor,
         "events_forwarded": state.events_forwarded,
         "dead_letter_count": ForwarderDeadLetter.objects.count(),
-        "last_forwarded_at": _iso(state.last_forwarded_at),
+        "last_forwarded_at": iso(state.last_forwarded_at),
         "last_error": state.last_error or None,
-        "last_error_at": _iso(state.last_error_at),
+        "last_error_at": iso(state.last_error_at),
     }
 
 
@@ -246,7 +245,7 @@ class Batch:
             "batch_id": batch_id,
             "event_count": len(entries),
             "events": entries,
-            "timestamp": _iso(timezone.now()),
+            "timestamp": iso(timezone.now()),
         }
         # Strict: an event that cannot be encoded raises here (see `_Run._batches`).
         body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
@@ -290,7 +289,7 @@ def entry_of(row: Mapping[str, Any]) -> dict:
         "event_id": row["id"],
         "event_type": row["type"],
         "event_source": row["source"],
-        "timestamp": _iso(row["timestamp"]),
+        "timestamp": iso(row["timestamp"]),
         "data": data,
     }
 
@@ -391,7 +390,7 @@ class _Run:
             return 0
         self.target = Target.of(config)
         self.config_version = (config.updated_at, config.enabled)
-        regex = type_regex(config.event_types)
+        regex = _types_regex(config.event_types)
         self.matches = re.compile(regex).match if regex else None
         self.cursor = self.scanned = self.acked_to = ForwarderState.get().cursor
         self.batch_size = max(1, settings.OBSERVABILITY_BATCH_SIZE)
@@ -511,7 +510,7 @@ class _Run:
                     outcome = pool.submit(send, self.target, batch, self.attempts, self.stop)
                 self.inflight.append((batch, outcome))
             if self.pending:
-                self.pending_since = _parse_iso(self.pending[0]["timestamp"])
+                self.pending_since = datetime.fromisoformat(self.pending[0]["timestamp"])
             submitted = True
         return submitted
 
@@ -620,7 +619,7 @@ def dead_letter(entry: dict, error: str, attempts: int, now: datetime) -> Forwar
         event_id=entry["event_id"],
         event_type=entry["event_type"],
         event_source=entry["event_source"],
-        event_timestamp=_parse_iso(entry["timestamp"]),
+        event_timestamp=datetime.fromisoformat(entry["timestamp"]),
         payload=entry,
         error_message=error[:2000],
         retry_count=attempts,
@@ -739,10 +738,3 @@ def kick() -> None:
             TASK, cluster=settings.DELIVERY_CLUSTER, name="forwarder", timeout=settings.Q_CLUSTER["timeout"]
         )
 
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def _parse_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))

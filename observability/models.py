@@ -1,6 +1,8 @@
 from django.db import models
 from django.utils import timezone
 
+from agentfield_site.lib.timefmt import iso
+
 SOURCES = ("execution", "node", "webhook", "stream", "system")
 
 
@@ -34,7 +36,7 @@ class PlatformEvent(models.Model):
             "id": self.id,
             "type": self.type,
             "source": self.source,
-            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+            "timestamp": iso(self.timestamp),
         }
         for key in ("execution_id", "workflow_id", "agent_node_id", "status"):
             value = getattr(self, key)
@@ -141,13 +143,10 @@ class ForwarderDeadLetter(models.Model):
             "event_id": self.event_id,
             "event_type": self.event_type,
             "event_source": self.event_source,
-            "event_timestamp": _iso(self.event_timestamp),
+            "event_timestamp": iso(self.event_timestamp),
             "payload": self.payload,
             "error_message": self.error_message,
             "retry_count": self.retry_count,
-            "created_at": _iso(self.created_at),
+            "created_at": iso(self.created_at),
         }
 
-
-def _iso(value) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -6,11 +6,12 @@ each event document), so both halves of a stream agree on what belongs to it.
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.db.models import Q
 
 from .models import SOURCES
+from .type_patterns import matches, type_regex
 
 # A type pattern is a dotted event type where `*` matches any run of characters.
 _PATTERN_RE = re.compile(r"^[a-z0-9_.*]{1,64}$")
@@ -20,12 +21,6 @@ _FIELD_MAX = 128
 
 class FilterError(ValueError):
     """A filter value a client sent that cannot be used (a 400)."""
-
-
-def _pattern_regex(pattern: str) -> str:
-    # Anchored, with only `.*` as syntax: the same string works in Python, SQLite
-    # (Django's REGEXP) and PostgreSQL.
-    return "^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$"
 
 
 @dataclass(frozen=True)
@@ -38,11 +33,6 @@ class EventFilter:
     status: str = ""
     types: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
-    _regexes: tuple[re.Pattern, ...] = field(default=(), compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        compiled = tuple(re.compile(_pattern_regex(p)) for p in self.types if p != "*")
-        object.__setattr__(self, "_regexes", compiled)
 
     @property
     def any_type(self) -> bool:
@@ -58,8 +48,7 @@ class EventFilter:
             return False
         if self.any_type:
             return True
-        event_type = doc.get("type", "")
-        return any(regex.match(event_type) for regex in self._regexes)
+        return matches(self.types, doc.get("type", ""))
 
     def q(self) -> Q:
         """The same test as a query on PlatformEvent."""
@@ -73,17 +62,12 @@ class EventFilter:
         if not self.any_type:
             exact = [p for p in self.types if "*" not in p]
             wild = [p for p in self.types if "*" in p]
+            # Exact types go through the index; only the wildcards need a regex scan.
             type_q = Q(type__in=exact) if exact else Q(pk__in=[])
-            for pattern in wild:
-                type_q |= Q(type__regex=_pattern_regex(pattern))
+            if wild:
+                type_q |= Q(type__regex=type_regex(wild))
             query &= type_q
         return query
-
-    def narrowed(self, **changes: object) -> "EventFilter":
-        """A copy with some fields replaced (a stream's fixed scope over the client's filters)."""
-        values = {name: getattr(self, name) for name in (*_FIELDS, "types", "sources")}
-        values.update(changes)
-        return EventFilter(**values)
 
 
 def parse_filters(params: Mapping[str, object], *, sources: Iterable[str] = ()) -> EventFilter:

@@ -2,7 +2,7 @@
 
 Async views that return a StreamingHttpResponse over an async generator, so an open
 stream costs daphne a coroutine and a bounded queue, not a thread. Each stream is a
-`tail.Subscription`: replay from `Last-Event-ID` (or `?last_event_id=`), then live,
+`tail.Listener`: replay from `Last-Event-ID` (or `?last_event_id=`), then live,
 in id order, without gaps or duplicates.
 """
 

@@ -142,7 +142,7 @@ def _max_id() -> int:
     return PlatformEvent.objects.aggregate(hi=Max("id"))["hi"] or 0
 
 
-class Subscription:
+class Listener:
     """One open stream: its filter, its position (`cursor`), and a bounded queue."""
 
     def __init__(self, tailer: "Tailer", flt: EventFilter, cursor: int | None) -> None:
@@ -231,7 +231,7 @@ class Tailer:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.cursor = 0
-        self.subscribers: set[Subscription] = set()
+        self.subscribers: set[Listener] = set()
         self.running = False
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -240,11 +240,11 @@ class Tailer:
 
     async def subscribe(
         self, flt: EventFilter, last_event_id: int | None, *, announce_gaps: bool = True
-    ) -> Subscription:
+    ) -> Listener:
         """Register a stream. Without `last_event_id` it starts live (now); with one it
         replays every matching event after that id first, after a `stream.reset` when
         `announce_gaps` and the log no longer reaches back that far (or never got there)."""
-        sub = Subscription(self, flt, last_event_id)
+        sub = Listener(self, flt, last_event_id)
         self.subscribers.add(sub)
         if not self.running:
             self.running = True
@@ -261,7 +261,7 @@ class Tailer:
             raise
         return sub
 
-    async def _check_resume_point(self, sub: Subscription, last_event_id: int) -> None:
+    async def _check_resume_point(self, sub: Listener, last_event_id: int) -> None:
         lo, hi = await run_db(_bounds)
         if lo is not None and last_event_id < lo - 1:
             sub.cursor = lo - 1
@@ -283,11 +283,8 @@ class Tailer:
                 )
             )
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Listener) -> None:
         self.subscribers.discard(sub)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def _run(self) -> None:
         try:

@@ -11,6 +11,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
 from agentfield_site.lib import outbound, strict_json
+from agentfield_site.lib.timefmt import iso
 
 from . import delivery
 from .models import Attempt, Delivery
@@ -92,7 +93,7 @@ def webhook_events(execution_ids: Sequence[str]) -> dict[str, list[dict]]:
                 "status": row["status"],
                 "http_status": None,
                 "error_message": None,
-                "created_at": _iso(row["created_at"]),
+                "created_at": iso(row["created_at"]),
             })
             continue
         events.append({
@@ -101,10 +102,7 @@ def webhook_events(execution_ids: Sequence[str]) -> dict[str, list[dict]]:
             "status": "delivered" if row["attempt_log__outcome"] == Attempt.DELIVERED else "failed",
             "http_status": row["attempt_log__status_code"],
             "error_message": row["attempt_log__error"] or None,
-            "created_at": _iso(row["attempt_log__started_at"]),
+            "created_at": iso(row["attempt_log__started_at"]),
         })
     return result
 
-
-def _iso(value) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None

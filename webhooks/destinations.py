@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from agentfield_site.lib import outbound
 from agentfield_site.lib.backoff import honour_retry_after
+from agentfield_site.lib.timefmt import iso
 from observability.events import build, publish_many
 
 from .models import Attempt, Delivery, Destination
@@ -191,7 +192,7 @@ def expire_deferred(now: datetime | None = None) -> int:
     cutoff = now - timedelta(seconds=schedule_span())
     expired = 0
     for destination, opened_at in down.items():
-        since = opened_at.isoformat().replace("+00:00", "Z") if opened_at else "unknown"
+        since = iso(opened_at) or "unknown"
         error = f"destination {destination} unavailable since {since}; retry schedule span exceeded"
         with transaction.atomic():
             rows = list(

@@ -12,16 +12,16 @@ out again: a subscription to `webhook.*` hears about deliveries of platform even
 never about deliveries of webhook events, so the chain stops after one step.
 """
 
-import re
 import time
 from datetime import timedelta
-from functools import lru_cache
 
 from django.db import transaction
 from django.utils import timezone
 
 from agentfield_site.lib import outbound, signing
+from agentfield_site.lib.timefmt import iso
 from observability.models import PlatformEvent
+from observability.type_patterns import matches
 
 from . import delivery
 from .completion import encode_body
@@ -31,16 +31,6 @@ CACHE_SECONDS = 1.0
 ROTATION_GRACE = timedelta(hours=24)
 
 _cache: tuple[float, list[tuple[str, str, tuple[str, ...]]]] | None = None
-
-
-@lru_cache(maxsize=1024)
-def _pattern(text: str) -> re.Pattern:
-    return re.compile("^" + ".*".join(re.escape(part) for part in text.split("*")) + "$")
-
-
-def matches(patterns: list[str] | tuple[str, ...], event_type: str) -> bool:
-    """True when `event_type` matches any pattern (`*` matches any run of characters)."""
-    return any(_pattern(p).match(event_type) for p in patterns)
 
 
 def invalidate_cache(**kwargs) -> None:
@@ -129,7 +119,7 @@ def send_test(sub: Subscription) -> Delivery:
         "id": None,
         "type": "webhook.test",
         "source": "webhook",
-        "timestamp": now.isoformat().replace("+00:00", "Z"),
+        "timestamp": iso(now),
         "data": {"subscription_id": sub.id, "message": "This is a test event from AgentField."},
     }
     with transaction.atomic():

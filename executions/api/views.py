@@ -14,11 +14,11 @@ from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
 from agentfield_site.lib.api import ApiError, int_param, object_body
+from agentfield_site.lib.timefmt import iso
 from webhooks.completion import webhook_events
 
 from .. import cancellation, lifecycle, nodes, reports, submission
 from ..documents import (
-    iso,
     node_document,
     node_documents,
     status_document,

@@ -1,8 +1,13 @@
 """The admin: node and execution lists with their filters, read-only detail, cancel action."""
 
+import threading
+
 import pytest
 from django.contrib.admin.utils import quote
 from django.urls import reverse
+from django.utils.module_loading import import_string
+from django_q.brokers import get_broker
+from django_q.signing import SignedPackage
 
 from executions import submission
 from executions.models import Execution
@@ -58,3 +63,28 @@ def test_cancel_action(staff, node):
     execution.refresh_from_db()
     assert execution.status == "cancelled"
     assert PlatformEvent.objects.filter(type="execution.cancelled", execution_id=execution.id).exists()
+
+
+def test_bulk_cancel_tells_the_agents_from_one_queued_task(
+    staff, node, agent, settings, django_capture_on_commit_callbacks
+):
+    broker = get_broker(settings.DISPATCH_CLUSTER)
+    broker.purge_queue()
+    ids = [_submit().id for _ in range(3)]
+    Execution.objects.filter(pk__in=ids).update(status="running")  # queued ones owe the agent no notice
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = staff.post(
+                "/admin/executions/execution/", {"action": "cancel_selected", "_selected_action": ids}, follow=True
+            )
+        assert response.status_code == 200
+        assert set(Execution.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"cancelled"}
+        assert not [t for t in threading.enumerate() if t.name.startswith("cancel-")], "no thread per execution"
+        assert broker.queue_size() == 1
+        ((_, package),) = broker.dequeue()
+        task = SignedPackage.loads(package)
+        import_string(task["func"])(*task["args"])  # what the dispatch cluster's worker does
+    finally:
+        broker.purge_queue()
+    paths = sorted(r["path"] for r in agent.requests)
+    assert paths == sorted(f"/_internal/executions/{i}/cancel" for i in ids)

@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from agentfield_site.lib.timefmt import iso
 from executions import lifecycle, submission
 from executions.models import Execution
 
@@ -59,7 +60,7 @@ def test_list_filters(api, node):
     assert ids("?target=analyzer.count") == [second.id]
     assert ids("?agent_node_id=analyzer") == [second.id, first.id]
     assert ids("?agent_node_id=other") == []
-    cut = (timezone.now() - timedelta(minutes=30)).isoformat().replace("+00:00", "Z")
+    cut = iso(timezone.now() - timedelta(minutes=30))
     assert ids(f"?since={cut}") == [second.id]
     assert ids(f"?until={cut}") == [first.id]
     assert api.get("/api/v1/executions?status=bogus").status_code == 400

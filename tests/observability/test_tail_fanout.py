@@ -24,7 +24,7 @@ def publish_batch(n: int, prefix: str) -> list[int]:
         connections.close_all()
 
 
-async def drain(sub: tail.Subscription, count: int) -> list[int]:
+async def drain(sub: tail.Listener, count: int) -> list[int]:
     got = []
     while len(got) < count:
         event = await sub.next_event(5)

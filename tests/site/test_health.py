@@ -1,4 +1,7 @@
+import socket
+
 import pytest
+from django.db import connection
 
 
 @pytest.mark.django_db
@@ -7,6 +10,29 @@ def test_health_answers_without_credentials(client, settings):
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json()["status"] == "healthy"
+
+
+@pytest.mark.django_db(transaction=True)  # the test reconnects, which a test transaction would not survive
+def test_database_down_is_a_503_without_the_driver_text(client, tmp_path, caplog):
+    saved = dict(connection.settings_dict)
+    connection.close()
+    if connection.vendor == "sqlite":
+        connection.settings_dict["NAME"] = str(tmp_path / "no-such-dir" / "db.sqlite3")
+    else:
+        with socket.socket() as sock:  # a port nobody listens on: connection refused
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        connection.settings_dict.update(HOST="127.0.0.1", PORT=str(port))
+    try:
+        response = client.get("/health")
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
+    assert response.status_code == 503
+    assert response.json() == {"status": "unhealthy", "database": "unavailable"}
+    # Operators still get the driver's reason, in the log.
+    record = next(r for r in caplog.records if r.name == "agentfield_site.views")
+    assert record.exc_info is not None and str(record.exc_info[1])
 
 
 @pytest.mark.django_db

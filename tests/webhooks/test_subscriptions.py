@@ -164,14 +164,6 @@ def test_success_clears_the_failure_clock(api):
     assert Subscription.objects.get(id=sub["id"]).failing_since is None
 
 
-def test_patterns():
-    assert subscriptions.matches(["node.*"], "node.online")
-    assert not subscriptions.matches(["node.*"], "execution.completed")
-    assert subscriptions.matches(["*"], "webhook.delivered")
-    assert subscriptions.matches(["execution.*ed"], "execution.failed")
-    assert not subscriptions.matches(["execution.completed"], "execution.completed.x")
-
-
 @pytest.mark.django_db(transaction=True)  # the foreign key is checked at a real commit
 def test_subscription_deleted_while_its_delivery_is_in_flight(api):
     with Receiver(Reply(200, delay=0.5)) as receiver:
