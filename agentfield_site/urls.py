@@ -5,9 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from observability import dashboard
 
 from .lib import api
-from .views import health
+from .views import health, landing
 
 urlpatterns = [
+    path("", landing, name="landing"),
     path("health", health, name="health"),
     path("health/", health),
     path("admin/", admin.site.urls),
@@ -17,7 +18,7 @@ urlpatterns = [
     path("", include("executions.api.urls")),
     path("", include("webhooks.api.urls")),
     path("", include("observability.api.urls")),
-    re_path(r"^api/", api.api_not_found),
+    re_path(r"^api(/|$)", api.api_not_found),
 ]
 
 handler404 = "agentfield_site.lib.api.api_not_found"

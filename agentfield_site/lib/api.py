@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -148,9 +149,12 @@ class BodyLimitMiddleware:
             )
 
 
+# Exempt, or a POST to an unknown API route would get the CSRF middleware's HTML
+# 403 page before the 404: API clients send keys, not CSRF tokens.
+@csrf_exempt
 def api_not_found(request, exception=None):
     """404 handler: JSON under /api/, Django's page elsewhere."""
-    if request.path.startswith("/api/"):
+    if request.path == "/api" or request.path.startswith("/api/"):
         return error_response(404, "not_found", f"No route for {request.method} {request.path}.")
     from django.views.defaults import page_not_found
 
