@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_q",
     "agentfield_site",
@@ -168,6 +169,11 @@ SPECTACULAR_SETTINGS = {
     # The schema and its docs page follow the API's rule: a key once keys exist.
     "SERVE_PERMISSIONS": ["agentfield_site.auth.HasApiKeyIfConfigured"],
     "SERVE_AUTHENTICATION": ["agentfield_site.auth.ApiKeyAuthentication"],
+    # Swagger UI and ReDoc from our own static files: the docs work offline and
+    # pin the version we tested (the default loads `@latest` from a CDN).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- The product's own knobs -------------------------------------------------
