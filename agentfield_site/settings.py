@@ -104,6 +104,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # database, a connection: keep processes x (this + 4 stream threads) + workers
 # below PostgreSQL's max_connections.
 MAX_CONCURRENT_REQUESTS = env.int("MAX_CONCURRENT_REQUESTS", default=32)
+# The port `manage.py serve` (`make run`) listens on; the environment wins over .env.
+PORT = env.int("PORT", default=8080)
 
 # --- Redis: broker, channel layer, cache ----------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
