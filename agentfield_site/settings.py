@@ -150,6 +150,8 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "admin:login"
 # Keys from the environment, comma separated; more are created in the admin.
 API_KEYS = env.list("API_KEYS", default=[])
+# A bearer token for Prometheus on /metrics (besides API keys and staff sessions).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 MAX_BODY_BYTES = env.int("MAX_BODY_BYTES", default=1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 

@@ -5,12 +5,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from observability import dashboard
 
 from .lib import api
-from .views import health, landing, self_hosted_only
+from .views import health, landing, metrics, self_hosted_only
 
 urlpatterns = [
     path("", landing, name="landing"),
     path("health", health, name="health"),
     path("health/", health),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("dashboard/", dashboard.dashboard, name="dashboard"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -5,6 +5,11 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .auth import may_scrape_metrics, raw_key_from
+from .lib.api import error_response
+from .lib.metrics import render as render_metrics
 
 
 def health(request):
@@ -18,6 +23,16 @@ def health(request):
     return JsonResponse({"status": "healthy", "database": db})
 
 
+def metrics(request: HttpRequest) -> HttpResponse:
+    """GET /metrics: Prometheus text format; an API key, a staff session or METRICS_TOKEN."""
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    if not may_scrape_metrics(getattr(request, "user", None), raw_key_from(headers, request.GET)):
+        response = error_response(401, "unauthorized", "Send an API key or METRICS_TOKEN as Authorization: Bearer.")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
+
+
 def landing(request: HttpRequest) -> HttpResponse:
     """GET /: where everything is (the admin's "View site" lands here)."""
     links = [
@@ -25,7 +40,7 @@ def landing(request: HttpRequest) -> HttpResponse:
         {"title": "Admin", "href": reverse("admin:index"), "about": "inspect, redrive, manage keys and subscriptions"},
         {"title": "API docs", "href": reverse("docs"), "about": "the REST API in Swagger UI (ReDoc at /api/redoc/)"},
         {"title": "/health", "href": reverse("health"), "about": "liveness and a database round trip"},
-        {"title": "/metrics", "href": "/metrics", "about": "Prometheus metrics (admin key or METRICS_TOKEN)"},
+        {"title": "/metrics", "href": reverse("metrics"), "about": "Prometheus metrics (admin key or METRICS_TOKEN)"},
     ]
     return render(request, "site/landing.html", {"links": links})
 
