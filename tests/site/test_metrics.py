@@ -56,3 +56,18 @@ def test_deliveries_attempts_and_dead_letters_are_counted(client, webhook_settin
     assert got[("agentfield_webhook_attempt_duration_seconds_bucket", (("le", "+Inf"),))] == dead.attempts + 1
     # Loopback answers in well under 10 s: every attempt is in the 10 s bucket.
     assert got[("agentfield_webhook_attempt_duration_seconds_bucket", (("le", "10.0"),))] == dead.attempts + 1
+
+
+def test_alert_rules_use_only_exposed_metrics(client):
+    import re
+
+    import yaml
+
+    from tests.support.processes import ROOT
+
+    rules = yaml.safe_load((ROOT / "docs" / "prometheus" / "agentfield-alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expr in exprs for name in re.findall(r"agentfield_[a-z_]+", expr)}
+    exposed = {name for name, _ in samples(client.get("/metrics").content.decode())}
+    # The breaker gauge comes with destinations (issue 10).
+    assert used - exposed == {"agentfield_destination_breaker_open"}
