@@ -231,6 +231,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times to the second in the admin (retries are seconds apart), see agentfield_site/formats.
+FORMAT_MODULE_PATH = ["agentfield_site.formats"]
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
