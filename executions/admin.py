@@ -60,7 +60,7 @@ def _table(headers: tuple[str, ...], rows) -> str:
 
 @admin.register(Execution)
 class ExecutionAdmin(admin.ModelAdmin):
-    list_display = ("id", "target", "status", "webhook", "agent_node_id", "created_at", "duration_ms")
+    list_display = ("id", "target", "status", "webhook", "agent_node_id", "created_at")
     # Status and time only: node and target are high-cardinality (SELECT DISTINCT over
     # every execution), so they are searched instead.
     list_filter = ("status", "created_at", "webhook_registered")
