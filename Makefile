@@ -34,7 +34,7 @@ run: $(VENV)/.installed .env
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Throughput and latency figures, printed as tables (see bench/README.md).
+## Throughput and latency figures, printed as tables (README, "Numbers").
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

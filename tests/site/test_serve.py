@@ -10,35 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import ROOT, free_port, wait_for
+from tests.support.processes import ROOT, children_of, free_port, serving, wait_for
 
 pytestmark = pytest.mark.processes
-
-
-def _children(pid: int) -> dict[int, str]:
-    """The direct children of `pid`, with their command lines (Linux /proc)."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            # The field after the parenthesised command name is the state, then the parent id.
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                found[int(stat.parent.name)] = cmdline
-    return found
-
-
-@contextlib.contextmanager
-def _serving(proc_env, port: int, extra_env: dict | None = None):
-    serve = proc_env.script("serve", ["manage.py", "serve"], port, {"PORT": str(port), **(extra_env or {})})
-    seen: dict[int, str] = {}
-    try:
-        yield serve, seen
-    finally:
-        seen.update(_children(serve.popen.pid))
-        serve.stop(grace=40)
-        for pid in seen:  # never leave a child behind, whatever the test asserted
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
 
 
 def _node(url: str) -> dict | None:
@@ -55,7 +29,7 @@ def test_a_busy_port_is_named_and_serve_exits_non_zero(proc_env):
         busy.bind(("0.0.0.0", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with _serving(proc_env, port) as (serve, _):
+        with serving(proc_env, port) as (serve, _):
             code = serve.popen.wait(timeout=60)
     assert code == 1
     assert _last_line(serve.log()).startswith(f"CommandError: port {port} is in use"), serve.log()
@@ -65,7 +39,7 @@ def test_a_busy_port_is_named_and_serve_exits_non_zero(proc_env):
 def test_agent_takes_a_free_port_and_a_dead_child_stops_everything(proc_env):
     port = free_port()
     # The port the demo agent used to take blindly (PORT + 1) is busy.
-    with socket.socket() as neighbour, _serving(proc_env, port) as (serve, seen):
+    with socket.socket() as neighbour, serving(proc_env, port) as (serve, seen):
         with contextlib.suppress(OSError):
             neighbour.bind(("127.0.0.1", port + 1))
             neighbour.listen()
@@ -75,7 +49,7 @@ def test_agent_takes_a_free_port_and_a_dead_child_stops_everything(proc_env):
         assert not node["base_url"].endswith(f":{port + 1}")
         assert requests.get(f"{node['base_url']}/health", timeout=2).json()["node_id"] == "analyzer"
 
-        seen.update(_children(serve.popen.pid))
+        seen.update(children_of(serve.popen.pid))
         names = {pid: ("demo_agent" in cmd and "agent") or ("daphne" in cmd and "daphne") or "qcluster"
                  for pid, cmd in seen.items()}
         assert sorted(names.values()) == ["agent", "daphne", "qcluster"], seen
