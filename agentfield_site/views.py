@@ -5,6 +5,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .auth import may_scrape_metrics, raw_key_from
@@ -33,6 +34,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
 
 
+@require_safe
 def landing(request: HttpRequest) -> HttpResponse:
     """GET /: where everything is (the admin's "View site" lands here)."""
     links = [
