@@ -85,6 +85,12 @@ def test_the_readme_tour_works_as_written(proc_env):
     with serving(proc_env, port, env) as (serve, _):
         wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/api/v1/nodes/analyzer", headers={"X-API-Key": KEY},
                                       timeout=2).ok, timeout=60, what=f"the stack\n{serve.log()}")
+        # "With `make run` up": the worker too, which starts after daphne (slower on PostgreSQL + Redis).
+        api, auth = f"http://127.0.0.1:{port}/api/v1", {"X-API-Key": KEY}
+        warm_up = requests.post(f"{api}/execute/async/analyzer.process", headers=auth,
+                                json={"input": {"document": "warm up"}}, timeout=10).json()["execution_id"]
+        wait_for(lambda: requests.get(f"{api}/executions/{warm_up}", headers=auth, timeout=5).json()["status"]
+                 == "succeeded", timeout=60, what=f"the worker's first execution\n{serve.log()}")
         tour = Tour(proc_env, port)
         steps = iter(blocks)
 
