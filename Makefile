@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PORT   ?= 8080
 
 .PHONY: run test test-fast bench soak lint clean
 
@@ -24,11 +23,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	pathlib.Path('.env').write_text(text.replace('SECRET_KEY=change-me', 'SECRET_KEY=' + secrets.token_urlsafe(48)))"
 	@echo "wrote .env (from .env.example, with a fresh SECRET_KEY)"
 
-## Start everything on localhost:$(PORT): daphne, a django-q2 cluster, the demo agent.
+## Start everything on localhost:8080: daphne, a django-q2 cluster, the demo agent.
+## PORT (environment, `make run PORT=...`, or .env) moves it; a busy port stops with a message.
 run: $(VENV)/.installed .env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	PORT=$(PORT) $(BIN)/python manage.py serve
+	$(BIN)/python manage.py serve
 
 ## The whole suite; on PostgreSQL + Redis when DATABASE_URL and REDIS_URL are set.
 test: $(VENV)/.installed-dev
@@ -38,7 +38,7 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not processes and not browser" $(PYTEST_ARGS)
 
-## Throughput and latency figures, printed as tables (see bench/README.md).
+## Throughput and latency figures, printed as tables (README, "Numbers").
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -68,6 +68,17 @@ def is_allowed(user, raw_key: str) -> bool:
     return not keys_required()
 
 
+def may_scrape_metrics(user, raw_key: str) -> bool:
+    """/metrics: METRICS_TOKEN or what the API accepts; never open once a token is set."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        return is_allowed(user, raw_key)
+    if raw_key and hmac.compare_digest(token.encode(), raw_key.encode()):
+        return True
+    staff = user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False)
+    return staff or check_key(raw_key) is not None
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
         headers = {k.lower(): v for k, v in request.headers.items()}

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_q",
     "agentfield_site",
@@ -134,6 +135,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # database, a connection: keep processes x (this + 4 stream threads) + workers
 # below PostgreSQL's max_connections.
 MAX_CONCURRENT_REQUESTS = env.int("MAX_CONCURRENT_REQUESTS", default=32)
+# The port `manage.py serve` (`make run`) listens on; the environment wins over .env.
+PORT = env.int("PORT", default=8080)
 
 # --- Redis: broker, channel layer, cache ----------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -188,6 +191,8 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "admin:login"
 # Keys from the environment, comma separated; more are created in the admin.
 API_KEYS = env.list("API_KEYS", default=[])
+# A bearer token for Prometheus on /metrics (besides API keys and staff sessions).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 MAX_BODY_BYTES = env.int("MAX_BODY_BYTES", default=1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 
@@ -209,6 +214,11 @@ SPECTACULAR_SETTINGS = {
     # The schema and its docs page follow the API's rule: a key once keys exist.
     "SERVE_PERMISSIONS": ["agentfield_site.auth.HasApiKeyIfConfigured"],
     "SERVE_AUTHENTICATION": ["agentfield_site.auth.ApiKeyAuthentication"],
+    # Swagger UI and ReDoc from our own static files: the docs work offline and
+    # pin the version we tested (the default loads `@latest` from a CDN).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- The product's own knobs -------------------------------------------------
@@ -270,6 +280,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times to the second in the admin (retries are seconds apart), see agentfield_site/formats.
+FORMAT_MODULE_PATH = ["agentfield_site.formats"]
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

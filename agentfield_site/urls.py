@@ -1,23 +1,30 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from observability import dashboard
 
 from .lib import api
-from .views import health
+from .views import health, landing, metrics, self_hosted_only
 
 urlpatterns = [
+    path("", landing, name="landing"),
     path("health", health, name="health"),
     path("health/", health),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("dashboard/", dashboard.dashboard, name="dashboard"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/docs/", self_hosted_only(SpectacularSwaggerView.as_view(url_name="schema")), name="docs"),
+    path(
+        "api/redoc/",
+        self_hosted_only(SpectacularRedocView.as_view(url_name="schema", template_name="site/redoc.html")),
+        name="redoc",
+    ),
     path("", include("executions.api.urls")),
     path("", include("webhooks.api.urls")),
     path("", include("observability.api.urls")),
-    re_path(r"^api/", api.api_not_found),
+    re_path(r"^api(/|$)", api.api_not_found),
 ]
 
 handler404 = "agentfield_site.lib.api.api_not_found"

@@ -1,7 +1,17 @@
 import logging
+from collections.abc import Callable
+from functools import wraps
 
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_safe
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .auth import may_scrape_metrics, raw_key_from
+from .lib.api import error_response
+from .lib.metrics import render as render_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -16,3 +26,47 @@ def health(request):
         logger.exception("health check: database unavailable")
         return JsonResponse({"status": "unhealthy", "database": "unavailable"}, status=503)
     return JsonResponse({"status": "healthy", "database": "ok"})
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """GET /metrics: Prometheus text format; an API key, a staff session or METRICS_TOKEN."""
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    if not may_scrape_metrics(getattr(request, "user", None), raw_key_from(headers, request.GET)):
+        response = error_response(401, "unauthorized", "Send an API key or METRICS_TOKEN as Authorization: Bearer.")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
+
+
+@require_safe
+def landing(request: HttpRequest) -> HttpResponse:
+    """GET /: where everything is (the admin's "View site" lands here)."""
+    links = [
+        {"title": "Dashboard", "href": reverse("dashboard"), "about": "live executions, nodes and dead letters"},
+        {"title": "Admin", "href": reverse("admin:index"), "about": "inspect, redrive, manage keys and subscriptions"},
+        {"title": "API docs", "href": reverse("docs"), "about": "the REST API in Swagger UI (ReDoc at /api/redoc/)"},
+        {"title": "/health", "href": reverse("health"), "about": "liveness and a database round trip"},
+        {"title": "/metrics", "href": reverse("metrics"), "about": "Prometheus metrics (admin key or METRICS_TOKEN)"},
+    ]
+    return render(request, "site/landing.html", {"links": links})
+
+
+# The docs pages may load nothing from another host: ReDoc's bundle still shows a
+# logo from its vendor's CDN, and the browser drops that request under this policy.
+# Swagger UI's and ReDoc's bootstraps are inline scripts and styles.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
+
+
+def self_hosted_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Serve `view` under DOCS_CSP, so the page it renders works offline and leaks no visits."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        response["Content-Security-Policy"] = DOCS_CSP
+        return response
+
+    return wrapped

@@ -1,4 +1,8 @@
-"""`python -m demo_agent --port P --node-id analyzer --server URL`."""
+"""`python -m demo_agent [--port P] --node-id analyzer --server URL`.
+
+Without --port (or DEMO_AGENT_PORT) the agent takes a free port and registers the
+address it really listens on, so `make run` never collides with a busy neighbour.
+"""
 
 import argparse
 import contextlib
@@ -12,7 +16,9 @@ from .server import serve
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="demo_agent", description="A demo AgentField agent node.")
-    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("DEMO_AGENT_PORT") or 0), help="0: any free port"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--node-id", default="analyzer")
     parser.add_argument("--server", default=os.environ.get("AGENTFIELD_SERVER", "http://localhost:8080"))

@@ -244,12 +244,18 @@ def heartbeat_loop(cp: ControlPlane, base_url: str, stop: threading.Event, inter
 
 
 def serve(port: int, node_id: str, server: str, api_key: str = "", host: str = "127.0.0.1") -> None:
-    """Serve until interrupted; register (retrying until the control plane is up), heartbeat."""
+    """Serve until interrupted; register (retrying until the control plane is up), heartbeat.
+
+    `port` 0 takes any free port; the registration carries the port really bound.
+    """
     cp = ControlPlane(server, node_id, api_key)
     handler = type("BoundHandler", (Handler,), {"control_plane": cp})
     httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
+    # The bound port, not the requested one: port 0 asks the kernel for any free port.
+    port = httpd.server_address[1]
     base_url = f"http://localhost:{port}" if host == "0.0.0.0" else f"http://{host}:{port}"
+    log.info("listening on %s", base_url)
     stop = threading.Event()
 
     def start() -> None:

@@ -100,6 +100,11 @@ def event_data(execution: Execution) -> dict[str, Any]:
     }
     if execution.error:
         data["error"] = execution.error
+    if execution.webhook_registered:
+        data["webhook_registered"] = True
+    if execution.webhook_error:
+        # A webhook refused at submission: live views show it as refused, not as none.
+        data["webhook_error"] = execution.webhook_error
     if execution.status_reason:
         data["status_reason"] = execution.status_reason
     if execution.is_terminal:

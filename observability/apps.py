@@ -9,7 +9,10 @@ class ObservabilityConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
+        from agentfield_site.lib.metrics import register
+
         from . import events, forwarder, retention, sweeper, tail
+        from .metrics import ObservabilityCollector
 
         sweeper.ticks.append(retention.prune_if_due)
         # Streams in every server process re-read the log when it grows.
@@ -19,6 +22,7 @@ class ObservabilityConfig(AppConfig):
         sweeper.ticks.append(forwarder.tick)
         post_spawn.connect(_on_worker_start, dispatch_uid="observability.sweeper.kick")
         post_migrate.connect(_on_migrate, sender=self)
+        register("observability", ObservabilityCollector())
 
 
 def _on_worker_start(sender, proc_name: str, **kwargs) -> None:

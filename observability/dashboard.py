@@ -5,6 +5,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 
+from .models import PlatformEvent
+
 
 def _url(name: str, fallback: str = "") -> str:
     # The pages linked to belong to other apps; the dashboard still renders without them.
@@ -14,13 +16,22 @@ def _url(name: str, fallback: str = "") -> str:
         return fallback
 
 
+def _url_with_id(name: str) -> str:
+    try:
+        return reverse(name, args=["ID"])
+    except NoReverseMatch:
+        return ""
+
+
 @staff_member_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     """GET /dashboard/: recent executions, nodes, the dead-letter count, all live."""
+    last = PlatformEvent.objects.order_by("-id").values("id", "type").first()
     return render(
         request,
         "dashboard/index.html",
         {
+            "last_event": f"#{last['id']} {last['type']}" if last else "–",
             "urls": {
                 "executions": "/api/v1/executions?limit=50",
                 "nodes": "/api/v1/nodes",
@@ -29,6 +40,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 "node_stream": reverse("stream-nodes"),
                 "dlq_admin": _url("admin:webhooks_deadletter_changelist", "/admin/"),
                 "execution_admin": _url("admin:executions_execution_changelist", "/admin/"),
+                # The admin page of one execution, with ID replaced by its admin-quoted id.
+                "execution_change": _url_with_id("admin:executions_execution_change"),
             }
         },
     )

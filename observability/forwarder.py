@@ -383,6 +383,8 @@ class _Run:
         self.unsaved_forwarded = 0
         self.unsaved_finished = 0
         self.unsaved_failures: list[tuple[Batch, Result]] = []
+        # Whether the latest finished batch was delivered: a success after a failure clears last_error.
+        self.last_delivered = False
 
     def loop(self) -> int:
         config = ForwarderConfig.current()
@@ -561,6 +563,7 @@ class _Run:
             self.inflight.popleft()
             self.acked_to = batch.end_id
             self.unsaved_finished += len(batch.entries)
+            self.last_delivered = result.delivered
             if result.delivered:
                 self.unsaved_forwarded += len(batch.entries)
             else:
@@ -590,9 +593,13 @@ class _Run:
         if self.unsaved_forwarded:
             fields["events_forwarded"] = F("events_forwarded") + self.unsaved_forwarded
             fields["last_forwarded_at"] = now
-        if self.unsaved_failures:
+        if self.unsaved_failures and not self.last_delivered:
             fields["last_error"] = self.unsaved_failures[-1][1].error[:2000]
             fields["last_error_at"] = now
+        elif self.unsaved_forwarded:
+            # The collector takes batches again: the old error no longer describes it.
+            fields["last_error"] = ""
+            fields["last_error_at"] = None
         with transaction.atomic():
             moved = ForwarderState.objects.filter(
                 pk=ForwarderState.SINGLETON_ID, cursor=self.cursor
@@ -674,6 +681,14 @@ def redrive(ids: Iterable[int] | None = None) -> dict:
                         error_message=result.error[:2000],
                     )
             ForwarderDeadLetter.objects.filter(id__in=delivered).delete()
+            if delivered:
+                # Redriven events are forwarded events; the status counts them (not the cursor).
+                ForwarderState.objects.filter(pk=ForwarderState.SINGLETON_ID).update(
+                    events_forwarded=F("events_forwarded") + len(delivered),
+                    last_forwarded_at=timezone.now(),
+                    last_error="",
+                    last_error_at=None,
+                )
     message = (
         f"Redrove {processed} dead letters: {processed - failed} delivered, {failed} still failing."
         if processed

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from agentfield_site.auth import is_allowed, raw_key_from
 from agentfield_site.lib.api import error_response
@@ -107,11 +108,13 @@ async def _open_stream(request: HttpRequest, scope: tuple[str, ...]) -> HttpResp
     return _sse_response(_events(flt, last_event_id))
 
 
+@csrf_exempt  # GET only: anything else gets a JSON 405, not the CSRF page
 async def execution_events(request: HttpRequest) -> HttpResponse:
     """GET /api/ui/v1/executions/events: execution and webhook events, live."""
     return await _open_stream(request, EXECUTION_SCOPE)
 
 
+@csrf_exempt  # GET only: anything else gets a JSON 405, not the CSRF page
 async def node_events(request: HttpRequest) -> HttpResponse:
     """GET /api/ui/v1/nodes/events: node events only."""
     return await _open_stream(request, NODE_SCOPE)
@@ -124,6 +127,7 @@ def _history(execution_id: str) -> tuple[bool, int | None]:
     return terminal is not None or events.exists(), terminal
 
 
+@csrf_exempt  # GET only: anything else gets a JSON 405, not the CSRF page
 async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpResponse:
     """GET /api/v1/executions/{id}/events: its whole history, then live until it ends."""
     if request.method not in ("GET", "HEAD"):

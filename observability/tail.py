@@ -362,6 +362,11 @@ def get_tailer() -> Tailer:
     return _tailer
 
 
+def open_streams() -> int:
+    """Streams (SSE and WebSocket) open on this process now."""
+    return len(_tailer.subscribers) if _tailer is not None else 0
+
+
 def send_wakeup(last_id: int) -> None:
     """`events.after_commit` listener: tell every tailer that the log grew.
 

@@ -1,13 +1,27 @@
-"""The operations console for deliveries: what happened, attempt by attempt, and redrive."""
+"""The operations console for deliveries: what happened, attempt by attempt, and redrive.
 
+Deliveries and attempts are records: read-only pages, no Save or Delete. They
+change only through the engine (`webhooks.delivery`), as redrive does.
+Subscriptions are added and changed through the same service and validation as
+the API (`webhooks.subscriptions`, `SubscriptionSerializer`), so a subscription
+made here has a secret and a URL the API would accept.
+"""
+
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 
 from agentfield_site.escaped_admin import EscapedJSONAdmin
 
-from . import delivery, destinations
+from . import delivery, destinations, subscriptions
+from .api.serializers import SubscriptionSerializer
 from .models import Attempt, DeadLetter, Delivery, Destination, Subscription, SubscriptionSecret
+
+REDRIVABLE = (Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED)
 
 
 class AttemptInline(admin.TabularInline):
@@ -26,9 +40,7 @@ class AttemptInline(admin.TabularInline):
 
 @admin.action(description="Redrive selected (fresh retry budget, same webhook-id)")
 def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
-    queued = delivery.redrive(
-        queryset, statuses=(Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED)
-    )
+    queued = delivery.redrive(queryset, statuses=REDRIVABLE)
     skipped = queryset.count() - queued
     modeladmin.message_user(
         request,
@@ -38,10 +50,17 @@ def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryse
 
 
 class DeliveryAdmin(EscapedJSONAdmin):
-    list_display = ("webhook_id", "kind", "event_type", "status", "destination", "attempts", "last_status", "created_at")
+    # What an operator asks first, narrow enough for 1,280 px; the event type and the
+    # creation time are on the page (and searchable, and in the date drill-down).
+    list_display = ("id", "execution_id", "destination", "status", "attempts", "last_status", "next_attempt")
+    list_display_links = ("id",)
+    # Only low-cardinality filters: a filter on host or event type runs SELECT DISTINCT
+    # over the whole table; those columns are searched instead.
     list_filter = ("status", "kind")
-    search_fields = ("=execution_id", "=webhook_id", "=destination")
+    search_fields = ("=execution_id", "=webhook_id", "=destination", "=event_type")
+    search_help_text = "An execution id, webhook-id, destination (scheme://host:port) or event type (exact)."
     date_hierarchy = "created_at"
+    show_full_result_count = False
     inlines = [AttemptInline]
     actions = [redrive_selected]
     exclude = ("secret", "body")
@@ -55,6 +74,10 @@ class DeliveryAdmin(EscapedJSONAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).defer("body")
 
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, obj: Delivery):
+        return obj.next_attempt_at if obj.status == Delivery.PENDING else "—"
+
     @admin.display(description="body (as sent)")
     def body_text(self, obj: Delivery) -> str:
         return bytes(obj.body).decode("utf-8", errors="replace")
@@ -63,7 +86,10 @@ class DeliveryAdmin(EscapedJSONAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return request.method in ("GET", "HEAD") or obj is None
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 admin.site.register(Delivery, DeliveryAdmin)
@@ -73,12 +99,35 @@ admin.site.register(Delivery, DeliveryAdmin)
 class DeadLetterAdmin(DeliveryAdmin):
     """The dead letter queue: deliveries that used up their retries (or hit a 410)."""
 
-    list_display = ("webhook_id", "event_type", "execution_id", "destination", "attempts", "last_status", "last_error", "dead_lettered_at")
-    list_filter = ("event_type",)
+    list_display = (
+        "id", "execution_id", "destination", "event_type", "attempts", "last_status", "error", "dead_lettered_at",
+    )
+    # No filter panel: its width goes to the error column (everything here is dead).
+    list_filter = ()
     date_hierarchy = "dead_lettered_at"
+    change_form_template = "admin/webhooks/deadletter/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).filter(status=Delivery.DEAD)
+
+    @admin.display(description="last error", ordering="last_error")
+    def error(self, obj: Delivery) -> str:
+        return obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "…"
+
+    def get_urls(self):
+        redrive = self.admin_site.admin_view(self.redrive_view)
+        return [path("<path:object_id>/redrive/", redrive, name="webhooks_deadletter_redrive"), *super().get_urls()]
+
+    def redrive_view(self, request: HttpRequest, object_id: str):
+        """POST from the detail page's Redrive button: the same redrive as the list action."""
+        row = get_object_or_404(Delivery, pk=object_id)
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:webhooks_deadletter_change", args=[quote(row.pk)]))
+        if delivery.redrive(Delivery.objects.filter(pk=row.pk), statuses=REDRIVABLE):
+            self.message_user(request, f"Redriven: {row.webhook_id} is queued again (same webhook-id).", messages.SUCCESS)
+        else:
+            self.message_user(request, f"{row.webhook_id} is already pending or in flight.", messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:webhooks_delivery_change", args=[quote(row.pk)]))
 
 
 def _mask(secret: str) -> str:
@@ -100,14 +149,55 @@ class SecretInline(admin.TabularInline):
         return False
 
 
+class SubscriptionForm(forms.ModelForm):
+    """The admin form, validated by the API's serializer (URL, headers, event types)."""
+
+    class Meta:
+        model = Subscription
+        fields = ("url", "description", "event_types", "headers", "enabled")
+        help_texts = {
+            "event_types": 'A JSON list of patterns, e.g. ["execution.*", "node.online"].',
+            "headers": 'Extra headers as a JSON object, e.g. {"X-Tenant": "acme"}.',
+        }
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if self.errors:
+            return data
+        payload = {name: data.get(name) for name in self._meta.fields}
+        payload["headers"] = payload["headers"] or {}
+        serializer = SubscriptionSerializer(instance=self.instance if self.instance.pk else None, data=payload)
+        if serializer.is_valid():
+            self.validated = serializer.validated_data
+        else:
+            for name, problems in serializer.errors.items():
+                self.add_error(name if name in self.fields else None, problems)
+        return data
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(EscapedJSONAdmin):
+    form = SubscriptionForm
     list_display = ("id", "url", "event_types", "enabled", "disabled_reason", "created_at")
     list_filter = ("enabled",)
     search_fields = ("id", "url", "description")
     readonly_fields = ("id", "disabled_reason", "failing_since", "created_at", "updated_at")
     inlines = [SecretInline]
     actions = ["enable", "disable"]
+
+    def save_model(self, request: HttpRequest, obj: Subscription, form: SubscriptionForm, change: bool) -> None:
+        if change:
+            # From what is stored, not the form's copy: re-enabling must see it was disabled.
+            obj.refresh_from_db()
+            SubscriptionSerializer().update(obj, form.validated)
+            return
+        sub, secret = subscriptions.create(**form.validated)
+        obj.__dict__.update(sub.__dict__)
+        messages.warning(
+            request,
+            f"The signing secret is {secret} — copy it now: it is not shown again "
+            "(rotate it through the API to get a new one).",
+        )
 
     @admin.action(description="Enable selected subscriptions")
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -7,12 +7,15 @@ class WebhooksConfig(AppConfig):
     verbose_name = "Webhooks"
 
     def ready(self) -> None:
+        from agentfield_site.lib.metrics import register
         from observability import events, sweeper
 
         from . import delivery, subscriptions
+        from .metrics import WebhookCollector
         from .models import Subscription
 
         events.in_transaction.append(subscriptions.on_events)
         sweeper.ticks.append(delivery.tick)
         post_save.connect(subscriptions.invalidate_cache, sender=Subscription, dispatch_uid="webhooks.sub.save")
         post_delete.connect(subscriptions.invalidate_cache, sender=Subscription, dispatch_uid="webhooks.sub.delete")
+        register("webhooks", WebhookCollector())

@@ -68,6 +68,11 @@ def enqueue_completion(*, execution_id: str, url: str, secret: str, headers: dic
         transaction.on_commit(delivery.kick)
 
 
+# An attempt as the status document reports it: the last attempt of a dead-lettered
+# delivery says `dead`, so a reader (the dashboard after a reload) tells it from a retry.
+ATTEMPT_STATUS = {Attempt.DELIVERED: "delivered", Attempt.DEAD: "dead"}
+
+
 def webhook_events(execution_ids: Sequence[str]) -> dict[str, list[dict]]:
     """Per execution, its completion webhook attempts `[{id, event_type, status, http_status, error_message, created_at}]`.
 
@@ -99,7 +104,7 @@ def webhook_events(execution_ids: Sequence[str]) -> dict[str, list[dict]]:
         events.append({
             "id": f"{row['id']}-{row['attempt_log__number']}",
             "event_type": row["event_type"],
-            "status": "delivered" if row["attempt_log__outcome"] == Attempt.DELIVERED else "failed",
+            "status": ATTEMPT_STATUS.get(row["attempt_log__outcome"], "failed"),
             "http_status": row["attempt_log__status_code"],
             "error_message": row["attempt_log__error"] or None,
             "created_at": iso(row["attempt_log__started_at"]),

@@ -184,7 +184,7 @@ class Attempt(models.Model):
         ordering = ["delivery_id", "number"]
 
     def __str__(self) -> str:
-        return f"attempt {self.number} of {self.delivery_id}: {self.status_code or self.error[:40]}"
+        return f"attempt {self.number}"
 
 
 class DeadLetter(Delivery):

@@ -12,6 +12,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import DataError, OperationalError
 from django.http import JsonResponse
 from django.http.request import RawPostDataException, UnreadablePostError
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -185,9 +186,12 @@ class BodyLimitMiddleware:
         return None
 
 
+# Exempt, or a POST to an unknown API route would get the CSRF middleware's HTML
+# 403 page before the 404: API clients send keys, not CSRF tokens.
+@csrf_exempt
 def api_not_found(request, exception=None):
     """404 handler: JSON under /api/, Django's page elsewhere."""
-    if request.path.startswith("/api/"):
+    if request.path == "/api" or request.path.startswith("/api/"):
         return error_response(404, "not_found", f"No route for {request.method} {request.path}.")
     from django.views.defaults import page_not_found
 

@@ -88,3 +88,52 @@ def test_bulk_cancel_tells_the_agents_from_one_queued_task(
         broker.purge_queue()
     paths = sorted(r["path"] for r in agent.requests)
     assert paths == sorted(f"/_internal/executions/{i}/cancel" for i in ids)
+
+
+def _finish(execution: Execution) -> None:
+    from executions import lifecycle
+
+    lifecycle.transition(execution.id, "running", system=True)
+    lifecycle.transition(execution.id, "succeeded", system=True, result={"ok": True})
+
+
+def test_execution_page_in_fieldsets_with_deliveries_and_events(staff, node, settings):
+    from tests.webhooks.conftest import drain
+    from tests.webhooks.receiver import Receiver, Reply
+    from webhooks.models import Delivery
+
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.WEBHOOK_RETRY_SCHEDULE = [0.1]
+    with Receiver(default=Reply(503)) as receiver:
+        execution = _submit({"url": receiver.url})
+        _finish(execution)
+        row = drain(Delivery.objects.get(execution_id=execution.id))
+    assert row.status == Delivery.DEAD
+    page = staff.get(reverse("admin:executions_execution_change", args=[quote(execution.id)])).content.decode()
+    for legend in ("Webhook", "Input and result", "Events", "Times", "Workflow", "Dispatch"):
+        assert f">{legend}<" in page, legend
+    assert reverse("admin:webhooks_delivery_change", args=[quote(row.pk)]) in page
+    assert row.webhook_id in page and "HTTP 503" in page
+    for event_type in ("execution.created", "execution.started", "execution.completed"):
+        assert event_type in page
+    assert 'class="webhook-dead"' in page
+    listing = staff.get("/admin/executions/execution/").content.decode()
+    assert 'class="webhook-dead"' in listing
+    assert 'name="_save"' not in page and "deletelink" not in page
+
+
+def test_a_refused_webhook_shows_as_refused(staff, node, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = []
+    execution = _submit({"url": "http://127.0.0.1:9/h"})  # loopback, not allowed here
+    assert execution.webhook_error
+    listing = staff.get("/admin/executions/execution/").content.decode()
+    assert 'class="webhook-refused"' in listing
+    page = staff.get(reverse("admin:executions_execution_change", args=[quote(execution.id)])).content.decode()
+    assert 'class="webhook-refused"' in page and execution.webhook_error[:30] in page
+
+
+def test_node_and_target_are_searched_not_filtered(staff, node):
+    execution = _submit()
+    listing = staff.get("/admin/executions/execution/").content.decode()
+    assert "By agent node id" not in listing and "By target" not in listing
+    assert execution.id in staff.get("/admin/executions/execution/", {"q": "analyzer.process"}).content.decode()

@@ -5,15 +5,18 @@ admin login page; the execution is submitted through the API with a completion
 webhook to a receiver on loopback, and the page shows the webhook delivered too.
 """
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import requests
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import User
+from django.urls import reverse
 
 from tests.support.processes import ROOT, wait_for
-from tests.webhooks.receiver import Receiver
+from tests.webhooks.receiver import Receiver, Reply
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -22,6 +25,16 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Debian chromium is not installed at {CHROMIUM}"),
 ]
+
+
+def submit(base: str, webhook: dict) -> str:
+    response = requests.post(
+        f"{base}/api/v1/execute/async/analyzer.process",
+        json={"input": {"document": "watch me succeed"}, "webhook": webhook},
+        timeout=5,
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["execution_id"]
 
 
 def test_dashboard_shows_an_execution_succeed_live(proc_env, tmp_path):
@@ -51,13 +64,7 @@ def test_dashboard_shows_an_execution_succeed_live(proc_env, tmp_path):
             expect(page.locator("#node-analyzer")).to_contain_text("online", timeout=15_000)
             page.evaluate("window.__sameDocument = true")
 
-            response = requests.post(
-                f"{web.url}/api/v1/execute/async/analyzer.process",
-                json={"input": {"document": "watch me succeed"}, "webhook": {"url": receiver.url}},
-                timeout=5,
-            )
-            assert response.status_code == 202, response.text
-            execution_id = response.json()["execution_id"]
+            execution_id = submit(web.url, {"url": receiver.url})
 
             row = page.locator(f"#exec-{execution_id}")
             expect(row).to_have_attribute("data-status", "succeeded", timeout=30_000)
@@ -65,7 +72,27 @@ def test_dashboard_shows_an_execution_succeed_live(proc_env, tmp_path):
             expect(row.locator("td").nth(1)).to_have_text("analyzer.process")
             expect(row.locator("td").nth(3)).to_have_text("delivered", timeout=15_000)
             assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+            # The id links to the execution's admin page (ids quoted as the admin quotes them).
+            link = row.locator("td").nth(0).locator("a")
+            assert link.get_attribute("href") == reverse("admin:executions_execution_change", args=[quote(execution_id)])
+            # The live chart counted the finished execution and the delivered webhook.
+            expect(page.locator("#chart-executions")).to_have_attribute("data-total", "1", timeout=10_000)
+            expect(page.locator("#chart-deliveries rect.bar.delivered")).to_have_count(1)
+
+            receiver.default = Reply(410)
+            dead_id = submit(web.url, {"url": receiver.url})
+            refused_id = submit(web.url, {"url": "ftp://127.0.0.1/not-http"})
+            expect(page.locator(f"#exec-{dead_id} td").nth(3)).to_have_text("dead", timeout=30_000)
+            expect(page.locator(f"#exec-{refused_id} td").nth(3)).to_have_text("refused", timeout=15_000)
+            expect(page.locator("#chart-deliveries rect.bar.dead")).to_have_count(1)
             page.screenshot(path=str(shot), full_page=True)
+
+            # After a reload: the same states from the API, and the last event at once.
+            page.reload()
+            expect(page.locator("#last-event")).to_have_text(re.compile(r"^#\d+ \w+\.\w+"))
+            expect(page.locator(f"#exec-{dead_id} td").nth(3)).to_have_text("dead", timeout=15_000)
+            expect(page.locator(f"#exec-{refused_id} td").nth(3)).to_have_text("refused")
+            expect(page.locator(f"#exec-{execution_id} td").nth(3)).to_have_text("delivered")
         finally:
             browser.close()
     assert shot.stat().st_size > 0

@@ -141,3 +141,35 @@ def test_bad_paging_is_a_400(fast, api):
         response = api.get(f"{BASE}/dlq", query)
         assert response.status_code == 400, query
         assert response.json()["error"] == "bad_request"
+
+
+@pytest.mark.django_db
+def test_a_success_clears_the_last_error(fast, api):
+    with Collector(status=500) as collector:
+        configure(api, collector.url)
+        publish(2)
+        forwarder.run(seconds=10, linger=0)
+        failing = api.get(f"{BASE}/status").json()
+        assert "500" in failing["last_error"] and failing["last_error_at"]
+
+        collector.status = 200
+        publish(3)
+        forwarder.run(seconds=10, linger=0)
+    status = api.get(f"{BASE}/status").json()
+    assert status["last_error"] is None and status["last_error_at"] is None
+    assert status["events_forwarded"] == 3 and status["dead_letter_count"] == 2
+
+
+@pytest.mark.django_db
+def test_redriven_events_count_as_forwarded(fast, api):
+    with Collector(status=503) as collector:
+        configure(api, collector.url)
+        publish(4)
+        forwarder.run(seconds=10, linger=0)
+        assert api.get(f"{BASE}/status").json()["events_forwarded"] == 0
+
+        collector.status = 200
+        assert api.post(f"{BASE}/redrive").json()["processed"] == 4
+    status = api.get(f"{BASE}/status").json()
+    assert (status["events_forwarded"], status["dead_letter_count"], status["last_error"]) == (4, 0, None)
+    assert status["last_forwarded_at"] is not None

@@ -1,6 +1,6 @@
 """Walk every URL pattern without credentials: each one that needs them refuses.
 
-Open by design: /health and the admin's login and logout pages. The OpenAPI
+Open by design: /health, the landing page (links only) and the admin's login and logout pages. The OpenAPI
 schema and its docs page follow the API's rule.
 """
 
@@ -9,7 +9,7 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-OPEN = {"/health", "/health/", "/admin/login/", "/admin/logout/"}
+OPEN = {"/", "/health", "/health/", "/admin/login/", "/admin/logout/"}
 # The JSON 404 for unknown /api/ paths: there is nothing behind it to protect.
 CATCH_ALL = {"/api/"}
 SAMPLE = {"pk": "x1", "id": "x1", "node_id": "n1", "execution_id": "exec_x1"}

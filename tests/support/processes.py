@@ -174,3 +174,30 @@ class ProcessEnv:
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The direct children of `pid`, with their command lines (Linux /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            # The field after the parenthesised command name is the state, then the parent id.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found[int(stat.parent.name)] = cmdline
+    return found
+
+
+@contextlib.contextmanager
+def serving(proc_env: ProcessEnv, port: int, extra_env: dict | None = None):
+    """`manage.py serve` (what `make run` runs) on `port`; yields it and the children seen."""
+    serve = proc_env.script("serve", ["manage.py", "serve"], port, {"PORT": str(port), **(extra_env or {})})
+    seen: dict[int, str] = {}
+    try:
+        yield serve, seen
+    finally:
+        seen.update(children_of(serve.popen.pid))
+        serve.stop(grace=40)
+        for pid in seen:  # never leave a child behind, whatever the test asserted
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)

@@ -1,5 +1,7 @@
 """The admin as an operations console: deliveries with attempts, the DLQ, redrive, masked secrets."""
 
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -7,11 +9,12 @@ from django.contrib.admin.utils import quote
 from django.contrib.auth.models import User
 from django.urls import reverse
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from tests.webhooks.conftest import drain, enqueue
 from tests.webhooks.receiver import Receiver, Reply
 from webhooks import subscriptions
-from webhooks.models import Delivery, Destination
+from webhooks.models import Delivery, Destination, Subscription
 
 pytestmark = pytest.mark.django_db
 
@@ -29,7 +32,7 @@ def test_delivery_pages_search_and_redrive_action(staff):
         listing = staff.get("/admin/webhooks/delivery/", {"q": "exec_admin"})
         assert listing.status_code == 200 and row.webhook_id in listing.content.decode()
         by_destination = staff.get("/admin/webhooks/delivery/", {"status": "dead", "q": row.destination})
-        assert by_destination.status_code == 200 and row.webhook_id in by_destination.content.decode()
+        assert by_destination.status_code == 200 and row.execution_id in by_destination.content.decode()
         detail = staff.get(f"/admin/webhooks/delivery/{row.id}/change/")
         assert detail.status_code == 200 and "gone" in detail.content.decode()  # the attempt, inline
         dlq = staff.get("/admin/webhooks/deadletter/")
@@ -50,6 +53,103 @@ def test_subscription_admin_masks_the_secret(staff):
     assert response.status_code == 200
     page = response.content.decode()
     assert secret not in page and secret[-4:] in page
+
+
+def test_delivery_list_columns_and_read_only_page(staff):
+    with Receiver(Reply(500)) as receiver:
+        row = enqueue(receiver.url, execution_id="exec_cols")
+        from webhooks import delivery
+
+        delivery.send_due()
+    row.refresh_from_db()
+    assert row.status == Delivery.PENDING and row.attempts == 1
+    page = staff.get("/admin/webhooks/delivery/").content.decode()
+    for column in ("column-execution_id", "column-destination", "column-attempts", "column-last_status",
+                   "column-next_attempt"):
+        assert column in page, column
+    assert "exec_cols" in page and f"http://127.0.0.1:{receiver.server.server_address[1]}" in page
+    # Times to the second.
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", page)
+    detail = staff.get(reverse("admin:webhooks_delivery_change", args=[quote(row.pk)])).content.decode()
+    assert "attempt 1" in detail and f"attempt 1 of {row.pk}" not in detail
+    assert 'name="_save"' not in detail and "deletelink" not in detail
+    # High-cardinality columns are searched, not filtered (no SELECT DISTINCT list).
+    assert "By target host" not in page and "By event type" not in page
+    assert "exec_cols" in staff.get("/admin/webhooks/delivery/", {"q": "127.0.0.1"}).content.decode()
+
+
+def test_redrive_button_on_the_dead_letter_page(staff):
+    with Receiver(default=Reply(410)) as receiver:
+        row = drain(enqueue(receiver.url, execution_id="exec_button"))
+        assert row.status == Delivery.DEAD
+        page_url = reverse("admin:webhooks_deadletter_change", args=[quote(row.pk)])
+        page = staff.get(page_url).content.decode()
+        button_url = reverse("admin:webhooks_deadletter_redrive", args=[quote(row.pk)])
+        assert f'action="{button_url}"' in page and 'id="redrive"' in page
+        receiver.default = Reply(200)
+        response = staff.post(button_url, follow=True)
+        assert "is queued again" in response.content.decode()
+        assert drain(row).status == Delivery.DELIVERED
+        assert {r.headers["webhook-id"] for r in receiver.requests} == {row.webhook_id}
+
+
+def _subscription_form(**fields) -> dict:
+    return {
+        "url": "http://127.0.0.1:9/hook", "description": "", "event_types": '["execution.*"]', "headers": "{}",
+        "enabled": "on", "secrets-TOTAL_FORMS": "0", "secrets-INITIAL_FORMS": "0", **fields,
+    }
+
+
+def test_subscription_added_in_the_admin_gets_a_secret_shown_once(staff, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    response = staff.post("/admin/webhooks/subscription/add/", _subscription_form(), follow=True)
+    assert response.status_code == 200
+    [sub] = Subscription.objects.all()
+    [secret] = sub.secrets.values_list("secret", flat=True)
+    assert secret.startswith("whsec_")
+    assert secret in response.content.decode()
+    change = staff.get(reverse("admin:webhooks_subscription_change", args=[quote(sub.id)])).content.decode()
+    assert secret not in change
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"url": "ftp://127.0.0.1/hook"}, "url"),
+        ({"url": "http://user:pw@127.0.0.1/hook"}, "url"),
+        ({"url": "http://10.0.0.1/hook"}, "url"),
+        ({"headers": '{"webhook-id": "x"}'}, "reserved"),
+        ({"headers": '{"X-Bad": "a\\nb"}'}, "forbidden"),
+        ({"event_types": "[]"}, "event_types"),
+    ],
+)
+def test_subscription_admin_refuses_what_the_api_refuses(staff, settings, fields, problem):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    response = staff.post("/admin/webhooks/subscription/add/", _subscription_form(**fields))
+    assert response.status_code == 200  # the form again, with its errors
+    assert "errorlist" in response.content.decode()
+    assert not Subscription.objects.exists()
+    api = APIClient().post(
+        "/api/v1/webhooks/subscriptions",
+        {"url": fields.get("url", "http://127.0.0.1:9/hook"), "event_types": json.loads(fields.get("event_types", '["x"]')),
+         "headers": json.loads(fields.get("headers", "{}"))},
+        format="json",
+    )
+    assert api.status_code == 400
+
+
+def test_subscription_change_form_validates_and_reenables(staff, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    sub, _ = subscriptions.create(url="http://127.0.0.1:9/", event_types=["*"], headers={})
+    Subscription.objects.filter(pk=sub.pk).update(enabled=False, disabled_reason="The receiver answered 410 Gone.")
+    change = reverse("admin:webhooks_subscription_change", args=[quote(sub.id)])
+    bad = staff.post(change, _subscription_form(url="http://user:pw@127.0.0.1/"))
+    assert "errorlist" in bad.content.decode()
+    sub.refresh_from_db()
+    assert sub.url == "http://127.0.0.1:9/"
+    staff.post(change, _subscription_form(url="http://127.0.0.1:9/new"), follow=True)
+    sub.refresh_from_db()
+    assert (sub.url, sub.enabled, sub.disabled_reason) == ("http://127.0.0.1:9/new", True, "")
 
 
 def test_destinations_page_shows_breakers_and_its_actions_work(staff):

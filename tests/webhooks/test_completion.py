@@ -104,3 +104,11 @@ def test_webhook_events_lists_attempts():
     assert delivered["status"] == "delivered" and delivered["http_status"] == 200
     assert delivered["event_type"] == "execution.completed" and delivered["created_at"].endswith("Z")
     assert set(delivered) == {"id", "event_type", "status", "http_status", "error_message", "created_at"}
+
+
+def test_webhook_events_say_dead_for_a_dead_letter():
+    with Receiver(default=Reply(410, body=b"gone")) as receiver:
+        row = drain(enqueue(receiver.url, execution_id="exec_dead"))
+    assert row.status == Delivery.DEAD
+    [dead] = webhook_events(["exec_dead"])["exec_dead"]
+    assert dead["status"] == "dead" and dead["http_status"] == 410

@@ -1,13 +1,17 @@
 """`manage.py serve`: the embedded default in one command (what `make run` calls).
 
 Starts daphne, the django-q2 workers (`manage.py worker`) and the demo agent as child processes, prints
-the URLs, and stops them all on Ctrl-C. Production runs the same processes under a
-real supervisor instead (README, "Production").
+the URLs, and stops them all on Ctrl-C. When any of them exits on its own, the
+rest are stopped and `serve` exits non-zero with the reason as its last line, so
+`make run` fails loudly instead of half-running. Production runs the same
+processes under a real supervisor instead (README, "Production").
 """
 
+import errno
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,14 +25,64 @@ from agentfield_site.auth import keys_required
 from agentfield_site.lib.loopback import is_loopback
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (the check daphne's own bind would make)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As daphne does: a port left in TIME_WAIT by a previous run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
+
+
+class Supervisor:
+    """Child processes started together and stopped together, in reverse order."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, command: list[str]) -> None:
+        # Own session: Ctrl-C reaches `serve` only, which then stops each child in turn.
+        self.children.append((name, subprocess.Popen(command, start_new_session=True)))
+
+    def first_exit(self) -> str | None:
+        """Why the first child that ended did, or None while all run."""
+        for name, child in self.children:
+            if child.poll() is not None:
+                return f"{name} {describe_exit(child.returncode)}"
+        return None
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        # The agent first, so it can still tell the control plane it is leaving.
+        for _, child in reversed(self.children):
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+            try:
+                child.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+
+
 class Command(BaseCommand):
-    help = "Run daphne, a django-q2 cluster and the demo agent together."
+    help = "Run daphne, the django-q2 workers and the demo agent together."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
+        parser.add_argument("--port", type=int, default=None, help="default: PORT (environment, then .env), 8080")
         parser.add_argument("--no-agent", action="store_true", help="Do not start the demo agent.")
 
-    def handle(self, *args, port: int, no_agent: bool, **options) -> None:
+    def handle(self, *args, port: int | None, no_agent: bool, **options) -> None:
+        port = port or settings.PORT
         host = settings.HOST
         if not is_loopback(host) and not keys_required():
             raise CommandError(
@@ -36,32 +90,11 @@ class Command(BaseCommand):
                 "to anyone on the network. Set API_KEYS (or create a key in the admin), or listen "
                 "on this machine only with HOST=127.0.0.1."
             )
-        base = f"http://localhost:{port}"
+        if port_in_use(host, port):
+            raise CommandError(
+                f"port {port} is in use (another `make run`?): stop it, or choose another with PORT=..."
+            )
         self._ensure_admin()
-        py = sys.executable
-        commands = [
-            ("daphne", [py, "-m", "daphne", "-b", host, "-p", str(port), "agentfield_site.asgi:application"]),
-            ("worker", [py, "manage.py", "worker"]),
-        ]
-        if not no_agent:
-            agent_port = str(port + 1)
-            commands.append(
-                ("demo-agent", [py, "-m", "demo_agent", "--port", agent_port, "--node-id", "analyzer", "--server", base])
-            )
-        children = []
-        for name, cmd in commands:
-            if name == "demo-agent":
-                self._wait_healthy(f"http://127.0.0.1:{port}/health")
-            children.append((name, subprocess.Popen(cmd, start_new_session=True)))
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"\n  API        {base}/api/v1/\n"
-                f"  Dashboard  {base}/dashboard/\n"
-                f"  Admin      {base}/admin/\n"
-                f"  API docs   {base}/api/docs/\n"
-                f"  Health     {base}/health\n\n  Ctrl-C stops everything.\n"
-            )
-        )
         stopping = False
 
         def stop(*_):
@@ -70,36 +103,61 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+        supervisor = Supervisor()
+        failure = None
         try:
-            while not stopping:
-                for name, child in children:
-                    if child.poll() is not None:
-                        self.stderr.write(f"{name} exited with {child.returncode}; stopping the rest.")
-                        stopping = True
+            failure = self._start_all(supervisor, host, port, no_agent, lambda: stopping)
+            while failure is None and not stopping:
                 time.sleep(0.5)
+                failure = supervisor.first_exit()
         finally:
-            # The agent first, so it can still tell the control plane it is leaving.
-            for _, child in reversed(children):
-                self._stop(child)
+            supervisor.stop_all()
+        if failure is not None:
+            # After every child is reaped, so the reason is the last line printed.
+            raise CommandError(f"{failure}; stopped the rest.")
 
-    def _stop(self, child: subprocess.Popen, grace: float = 10.0) -> None:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+    def _start_all(self, supervisor: Supervisor, host: str, port: int, no_agent: bool, stopping) -> str | None:
+        """Start the processes; the reason one failed to come up, or None."""
+        py = sys.executable
+        base = f"http://localhost:{port}"
+        # This machine reaches daphne on loopback unless it listens on one other address only.
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") or is_loopback(host) else host
+        supervisor.start(
+            "daphne", [py, "-m", "daphne", "-b", host, "-p", str(port), "agentfield_site.asgi:application"]
+        )
+        supervisor.start("worker", [py, "manage.py", "worker"])
+        failure = self._wait_healthy(supervisor, f"http://{local}:{port}/health", stopping)
+        if failure is not None or stopping():
+            return failure
+        if not no_agent:
+            # No --port: the agent takes DEMO_AGENT_PORT or any free port, and registers it.
+            server = base if local == "127.0.0.1" else f"http://{local}:{port}"
+            supervisor.start("demo-agent", [py, "-m", "demo_agent", "--node-id", "analyzer", "--server", server])
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\n  API        {base}/api/v1/\n"
+                f"  Dashboard  {base}/dashboard/\n"
+                f"  Admin      {base}/admin/\n"
+                f"  API docs   {base}/api/docs/\n"
+                f"  Health     {base}/health\n"
+                f"  Metrics    {base}/metrics\n\n  Ctrl-C stops everything.\n"
+            )
+        )
+        return None
 
-    def _wait_healthy(self, url: str, timeout: float = 30.0) -> None:
+    def _wait_healthy(self, supervisor: Supervisor, url: str, stopping, timeout: float = 30.0) -> str | None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stopping():
+            failure = supervisor.first_exit()
+            if failure is not None:
+                return failure
             try:
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
-                        return
+                        return None
             except OSError:
                 time.sleep(0.2)
+        return None if stopping() else f"daphne did not answer {url} within {timeout:.0f} s"
 
     def _ensure_admin(self) -> None:
         """On a fresh database, make a staff account for the tour and say its password once."""

@@ -34,6 +34,36 @@
     return value ? el("span", value, "badge status-" + value) : el("span", "–", "muted");
   }
 
+  // The admin's own quoting of ids in URLs (django.contrib.admin.utils.quote).
+  function adminQuote(value) {
+    return String(value).replace(/[":/_#?;@&=+$,\[\]<>%\n\\]/g, function (c) {
+      return "_" + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0");
+    });
+  }
+
+  function executionCell(id) {
+    const cell = el("td", undefined, "mono");
+    if (!urls.execution_change) { cell.textContent = id; return cell; }
+    const link = el("a", id);
+    link.href = urls.execution_change.replace("ID", adminQuote(id));
+    cell.appendChild(link);
+    return cell;
+  }
+
+  function webhookCell(d) {
+    const cell = el("td");
+    if (d.webhook_error) {
+      const refused = badge("refused");
+      refused.title = d.webhook_error;   // why, on hover
+      cell.appendChild(refused);
+    } else if (d.webhook) {
+      cell.appendChild(badge(d.webhook));
+    } else {
+      cell.appendChild(el("span", d.webhook_registered ? "pending" : "–", "muted"));
+    }
+    return cell;
+  }
+
   function timeOf(iso) {
     if (!iso) return "–";
     const d = new Date(iso);
@@ -50,14 +80,13 @@
   function renderExecution(entry, flash) {
     const d = entry.doc;
     const cells = [
-      el("td", d.execution_id, "mono"),
+      executionCell(d.execution_id),
       el("td", d.target || "–"),
-      el("td"), el("td"),
+      el("td"), webhookCell(d),
       el("td", d.duration_ms != null ? d.duration_ms + " ms" : "–"),
       el("td", timeOf(d.created_at)),
     ];
     cells[2].appendChild(badge(d.status));
-    cells[3].appendChild(d.webhook ? badge(d.webhook) : el("span", d.webhook_registered ? "pending" : "–", "muted"));
     entry.row.replaceChildren(...cells);
     entry.row.dataset.status = d.status || "";
     if (flash) {
@@ -102,7 +131,92 @@
     return { delivered: "delivered", failed: "retrying", dead_lettered: "dead", dead: "dead" }[last.status] || last.status;
   }
 
+  // --- live chart: finished executions per second, webhook outcomes ------------
+  // Counted from the stream since the page opened, in BUCKET_SECONDS buckets over
+  // the last WINDOW_SECONDS; drawn as SVG bars (no library, nothing from a CDN).
+  const BUCKET_SECONDS = 5;
+  const WINDOW_SECONDS = 300;
+  const BUCKETS = WINDOW_SECONDS / BUCKET_SECONDS;
+  const OUTCOME_OF = { "webhook.delivered": "delivered", "webhook.failed": "retrying", "webhook.dead_lettered": "dead" };
+  const chart = { buckets: [], totals: { executions: 0, delivered: 0, retrying: 0, dead: 0 } };
+  const seenForChart = new Set();   // event ids: a replay after a reconnect is not counted twice
+
+  function bucketNow() {
+    const start = Math.floor(Date.now() / 1000 / BUCKET_SECONDS) * BUCKET_SECONDS;
+    let last = chart.buckets[chart.buckets.length - 1];
+    if (!last || last.start !== start) {
+      last = { start: start, executions: 0, delivered: 0, retrying: 0, dead: 0 };
+      chart.buckets.push(last);
+    }
+    while (chart.buckets.length && chart.buckets[0].start <= start - WINDOW_SECONDS) chart.buckets.shift();
+    return last;
+  }
+
+  function countForChart(doc) {
+    let key = null;
+    if (TERMINAL.has(STATUS_OF[doc.type])) key = "executions";
+    else if (OUTCOME_OF[doc.type]) key = OUTCOME_OF[doc.type];
+    if (!key || seenForChart.has(doc.id)) return;
+    seenForChart.add(doc.id);
+    bucketNow()[key] += 1;
+    chart.totals[key] += 1;
+    drawChart();
+  }
+
+  const SVG = "http://www.w3.org/2000/svg";
+  function bars(svg, series, height) {
+    const now = bucketNow().start;
+    const width = svg.viewBox.baseVal.width / BUCKETS;
+    const byStart = new Map(chart.buckets.map(function (b) { return [b.start, b]; }));
+    let max = 1;
+    for (const b of chart.buckets) max = Math.max(max, series.reduce(function (sum, s) { return sum + b[s.key]; }, 0));
+    const shapes = [];
+    for (let i = 0; i < BUCKETS; i++) {
+      const b = byStart.get(now - (BUCKETS - 1 - i) * BUCKET_SECONDS);
+      if (!b) continue;
+      let y = height;
+      for (const s of series) {
+        const h = (b[s.key] / max) * (height - 4);
+        if (h <= 0) continue;
+        y -= h;
+        const rect = document.createElementNS(SVG, "rect");
+        rect.setAttribute("x", (i * width + 0.5).toFixed(1));
+        rect.setAttribute("y", y.toFixed(1));
+        rect.setAttribute("width", Math.max(width - 1, 1).toFixed(1));
+        rect.setAttribute("height", h.toFixed(1));
+        rect.setAttribute("class", "bar " + s.key);
+        const title = document.createElementNS(SVG, "title");
+        title.textContent = b[s.key] + " " + s.label;
+        rect.appendChild(title);
+        shapes.push(rect);
+      }
+    }
+    svg.replaceChildren.apply(svg, shapes);
+    return max;
+  }
+
+  function drawChart() {
+    const rate = document.getElementById("chart-executions");
+    const outcomes = document.getElementById("chart-deliveries");
+    if (!rate || !outcomes) return;
+    bars(rate, [{ key: "executions", label: "finished" }], 60);
+    bars(outcomes, [
+      { key: "delivered", label: "delivered" }, { key: "retrying", label: "failed, retrying" },
+      { key: "dead", label: "dead-lettered" },
+    ], 60);
+    const last = chart.buckets.slice(-12);   // the last minute
+    const perSecond = last.reduce(function (sum, b) { return sum + b.executions; }, 0) / (last.length * BUCKET_SECONDS || 1);
+    document.getElementById("chart-rate").textContent = perSecond.toFixed(2) + " /s";
+    for (const key of ["delivered", "retrying", "dead"]) {
+      document.getElementById("chart-" + key).textContent = chart.totals[key];
+    }
+    rate.dataset.total = chart.totals.executions;
+    outcomes.dataset.total = chart.totals.delivered + chart.totals.retrying + chart.totals.dead;
+  }
+  setInterval(drawChart, BUCKET_SECONDS * 1000);   // bars slide left as time passes
+
   function onExecutionEvent(doc) {
+    countForChart(doc);   // subscription deliveries count too, with or without an execution
     if (!doc.execution_id) return;
     if (doc.type.startsWith("execution.")) {
       if (doc.type === "execution.log") return;
@@ -110,6 +224,8 @@
       const data = doc.data || {};
       if (data.target) changes.target = data.target;
       if (data.duration_ms != null) changes.duration_ms = data.duration_ms;
+      if (data.webhook_registered) changes.webhook_registered = true;
+      if (data.webhook_error) changes.webhook_error = data.webhook_error;
       if (doc.type === "execution.created") changes.created_at = doc.timestamp;
       upsertExecution(doc.execution_id, changes, doc.id);
     } else if (doc.type.startsWith("webhook.") && executions.has(doc.execution_id)) {
@@ -185,6 +301,7 @@
         upsertExecution(doc.execution_id, {
           target: doc.target, status: doc.status, created_at: doc.created_at,
           duration_ms: doc.duration_ms, webhook_registered: doc.webhook_registered,
+          webhook_error: doc.webhook_error,
           webhook: latestWebhook(doc.webhook_events),
         });
       }
@@ -242,5 +359,6 @@
   loadExecutions();
   loadNodes();
   loadDlq();
-  window.agentfieldDashboard = { executions: executions, nodes: nodes };
+  drawChart();
+  window.agentfieldDashboard = { executions: executions, nodes: nodes, chart: chart };
 })();

@@ -1,0 +1,26 @@
+"""Execution metrics, read from the executions table at scrape time."""
+
+from collections.abc import Iterator
+
+from django.db.models import Count
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .models import ACTIVE, TERMINAL, Execution
+
+
+class ExecutionCollector:
+    def collect(self) -> Iterator[Metric]:
+        by_status = dict(Execution.objects.values_list("status").annotate(n=Count("id")).order_by())
+        # Finished executions only ever grow (a counter); the rest move on (a gauge).
+        finished = CounterMetricFamily(
+            "agentfield_executions", "Executions that finished, by final status.", labels=["status"]
+        )
+        for status in sorted(TERMINAL):
+            finished.add_metric([status], by_status.get(status, 0))
+        yield finished
+        active = GaugeMetricFamily(
+            "agentfield_executions_active", "Executions not finished yet, by status.", labels=["status"]
+        )
+        for status in ACTIVE:
+            active.add_metric([status], by_status.get(status, 0))
+        yield active

@@ -1,0 +1,67 @@
+"""Unknown API routes answer a JSON 404 for every method; `/` is a landing page."""
+
+import pytest
+from django.test import Client
+
+from agentfield_site.models import ApiKey
+
+METHODS = ["get", "post", "put", "patch", "delete", "head", "options"]
+UNKNOWN = ["/api/v1/nope", "/api/v1/nope/", "/api/v2/executions", "/api", "/api/v1/executions/x/y/z"]
+
+
+def _send(client, method, path, **headers):
+    if method in ("get", "head"):
+        return getattr(client, method)(path, **headers)
+    return getattr(client, method)(path, data='{"a": 1}', content_type="application/json", **headers)
+
+
+@pytest.fixture
+def csrf_client():
+    # Django's test client skips CSRF checks unless asked: ask, as a browser or curl would meet them.
+    return Client(enforce_csrf_checks=True)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", UNKNOWN)
+@pytest.mark.parametrize("method", METHODS)
+def test_unknown_api_route_is_json_404_without_a_key(csrf_client, method, path):
+    response = _send(csrf_client, method, path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    if method != "head":
+        body = response.json()
+        assert body["error"] == "not_found"
+        assert path in body["message"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", METHODS)
+def test_unknown_api_route_is_json_404_with_a_key(csrf_client, settings, method):
+    key, raw = ApiKey.create("ops")
+    response = _send(csrf_client, method, "/api/v1/nope", HTTP_X_API_KEY=raw)
+    assert response.status_code == 404
+    if method != "head":
+        assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.django_db
+def test_post_to_a_stream_is_a_json_405_not_a_csrf_page(csrf_client):
+    response = csrf_client.post("/api/ui/v1/executions/events", data="{}", content_type="application/json")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+
+
+@pytest.mark.django_db
+def test_landing_page_links_everything_an_operator_needs(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    for href in ['href="/dashboard/"', 'href="/admin/"', 'href="/api/docs/"', 'href="/health"', 'href="/metrics"']:
+        assert href in html
+
+
+@pytest.mark.django_db
+def test_pages_outside_the_api_keep_an_html_404(client):
+    response = client.get("/nowhere")
+    assert response.status_code == 404
+    assert "application/json" not in response["Content-Type"]

@@ -1,0 +1,73 @@
+"""GET /metrics: Prometheus text, counted from the database, protected like the API."""
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agentfield_site.models import ApiKey
+from tests.webhooks.conftest import drain, enqueue, webhook_settings  # noqa: F401 - the fixture
+from tests.webhooks.receiver import Receiver, Reply
+
+pytestmark = pytest.mark.django_db
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a scrape."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_open_when_no_key_and_no_token(client):
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    assert ("agentfield_webhook_pending", ()) in samples(response.content.decode())
+
+
+def test_token_or_key_required_once_configured(client, settings):
+    settings.METRICS_TOKEN = "scrape-me"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").json()["error"] == "unauthorized"
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
+    _, raw = ApiKey.create("ops")
+    assert client.get("/metrics", HTTP_X_API_KEY=raw).status_code == 200
+
+
+def test_api_keys_close_it_without_a_token(client, settings):
+    settings.API_KEYS = ["k1"]
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer k1").status_code == 200
+
+
+def test_deliveries_attempts_and_dead_letters_are_counted(client, webhook_settings):  # noqa: F811
+    with Receiver() as ok, Receiver(default=Reply(500)) as failing:
+        drain(enqueue(ok.url, execution_id="exec_ok"))
+        dead = drain(enqueue(failing.url, execution_id="exec_dead"))
+        enqueue(ok.url, execution_id="exec_waiting")
+    got = samples(client.get("/metrics").content.decode())
+    assert got[("agentfield_webhook_deliveries_total", (("outcome", "delivered"),))] == 1
+    assert got[("agentfield_webhook_deliveries_total", (("outcome", "retry"),))] == dead.attempts - 1
+    assert got[("agentfield_webhook_deliveries_total", (("outcome", "dead"),))] == 1
+    assert got[("agentfield_webhook_dead_letters", ())] == 1
+    assert got[("agentfield_webhook_pending", ())] == 1
+    assert got[("agentfield_webhook_attempt_duration_seconds_count", ())] == dead.attempts + 1
+    assert got[("agentfield_webhook_attempt_duration_seconds_bucket", (("le", "+Inf"),))] == dead.attempts + 1
+    # Loopback answers in well under 10 s: every attempt is in the 10 s bucket.
+    assert got[("agentfield_webhook_attempt_duration_seconds_bucket", (("le", "10.0"),))] == dead.attempts + 1
+
+
+def test_alert_rules_use_only_exposed_metrics(client):
+    import re
+
+    import yaml
+
+    from tests.support.processes import ROOT
+
+    rules = yaml.safe_load((ROOT / "docs" / "prometheus" / "agentfield-alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expr in exprs for name in re.findall(r"agentfield_[a-z_]+", expr)}
+    exposed = {name for name, _ in samples(client.get("/metrics").content.decode())}
+    # The breaker gauge comes with destinations (issue 10).
+    assert used - exposed == {"agentfield_destination_breaker_open"}

@@ -1,0 +1,131 @@
+"""The README's tour, run as written against a `make run`-style stack.
+
+`manage.py serve` starts daphne, a worker and the demo agent (what `make run`
+does), on the default retry schedule and with an API key. Every `sh` block of
+the tour runs in bash, in order, and every `python` block in Python; the only
+changes are the ports (8080 and 9000 become free ones) and longer `sleep`s. A line that starts the
+development receiver (`manage.py listen ...`) is run here as a process with the
+same arguments, replacing the one before, as a reader would in another
+terminal. `shell` blocks (exports, endless streams) are for reading only.
+"""
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.support.processes import ROOT, free_port, serving, wait_for
+
+pytestmark = pytest.mark.processes
+KEY = "tour-api-key"
+SLOWER = 5
+
+
+def tour_blocks() -> list[tuple[str, str]]:
+    readme = (ROOT / "README.md").read_text()
+    tour = readme.split("## A five-minute tour", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(sh|python)\n(.*?)```", tour, re.S)
+
+
+class Tour:
+    def __init__(self, proc_env, port: int) -> None:
+        self.proc_env, self.port, self.listen_port = proc_env, port, free_port()
+        self.listener = None
+        self.outputs: list[str] = []
+
+    def local(self, text: str) -> str:
+        text = (
+            text.replace("localhost:8080", f"localhost:{self.port}")
+            .replace("localhost:9000", f"localhost:{self.listen_port}")
+            .replace("--port 9000", f"--port {self.listen_port}")
+        )
+        # The waits are for a person on an idle laptop; the suite shares two cores with its processes.
+        return re.sub(r"\bsleep (\d+)", lambda m: f"sleep {int(m.group(1)) * SLOWER}", text)
+
+    def listen(self, line: str) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+        args = shlex.split(self.local(line).split("manage.py", 1)[1])
+        self.listener = self.proc_env.script("listen", ["manage.py", *args], self.listen_port)
+        wait_for(lambda: "Listening on" in self.listener.log(), timeout=30, what=f"listen\n{self.listener.log()}")
+
+    def run(self, kind: str, block: str) -> str:
+        if "manage.py listen" in block:
+            self.listen(block.strip())
+            return ""
+        env = {**self.proc_env.env, "AGENTFIELD_API_KEY": KEY}
+        command = ["bash", "-euo", "pipefail", "-c"] if kind == "sh" else [sys.executable, "-c"]
+        done = subprocess.run([*command, self.local(block)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, f"{block}\n{done.stdout}\n{done.stderr}"
+        self.outputs.append(done.stdout)
+        return done.stdout
+
+    def heard(self, text: str, times: int = 1) -> str:
+        return wait_for(lambda: self.listener.log().count(text) >= times and self.listener.log(), timeout=30,
+                        what=f"{text!r} x{times} from the receiver\n{self.listener.log()}")
+
+
+def last_json(output: str) -> dict:
+    """The last JSON document curl printed (curl adds no newline: two may share a line)."""
+    decoder, text, docs, at = json.JSONDecoder(), output.strip().splitlines()[-1], [], 0
+    while at < len(text):
+        doc, at = decoder.raw_decode(text, at)
+        docs.append(doc)
+    return docs[-1]
+
+
+def test_the_readme_tour_works_as_written(proc_env):
+    blocks = tour_blocks()
+    assert len(blocks) >= 10, "the tour lost its runnable blocks"
+    port = free_port()
+    env = {"API_KEYS": KEY, "WEBHOOK_ALLOWED_HOSTS": "localhost,127.0.0.1",
+           "WEBHOOK_RETRY_SCHEDULE": "5,30,120,600,1800"}
+    with serving(proc_env, port, env) as (serve, _):
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/api/v1/nodes/analyzer", headers={"X-API-Key": KEY},
+                                      timeout=2).ok, timeout=60, what=f"the stack\n{serve.log()}")
+        # "With `make run` up": the worker too, which starts after daphne (slower on PostgreSQL + Redis).
+        api, auth = f"http://127.0.0.1:{port}/api/v1", {"X-API-Key": KEY}
+        warm_up = requests.post(f"{api}/execute/async/analyzer.process", headers=auth,
+                                json={"input": {"document": "warm up"}}, timeout=10).json()["execution_id"]
+        wait_for(lambda: requests.get(f"{api}/executions/{warm_up}", headers=auth, timeout=5).json()["status"]
+                 == "succeeded", timeout=60, what=f"the worker's first execution\n{serve.log()}")
+        tour = Tour(proc_env, port)
+        steps = iter(blocks)
+
+        # 1. The key: the nodes list, with it (and a 401 without).
+        assert "analyzer" in tour.run(*next(steps))
+        assert requests.get(f"http://127.0.0.1:{port}/api/v1/nodes", timeout=5).status_code == 401
+        # 2. An execution by curl (the sync call: the result in the answer).
+        done = last_json(tour.run(*next(steps)))
+        assert done["status"] == "succeeded" and done["result"]["words"] == 1
+        # 3. The receiver, then a webhook it verifies.
+        tour.run(*next(steps))
+        tour.run(*next(steps))
+        log = tour.heard("signature: verified")
+        assert '"event": "execution.completed"' in log and "<- 200" in log
+        # 4. Verify on your side (defines a function), 5. the SDK, with its webhook.
+        tour.run(*next(steps))
+        assert "'words': 4" in tour.run(*next(steps))
+        tour.heard("signature: verified", 2)
+        # 6. The dead letter queue at once with --fail 410, then a redrive to a healthy receiver.
+        tour.run(*next(steps))
+        dlq = last_json(tour.run(*next(steps)))
+        assert dlq["total_count"] == 1 and dlq["entries"][0]["last_status"] == 410
+        tour.heard("<- 410")
+        tour.run(*next(steps))
+        redrive = last_json(tour.run(*next(steps)))
+        assert redrive["queued"] == 1
+        tour.heard("signature: verified")
+        # 8. The collector, its batches verified by the same secret.
+        status = last_json(tour.run(*next(steps)))
+        assert status["enabled"] is True
+        tour.heard("-> POST /collect")
+        assert "signature: INVALID" not in tour.listener.log()
+        # 9. Metrics.
+        assert 'agentfield_executions_total{status="succeeded"}' in tour.run(*next(steps))
+        assert next(steps, None) is None, "a new tour block: give it a check here"

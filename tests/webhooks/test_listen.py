@@ -1,0 +1,88 @@
+"""`manage.py listen` as a real process, receiving real deliveries from the engine."""
+
+import re
+
+import pytest
+
+from agentfield_site.lib import signing
+from tests.support.processes import free_port, wait_for
+from tests.webhooks.conftest import drain, enqueue
+from webhooks.models import Attempt, Delivery
+
+pytestmark = pytest.mark.processes
+SECRET = signing.generate_secret()
+
+
+def _listen(proc_env, *args: str):
+    port = free_port()
+    proc = proc_env.script("listen", ["manage.py", "listen", "--port", str(port), *args], port)
+    wait_for(lambda: "Listening on" in proc.log(), timeout=30, what=f"listen to start\n{proc.log()}")
+    return proc
+
+
+def _url(proc) -> str:
+    return f"{proc.url}/hook"
+
+
+def test_prints_a_verified_delivery_and_answers_200(proc_env):
+    listener = _listen(proc_env, "--secret", SECRET)
+    row = drain(enqueue(_url(listener), SECRET))
+    assert row.status == Delivery.DELIVERED and row.last_status == 200
+    out = wait_for(lambda: "<- 200" in listener.log() and listener.log(), timeout=10, what="the printed reply")
+    assert "-> POST /hook" in out
+    assert f"webhook-id: {row.webhook_id}" in out
+    assert re.search(r"webhook-signature: v1,\S+", out)
+    assert "X-AgentField-Signature: sha256=" in out
+    assert "signature: verified" in out
+    # The body, pretty-printed (indented JSON, unicode as is).
+    assert '\n  "execution_id": "exec_1",\n' in out
+    assert '"text": "naïve café ✓"' in out
+
+
+def test_a_wrong_secret_is_reported_but_still_answered(proc_env):
+    listener = _listen(proc_env, "--secret", signing.generate_secret())
+    row = drain(enqueue(_url(listener), SECRET))
+    assert row.status == Delivery.DELIVERED
+    out = wait_for(lambda: "<- 200" in listener.log() and listener.log(), timeout=10, what="the printed reply")
+    assert "signature: INVALID (no matching webhook-signature)" in out
+
+
+def test_unsigned_and_unchecked(proc_env):
+    listener = _listen(proc_env)
+    drain(enqueue(_url(listener), SECRET))
+    out = wait_for(lambda: "<- 200" in listener.log() and listener.log(), timeout=10, what="the printed reply")
+    assert "signature: not checked (pass --secret whsec_... to verify)" in out
+
+
+def test_fail_410_dead_letters_at_once(proc_env):
+    listener = _listen(proc_env, "--secret", SECRET, "--fail", "410")
+    row = drain(enqueue(_url(listener), SECRET))
+    assert row.status == Delivery.DEAD and row.attempts == 1 and row.last_status == 410
+    assert "<- 410" in wait_for(lambda: listener.log(), timeout=10)
+
+
+def test_fail_500_is_retried(proc_env):
+    listener = _listen(proc_env, "--fail", "500")
+    row = drain(enqueue(_url(listener), SECRET))
+    assert row.status == Delivery.DEAD and row.last_status == 500
+    assert row.attempts > 1
+    assert wait_for(lambda: listener.log().count("<- 500") == row.attempts or None, timeout=10)
+
+
+def test_fail_timeout_never_answers(proc_env, settings):
+    settings.WEBHOOK_TIMEOUT = 0.5
+    listener = _listen(proc_env, "--fail", "timeout")
+    row = enqueue(_url(listener), SECRET)
+    from webhooks import delivery
+
+    delivery.send_due()
+    attempt = Attempt.objects.filter(delivery=row).first()
+    assert attempt is not None and attempt.status_code is None
+    assert "timeout" in attempt.error
+    assert wait_for(lambda: "<- no answer (timeout)" in listener.log(), timeout=10)
+
+
+def test_a_bad_fail_mode_is_refused(proc_env):
+    proc = proc_env.script("listen", ["manage.py", "listen", "--fail", "200"])
+    assert proc.popen.wait(timeout=30) != 0
+    assert "--fail takes timeout or a status from 400 to 599" in proc.log()

@@ -1,0 +1,50 @@
+"""Webhook metrics, read from the delivery and attempt tables at scrape time."""
+
+from collections.abc import Iterator
+
+from django.db.models import Count, Q, Sum
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from agentfield_site.lib.metrics import histogram
+
+from .models import Attempt, Delivery
+
+# Upper bounds in seconds, for receivers from loopback to a slow remote answering at the timeout.
+DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class WebhookCollector:
+    def collect(self) -> Iterator[Metric]:
+        outcomes = CounterMetricFamily(
+            "agentfield_webhook_deliveries",
+            "Delivery attempts by outcome (delivered, retry, dead, failed).",
+            labels=["outcome"],
+        )
+        for row in Attempt.objects.values("outcome").annotate(n=Count("id")).order_by("outcome"):
+            outcomes.add_metric([row["outcome"]], row["n"])
+        yield outcomes
+
+        # One pass over the attempts: a count under each bound, the total duration.
+        buckets = {f"le{i}": Count("id", filter=Q(duration_ms__lte=b * 1000)) for i, b in enumerate(DURATION_BOUNDS)}
+        agg = Attempt.objects.aggregate(total=Count("id"), ms=Sum("duration_ms"), **buckets)
+        yield histogram(
+            "agentfield_webhook_attempt_duration_seconds",
+            "Duration of each delivery attempt, from connect to the response (or the error).",
+            DURATION_BOUNDS,
+            [*(agg[f"le{i}"] for i in range(len(DURATION_BOUNDS))), agg["total"]],
+            (agg["ms"] or 0) / 1000,
+        )
+
+        states = dict(
+            Delivery.objects.filter(status__in=(Delivery.PENDING, Delivery.IN_FLIGHT, Delivery.DEAD))
+            .values_list("status")
+            .annotate(n=Count("id"))
+        )
+        yield GaugeMetricFamily(
+            "agentfield_webhook_pending",
+            "Deliveries waiting for their next attempt or in flight.",
+            value=states.get(Delivery.PENDING, 0) + states.get(Delivery.IN_FLIGHT, 0),
+        )
+        yield GaugeMetricFamily(
+            "agentfield_webhook_dead_letters", "Deliveries in the dead letter queue.", value=states.get(Delivery.DEAD, 0)
+        )
