@@ -7,7 +7,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from agentfield_site.lib.metrics import histogram
 
-from .models import Attempt, Delivery
+from .models import Attempt, Delivery, Destination
 
 # Upper bounds in seconds, for receivers from loopback to a slow remote answering at the timeout.
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -48,3 +48,21 @@ class WebhookCollector:
         yield GaugeMetricFamily(
             "agentfield_webhook_dead_letters", "Deliveries in the dead letter queue.", value=states.get(Delivery.DEAD, 0)
         )
+
+        by_state = dict(Destination.objects.values_list("state").annotate(n=Count("destination")).order_by())
+        states_family = GaugeMetricFamily(
+            "agentfield_destinations", "Receiver addresses by circuit breaker state.", labels=["state"]
+        )
+        for state, _ in Destination.STATES:
+            states_family.add_metric([state], by_state.get(state, 0))
+        yield states_family
+        # One series per destination whose breaker is not closed: bounded by the trouble, not the table.
+        breaker = GaugeMetricFamily(
+            "agentfield_destination_breaker_open",
+            "1 while a destination's breaker is open or half-open (its deliveries wait).",
+            labels=["destination"],
+        )
+        for destination in Destination.objects.exclude(state=Destination.CLOSED).values_list("destination", flat=True):
+            breaker.add_metric([destination], 1)
+        yield breaker
+

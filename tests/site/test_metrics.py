@@ -65,9 +65,15 @@ def test_alert_rules_use_only_exposed_metrics(client):
 
     from tests.support.processes import ROOT
 
+    from webhooks.models import Destination
+
+    # A breaker series exists only while one is open.
+    Destination.objects.create(destination="http://127.0.0.1:9", state=Destination.OPEN)
     rules = yaml.safe_load((ROOT / "docs" / "prometheus" / "agentfield-alerts.yml").read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     used = {name for expr in exprs for name in re.findall(r"agentfield_[a-z_]+", expr)}
-    exposed = {name for name, _ in samples(client.get("/metrics").content.decode())}
-    # The breaker gauge comes with destinations (issue 10).
-    assert used - exposed == {"agentfield_destination_breaker_open"}
+    got = samples(client.get("/metrics").content.decode())
+    exposed = {name for name, _ in got}
+    assert used <= exposed
+    assert got[("agentfield_destination_breaker_open", (("destination", "http://127.0.0.1:9"),))] == 1
+    assert got[("agentfield_destinations", (("state", "open"),))] == 1
