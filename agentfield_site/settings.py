@@ -152,7 +152,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["agentfield_site.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["agentfield_site.auth.HasApiKeyIfConfigured"],
+    # Authenticated first (401), then within the key's scope (403); views declare `scopes`.
+    "DEFAULT_PERMISSION_CLASSES": ["agentfield_site.auth.HasApiKeyIfConfigured", "agentfield_site.auth.InScope"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],

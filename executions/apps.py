@@ -6,11 +6,16 @@ class ExecutionsConfig(AppConfig):
     verbose_name = "Agent nodes and executions"
 
     def ready(self) -> None:
-        from observability import sweeper
+        from observability import streams, sweeper
+        from webhooks import subscriptions
 
-        from . import dispatch, nodes
+        from . import dispatch, nodes, ownership
 
         # Time-driven work: lost dispatches, stale executions, silent nodes.
         for tick in (dispatch.requeue_lapsed, dispatch.expire_stale, nodes.mark_silent_nodes_offline):
             if tick not in sweeper.ticks:
                 sweeper.ticks.append(tick)
+        if ownership.execution_visible not in streams.execution_visible_to:
+            streams.execution_visible_to.append(ownership.execution_visible)
+        if ownership.execution_owners not in subscriptions.execution_owners:
+            subscriptions.execution_owners.append(ownership.execution_owners)

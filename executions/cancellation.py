@@ -4,17 +4,21 @@ from typing import Any
 
 from django.db import transaction
 
+from agentfield_site.auth import OPEN, Caller
 from agentfield_site.lib.api import ApiError
 
 from . import dispatch, lifecycle
 from .documents import iso
 from .models import AgentNode, Execution
+from .ownership import executions_of
 
 
-def cancel(execution_id: str, reason: str = "") -> dict[str, Any]:
-    """Cancel a non-terminal execution; 404 when unknown, 409 `invalid_state` when terminal."""
+def cancel(execution_id: str, reason: str = "", caller: Caller = OPEN) -> dict[str, Any]:
+    """Cancel a non-terminal execution; 404 when unknown (or another key's), 409 `invalid_state` when terminal."""
     reason = (reason or "cancelled by request")[:500]
     try:
+        if not caller.is_admin and not executions_of(caller).filter(pk=execution_id).exists():
+            raise Execution.DoesNotExist(execution_id)
         with transaction.atomic():
             change = lifecycle.transition(
                 execution_id, "cancelled", status_reason=reason, error=reason, error_category=""

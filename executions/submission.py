@@ -35,6 +35,8 @@ class Request:
     session_id: str = ""
     actor_id: str = ""
     idempotency_key: str = ""
+    # The submitting key (None: an admin without a key row, or the open API).
+    owner_id: int | None = None
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -50,7 +52,7 @@ def parse_target(target: str) -> tuple[str, str]:
     return node_id, name
 
 
-def request_from(target: str, body: object, headers) -> Request:
+def request_from(target: str, body: object, headers, owner_id: int | None = None) -> Request:
     """Validate a submission body and its headers into a Request (400 on bad input)."""
     if body is None or body == "":
         body = {}
@@ -89,7 +91,7 @@ def request_from(target: str, body: object, headers) -> Request:
         )
     return Request(
         target=target, input=payload, context=context, webhook=body.get("webhook"),
-        idempotency_key=key, **values,
+        idempotency_key=key, owner_id=owner_id, **values,
     )
 
 
@@ -106,14 +108,24 @@ def _resolve(target: str) -> tuple[AgentNode, str, str]:
     return node, name, kind
 
 
-def _existing_for_key(key: str) -> Execution | None:
+def _same_owner(existing: Execution, owner_id: int | None) -> Execution:
+    if existing.owner_id != owner_id:
+        # Never hand one key's execution to another through a shared Idempotency-Key.
+        raise ApiError(
+            409, "conflict", "This Idempotency-Key is already in use by another API key; pick another.",
+            error_category="bad_request",
+        )
+    return existing
+
+
+def _existing_for_key(key: str, owner_id: int | None) -> Execution | None:
     """The execution created with `key` inside the idempotency window, if any."""
     existing = Execution.objects.filter(idempotency_key=key).first()
     if existing is None:
         return None
     window = timedelta(hours=settings.IDEMPOTENCY_WINDOW_HOURS)
     if existing.created_at >= timezone.now() - window:
-        return existing
+        return _same_owner(existing, owner_id)
     # Past the window the key is free again: release it from the old execution.
     Execution.objects.filter(pk=existing.pk, idempotency_key=key).update(idempotency_key="")
     return None
@@ -127,7 +139,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     """
     node, name, kind = _resolve(request.target)
     if request.idempotency_key:
-        existing = _existing_for_key(request.idempotency_key)
+        existing = _existing_for_key(request.idempotency_key, request.owner_id)
         if existing is not None:
             return existing, False
     limit = settings.EXECUTION_QUEUE_LIMIT
@@ -161,6 +173,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         enqueued_at=now,
         updated_at=now,
         idempotency_key=request.idempotency_key,
+        owner_id=request.owner_id,
         webhook_registered=hook is not None,
         webhook_url=hook["url"] if hook else "",
         webhook_secret=(hook.get("secret") or "") if hook else "",
@@ -180,7 +193,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         # Two requests raced with one Idempotency-Key: the other one won.
         existing = Execution.objects.filter(idempotency_key=request.idempotency_key).first()
         if request.idempotency_key and existing is not None:
-            return existing, False
+            return _same_owner(existing, request.owner_id), False
         raise
     return execution, True
 

@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agentfield_site.auth import AGENT, CLIENT, caller_of
 from agentfield_site.lib.api import ApiError, object_body
 from webhooks.completion import webhook_events
 
@@ -23,6 +24,7 @@ from ..documents import (
     sync_outcome,
 )
 from ..models import STATUSES, AgentNode, Execution
+from ..ownership import NodeTaken, executions_of, nodes_of
 from . import serializers as s
 
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 404, 409, 413)}
@@ -34,8 +36,8 @@ def _validated(serializer_class, data: dict) -> dict:
     return serializer.validated_data
 
 
-def _node_or_404(node_id: str) -> AgentNode:
-    node = AgentNode.objects.filter(pk=node_id).first()
+def _node_or_404(request: Request, node_id: str) -> AgentNode:
+    node = nodes_of(caller_of(request)).filter(pk=node_id).first()
     if node is None:
         raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.")
     return node
@@ -47,9 +49,11 @@ def _node_or_404(node_id: str) -> AgentNode:
 class NodeListRegisterView(APIView):
     """`GET /api/v1/nodes` lists nodes; `POST` is an alias of `/nodes/register`."""
 
+    scopes = (AGENT,)
+
     @extend_schema(responses={200: s.NodeListSerializer, 401: s.ErrorSerializer}, operation_id="nodes_list")
     def get(self, request: Request) -> Response:
-        found = list(AgentNode.objects.all())
+        found = list(nodes_of(caller_of(request)))
         return Response({"nodes": node_documents(found), "count": len(found)})
 
     @extend_schema(
@@ -61,6 +65,8 @@ class NodeListRegisterView(APIView):
 
 
 class NodeRegisterView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=s.NodeRegistrationSerializer, responses={201: s.NodeRegisteredSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         return _register(request)
@@ -69,7 +75,10 @@ class NodeRegisterView(APIView):
 def _register(request: Request) -> Response:
     body = object_body(request, error_category="bad_request")
     data = _validated(s.NodeRegistrationSerializer, body)
-    node, created = nodes.register(data)
+    try:
+        node, created = nodes.register(data, caller_of(request))
+    except NodeTaken as exc:
+        raise ApiError(409, "conflict", str(exc), error_category="bad_request") from None
     return Response(
         {
             "success": True,
@@ -82,12 +91,16 @@ def _register(request: Request) -> Response:
 
 
 class NodeDetailView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(responses={200: s.NodeSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
     def get(self, request: Request, node_id: str) -> Response:
-        return Response(node_document(_node_or_404(node_id)))
+        return Response(node_document(_node_or_404(request, node_id)))
 
 
 class NodeHeartbeatView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(
         request=s.HeartbeatSerializer,
         responses={200: inline_serializer("HeartbeatAck", {"success": serializers.BooleanField(),
@@ -98,18 +111,20 @@ class NodeHeartbeatView(APIView):
     def post(self, request: Request, node_id: str) -> Response:
         data = _validated(s.HeartbeatSerializer, object_body(request, error_category="bad_request"))
         try:
-            beat = nodes.heartbeat(node_id, data.get("status") or "")
+            beat = nodes.heartbeat(node_id, data.get("status") or "", caller_of(request))
         except AgentNode.DoesNotExist:
             raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered; register first.") from None
         return Response({"success": True, "message": "heartbeat received", "timestamp": iso(beat)})
 
 
 class NodeShutdownView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=None, responses={200: s.SuccessSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
     def post(self, request: Request, node_id: str) -> Response:
         object_body(request, error_category="bad_request")
         try:
-            nodes.shutdown(node_id)
+            nodes.shutdown(node_id, caller_of(request))
         except AgentNode.DoesNotExist:
             raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.") from None
         return Response({"success": True, "message": f"node {node_id} is offline"})
@@ -118,29 +133,40 @@ class NodeShutdownView(APIView):
 class DidRegisterView(APIView):
     """DID identities are not offered; the SDK carries on without them."""
 
+    scopes = (AGENT,)
+
     @extend_schema(request=OpenApiTypes.OBJECT, responses={404: s.ErrorSerializer, 401: s.ErrorSerializer})
     def post(self, request: Request) -> Response:
         raise ApiError(404, "not_supported", "DID registration is not enabled on this control plane.")
 
 
 class WorkflowEventView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=OpenApiTypes.OBJECT, responses={200: s.SuccessSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        applied = reports.apply_workflow_event(object_body(request, error_category="bad_request"))
+        applied = reports.apply_workflow_event(object_body(request, error_category="bad_request"), caller_of(request))
         return Response({"success": True, "applied": applied})
 
 
 class ExecutionLogsView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=s.LogsRequestSerializer, responses={200: s.SuccessSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
-        count = reports.append_logs(execution_id, object_body(request, error_category="bad_request").get("entries"))
+        entries = object_body(request, error_category="bad_request").get("entries")
+        count = reports.append_logs(execution_id, entries, caller_of(request))
         return Response({"success": True, "accepted": count})
 
 
 class ExecutionStatusCallbackView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=s.StatusCallbackSerializer, responses={200: s.ExecutionStatusSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
-        execution = reports.apply_status(execution_id, object_body(request, error_category="bad_request"))
+        execution = reports.apply_status(
+            execution_id, object_body(request, error_category="bad_request"), caller_of(request)
+        )
         return Response(status_documents([execution])[0])
 
 
@@ -152,19 +178,27 @@ _SUBMIT_HEADERS = [
 ]
 
 
+def _submission(request: Request, target: str) -> submission.Request:
+    body = object_body(request, error_category="bad_request")
+    return submission.request_from(target, body, request.headers, caller_of(request).key_id)
+
+
 class ExecuteAsyncView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(
         request=s.ExecuteRequestSerializer,
         parameters=_SUBMIT_HEADERS,
         responses={202: s.SubmissionSerializer, 503: s.ErrorSerializer, **ERRORS},
     )
     def post(self, request: Request, target: str) -> Response:
-        req = submission.request_from(target, object_body(request, error_category="bad_request"), request.headers)
-        execution, _ = submission.submit(req)
+        execution, _ = submission.submit(_submission(request, target))
         return Response(submission_document(execution), status=status.HTTP_202_ACCEPTED)
 
 
 class ExecuteSyncView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(
         request=s.ExecuteRequestSerializer,
         parameters=_SUBMIT_HEADERS,
@@ -172,8 +206,7 @@ class ExecuteSyncView(APIView):
                    503: s.ErrorSerializer, **ERRORS},
     )
     def post(self, request: Request, target: str) -> Response:
-        req = submission.request_from(target, object_body(request, error_category="bad_request"), request.headers)
-        code, body = sync_outcome(submission.execute_and_wait(req))
+        code, body = sync_outcome(submission.execute_and_wait(_submission(request, target)))
         return Response(body, status=code)
 
 
@@ -210,10 +243,14 @@ class ExecutionCursor(CursorPagination):
 
 
 class ExecutionListView(generics.ListAPIView):
+    scopes = (CLIENT,)
     queryset = Execution.objects.all()
     filterset_class = ExecutionFilter
     pagination_class = ExecutionCursor
     serializer_class = s.ExecutionStatusSerializer
+
+    def get_queryset(self):
+        return executions_of(caller_of(self.request))
 
     def list(self, request: Request, *args, **kwargs) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
@@ -221,9 +258,11 @@ class ExecutionListView(generics.ListAPIView):
 
 
 class ExecutionDetailView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(responses={200: s.ExecutionStatusSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
     def get(self, request: Request, execution_id: str) -> Response:
-        execution = Execution.objects.filter(pk=execution_id).first()
+        execution = executions_of(caller_of(request)).filter(pk=execution_id).first()
         if execution is None:
             raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found")
         events = webhook_events([execution.id]).get(execution.id, []) if execution.webhook_registered else []
@@ -231,6 +270,8 @@ class ExecutionDetailView(APIView):
 
 
 class BatchStatusView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(
         request=s.BatchStatusRequestSerializer,
         responses={200: OpenApiTypes.OBJECT, **ERRORS},
@@ -238,12 +279,15 @@ class BatchStatusView(APIView):
     )
     def post(self, request: Request) -> Response:
         ids = _validated(s.BatchStatusRequestSerializer, object_body(request, error_category="bad_request"))["execution_ids"]
-        found = {doc["execution_id"]: doc for doc in status_documents(Execution.objects.filter(pk__in=ids))}
+        mine = executions_of(caller_of(request)).filter(pk__in=ids)
+        found = {doc["execution_id"]: doc for doc in status_documents(mine)}
         return Response({i: found.get(i, {"execution_id": i, "status": "not_found"}) for i in ids})
 
 
 class ExecutionCancelView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(request=s.CancelRequestSerializer, responses={200: s.CancelledSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
         data = _validated(s.CancelRequestSerializer, object_body(request, error_category="bad_request"))
-        return Response(cancellation.cancel(execution_id, data.get("reason") or ""))
+        return Response(cancellation.cancel(execution_id, data.get("reason") or "", caller_of(request)))

@@ -38,7 +38,7 @@ def _get(session: requests.Session, url: str, **params) -> requests.Response:
 
 
 def test_no_secret_in_any_response_stream_body_or_log(proc_env):
-    admin_key = ApiKey.create("leak-check")[1]
+    admin_key = ApiKey.create("leak-check", ApiKey.ADMIN)[1]
     debug = {"LOG_LEVEL": "DEBUG", "API_KEYS": ENV_KEY}
     web = proc_env.daphne(debug)
     worker = proc_env.worker(debug)

@@ -4,6 +4,8 @@ from ..completion import header_problem, url_problem
 from ..models import Delivery, Subscription
 
 MAX_PATTERNS = 50
+# What a custom header's value reads as: headers are write-only, like secrets.
+MASK = "***"
 
 
 class SubscriptionSerializer(serializers.ModelSerializer):
@@ -32,7 +34,20 @@ class SubscriptionSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(problem)
         return value
 
+    def to_representation(self, instance: Subscription) -> dict:
+        data = super().to_representation(instance)
+        data["headers"] = {name: MASK for name in (instance.headers or {})}
+        return data
+
     def update(self, instance: Subscription, validated_data: dict) -> Subscription:
+        if "headers" in validated_data:
+            # A client that sends back what it read (names with masked values) keeps
+            # the stored values rather than overwriting them with the mask.
+            old = instance.headers or {}
+            validated_data["headers"] = {
+                name: old[name] if value == MASK and name in old else value
+                for name, value in validated_data["headers"].items()
+            }
         if validated_data.get("enabled") and not instance.enabled:
             # Re-enabling starts afresh: no stale reason, no running failure clock.
             validated_data.update(disabled_reason="", failing_since=None)

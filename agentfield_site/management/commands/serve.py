@@ -17,6 +17,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from agentfield_site.auth import keys_required
+from agentfield_site.models import ApiKey
+
 
 class Command(BaseCommand):
     help = "Run daphne, a django-q2 cluster and the demo agent together."
@@ -40,9 +43,11 @@ class Command(BaseCommand):
             )
         children = []
         for name, cmd in commands:
+            env = None
             if name == "demo-agent":
                 self._wait_healthy(f"http://127.0.0.1:{port}/health")
-            children.append((name, subprocess.Popen(cmd, start_new_session=True)))
+                env = {**os.environ, **self._demo_agent_key()}
+            children.append((name, subprocess.Popen(cmd, start_new_session=True, env=env)))
         self.stdout.write(
             self.style.SUCCESS(
                 f"\n  API        {base}/api/v1/\n"
@@ -90,6 +95,17 @@ class Command(BaseCommand):
                         return
             except OSError:
                 time.sleep(0.2)
+
+    def _demo_agent_key(self) -> dict[str, str]:
+        """Once keys are enforced, the demo agent gets an agent key of its own (not an admin one).
+
+        The same key row each run, with a fresh secret: the nodes it registered stay its own.
+        """
+        if not keys_required():
+            return {}
+        key = ApiKey.objects.filter(name="demo-agent", scope=ApiKey.AGENT).order_by("pk").first()
+        raw = key.reissue() if key is not None else ApiKey.create("demo-agent", ApiKey.AGENT)[1]
+        return {"AGENTFIELD_API_KEY": raw}
 
     def _ensure_admin(self) -> None:
         """On a fresh database, make a staff account for the tour and say its password once."""
