@@ -173,6 +173,11 @@ SPECTACULAR_SETTINGS = {
 
 # --- The product's own knobs -------------------------------------------------
 AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=90.0)
+# Where nodes' base_urls may point beyond public addresses: host names (as spelled)
+# or IP addresses and networks (matched against the resolved address). Loopback by
+# default, so `make run` and SDK agents on localhost work; add your agents' network
+# (e.g. 10.0.0.0/8) when they run elsewhere. See docs/security.md.
+AGENT_ALLOWED_HOSTS = env.list("AGENT_ALLOWED_HOSTS", default=["localhost", "127.0.0.0/8", "::1"])
 EXECUTION_TIMEOUT = env.float("EXECUTION_TIMEOUT", default=3600.0)
 EXECUTION_QUEUE_LIMIT = env.int("EXECUTION_QUEUE_LIMIT", default=10_000)
 DISPATCH_LEASE_SECONDS = env.float("DISPATCH_LEASE_SECONDS", default=AGENT_CALL_TIMEOUT + 30)

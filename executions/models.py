@@ -6,6 +6,7 @@ loses the execution (the sweeper hands it out again once the lease lapses).
 Status changes go through `executions.lifecycle` only.
 """
 
+import re
 import uuid
 
 from django.db import models
@@ -17,6 +18,9 @@ from agentfield_site.models import ApiKey
 STATUSES = ("pending", "queued", "waiting", "running", "paused", "succeeded", "failed", "cancelled", "timeout")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timeout"})
 ACTIVE = tuple(s for s in STATUSES if s not in TERMINAL)
+# Node, reasoner and skill ids: they become path segments of the agent's URL
+# (`{base_url}/reasoners/{id}`), so nothing that could change the path or query.
+COMPONENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def new_execution_id() -> str:

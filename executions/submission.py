@@ -17,7 +17,7 @@ from agentfield_site.lib.api import ApiError
 from webhooks.completion import validate_webhook
 
 from . import dispatch, lifecycle
-from .models import AgentNode, Execution, new_run_id
+from .models import COMPONENT_ID, AgentNode, Execution, new_run_id
 
 _ID_HEADER_MAX = 128
 
@@ -42,11 +42,12 @@ class Request:
 def parse_target(target: str) -> tuple[str, str]:
     """`node.reasoner_or_skill` -> (node, name); anything else is a 400."""
     node_id, dot, name = target.partition(".")
-    if not dot or not node_id or not name:
+    if not dot or not COMPONENT_ID.fullmatch(node_id) or not COMPONENT_ID.fullmatch(name):
         raise ApiError(
             400,
             "bad_request",
-            f"Target {target!r} must look like 'node_id.reasoner_or_skill'.",
+            f"Target {target[:300]!r} must look like 'node_id.reasoner_or_skill', each id of 1 to 128 "
+            "letters, digits, '_' or '-'.",
             error_category="bad_request",
         )
     return node_id, name

@@ -77,3 +77,26 @@ def test_connection_refused_is_an_outcome_not_an_exception():
 
     outcome = safe_http.post(safe_http.new_session(), f"http://127.0.0.1:{free_port()}/", b"", {}, 1)
     assert outcome.status is None and outcome.error.startswith("connection error")
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=[])
+def test_an_allow_list_of_its_own_matches_networks_by_the_resolved_address():
+    """Agents pass AGENT_ALLOWED_HOSTS: addresses and networks match whatever the spelling resolves to."""
+    loopback = ["127.0.0.0/8", "::1"]
+    for url in ("http://0x7f000001:9/x", "http://2130706433:9/x", "http://127.1.2.3:9/", "http://[::1]:9/",
+                "http://[::ffff:127.0.0.1]:9/"):
+        safe_http.check_url(url, loopback)
+        with pytest.raises(safe_http.UnsafeURL):
+            safe_http.check_url(url)  # the webhooks' own list (empty here) is unchanged
+    with pytest.raises(safe_http.UnsafeURL):
+        safe_http.check_url("http://169.254.169.254/", loopback)
+    with pytest.raises(safe_http.UnsafeURL):
+        safe_http.check_url("http://0x7f000001:9/", ["localhost"])  # a name matches only as spelled
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        hex_url = f"http://0x7f000001:{port}/hook"
+        allowed = safe_http.post(safe_http.new_session(allowed_hosts=loopback), hex_url, b"{}", {}, timeout=2)
+        assert allowed.status == 200, allowed.error
+        refused = safe_http.post(safe_http.new_session(allowed_hosts=["10.0.0.0/8"]), hex_url, b"{}", {}, timeout=2)
+        assert refused.status is None and "loopback" in refused.error
+        assert len(receiver.requests) == 1
