@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 
 from agentfield_site.lib.api import ApiError
+from webhooks.masking import masked_headers
 
 from . import cancellation
 from .models import TERMINAL, AgentNode, Execution
@@ -20,7 +21,7 @@ class AgentNodeAdmin(admin.ModelAdmin):
     list_filter = ("health_status",)
     search_fields = ("id", "base_url")
     readonly_fields = (
-        "id", "base_url", "version", "reasoners", "skills", "metadata", "instance_id",
+        "id", "owner", "base_url", "version", "reasoners", "skills", "metadata", "instance_id",
         "health_status", "lifecycle_status", "registered_at", "last_heartbeat", "updated_at",
     )
 
@@ -39,10 +40,15 @@ class ExecutionAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
     actions = ("cancel_selected",)
-    exclude = ("webhook_secret",)
+    exclude = ("webhook_secret", "webhook_headers")
 
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields if f.name != "webhook_secret"]
+        hidden = ("webhook_secret", "webhook_headers")
+        return [*(f.name for f in self.model._meta.fields if f.name not in hidden), "webhook_header_names"]
+
+    @admin.display(description="webhook headers")
+    def webhook_header_names(self, obj: Execution) -> dict:
+        return masked_headers(obj.webhook_headers)
 
     def has_add_permission(self, request) -> bool:
         return False

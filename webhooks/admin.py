@@ -5,6 +5,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import delivery as engine
+from .masking import masked_headers
 from .models import Attempt, DeadLetter, Delivery, Subscription, SubscriptionSecret
 
 
@@ -42,16 +43,20 @@ class DeliveryAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = [AttemptInline]
     actions = [redrive_selected]
-    exclude = ("secret", "body")
+    exclude = ("secret", "body", "headers")
     readonly_fields = (
-        "webhook_id", "kind", "event_type", "execution_id", "subscription", "event_id", "url", "target_host",
-        "headers", "body_text", "retries", "status", "next_attempt_at", "lease_until", "attempts", "budget_base",
+        "webhook_id", "kind", "event_type", "execution_id", "subscription", "owner", "event_id", "url", "target_host",
+        "header_names", "body_text", "retries", "status", "next_attempt_at", "lease_until", "attempts", "budget_base",
         "last_status", "last_error", "created_at", "delivered_at", "dead_lettered_at",
     )
     fields = readonly_fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).defer("body")
+
+    @admin.display(description="custom headers")
+    def header_names(self, obj: Delivery) -> dict:
+        return masked_headers(obj.headers)
 
     @admin.display(description="body (as sent)")
     def body_text(self, obj: Delivery) -> str:
@@ -103,9 +108,15 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_display = ("id", "url", "event_types", "enabled", "disabled_reason", "created_at")
     list_filter = ("enabled",)
     search_fields = ("id", "url", "description")
-    readonly_fields = ("id", "disabled_reason", "failing_since", "created_at", "updated_at")
+    readonly_fields = ("id", "owner", "header_names", "disabled_reason", "failing_since", "created_at", "updated_at")
+    # Custom headers are write-only (they carry receivers' credentials): set them through the API.
+    exclude = ("headers",)
     inlines = [SecretInline]
     actions = ["enable", "disable"]
+
+    @admin.display(description="custom headers")
+    def header_names(self, obj: Subscription) -> dict:
+        return masked_headers(obj.headers)
 
     @admin.action(description="Enable selected subscriptions")
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:

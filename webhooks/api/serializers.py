@@ -1,11 +1,10 @@
 from rest_framework import serializers
 
 from ..completion import header_problem, url_problem
+from ..masking import masked_headers, merge_masked
 from ..models import Delivery, Subscription
 
 MAX_PATTERNS = 50
-# What a custom header's value reads as: headers are write-only, like secrets.
-MASK = "***"
 
 
 class SubscriptionSerializer(serializers.ModelSerializer):
@@ -36,18 +35,12 @@ class SubscriptionSerializer(serializers.ModelSerializer):
 
     def to_representation(self, instance: Subscription) -> dict:
         data = super().to_representation(instance)
-        data["headers"] = {name: MASK for name in (instance.headers or {})}
+        data["headers"] = masked_headers(instance.headers)
         return data
 
     def update(self, instance: Subscription, validated_data: dict) -> Subscription:
         if "headers" in validated_data:
-            # A client that sends back what it read (names with masked values) keeps
-            # the stored values rather than overwriting them with the mask.
-            old = instance.headers or {}
-            validated_data["headers"] = {
-                name: old[name] if value == MASK and name in old else value
-                for name, value in validated_data["headers"].items()
-            }
+            validated_data["headers"] = merge_masked(validated_data["headers"], instance.headers or {})
         if validated_data.get("enabled") and not instance.enabled:
             # Re-enabling starts afresh: no stale reason, no running failure clock.
             validated_data.update(disabled_reason="", failing_since=None)
