@@ -100,8 +100,9 @@ elif IS_POSTGRES:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Requests one daphne works on at once; the rest wait on the event loop (see
 # agentfield_site.lib.concurrency_limit). Each holds a thread and, while in the
-# database, a connection: keep processes x (this + 4 stream threads) + workers
-# below PostgreSQL's max_connections.
+# database, a connection: keep processes x (2 x this + 4 stream threads) + workers
+# below PostgreSQL's max_connections (the sync execute's own pool is as large: it
+# submits and calls agents there, and waits holding no place).
 MAX_CONCURRENT_REQUESTS = env.int("MAX_CONCURRENT_REQUESTS", default=32)
 
 # --- Redis: broker, channel layer, cache ----------------------------------

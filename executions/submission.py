@@ -4,22 +4,28 @@ Nothing is half-written: the row and its `execution.created` event commit togeth
 and dispatch is enqueued only after that commit.
 """
 
+import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agentfield_site.lib.api import ApiError
+from agentfield_site.lib.db_threads import run_in
+from observability.tail import run_db
 from webhooks.completion import validate_webhook
 
 from . import dispatch, lifecycle
 from .models import COMPONENT_ID, AgentNode, Execution, new_run_id
 
 _ID_HEADER_MAX = 128
+T = TypeVar("T")
 
 
 @dataclass
@@ -199,21 +205,37 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     return execution, True
 
 
-def execute_and_wait(request: Request) -> Execution:
-    """The sync API: submit, call the agent in this thread, wait for an outcome.
+# The sync API's own threads: its submissions and its calls to agents. Bounded, so
+# a crowd of sync callers queues here (on the event loop) instead of opening a
+# thread and a database connection each.
+_sync_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="sync-execute")
 
-    Returns the execution as it stands when it is terminal or AGENT_CALL_TIMEOUT
-    has passed. If this process dies mid-call, the dispatch lease lapses and a
-    worker takes the execution over, so a sync caller's work is not lost either.
+
+async def on_sync_pool(fn: Callable[..., T], *args: Any) -> T:
+    """Run a synchronous function (the submission, the agent call) on the sync API's pool."""
+    return await run_in(_sync_pool, fn, *args)
+
+
+def _read(execution_id: str) -> Execution:
+    return Execution.objects.get(pk=execution_id)
+
+
+async def wait_for_outcome(execution_id: str, created: bool, deadline: float) -> Execution:
+    """The sync API: call the agent, then wait for an outcome, on the event loop.
+
+    Returns the execution as it stands when it is terminal or `deadline`
+    (time.monotonic) has passed. While it waits, nothing is held but a coroutine:
+    the agent is called on the sync pool (the same `dispatch.run` the workers
+    run), and the row is re-read on the streams' pool every 20 to 250 ms. If this
+    process dies mid-call, the dispatch lease lapses and a worker takes the
+    execution over, so a sync caller's work is not lost either.
     """
-    deadline = time.monotonic() + settings.AGENT_CALL_TIMEOUT
-    execution, created = submit(request, enqueue=False)
     if created:
-        dispatch.run(execution.id)
+        await on_sync_pool(dispatch.run, execution_id)
     interval = 0.02
     while True:
-        execution = Execution.objects.get(pk=execution.id)
+        execution = await run_db(_read, execution_id)
         if execution.is_terminal or time.monotonic() >= deadline:
             return execution
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         interval = min(interval * 2, 0.25)

@@ -1,6 +1,11 @@
 """The AgentField API for nodes and executions: thin views over the service modules."""
 
+import time
+
 import django_filters
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, generics, serializers, status
@@ -11,6 +16,7 @@ from rest_framework.views import APIView
 
 from agentfield_site.auth import AGENT, CLIENT, caller_of
 from agentfield_site.lib.api import ApiError, object_body
+from agentfield_site.lib.concurrency_limit import lend_place
 from webhooks.completion import webhook_events
 
 from .. import cancellation, lifecycle, nodes, reports, submission
@@ -197,6 +203,12 @@ class ExecuteAsyncView(APIView):
 
 
 class ExecuteSyncView(APIView):
+    """`POST /api/v1/execute/{target}`, first half: auth, scope, validation and submission.
+
+    The route itself is `execute_sync`, an async view that runs this one, then
+    waits for the agent without holding a request place, and answers.
+    """
+
     scopes = (CLIENT,)
 
     @extend_schema(
@@ -206,8 +218,38 @@ class ExecuteSyncView(APIView):
                    503: s.ErrorSerializer, **ERRORS},
     )
     def post(self, request: Request, target: str) -> Response:
-        code, body = sync_outcome(submission.execute_and_wait(_submission(request, target)))
-        return Response(body, status=code)
+        execution, created = submission.submit(_submission(request, target), enqueue=False)
+        response = Response(status=status.HTTP_202_ACCEPTED)
+        response.submitted = (execution.id, created)
+        return response
+
+
+_submit_sync = ExecuteSyncView.as_view()
+
+
+def _begin_sync(request: HttpRequest, target: str) -> Response:
+    response = _submit_sync(request, target=target)
+    response.render()
+    return response
+
+
+@csrf_exempt  # as DRF's views are: the DRF view inside checks CSRF for session callers
+async def execute_sync(request: HttpRequest, target: str) -> HttpResponse:
+    """The sync API: submit, then wait for the agent's outcome without holding a request place."""
+    deadline = time.monotonic() + settings.AGENT_CALL_TIMEOUT
+    begun = await submission.on_sync_pool(_begin_sync, request, target)
+    submitted = getattr(begun, "submitted", None)
+    if submitted is None:
+        return begun  # refused: 401, 403, 400, 404, 503, as the DRF view answered
+    async with lend_place(request):
+        execution = await submission.wait_for_outcome(*submitted, deadline)
+    code, body = sync_outcome(execution)
+    return JsonResponse(body, status=code)
+
+
+# The schema documents the DRF view that does the first half.
+execute_sync.cls = ExecuteSyncView
+execute_sync.initkwargs = {}
 
 
 class ExecutionFilter(django_filters.FilterSet):

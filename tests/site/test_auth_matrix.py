@@ -242,7 +242,6 @@ CASES = [
      agent_route(200), status_check, not_forged),
     ("post", "/api/v1/executions/{exec_a}/logs", {"entries": [{"message": "hi"}]}, agent_route(200), None, None),
     ("post", "/api/v1/execute/async/{node_a}.process", {"input": {}}, client_route(202, 202), None, None),
-    ("post", "/api/v1/execute/{node_a}.process", {"input": {}}, client_route(200, 200), None, None),
     ("get", "/api/v1/executions", None, client_route(200, 200), listed_for("exec", "execution_id", "results"), None),
     ("post", "/api/v1/executions/batch-status", lambda w: {"execution_ids": [w.ids["exec_a"]]},
      client_route(200, 200), batch_check, None),
@@ -303,27 +302,35 @@ def test_scope_and_ownership(world, actor, method, path, body, expected, on_ok, 
         on_ok(actor, payload, world)
 
 
-# The streams read the database on their own threads: they need committed rows.
-STREAMS = [
-    ("/api/v1/executions/{exec_a}/events", client_route(200)),
-    ("/api/ui/v1/executions/events", ADMIN_ONLY),
-    ("/api/ui/v1/nodes/events", ADMIN_ONLY),
+# The streams and the sync execute do their database work on threads of their
+# own: they need committed rows (a transactional test).
+THREADED = [
+    ("get", "/api/v1/executions/{exec_a}/events", client_route(200)),
+    ("get", "/api/ui/v1/executions/events", ADMIN_ONLY),
+    ("get", "/api/ui/v1/nodes/events", ADMIN_ONLY),
+    ("post", "/api/v1/execute/{node_a}.process", client_route(200, 200)),
 ]
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize(("path", "expected"), STREAMS, ids=[p for p, _ in STREAMS])
-def test_streams_by_scope_and_ownership(world, path, expected):
+@pytest.mark.parametrize(("method", "path", "expected"), THREADED, ids=[f"{m.upper()} {p}" for m, p, _ in THREADED])
+def test_threaded_routes_by_scope_and_ownership(world, method, path, expected):
     from observability import tail
 
     try:
         for actor in ACTORS:
-            response = Client().get(_fill(path, world), headers={"X-API-Key": world.keys[actor]})
+            response = getattr(Client(), method)(_fill(path, world), {"input": {}} if method == "post" else None,
+                                                 content_type="application/json",
+                                                 headers={"X-API-Key": world.keys[actor]})
             assert response.status_code == expected[actor], f"{actor}: {path} -> {response.status_code}"
-            if expected[actor] == 200:
+            if expected[actor] != 200:
+                assert response.json()["error"] == ("forbidden" if expected[actor] == 403 else "not_found")
+            elif method == "get":
                 assert response["Content-Type"] == "text/event-stream"
             else:
-                assert response.json()["error"] == ("forbidden" if expected[actor] == 403 else "not_found")
+                assert response.json()["status"] == "succeeded"
+                owner = Execution.objects.get(pk=response.json()["execution_id"]).owner
+                assert (owner.name if owner else "env_admin") == actor
             response.close()
     finally:
         tail.close_pool_connections()
@@ -343,7 +350,7 @@ def _all_api_routes() -> set[str]:
 
 
 def test_the_matrix_covers_every_api_route():
-    paths = [path for _, path, *_ in CASES] + [path for path, _ in STREAMS]
+    paths = [path for _, path, *_ in CASES] + [path for _, path, _ in THREADED]
     covered = {re.sub(r"\{\w+\}(\.process)?", "{}", path) for path in paths}
     missing = _all_api_routes() - covered
     assert not missing, f"routes without a row in the scope matrix: {sorted(missing)}"
