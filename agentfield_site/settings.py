@@ -121,8 +121,14 @@ else:
     # No layer: streams fall back to polling the event log (see observability.tail).
     CHANNEL_LAYERS = {}
 
+# Two django-q2 clusters (queues) so that agent calls, which may take
+# AGENT_CALL_TIMEOUT, and the long delivery, forwarding and sweeping loops never
+# wait for each other's worker slots. `manage.py worker` runs both. (django-q2
+# itself reads Q_CLUSTER_NAME to pick the cluster a process serves.)
+DISPATCH_CLUSTER = env.str("Q_NAME", default="agentfield")
+DELIVERY_CLUSTER = f"{DISPATCH_CLUSTER}-deliveries"
 Q_CLUSTER = {
-    "name": env.str("Q_CLUSTER_NAME", default="agentfield"),
+    "name": DISPATCH_CLUSTER,
     "workers": env.int("Q_WORKERS", default=4),
     "timeout": env.int("Q_TIMEOUT", default=300),
     # Must stay above timeout (checked by agentfield.E002), else django-q2 runs a
@@ -135,6 +141,10 @@ Q_CLUSTER = {
     "guard_cycle": 0.5,
     "save_limit": 1000,
     "label": "Task queue",
+    "ALT_CLUSTERS": {
+        # The sweeper and the forwarder hold a slot each; the rest send webhooks.
+        DELIVERY_CLUSTER: {"workers": env.int("Q_DELIVERY_WORKERS", default=4)},
+    },
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
@@ -198,7 +208,15 @@ WEBHOOK_RESPONSE_BODY_LIMIT = env.int("WEBHOOK_RESPONSE_BODY_LIMIT", default=16 
 WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
 WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=WEBHOOK_TIMEOUT + 20)
 WEBHOOK_BATCH_SIZE = env.int("WEBHOOK_BATCH_SIZE", default=200)
-WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=32)
+# Requests in flight per sender process (asyncio: each costs a socket, not a thread).
+WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=256)
+# Across every worker: requests in flight to one scheme://host:port at most.
+WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION = env.int("WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION", default=32)
+# Consecutive failed attempts (timeout, connection error, 5xx) that open a destination's breaker.
+WEBHOOK_BREAKER_FAILURES = env.int("WEBHOOK_BREAKER_FAILURES", default=5)
+# Seconds an open breaker waits before its probe; doubled after each failed probe, up to the max.
+WEBHOOK_BREAKER_COOLDOWN = env.float("WEBHOOK_BREAKER_COOLDOWN", default=30.0)
+WEBHOOK_BREAKER_MAX_COOLDOWN = env.float("WEBHOOK_BREAKER_MAX_COOLDOWN", default=600.0)
 WEBHOOK_DISABLE_AFTER_DAYS = env.float("WEBHOOK_DISABLE_AFTER_DAYS", default=5.0)
 
 OBSERVABILITY_BATCH_SIZE = env.int("OBSERVABILITY_BATCH_SIZE", default=10)

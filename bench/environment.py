@@ -20,7 +20,7 @@ def setup_django(suite: str) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentfield_site.settings")
     os.environ.setdefault("SECRET_KEY", "bench-only-not-secret")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ["Q_CLUSTER_NAME"] = f"bench-{suite}-{os.getpid()}"
+    os.environ["Q_NAME"] = f"bench-{suite}-{os.getpid()}"
     allowed = os.environ.get("WEBHOOK_ALLOWED_HOSTS", "")
     os.environ["WEBHOOK_ALLOWED_HOSTS"] = ",".join(filter(None, [allowed, "127.0.0.1"]))
     if not os.environ.get("TEST_DB_NAME"):

@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 from urllib3.util.retry import Retry
 
-from agentfield_site.lib import safe_http
+from agentfield_site.lib import safe_http, tasks
 
 from . import lifecycle
 from .models import ACTIVE, AgentNode, Execution
@@ -31,7 +31,6 @@ CANCEL_TIMEOUT = 2.0
 # How much of an agent's error body is quoted back to callers (error_details.body).
 ERROR_BODY_LIMIT = 2048
 _local = threading.local()
-_cached_broker = None
 
 
 def _session() -> requests.Session:
@@ -55,23 +54,11 @@ def _session() -> requests.Session:
     return session
 
 
-def _broker():
-    """One django-q2 broker per process: by default each enqueue opens a new Redis pool."""
-    global _cached_broker
-    if _cached_broker is None:
-        from django_q.brokers import get_broker
-
-        _cached_broker = get_broker()
-    return _cached_broker
-
-
 def enqueue(execution_id: str) -> None:
     """Ask a worker to dispatch `execution_id` once the current transaction commits."""
 
     def send() -> None:
-        from django_q.tasks import async_task
-
-        async_task(TASK, execution_id, task_name=f"dispatch {execution_id}", broker=_broker())
+        tasks.enqueue(TASK, execution_id, cluster=settings.DISPATCH_CLUSTER, name=f"dispatch {execution_id}")
 
     # robust: a broker outage must not fail the request that already committed the
     # execution; its dispatch lease lapses and the sweeper enqueues it again.

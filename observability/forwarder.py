@@ -34,13 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from agentfield_site.lib import backoff, safe_http, signing
+from agentfield_site.lib import backoff, outbound, tasks
 
 from . import leases
 from .models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 LEASE = "forwarder"
 KICK_LEASE = "forwarder-kick"
 TASK = "observability.forwarder.run"
-USER_AGENT = "AgentField-Webhooks/0.1.0"  # what webhooks send too
 # Events read per query: large, so the database is not the bottleneck at 5,000/s.
 READ_CHUNK = 2000
 # How often an idle run looks at the log, and how long it stays after draining:
@@ -66,11 +64,6 @@ KICK_SECONDS = 1.0
 CONFIG_CACHE_SECONDS = 1.0
 RUNNING_CACHE_SECONDS = 0.5
 
-# The same header rules as webhooks (webhooks.completion.header_problem); that
-# module is a higher layer, so they are restated here rather than imported.
-MAX_HEADERS = 20
-MAX_HEADER_LENGTH = 512
-_RESERVED_HEADERS = {"x-agentfield-signature", "content-type", "host", "content-length"}
 _TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.*\-]{1,64}$")
 ALL_TYPES = ["*"]
 
@@ -87,32 +80,11 @@ class NotConfigured(RuntimeError):
 
 
 def validate_headers(value: object) -> dict[str, str]:
-    """Custom headers, by the same rules as webhook headers: up to 20 name: value
-    strings of at most 512 characters, no line breaks, no overriding of the signed ones."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError("headers must be a JSON object of header names to string values.")
-    if len(value) > MAX_HEADERS:
-        raise ConfigError(f"headers may hold at most {MAX_HEADERS} entries.")
-    clean: dict[str, str] = {}
-    for name, val in value.items():
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError("header names must be non-empty strings.")
-        if not isinstance(val, str | int | float) or isinstance(val, bool):
-            raise ConfigError(f"header {name[:40]!r} must have a string value.")
-        text = str(val)
-        if len(name) > MAX_HEADER_LENGTH or len(text) > MAX_HEADER_LENGTH:
-            raise ConfigError(
-                f"header {name[:40]!r} is longer than {MAX_HEADER_LENGTH} characters."
-            )
-        if any(c in name + text for c in "\r\n\0") or any(c in name for c in " :\t"):
-            raise ConfigError(f"header {name[:40]!r} contains forbidden characters.")
-        lower = name.lower()
-        if lower in _RESERVED_HEADERS or lower.startswith("webhook-"):
-            raise ConfigError(f"header {name!r} is reserved: the forwarder sets it.")
-        clean[name] = text
-    return clean
+    """Custom headers, by the rules every outbound request follows (`outbound.clean_headers`)."""
+    try:
+        return outbound.clean_headers(value)
+    except outbound.InvalidTarget as exc:
+        raise ConfigError(f"{exc}.") from exc
 
 
 def validate_event_types(value: object) -> list[str]:
@@ -136,25 +108,20 @@ def validate_event_types(value: object) -> list[str]:
 
 
 def validate_url(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError("url is required: the collector's http(s) address.")
-    url = value.strip()
-    if len(url) > 2048:
-        raise ConfigError("url is longer than 2048 characters.")
     try:
-        safe_http.check_url(url)
-    except safe_http.UnsafeURL as exc:
-        raise ConfigError(f"url is not allowed: {exc}") from exc
-    return url
+        return outbound.clean_url(value)
+    except outbound.InvalidTarget as exc:
+        raise ConfigError(f"url is not allowed: {exc}.") from exc
 
 
 def validate_secret(value: object) -> str | None:
     """None keeps the stored secret; '' removes it."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 512:
-        raise ConfigError("secret must be a string of at most 512 characters.")
-    return value
+    try:
+        return outbound.clean_secret(value)
+    except outbound.InvalidTarget as exc:
+        raise ConfigError(f"{exc}.") from exc
 
 
 def configure(
@@ -295,87 +262,58 @@ class Result:
 
 
 def entry_of(row: Mapping[str, Any]) -> dict:
-    """An event as the envelope carries it; the log's ids and status ride along when set."""
-    entry = {
+    """An event as AgentField's forwarder sends it: ids and status in `data`, the event's own data under `payload`.
+
+    A collector written for AgentField reads `data.execution_id` (execution
+    events) or `data.node_id` (node events) and `data.payload`.
+    """
+    payload = row["data"]
+    if row["source"] == "execution":
+        data = {
+            "execution_id": row["execution_id"], "workflow_id": row["workflow_id"],
+            "agent_node_id": row["agent_node_id"], "status": row["status"],
+        }
+    elif row["source"] == "node":
+        data = {"node_id": row["agent_node_id"], "status": row["status"]}
+        if isinstance(payload, dict):
+            data.update({k: payload[k] for k in ("old_status", "new_status", "source", "reason") if k in payload})
+    else:
+        data = {k: row[k] for k in ("execution_id", "status") if row.get(k)}
+    data["payload"] = payload
+    return {
         "event_id": row["id"],
         "event_type": row["type"],
         "event_source": row["source"],
         "timestamp": _iso(row["timestamp"]),
-        "data": row["data"],
+        "data": data,
     }
-    for key in ("execution_id", "workflow_id", "agent_node_id", "status"):
-        if row.get(key):
-            entry[key] = row[key]
-    return entry
 
 
-class Sessions:
-    """One keep-alive session per sending thread (a requests session is not shared
-    safely between threads), all closed together when the run ends."""
+def send(target: Target, batch: Batch, max_attempts: int, stop: threading.Event | None = None) -> Result:
+    """POST the batch until 2xx, a final failure, or `max_attempts`; never raises for HTTP trouble.
 
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._all: list = []
-        self._lock = threading.Lock()
-
-    def get(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = safe_http.new_session()
-            with self._lock:
-                self._all.append(session)
-        return session
-
-    def close(self) -> None:
-        with self._lock:
-            for session in self._all:
-                session.close()
-            self._all.clear()
-
-
-def send(
-    target: Target,
-    batch: Batch,
-    max_attempts: int,
-    sessions: Sessions,
-    stop: threading.Event | None = None,
-) -> Result:
-    """POST the batch until 2xx, a final failure, or `max_attempts`; never raises for HTTP trouble."""
+    The collector is the operator's own service, so unlike webhooks only what
+    `outbound.classify` calls RETRY is retried: a 3xx or another 4xx says the
+    collector will not take this batch as it is, and it goes to the dead letters.
+    """
+    request = outbound.Request(
+        target.url, batch.body, batch.batch_id, [target.secret] if target.secret else [],
+        target.headers, settings.OBSERVABILITY_TIMEOUT,
+    )
     attempts = 0
     while True:
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            **target.headers,
-            **signing.sign(batch.body, batch.batch_id, [target.secret] if target.secret else []),
-        }
-        outcome = safe_http.post(
-            sessions.get(), target.url, batch.body, headers, settings.OBSERVABILITY_TIMEOUT
-        )
+        outcome = outbound.client().send(request)
         attempts += 1
         code = outcome.status
-        if code is not None and 200 <= code < 300:
+        if outcome.ok:
             return Result(True, attempts, http_status=code)
-        error = (
-            f"HTTP {code}: {outcome.body[:200]}".strip()
-            if code is not None
-            else (outcome.error or "no response")
-        )
-        # 3xx and 4xx other than 429 say the collector will not take this batch as
-        # is; an address the safe client refuses stays refused.
-        if code is None:
-            retryable = not outcome.error.startswith("blocked")
-        else:
-            retryable = code == 429 or code >= 500
-        delay = (
-            backoff.delay_for(attempts, settings.OBSERVABILITY_RETRY_SCHEDULE)
-            if retryable
-            else None
-        )
+        error = f"HTTP {code}: {outcome.body[:200]}".strip() if code is not None else outcome.describe()
+        delay = None
+        if outbound.classify(outcome) == outbound.Verdict.RETRY:
+            delay = backoff.delay_for(attempts, settings.OBSERVABILITY_RETRY_SCHEDULE)
         if delay is None or attempts >= max_attempts:
             return Result(False, attempts, error=error, http_status=code)
-        if outcome.retry_after:
-            delay = backoff.honour_retry_after(outcome.retry_after, delay)
+        delay = backoff.honour_retry_after(outcome.retry_after, delay)
         if stop is not None:
             if stop.wait(delay):
                 return Result(False, attempts, error=error, http_status=code, stopped=True)
@@ -435,7 +373,6 @@ class _Run:
         self.renewed_at = self.checked_at = self.saved_at = time.monotonic()
         self.read_at = 0.0
         self.caught_up = False
-        self.sessions = Sessions()
         # Finished batches not yet written to ForwarderState.
         self.acked_to = 0
         self.unsaved_forwarded = 0
@@ -494,7 +431,6 @@ class _Run:
                 # Batches waiting to retry give up; they are not acknowledged, so
                 # the cursor stays before them and the next run sends them again.
                 self.stop.set()
-        self.sessions.close()
         self._collect()
         self._save(force=True)
         return self.finished
@@ -565,7 +501,7 @@ class _Run:
                 self.pending.popleft() for _ in range(min(self.batch_size, len(self.pending)))
             ]
             batch = Batch.of(entries, end_id=entries[-1]["event_id"])
-            future = pool.submit(send, self.target, batch, self.attempts, self.sessions, self.stop)
+            future = pool.submit(send, self.target, batch, self.attempts, self.stop)
             self.inflight.append((batch, future))
             if self.pending:
                 self.pending_since = _parse_iso(self.pending[0]["timestamp"])
@@ -673,7 +609,6 @@ def redrive(ids: Iterable[int] | None = None) -> dict:
     batch_size = max(1, settings.OBSERVABILITY_BATCH_SIZE)
     processed = failed = 0
     last_id = 0
-    sessions = Sessions()
     with ThreadPoolExecutor(
         max(1, settings.OBSERVABILITY_CONCURRENCY), thread_name_prefix="redrive"
     ) as pool:
@@ -687,7 +622,7 @@ def redrive(ids: Iterable[int] | None = None) -> dict:
             last_id = rows[-1].id
             groups = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
             futures = [
-                pool.submit(send, target, Batch.of([r.payload for r in group]), 1, sessions)
+                pool.submit(send, target, Batch.of([r.payload for r in group]), 1)
                 for group in groups
             ]
             delivered: list[int] = []
@@ -704,7 +639,6 @@ def redrive(ids: Iterable[int] | None = None) -> dict:
                         error_message=result.error[:2000],
                     )
             ForwarderDeadLetter.objects.filter(id__in=delivered).delete()
-    sessions.close()
     message = (
         f"Redrove {processed} dead letters: {processed - failed} delivered, {failed} still failing."
         if processed
@@ -765,10 +699,8 @@ def kick() -> None:
     if leases.is_held(LEASE):
         return
     if leases.acquire(KICK_LEASE, uuid.uuid4().hex, KICK_SECONDS):
-        from django_q.tasks import async_task
-
-        async_task(
-            TASK, task_name="forwarder", q_options={"timeout": settings.Q_CLUSTER["timeout"]}
+        tasks.enqueue(
+            TASK, cluster=settings.DELIVERY_CLUSTER, name="forwarder", timeout=settings.Q_CLUSTER["timeout"]
         )
 
 

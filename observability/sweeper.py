@@ -19,6 +19,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import close_old_connections
 
+from agentfield_site.lib import tasks
+
 from . import leases
 
 log = logging.getLogger(__name__)
@@ -88,9 +90,7 @@ def kick(*, after_restart: bool = False) -> None:
 
 
 def _enqueue() -> None:
-    from django_q.tasks import async_task
-
-    async_task(TASK, task_name="sweeper", q_options={"timeout": settings.Q_CLUSTER["timeout"]})
+    tasks.enqueue(TASK, cluster=settings.DELIVERY_CLUSTER, name="sweeper", timeout=settings.Q_CLUSTER["timeout"])
 
 
 def ensure_schedule() -> None:

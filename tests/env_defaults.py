@@ -10,7 +10,7 @@ import tempfile
 
 _session = f"t{os.getpid()}"
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
-os.environ.setdefault("Q_CLUSTER_NAME", f"test-{_session}")
+os.environ.setdefault("Q_NAME", f"test-{_session}")
 os.environ.setdefault("CHANNEL_PREFIX", f"asgi-{_session}")
 os.environ.setdefault("WEBHOOK_ALLOWED_HOSTS", "")
 if not os.environ.get("DATABASE_URL", "").startswith("postgres"):

@@ -4,9 +4,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import delivery as engine
+from . import delivery, destinations
 from .masking import masked_headers
-from .models import Attempt, DeadLetter, Delivery, Subscription, SubscriptionSecret
+from .models import Attempt, DeadLetter, Delivery, Destination, Subscription, SubscriptionSecret
 
 
 class AttemptInline(admin.TabularInline):
@@ -25,7 +25,7 @@ class AttemptInline(admin.TabularInline):
 
 @admin.action(description="Redrive selected (fresh retry budget, same webhook-id)")
 def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
-    queued = engine.redrive(
+    queued = delivery.redrive(
         queryset, statuses=(Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED)
     )
     skipped = queryset.count() - queued
@@ -37,17 +37,17 @@ def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryse
 
 
 class DeliveryAdmin(admin.ModelAdmin):
-    list_display = ("webhook_id", "kind", "event_type", "status", "target_host", "attempts", "last_status", "created_at")
-    list_filter = ("status", "kind", "event_type", "target_host")
-    search_fields = ("=execution_id", "=webhook_id")
+    list_display = ("webhook_id", "kind", "event_type", "status", "destination", "attempts", "last_status", "created_at")
+    list_filter = ("status", "kind")
+    search_fields = ("=execution_id", "=webhook_id", "=destination")
     date_hierarchy = "created_at"
     inlines = [AttemptInline]
     actions = [redrive_selected]
     exclude = ("secret", "body", "headers")
     readonly_fields = (
-        "webhook_id", "kind", "event_type", "execution_id", "subscription", "owner", "event_id", "url", "target_host",
+        "webhook_id", "kind", "event_type", "execution_id", "subscription", "owner", "event_id", "url", "destination",
         "header_names", "body_text", "retries", "status", "next_attempt_at", "lease_until", "attempts", "budget_base",
-        "last_status", "last_error", "created_at", "delivered_at", "dead_lettered_at",
+        "budget_started_at", "last_status", "last_error", "created_at", "delivered_at", "dead_lettered_at",
     )
     fields = readonly_fields
 
@@ -76,8 +76,8 @@ admin.site.register(Delivery, DeliveryAdmin)
 class DeadLetterAdmin(DeliveryAdmin):
     """The dead letter queue: deliveries that used up their retries (or hit a 410)."""
 
-    list_display = ("webhook_id", "event_type", "execution_id", "target_host", "attempts", "last_status", "last_error", "dead_lettered_at")
-    list_filter = ("event_type", "target_host", "subscription")
+    list_display = ("webhook_id", "event_type", "execution_id", "destination", "attempts", "last_status", "last_error", "dead_lettered_at")
+    list_filter = ("event_type",)
     date_hierarchy = "dead_lettered_at"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
@@ -127,3 +127,52 @@ class SubscriptionAdmin(admin.ModelAdmin):
     def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = queryset.update(enabled=False, disabled_reason="Disabled by an operator.")
         self.message_user(request, f"Disabled {n} subscriptions.", messages.SUCCESS)
+
+
+@admin.register(Destination)
+class DestinationAdmin(admin.ModelAdmin):
+    """Receiver addresses and their circuit breakers: who is down, since when, what waits."""
+
+    list_display = (
+        "destination", "state", "consecutive_failures", "success_rate_1h", "pending", "in_flight",
+        "opened_at", "next_probe_at", "last_error",
+    )
+    list_filter = ("state",)
+    search_fields = ("destination",)
+    readonly_fields = (
+        "destination", "state", "consecutive_failures", "opened_at", "cooldown_seconds", "next_probe_at",
+        "probe_until", "paused_until", "last_error", "updated_at",
+    )
+    fields = readonly_fields
+    actions = ["probe_now", "close_breaker"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return destinations.with_stats(super().get_queryset(request))
+
+    @admin.display(description="pending", ordering="pending")
+    def pending(self, obj: Destination) -> int:
+        return obj.pending
+
+    @admin.display(description="in flight", ordering="in_flight")
+    def in_flight(self, obj: Destination) -> int:
+        return obj.in_flight
+
+    @admin.display(description="success, last hour")
+    def success_rate_1h(self, obj: Destination) -> str:
+        return "-" if not obj.attempts_1h else f"{obj.delivered_1h / obj.attempts_1h:.0%}"
+
+    @admin.action(description="Probe now (send one delivery to test the receiver)")
+    def probe_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = destinations.probe_now(queryset.values_list("destination", flat=True))
+        self.message_user(request, f"{n} destinations will be probed at once.", messages.SUCCESS)
+
+    @admin.action(description="Close the breaker (deliveries flow again)")
+    def close_breaker(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = destinations.close(queryset.values_list("destination", flat=True))
+        self.message_user(request, f"Closed {n} breakers.", messages.SUCCESS)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.method in ("GET", "HEAD") or obj is None

@@ -7,55 +7,14 @@ the transaction that made it terminal), `webhook_events` reports the attempts.
 
 import json
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
-from agentfield_site.lib import safe_http
+from agentfield_site.lib import outbound
 
-from . import delivery as engine
+from . import delivery
 from .models import Attempt, Delivery
-
-MAX_HEADERS = 20
-MAX_HEADER_LENGTH = 512
-MAX_SECRET_LENGTH = 4096
-RESERVED_HEADERS = {"x-agentfield-signature", "content-type", "host", "content-length"}
-
-
-def header_problem(headers: object) -> str | None:
-    """Why a custom header map is refused, or None (shared with subscriptions)."""
-    if not isinstance(headers, dict):
-        return "headers must be an object of name: value strings"
-    if len(headers) > MAX_HEADERS:
-        return f"at most {MAX_HEADERS} headers are allowed"
-    for name, value in headers.items():
-        if not isinstance(name, str) or not name.strip():
-            return "header names must be non-empty strings"
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            return f"header {name!r} must have a string value"
-        text = str(value)
-        if len(name) > MAX_HEADER_LENGTH or len(text) > MAX_HEADER_LENGTH:
-            return f"header {name[:40]!r} is longer than {MAX_HEADER_LENGTH} characters"
-        if any(c in name + text for c in "\r\n\0") or any(c in name for c in " :\t"):
-            return f"header {name[:40]!r} contains forbidden characters"
-        lower = name.lower()
-        if lower in RESERVED_HEADERS or lower.startswith("webhook-"):
-            return f"header {name!r} is reserved"
-    return None
-
-
-def url_problem(url: object) -> str | None:
-    """Why a webhook URL is refused, or None (scheme, credentials, blocked address)."""
-    if not isinstance(url, str) or not url.strip():
-        return "url is required"
-    if len(url) > 2048:
-        return "url is longer than 2048 characters"
-    try:
-        safe_http.check_url(url.strip())
-    except safe_http.UnsafeURL as exc:
-        return str(exc)
-    return None
 
 
 def validate_webhook(value: object) -> tuple[dict | None, str | None]:
@@ -67,19 +26,14 @@ def validate_webhook(value: object) -> tuple[dict | None, str | None]:
         return None, None
     if not isinstance(value, dict):
         return None, "webhook must be an object with url, secret and headers"
-    problem = url_problem(value.get("url"))
-    if problem:
-        return None, problem
-    secret = value.get("secret") or ""
-    if not isinstance(secret, str):
-        return None, "secret must be a string"
-    if len(secret) > MAX_SECRET_LENGTH:
-        return None, f"secret is longer than {MAX_SECRET_LENGTH} characters"
-    headers = value.get("headers") or {}
-    problem = header_problem(headers)
-    if problem:
-        return None, problem
-    return {"url": value["url"].strip(), "secret": secret, "headers": {k: str(v) for k, v in headers.items()}}, None
+    try:
+        return {
+            "url": outbound.clean_url(value.get("url")),
+            "secret": outbound.clean_secret(value.get("secret")),
+            "headers": outbound.clean_headers(value.get("headers")),
+        }, None
+    except outbound.InvalidTarget as exc:
+        return None, str(exc)
 
 
 def encode_body(document: dict) -> bytes:
@@ -100,7 +54,7 @@ def enqueue_completion(
         event_type=str(payload.get("event") or "execution.completed"),
         execution_id=execution_id,
         url=url,
-        target_host=(urlsplit(url).hostname or "")[:255],
+        destination=outbound.destination_of(url),
         headers=headers or {},
         secret=secret or "",
         body=encode_body(payload),
@@ -109,7 +63,7 @@ def enqueue_completion(
     with transaction.atomic():
         # ON CONFLICT DO NOTHING: the unique constraint, not a read, makes it idempotent.
         Delivery.objects.bulk_create([row], ignore_conflicts=True)
-        transaction.on_commit(engine.kick)
+        transaction.on_commit(delivery.kick)
 
 
 def webhook_events(execution_ids: Sequence[str]) -> dict[str, list[dict]]:

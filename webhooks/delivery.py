@@ -1,12 +1,17 @@
 """The delivery engine: the one mechanism that sends every outbound webhook.
 
-Delivery rows are the queue. A sender claims many due rows in one short
-transaction (PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED`; SQLite, whose
-IMMEDIATE transactions already serialize writers: a conditional UPDATE), leases
-them, sends them concurrently over keep-alive sessions, then records attempts in
-bulk and outcomes with targeted updates guarded by the lease token, so a sender
-whose lease lapsed (it hung, or was killed) cannot overwrite the row's newer
-state. A lapsed lease makes the row due again: at least once, and receivers
+Delivery rows are the queue. A sender claims due rows in one short, serialized
+transaction, only as many as it can start at once, never more than
+WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION in flight to one destination across all
+workers, round-robin across destinations, and nothing from a destination whose
+circuit breaker is open (`destinations.py`). The claimed rows go out at once on
+the process's asyncio client (`agentfield_site.lib.outbound`), so a receiver that
+never answers holds a socket, not a thread, and cannot hold up anyone else's
+deliveries. Results are recorded in bulk, with outcomes written by targeted
+updates guarded by the lease token: a sender whose lease lapsed (it hung, or was
+killed) cannot overwrite the row's newer state. Leases are renewed while their
+requests are alive, so a slow receiver is never sent a duplicate, and a lapsed
+lease (a killed worker) makes the row due again: at least once, and receivers
 de-duplicate on the stable `webhook-id`.
 
 Outcome events, one per outcome and never one per retry: `webhook.delivered`;
@@ -18,37 +23,43 @@ retries); its own retry is not the policy: the row's schedule is.
 """
 
 import logging
-import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from queue import Empty, SimpleQueue
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from agentfield_site.lib import safe_http, signing
+from agentfield_site.lib import outbound, tasks
 from agentfield_site.lib.backoff import delay_for, honour_retry_after
 from observability.events import build, publish_many
 
+from . import destinations
 from .models import Attempt, Delivery, Subscription, SubscriptionSecret
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "AgentField-Webhooks/0.1.0"
 TASK = "webhooks.tasks.send_due"
 # How long one `send_due` call keeps claiming before handing over to a new task,
 # so one worker is not held forever under a constant stream of deliveries.
-RUN_SECONDS = 30.0
+RUN_SECONDS = 10.0
 # Recorded outcomes are flushed in groups: bulk writes, but a slow receiver in a
 # batch does not hold back the others' results for long.
 FLUSH_EVERY = 0.05
+# While requests are in flight, look for newly due rows this often (new rows also
+# wake a second task through `kick`).
+CLAIM_EVERY = 0.05
+# Claims take a transaction-level advisory lock on PostgreSQL so that the
+# per-destination in-flight counts they read cannot be raced by another claim.
+_CLAIM_LOCK_KEY = 0x4146_434C  # "AFCL"
 
 
 def _kick_key() -> str | None:
@@ -69,25 +80,22 @@ def kick() -> None:
     that task will see all their rows, so they add no second one. The task clears
     the flag before its first claim, so a row committed later always gets a task.
     """
-    from django_q.tasks import async_task
-
     key = _kick_key()
     try:
         if key and not cache.add(key, 1, timeout=1.0):
             return
-        async_task(TASK, task_name="webhooks.send_due")
+        tasks.enqueue(TASK, cluster=settings.DELIVERY_CLUSTER, name="webhooks.send_due")
     except Exception:  # the sweeper tick picks the rows up anyway
         log.exception("could not enqueue %s", TASK)
 
 
 @dataclass
 class _Job:
-    """Everything a sender thread needs; no ORM access off the main thread."""
+    """A claimed row and what its attempt needs; no ORM access off the claiming thread."""
 
     delivery: Delivery
-    url: str
-    headers: dict
-    secrets: list[str]
+    token: str
+    request: outbound.Request
     skip_reason: str = ""
 
 
@@ -95,40 +103,101 @@ class _Job:
 class _Result:
     job: _Job
     started_at: datetime
-    outcome: safe_http.Outcome
+    outcome: outbound.Outcome
 
 
 # --- claiming -------------------------------------------------------------------
 
-def claim(limit: int) -> tuple[str, list[Delivery]]:
-    """Lease up to `limit` due deliveries in one statement; returns the lease token and the rows.
+def _pick(candidates: list[tuple[int, str]], room: dict[str, int], limit: int) -> list[int]:
+    """Round-robin across destinations, oldest first within each, using up each one's `room`."""
+    queues: dict[str, deque[int]] = {}
+    for row_id, destination in candidates:
+        if room[destination] > 0:
+            queues.setdefault(destination, deque()).append(row_id)
+    picked: list[int] = []
+    while queues and len(picked) < limit:
+        for destination in list(queues):
+            if room[destination] <= 0 or not queues[destination]:
+                del queues[destination]
+                continue
+            picked.append(queues[destination].popleft())
+            room[destination] -= 1
+            if len(picked) == limit:
+                break
+    return picked
 
-    `UPDATE ... WHERE id IN (due ids) RETURNING *`: on PostgreSQL the inner select
-    takes `FOR UPDATE SKIP LOCKED` so concurrent senders split the due rows
-    instead of queueing behind each other; on SQLite the single statement is
-    atomic on its own (one writer at a time).
+
+def claim(limit: int) -> tuple[str, list[Delivery]]:
+    """Lease up to `limit` due deliveries that may be sent now; returns the lease token and rows.
+
+    Destinations that are open, paused or already at their in-flight cap are left
+    out of the candidates, so a backlog behind a dead receiver never hides anyone
+    else's due rows. Claims are serialized (an advisory lock on PostgreSQL;
+    SQLite's IMMEDIATE transactions already are), so the in-flight counts a claim
+    reads are exact across every worker.
     """
     table = Delivery._meta.db_table
     ops = connection.ops
-    now = timezone.now()
     token = uuid.uuid4().hex
-    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
-    sql = (
-        f"UPDATE {table} SET status = %s, lease_token = %s, lease_until = %s "
-        f"WHERE id IN (SELECT id FROM {table} WHERE status = %s AND next_attempt_at <= %s "
-        f"ORDER BY next_attempt_at LIMIT %s{lock}) RETURNING *"
-    )
-    params = [
-        Delivery.IN_FLIGHT,
-        token,
-        ops.adapt_datetimefield_value(now + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)),
-        Delivery.PENDING,
-        ops.adapt_datetimefield_value(now),
-        limit,
-    ]
+    cap = max(1, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION)
     with transaction.atomic():
-        rows = list(Delivery.objects.raw(sql, params))
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
+        now = timezone.now()
+        gates = destinations.gates(now)
+        busy = dict(
+            Delivery.objects.filter(status=Delivery.IN_FLIGHT).order_by()
+            .values_list("destination").annotate(n=Count("id"))
+        )
+        room: dict[str, int] = defaultdict(lambda: cap)
+        for destination, n in busy.items():
+            room[destination] = cap - n
+        for destination in gates.probing:
+            room[destination] = 1 - busy.get(destination, 0)
+        full = set(gates.blocked) | {d for d, r in room.items() if r <= 0}
+        due = Delivery.objects.filter(status=Delivery.PENDING, next_attempt_at__lte=now).order_by("next_attempt_at", "id")
+        ids: list[int] = []
+        # The oldest due rows may all belong to one destination; once it is full,
+        # look past it (a few rounds at most), so its backlog hides no one else.
+        for _ in range(3):
+            window = limit * 4
+            candidates = list(due.exclude(destination__in=full).values_list("id", "destination")[:window])
+            ids += _pick(candidates, room, limit - len(ids))
+            filled = {d for _, d in candidates if room[d] <= 0} - full
+            if len(ids) >= limit or len(candidates) < window or not filled:
+                break
+            full |= filled
+        if not ids:
+            return token, []
+        lease_until = now + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
+        sql = (
+            f"UPDATE {table} SET status = %s, lease_token = %s, lease_until = %s "
+            f"WHERE status = %s AND id IN ({', '.join(['%s'] * len(ids))}) RETURNING *"
+        )
+        rows = list(Delivery.objects.raw(sql, [
+            Delivery.IN_FLIGHT, token, ops.adapt_datetimefield_value(lease_until), Delivery.PENDING, *ids,
+        ]))
+        destinations.start_probes({r.destination for r in rows} & gates.probing, now)
     return token, rows
+
+
+def renew(tokens: Iterable[str]) -> None:
+    """Extend the leases of rows whose requests are still alive."""
+    tokens = list(tokens)
+    if tokens:
+        until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
+        Delivery.objects.filter(lease_token__in=tokens, status=Delivery.IN_FLIGHT).update(lease_until=until)
+
+
+def release(tokens: Iterable[str]) -> int:
+    """Hand back leased rows that were not sent to completion (a stopping sender): due again, no attempt spent."""
+    tokens = list(tokens)
+    if not tokens:
+        return 0
+    return Delivery.objects.filter(lease_token__in=tokens, status=Delivery.IN_FLIGHT).update(
+        status=Delivery.PENDING, next_attempt_at=timezone.now(), lease_token="", lease_until=None
+    )
 
 
 def reclaim_expired() -> int:
@@ -141,7 +210,7 @@ def reclaim_expired() -> int:
     return lapsed.update(status=Delivery.PENDING, next_attempt_at=now, lease_token="", lease_until=None)
 
 
-def _jobs(rows: list[Delivery]) -> list[_Job]:
+def _jobs(token: str, rows: list[Delivery]) -> list[_Job]:
     sub_ids = {r.subscription_id for r in rows if r.subscription_id}
     secrets: dict[str, list[str]] = defaultdict(list)
     subs = Subscription.objects.in_bulk(sub_ids) if sub_ids else {}
@@ -154,89 +223,67 @@ def _jobs(rows: list[Delivery]) -> list[_Job]:
             .values_list("subscription_id", "secret")
         ):
             secrets[sub_id].append(secret)
+    timeout = settings.WEBHOOK_TIMEOUT
     jobs = []
     for row in rows:
         row.body = bytes(row.body)  # PostgreSQL hands back a memoryview
+        skip = ""
+        url, headers, keys = row.url, dict(row.headers or {}), [row.secret] if row.secret else []
         if row.subscription_id:
             sub = subs.get(row.subscription_id)
             if sub is None:
-                jobs.append(_Job(row, row.url, {}, [], "the subscription was deleted"))
+                skip = "the subscription was deleted"
             elif not sub.enabled and row.kind != Delivery.TEST:
-                jobs.append(_Job(row, sub.url, {}, [], f"the subscription is disabled: {sub.disabled_reason}"))
+                skip = f"the subscription is disabled: {sub.disabled_reason}"
             else:
-                jobs.append(_Job(row, sub.url, dict(sub.headers or {}), secrets[sub.id]))
-        else:
-            jobs.append(_Job(row, row.url, dict(row.headers or {}), [row.secret] if row.secret else []))
+                url, headers, keys = sub.url, dict(sub.headers or {}), secrets[sub.id]
+        request = outbound.Request(url, row.body, row.webhook_id, keys, headers, timeout)
+        jobs.append(_Job(row, token, request, skip))
     return jobs
 
 
 # --- sending ---------------------------------------------------------------------
 
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_local = threading.local()
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(settings.WEBHOOK_CONCURRENCY, thread_name_prefix="webhook-send")
-        return _pool
-
-
-def _session():
-    # One keep-alive session per sender thread: connections to a receiver are reused.
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = _local.session = safe_http.new_session(pool_size=4)
-    return session
-
-
-def request_headers(job: _Job) -> dict[str, str]:
-    """Fixed headers, the caller's custom headers, then fresh signatures for this attempt."""
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-    headers.update(job.headers)
-    headers.update(signing.sign(job.delivery.body, job.delivery.webhook_id, job.secrets))
-    return headers
-
-
-def _send(job: _Job) -> _Result:
+def _start(job: _Job, done: "SimpleQueue[_Result]") -> None:
+    """Send the job's attempt on the asyncio client; its `_Result` lands in `done`."""
     started = timezone.now()
     if job.skip_reason:
-        return _Result(job, started, safe_http.Outcome(error=job.skip_reason))
-    outcome = safe_http.post(_session(), job.url, job.delivery.body, request_headers(job), settings.WEBHOOK_TIMEOUT)
-    return _Result(job, started, outcome)
+        done.put(_Result(job, started, outbound.Outcome(error=job.skip_reason)))
+        return
+
+    def finished(future: Future) -> None:
+        try:
+            outcome = future.result()
+        except Exception as exc:  # noqa: BLE001 - a bug in the client is this attempt's failure, not the loop's
+            log.exception("outbound attempt failed")
+            outcome = outbound.Outcome(error=f"internal error: {exc!r}")
+        done.put(_Result(job, started, outcome))
+
+    outbound.client().submit(job.request).add_done_callback(finished)
 
 
 # --- recording -------------------------------------------------------------------
 
 def _verdict(row: Delivery, result: _Result) -> tuple[str, float | None]:
-    """(attempt outcome, retry delay) per the contract's rules."""
-    outcome = result.outcome
-    if outcome.ok:
+    """(attempt outcome, retry delay): 410 is final, everything else retries within the schedule.
+
+    Webhook receivers misdeploy, so a refusing 4xx is retried like a 5xx (the
+    collector forwarder, whose receiver is an operator's own, does not).
+    """
+    verdict = outbound.classify(result.outcome)
+    if verdict == outbound.Verdict.DELIVERED:
         return Attempt.DELIVERED, None
-    if result.job.skip_reason or outcome.status == 410:
+    if result.job.skip_reason or verdict == outbound.Verdict.GONE:
         return Attempt.DEAD, None
     if not row.retries:
         return Attempt.FAILED, None
     delay = delay_for(row.attempts + 1 - row.budget_base, settings.WEBHOOK_RETRY_SCHEDULE)
     if delay is None:
         return Attempt.DEAD, None
-    return Attempt.RETRY, honour_retry_after(outcome.retry_after, delay)
+    return Attempt.RETRY, honour_retry_after(result.outcome.retry_after, delay)
 
 
-def _error_text(outcome: safe_http.Outcome) -> str:
-    if outcome.error:
-        return outcome.error
-    if outcome.ok:
-        return ""
-    if outcome.status is not None and 300 <= outcome.status < 400:
-        return f"HTTP {outcome.status}: redirects are not followed"
-    return f"HTTP {outcome.status}"
-
-
-def _event(row: Delivery, event_type: str, status: str, outcome: safe_http.Outcome, error: str, url: str):
+def _event(row: Delivery, event_type: str, status: str, outcome: outbound.Outcome, error: str, url: str):
     return build(
         event_type,
         execution_id=row.execution_id,
@@ -268,7 +315,7 @@ def record(token: str, results: list[_Result]) -> None:
     for result in results:
         row, outcome = result.job.delivery, result.outcome
         verdict, delay = _verdict(row, result)
-        error = _error_text(outcome)
+        error = outcome.describe()
         attempts.append(
             Attempt(
                 delivery_id=row.id,
@@ -294,6 +341,10 @@ def record(token: str, results: list[_Result]) -> None:
             fields.update(status=Delivery.DEAD, dead_lettered_at=now)
         singles.append((result, verdict, fields))
 
+    breakers: dict[str, list[outbound.Outcome]] = defaultdict(list)
+    for result in results:
+        if not result.job.skip_reason:
+            breakers[result.job.delivery.destination].append(result.outcome)
     events = []
     sub_ok: set[str] = set()
     sub_failing: set[str] = set()
@@ -305,7 +356,7 @@ def record(token: str, results: list[_Result]) -> None:
             for result in group:
                 row = result.job.delivery
                 if row.id in live:
-                    events.append(_event(row, "webhook.delivered", "delivered", result.outcome, "", result.job.url))
+                    events.append(_event(row, "webhook.delivered", "delivered", result.outcome, "", result.job.request.url))
                     if row.subscription_id:
                         sub_ok.add(row.subscription_id)
         mine = Delivery.objects.filter(lease_token=token, status=Delivery.IN_FLIGHT)
@@ -319,15 +370,16 @@ def record(token: str, results: list[_Result]) -> None:
             error = fields["last_error"]
             if verdict == Attempt.RETRY:
                 if row.attempts == row.budget_base:  # first failure of this budget: once, not per retry
-                    events.append(_event(row, "webhook.failed", "retrying", result.outcome, error, result.job.url))
+                    events.append(_event(row, "webhook.failed", "retrying", result.outcome, error, result.job.request.url))
             elif verdict == Attempt.FAILED:
-                events.append(_event(row, "webhook.failed", "failed", result.outcome, error, result.job.url))
+                events.append(_event(row, "webhook.failed", "failed", result.outcome, error, result.job.request.url))
             else:
-                events.append(_event(row, "webhook.dead_lettered", "dead", result.outcome, error, result.job.url))
+                events.append(_event(row, "webhook.dead_lettered", "dead", result.outcome, error, result.job.request.url))
         if sub_ok:
             Subscription.objects.filter(id__in=sub_ok, failing_since__isnull=False).update(failing_since=None)
         if sub_failing or sub_gone:
             _note_failures(sub_failing | sub_gone, sub_gone, now)
+        events += destinations.record(breakers, now)
         publish_many(events)
 
 
@@ -402,47 +454,77 @@ def _record_surviving(token: str, results: list[_Result]) -> int:
 def send_due(run_seconds: float = RUN_SECONDS) -> int:
     """Claim, send and record due deliveries until none are due; returns attempts recorded.
 
-    Keeps up to WEBHOOK_BATCH_SIZE deliveries in flight over WEBHOOK_CONCURRENCY
-    threads, claiming more as sends finish and flushing results in groups.
+    Keeps up to WEBHOOK_CONCURRENCY requests in flight on the asyncio client,
+    claiming only what can start at once (so no lease waits on a busy sender),
+    looking for newly due rows while requests are out, and flushing results in
+    groups. Leases of requests still alive are renewed; a sender that stops early
+    hands its unsent rows back.
     """
     key = _kick_key()
     if key:
         cache.delete(key)
-    batch = max(1, settings.WEBHOOK_BATCH_SIZE)
-    executor = _executor()
+    capacity = max(1, settings.WEBHOOK_CONCURRENCY)
+    batch = max(1, min(settings.WEBHOOK_BATCH_SIZE, capacity))
+    # Claim again once this many places came free (or CLAIM_EVERY passed): often
+    # enough to keep a destination's pipe full, rarely enough to be cheap.
+    refill = max(1, min(batch, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION) // 2)
+    renew_every = settings.WEBHOOK_LEASE_SECONDS / 3
     deadline = time.monotonic() + run_seconds
-    inflight: dict[Future, str] = {}
+    done: SimpleQueue[_Result] = SimpleQueue()
+    inflight: dict[int, _Job] = {}
     finished: dict[str, list[_Result]] = defaultdict(list)
-    last_flush = time.monotonic()
-    drained = False
+    unrecorded = freed = recorded = 0
+    last_flush = last_renew = time.monotonic()
+    last_claim = 0.0
     helped = False
-    recorded = 0
-    while True:
-        if not drained and len(inflight) <= batch // 2:
-            want = batch - len(inflight)
-            token, rows = claim(want)
-            for job in _jobs(rows):
-                inflight[executor.submit(_send, job)] = token
-            drained = not rows or time.monotonic() > deadline
-            if len(rows) == want and not helped:
-                # A backlog: wake one more worker process to share it (it claims
-                # other rows); each helper may call one more while the backlog lasts.
-                helped = True
-                transaction.on_commit(kick)
-        if inflight:
-            done, _ = wait(list(inflight), timeout=FLUSH_EVERY, return_when=FIRST_COMPLETED)
-            for future in done:
-                finished[inflight.pop(future)].append(future.result())
-        pending_results = sum(len(v) for v in finished.values())
-        if pending_results and (
-            not inflight or pending_results >= batch // 2 or time.monotonic() - last_flush >= FLUSH_EVERY
-        ):
-            for token, results in finished.items():
-                recorded += _record_surviving(token, results)
-            finished.clear()
-            last_flush = time.monotonic()
-        if drained and not inflight and not finished:
-            break
+    try:
+        while True:
+            clock = time.monotonic()
+            free = capacity - len(inflight)
+            if clock < deadline and free > 0 and (
+                not inflight or freed >= refill or clock - last_claim >= CLAIM_EVERY
+            ):
+                want = min(free, batch)
+                token, rows = claim(want)
+                last_claim, freed = clock, 0
+                for job in _jobs(token, rows):
+                    inflight[job.delivery.id] = job
+                    _start(job, done)
+                if len(rows) == want and not helped:
+                    # A backlog: wake one more worker process to share it (it claims
+                    # other rows); each helper may call one more while the backlog lasts.
+                    helped = True
+                    kick()
+                if not rows and not inflight and not unrecorded:
+                    break
+            elif not inflight and not unrecorded:
+                break
+            if inflight:
+                results: list[_Result] = []
+                try:
+                    results.append(done.get(timeout=CLAIM_EVERY))
+                    while True:
+                        results.append(done.get_nowait())
+                except Empty:
+                    pass
+                for result in results:
+                    del inflight[result.job.delivery.id]
+                    finished[result.job.token].append(result)
+                freed += len(results)
+                unrecorded += len(results)
+            clock = time.monotonic()
+            if unrecorded and (not inflight or unrecorded >= batch // 2 or clock - last_flush >= FLUSH_EVERY):
+                for token, group in finished.items():
+                    recorded += _record_surviving(token, group)
+                finished.clear()
+                unrecorded, last_flush = 0, clock
+            if inflight and clock - last_renew >= renew_every:
+                renew({job.token for job in inflight.values()})
+                last_renew = clock
+    finally:
+        unsent = {job.token for job in inflight.values()} | set(finished)
+        if unsent:
+            release(unsent)
     if time.monotonic() > deadline and Delivery.objects.filter(
         status=Delivery.PENDING, next_attempt_at__lte=timezone.now()
     ).exists():
@@ -454,9 +536,10 @@ _last_tick_kick = 0.0
 
 
 def tick() -> None:
-    """Sweeper tick: reclaim lapsed leases and wake a sender when retries are due."""
+    """Sweeper tick: reclaim lapsed leases, expire long-deferred deliveries, wake a sender when rows are due."""
     global _last_tick_kick
     reclaim_expired()
+    destinations.expire_deferred()
     now = time.monotonic()
     # At most one kick per half second: a kicked task drains everything that is due.
     if now - _last_tick_kick < 0.5:
@@ -482,6 +565,7 @@ def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.DEAD,)) ->
             status=Delivery.PENDING,
             next_attempt_at=now,
             budget_base=F("attempts"),
+            budget_started_at=now,
             dead_lettered_at=None,
             lease_token="",
             lease_until=None,

@@ -88,7 +88,8 @@ class Delivery(models.Model):
     )
     event_id = models.BigIntegerField(null=True, blank=True)
     url = models.URLField(max_length=2048)
-    target_host = models.CharField(max_length=255, blank=True, db_index=True)
+    # scheme://host:port of `url`: what circuit breakers and in-flight caps count.
+    destination = models.CharField(max_length=255, blank=True)
     headers = models.JSONField(default=dict, blank=True)
     # Completion webhooks carry their own secret; subscriptions sign with theirs.
     secret = models.TextField(blank=True)
@@ -106,6 +107,9 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     # Attempts made before the last redrive: the retry budget counts from here.
     budget_base = models.PositiveIntegerField(default=0)
+    # When the current budget began (creation or redrive): a delivery deferred by an
+    # open circuit breaker is dead-lettered once its schedule's span has passed.
+    budget_started_at = models.DateTimeField(default=timezone.now)
     last_status = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -118,6 +122,7 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="webhooks_due"),
             models.Index(fields=["status", "lease_until"], name="webhooks_leased"),
+            models.Index(fields=["status", "destination"], name="webhooks_by_destination"),
         ]
         constraints = [
             # Exactly one completion webhook per execution, however often it ends.
@@ -127,7 +132,38 @@ class Delivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.webhook_id} {self.event_type} → {self.target_host} ({self.status})"
+        return f"{self.webhook_id} {self.event_type} → {self.destination} ({self.status})"
+
+
+class Destination(models.Model):
+    """A receiver address (scheme://host:port) and its circuit breaker, shared by every worker.
+
+    `closed`: deliveries flow. `open`: after WEBHOOK_BREAKER_FAILURES consecutive
+    failed attempts its deliveries wait, spending no attempt, until `next_probe_at`.
+    `half_open`: one probe is in flight (until `probe_until`); its success closes
+    the breaker, its failure reopens it for twice the cooldown. A 429 with
+    Retry-After pauses a destination until `paused_until` whatever its state.
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+    STATES = [(s, s) for s in (CLOSED, OPEN, HALF_OPEN)]
+
+    destination = models.CharField(max_length=255, primary_key=True)
+    state = models.CharField(max_length=16, choices=STATES, default=CLOSED, db_index=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    cooldown_seconds = models.FloatField(default=0)
+    next_probe_at = models.DateTimeField(null=True, blank=True)
+    probe_until = models.DateTimeField(null=True, blank=True)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["destination"]
+
+    def __str__(self) -> str:
+        return f"{self.destination} ({self.state})"
 
 
 class Attempt(models.Model):

@@ -17,16 +17,15 @@ import time
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from functools import lru_cache
-from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.utils import timezone
 
-from agentfield_site.lib import signing
+from agentfield_site.lib import outbound, signing
 from agentfield_site.models import ApiKey
 from observability.models import PlatformEvent
 
-from . import delivery as engine
+from . import delivery
 from .completion import encode_body
 from .models import Delivery, Subscription, SubscriptionSecret
 
@@ -112,14 +111,14 @@ def on_events(events: list[PlatformEvent]) -> None:
                     event_id=event.id,
                     execution_id=event.execution_id,
                     url=url,
-                    target_host=(urlsplit(url).hostname or "")[:255],
+                    destination=outbound.destination_of(url),
                     body=body,
                     owner_id=owner_id,
                 )
             )
     if rows:
         Delivery.objects.bulk_create(rows)
-        transaction.on_commit(engine.kick)
+        transaction.on_commit(delivery.kick)
 
 
 def create(
@@ -135,6 +134,13 @@ def create(
         )
         SubscriptionSecret.objects.create(subscription=sub, secret=secret)
     return sub, secret
+
+
+def retarget(sub: Subscription) -> int:
+    """Point the subscription's deliveries not yet delivered at its current URL (after a change)."""
+    return Delivery.objects.filter(
+        subscription=sub, status__in=[Delivery.PENDING, Delivery.FAILED, Delivery.DEAD]
+    ).update(url=sub.url, destination=outbound.destination_of(sub.url))
 
 
 def rotate_secret(sub: Subscription) -> str:
@@ -164,10 +170,10 @@ def send_test(sub: Subscription) -> Delivery:
             subscription=sub,
             event_type="webhook.test",
             url=sub.url,
-            target_host=(urlsplit(sub.url).hostname or "")[:255],
+            destination=outbound.destination_of(sub.url),
             body=encode_body(document),
             retries=False,
             owner_id=sub.owner_id,
         )
-        transaction.on_commit(engine.kick)
+        transaction.on_commit(delivery.kick)
     return row

@@ -1,4 +1,4 @@
-"""The HTTP client for URLs the platform is told to call: no SSRF, no redirects.
+"""The address guard for URLs the platform is told to call, and a guarded `requests` session: no SSRF, no redirects.
 
 The address check happens when the socket connects, on the addresses actually
 resolved then, so a name that resolved to a public address at registration and to
@@ -11,19 +11,18 @@ addresses and networks (`127.0.0.0/8`, `::1`), matched against the *resolved*
 address, so `http://0x7f000001/` is judged as the 127.0.0.1 it reaches, whatever
 its spelling. Webhooks and collectors use `settings.WEBHOOK_ALLOWED_HOSTS` (tests
 and the demo allow loopback that way); calls to agents pass
-`settings.AGENT_ALLOWED_HOSTS` (loopback by default).
+`settings.AGENT_ALLOWED_HOSTS` (loopback by default). Webhooks and the collector
+send through `outbound` (asyncio), which applies the same checks in its resolver;
+agents are called with `new_session(allowed_hosts=...)`.
 """
 
 import ipaddress
 import socket
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import certifi
 import requests
-import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -258,82 +257,3 @@ def new_session(
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
-
-
-@dataclass
-class Outcome:
-    """What one request did; `status` is None when no HTTP response came back."""
-
-    status: int | None = None
-    headers: dict = field(default_factory=dict)
-    body: str = ""
-    error: str = ""
-    duration_ms: int = 0
-    retry_after: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-
-def post(session: requests.Session, url: str, body: bytes, headers, timeout: float) -> Outcome:
-    """POST `body` once; never raises for network errors, never follows redirects.
-
-    Goes straight to the session's guarded urllib3 pool (same keep-alive
-    connections, same connect-time check) rather than through `Session.request`,
-    whose per-request preparation costs more CPU than the HTTP exchange itself
-    and halves a sender's throughput.
-    """
-    limit = int(getattr(settings, "WEBHOOK_RESPONSE_BODY_LIMIT", 16 * 1024))
-    started = time.monotonic()
-    outcome = Outcome()
-    try:
-        pool = session.get_adapter(url).poolmanager
-        response = pool.urlopen(
-            "POST",
-            url,
-            body=body,
-            headers=dict(headers),
-            redirect=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            preload_content=False,
-        )
-        try:
-            outcome.status = response.status
-            outcome.headers = dict(response.headers)
-            outcome.retry_after = response.headers.get("Retry-After")
-            received = response.read(limit + 1, decode_content=True)
-            outcome.body = received[:limit].decode("utf-8", errors="replace")
-            if len(received) > limit:
-                # The rest is not read: drop this connection rather than drain it.
-                response.close()
-            else:
-                response.drain_conn()
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            # Headers arrived but the body did not: keep the status, note the error.
-            outcome.error = f"error reading the response body: {exc}"
-            response.close()
-        finally:
-            response.release_conn()
-    except UnsafeURL as exc:
-        outcome.error = f"blocked: {exc}"
-    except NewConnectionError as exc:  # a subclass of ConnectTimeoutError in urllib3 2
-        outcome.error = f"connection error: {_root_cause(exc)}"
-    except urllib3.exceptions.TimeoutError as exc:
-        outcome.error = f"timeout after {timeout:g}s: {exc}"
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        outcome.error = f"connection error: {_root_cause(exc)}"
-    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, ValueError) as exc:
-        outcome.error = f"invalid request: {exc}"
-    outcome.duration_ms = int((time.monotonic() - started) * 1000)
-    return outcome
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        nxt = exc.__cause__ or exc.__context__
-        if isinstance(nxt, UnsafeURL):
-            return f"blocked: {nxt}"
-        exc = nxt
-    return str(exc)

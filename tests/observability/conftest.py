@@ -10,3 +10,15 @@ def poll_without_channel_layer(settings):
     covered by the real-daphne tests (test_streams_across_processes).
     """
     settings.CHANNEL_LAYERS = {}
+
+
+@pytest.fixture
+def fast(settings):
+    """A forwarder with short timings that may send to loopback collectors."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.API_KEYS = []
+    settings.OBSERVABILITY_BATCH_SIZE = 10
+    settings.OBSERVABILITY_FLUSH_INTERVAL = 0.1
+    settings.OBSERVABILITY_RETRY_SCHEDULE = [0.05, 0.1]
+    settings.OBSERVABILITY_TIMEOUT = 2.0
+    return settings

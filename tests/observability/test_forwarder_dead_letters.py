@@ -11,17 +11,6 @@ BASE = "/api/v1/settings/observability-webhook"
 
 
 @pytest.fixture
-def fast(settings):
-    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    settings.API_KEYS = []
-    settings.OBSERVABILITY_BATCH_SIZE = 10
-    settings.OBSERVABILITY_FLUSH_INTERVAL = 0.1
-    settings.OBSERVABILITY_RETRY_SCHEDULE = [0.05, 0.1]
-    settings.OBSERVABILITY_TIMEOUT = 2.0
-    return settings
-
-
-@pytest.fixture
 def api() -> APIClient:
     return APIClient()
 

@@ -14,16 +14,6 @@ from tests.observability.collector import Collector
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@pytest.fixture
-def fast(settings):
-    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    settings.OBSERVABILITY_BATCH_SIZE = 10
-    settings.OBSERVABILITY_FLUSH_INTERVAL = 0.3
-    settings.OBSERVABILITY_RETRY_SCHEDULE = [0.05, 0.1]
-    settings.OBSERVABILITY_TIMEOUT = 2.0
-    return settings
-
-
 def configure(url: str, **overrides) -> None:
     fields = {"url": url, "secret": SECRET, "headers": {"X-Team": "ops"}, "enabled": True}
     fields["event_types"] = overrides.pop("event_types", forwarder.ALL_TYPES)
@@ -64,12 +54,10 @@ def test_batches_of_ten_carry_every_event_with_both_signatures(fast):
             assert len(envelope["events"]) == envelope["event_count"] <= 10
         first = envelopes[0]["events"][0]
         assert set(first) >= {"event_id", "event_type", "event_source", "timestamp", "data"}
-        assert (first["event_type"], first["event_source"], first["data"]) == (
-            "execution.created",
-            "execution",
-            {"n": 0},
-        )
-        assert first["execution_id"] == "exec_0"
+        assert (first["event_type"], first["event_source"]) == ("execution.created", "execution")
+        # AgentField's shape: the ids in `data`, the event's own data under `payload`.
+        assert first["data"]["execution_id"] == "exec_0"
+        assert first["data"]["payload"] == {"n": 0}
 
     state = ForwarderState.get()
     assert state.cursor == ids[-1]

@@ -31,7 +31,7 @@ def finished(base: str, execution_id: str) -> bool:
 
 def terminal_ids(collector: Collector) -> set[str]:
     return {
-        e.get("execution_id")
+        e["data"].get("execution_id")
         for envelope in collector.accepted()
         for e in envelope["events"]
         if e["event_type"] == "execution.completed"

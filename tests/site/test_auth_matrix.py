@@ -262,6 +262,7 @@ CASES = [
     ("get", "/api/v1/webhooks/dlq", None, client_route(200, 200), listed_for("dead", "id", "entries"), None),
     ("post", "/api/v1/webhooks/dlq/redrive", lambda w: {"ids": [w.ids["dead_a"]]}, client_route(200, 200),
      redrive_check, None),
+    ("get", "/api/v1/webhooks/destinations", None, ADMIN_ONLY, None, None),
     ("get", "/api/v1/settings/observability-webhook", None, ADMIN_ONLY, None, None),
     ("post", "/api/v1/settings/observability-webhook", {"url": "https://collector.example.com/in"}, ADMIN_ONLY,
      None, None),

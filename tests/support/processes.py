@@ -111,8 +111,12 @@ class ProcessEnv:
                 "Q_TIMEOUT": "60",
                 "Q_RETRY": "90",
                 "Q_WORKERS": "3",
+                "Q_DELIVERY_WORKERS": "3",
                 "WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.6",
                 "WEBHOOK_LEASE_SECONDS": "3",
+                # Breaker pauses shrink with the retry schedule, as they would relative to its span.
+                "WEBHOOK_BREAKER_COOLDOWN": "0.5",
+                "WEBHOOK_BREAKER_MAX_COOLDOWN": "2",
                 "DISPATCH_LEASE_SECONDS": "3",
                 "AGENT_CALL_TIMEOUT": "10",
                 "OBSERVABILITY_RETRY_SCHEDULE": "0.2,0.4",
@@ -150,7 +154,8 @@ class ProcessEnv:
         return proc
 
     def worker(self, extra_env: dict | None = None) -> Proc:
-        return self._start("qcluster", [sys.executable, "manage.py", "qcluster"], None, extra_env)
+        """Both django-q2 clusters (dispatch, deliveries) under `manage.py worker`, one process group."""
+        return self._start("worker", [sys.executable, "manage.py", "worker"], None, extra_env)
 
     def demo_agent(self, control_plane_url: str, node_id: str = "analyzer", extra_env: dict | None = None) -> Proc:
         port = free_port()

@@ -1,6 +1,7 @@
 """Webhook test fixtures: loopback allowed, short retry schedule, a drain helper."""
 
 import time
+from queue import SimpleQueue
 
 import pytest
 
@@ -17,6 +18,9 @@ def webhook_settings(settings):
     settings.WEBHOOK_RETRY_SCHEDULE = SCHEDULE
     settings.WEBHOOK_TIMEOUT = 2.0
     settings.WEBHOOK_LEASE_SECONDS = 5.0
+    # Breaker behaviour has its own tests (test_breaker.py); elsewhere a failing
+    # receiver must see every attempt of its schedule.
+    settings.WEBHOOK_BREAKER_FAILURES = 1000
     return settings
 
 
@@ -51,3 +55,12 @@ def drain(row: Delivery, timeout: float = 10.0) -> Delivery:
             return row
         time.sleep(0.02)
     raise TimeoutError(f"delivery still {row.status} after {timeout}s")
+
+
+def send_now(token: str, rows: list[Delivery]) -> list:
+    """Send claimed rows and wait for every result, as the engine's loop would (for `record`)."""
+    jobs = delivery._jobs(token, rows)
+    done = SimpleQueue()
+    for job in jobs:
+        delivery._start(job, done)
+    return [done.get(timeout=30) for _ in jobs]

@@ -1,5 +1,6 @@
 """A real HTTP receiver on loopback for webhook tests, with scripted answers."""
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -80,3 +81,38 @@ class Receiver:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Blackhole:
+    """Accepts connections and never answers: a receiver that is down but not refusing."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1024)
+        self.server.settimeout(0.1)
+        self.connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.connections.append(self.server.accept()[0])
+            except OSError:
+                continue
+
+    def __enter__(self) -> "Blackhole":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.thread.join()
+        for conn in self.connections:
+            conn.close()
+        self.server.close()

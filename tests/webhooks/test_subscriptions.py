@@ -11,6 +11,7 @@ from standardwebhooks import Webhook
 
 from observability.events import publish
 from observability.models import PlatformEvent
+from tests.webhooks.conftest import send_now
 from tests.webhooks.receiver import Receiver, Reply
 from webhooks import delivery, subscriptions
 from webhooks.models import Delivery, Subscription
@@ -178,7 +179,17 @@ def test_subscription_deleted_while_its_delivery_is_in_flight(api):
         with transaction.atomic():
             publish("node.online", agent_node_id="a")
         token, rows = delivery.claim(10)
-        jobs = delivery._jobs(rows)
+        results = send_now(token, rows)
         api.delete(f"{BASE}/{sub['id']}")
-        assert delivery._record_surviving(token, [delivery._send(job) for job in jobs]) == 0
+        assert delivery._record_surviving(token, results) == 0
     assert not Delivery.objects.exists()
+
+
+def test_moving_the_url_moves_deliveries_not_yet_made(api):
+    sub = create(api, "http://127.0.0.1:9/old", ["node.*"])
+    with transaction.atomic():
+        publish("node.online", agent_node_id="a")
+    response = api.patch(f"{BASE}/{sub['id']}", {"url": "http://127.0.0.1:10/new"}, format="json")
+    assert response.status_code == 200, response.content
+    row = Delivery.objects.get(subscription_id=sub["id"])
+    assert (row.url, row.destination) == ("http://127.0.0.1:10/new", "http://127.0.0.1:10")

@@ -12,7 +12,7 @@ def test_wakeups_coalesce_through_a_shared_cache(settings, tmp_path):
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(tmp_path)}
     }
-    broker = get_broker()
+    broker = get_broker(settings.DELIVERY_CLUSTER)
     broker.purge_queue()
     try:
         for _ in range(3):
@@ -27,7 +27,7 @@ def test_wakeups_coalesce_through_a_shared_cache(settings, tmp_path):
 
 def test_without_a_shared_cache_every_commit_wakes(settings):
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    broker = get_broker()
+    broker = get_broker(settings.DELIVERY_CLUSTER)
     broker.purge_queue()
     try:
         delivery.kick()

@@ -1,8 +1,10 @@
 from rest_framework import serializers
 
-from ..completion import header_problem, url_problem
+from agentfield_site.lib import outbound
+
+from .. import subscriptions
 from ..masking import masked_headers, merge_masked
-from ..models import Delivery, Subscription
+from ..models import Delivery, Destination, Subscription
 
 MAX_PATTERNS = 50
 
@@ -22,16 +24,16 @@ class SubscriptionSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "disabled_reason", "created_at"]
 
     def validate_url(self, value: str) -> str:
-        problem = url_problem(value)
-        if problem:
-            raise serializers.ValidationError(problem)
-        return value.strip()
+        try:
+            return outbound.clean_url(value)
+        except outbound.InvalidTarget as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
     def validate_headers(self, value: dict) -> dict:
-        problem = header_problem(value)
-        if problem:
-            raise serializers.ValidationError(problem)
-        return value
+        try:
+            return outbound.clean_headers(value)
+        except outbound.InvalidTarget as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
     def to_representation(self, instance: Subscription) -> dict:
         data = super().to_representation(instance)
@@ -44,7 +46,11 @@ class SubscriptionSerializer(serializers.ModelSerializer):
         if validated_data.get("enabled") and not instance.enabled:
             # Re-enabling starts afresh: no stale reason, no running failure clock.
             validated_data.update(disabled_reason="", failing_since=None)
-        return super().update(instance, validated_data)
+        moved = "url" in validated_data and validated_data["url"] != instance.url
+        instance = super().update(instance, validated_data)
+        if moved:
+            subscriptions.retarget(instance)
+        return instance
 
 
 class DeadLetterSerializer(serializers.ModelSerializer):
@@ -80,3 +86,18 @@ class RedriveSerializer(serializers.Serializer):
         if not attrs.get("ids") and not attrs.get("all") and not attrs.get("filter"):
             raise serializers.ValidationError("Give ids, all: true, or a filter.")
         return attrs
+
+
+class DestinationSerializer(serializers.Serializer):
+    """A receiver address with its circuit breaker and queue (`destinations.overview`)."""
+
+    destination = serializers.CharField()
+    state = serializers.ChoiceField(choices=Destination.STATES)
+    consecutive_failures = serializers.IntegerField()
+    opened_at = serializers.DateTimeField(allow_null=True)
+    next_probe_at = serializers.DateTimeField(allow_null=True)
+    paused_until = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField(allow_blank=True)
+    pending = serializers.IntegerField()
+    in_flight = serializers.IntegerField()
+    success_rate_1h = serializers.FloatField(allow_null=True)

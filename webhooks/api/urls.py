@@ -10,6 +10,7 @@ router.register("api/v1/webhooks/subscriptions", views.SubscriptionViewSet, base
 
 urlpatterns = [
     path("api/v1/webhooks/dlq", views.DeadLetterListView.as_view(), name="webhook-dlq"),
+    path("api/v1/webhooks/destinations", views.DestinationListView.as_view(), name="webhook-destinations"),
     path("api/v1/webhooks/dlq/redrive", views.RedriveView.as_view(), name="webhook-dlq-redrive"),
     path(
         "api/v1/executions/<str:execution_id>/webhook/retry",

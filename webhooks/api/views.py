@@ -12,11 +12,15 @@ from rest_framework.views import APIView
 from agentfield_site.auth import CLIENT, caller_of
 from agentfield_site.lib.api import ApiError, int_param
 
-from .. import delivery as engine
-from .. import subscriptions
+from .. import delivery, destinations, subscriptions
 from ..models import Delivery
 from ..ownership import deliveries_of, subscriptions_of
-from .serializers import DeadLetterSerializer, RedriveSerializer, SubscriptionSerializer
+from .serializers import (
+    DeadLetterSerializer,
+    DestinationSerializer,
+    RedriveSerializer,
+    SubscriptionSerializer,
+)
 
 DLQ_MAX_LIMIT = 500
 
@@ -107,7 +111,7 @@ class RedriveView(APIView):
             processed = len(set(data["ids"]))
         else:
             processed = rows.count()
-        queued = engine.redrive(rows)
+        queued = delivery.redrive(rows)
         return Response({"success": True, "processed": processed, "queued": queued})
 
 
@@ -124,7 +128,7 @@ class ExecutionWebhookRetryView(APIView):
             ).first()
             if row is None:
                 raise ApiError(404, "not_found", f"Execution {execution_id} has no completion webhook.")
-            engine.redrive(
+            delivery.redrive(
                 Delivery.objects.filter(id=row.id),
                 statuses=(Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED),
             )
@@ -132,3 +136,11 @@ class ExecutionWebhookRetryView(APIView):
             {"status": "queued", "execution_id": execution_id, "webhook_id": row.webhook_id},
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+class DestinationListView(APIView):
+    """Every receiver address with its circuit breaker state and queue."""
+
+    @extend_schema(responses={200: DestinationSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response({"results": DestinationSerializer(destinations.overview(), many=True).data})

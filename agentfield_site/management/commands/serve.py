@@ -1,6 +1,6 @@
 """`manage.py serve`: the embedded default in one command (what `make run` calls).
 
-Starts daphne, a django-q2 cluster and the demo agent as child processes, prints
+Starts daphne, the django-q2 workers (`manage.py worker`) and the demo agent as child processes, prints
 the URLs, and stops them all on Ctrl-C. Production runs the same processes under a
 real supervisor instead (README, "Production").
 """
@@ -34,7 +34,7 @@ class Command(BaseCommand):
         py = sys.executable
         commands = [
             ("daphne", [py, "-m", "daphne", "-b", "0.0.0.0", "-p", str(port), "agentfield_site.asgi:application"]),
-            ("qcluster", [py, "manage.py", "qcluster"]),
+            ("worker", [py, "manage.py", "worker"]),
         ]
         if not no_agent:
             agent_port = str(port + 1)

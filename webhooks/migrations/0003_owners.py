@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('agentfield_site', '0002_apikey_scope'),
-        ('webhooks', '0001_initial'),
+        ('webhooks', '0002_destinations'),
     ]
 
     operations = [

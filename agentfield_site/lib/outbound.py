@@ -1,0 +1,348 @@
+"""Every request to a user-supplied URL: validation, headers, signing, one attempt, one verdict.
+
+Completion webhooks, subscriptions, test sends and the collector forwarder all
+go through here, so they share one set of rules for what a caller may configure
+(`clean_url`, `clean_headers`, `clean_secret`), one way of building and signing
+the headers of an attempt, and one classification of what came back (`classify`).
+They differ only in what they send, where, and how often they retry.
+
+Requests go out on one asyncio client per process (aiohttp on a background event
+loop thread): a receiver that never answers costs a socket and a timer, not a
+thread. Synchronous callers (the delivery engine's claim loop, the forwarder's
+run loop) hand requests over with `submit` and keep their database work on
+their own thread. The address guard of `safe_http` applies when a connection is
+made, on the addresses resolved then; redirects are never followed; response
+bodies are capped.
+"""
+
+import asyncio
+import enum
+import ipaddress
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.resolver import ThreadedResolver
+from django.conf import settings
+
+from . import safe_http, signing
+
+USER_AGENT = "AgentField-Webhooks/0.1.0"
+MAX_URL_LENGTH = 2048
+MAX_HEADERS = 20
+MAX_HEADER_LENGTH = 512
+MAX_SECRET_LENGTH = 4096
+
+# Set by the platform on every attempt, or framing and hop-by-hop headers that a
+# caller could use to desynchronise the receiver's HTTP parser.
+RESERVED_HEADERS = frozenset({
+    "x-agentfield-signature", "content-type", "host", "content-length", "transfer-encoding",
+    "connection", "keep-alive", "te", "trailer", "upgrade", "expect",
+})
+RESERVED_PREFIXES = ("webhook-", "proxy-")
+# RFC 9110 token characters: what a header name may be made of.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class InvalidTarget(ValueError):
+    """A URL, header map or secret a caller may not configure; the message says why."""
+
+
+# --- What a caller may configure --------------------------------------------------
+
+
+def clean_url(value: object) -> str:
+    """The URL, stripped, or `InvalidTarget`: http(s), no credentials, no blocked address."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidTarget("url is required")
+    url = value.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidTarget(f"url is longer than {MAX_URL_LENGTH} characters")
+    try:
+        safe_http.check_url(url)
+    except safe_http.UnsafeURL as exc:
+        raise InvalidTarget(str(exc)) from exc
+    return url
+
+
+def _visible(text: str, *, space: bool) -> bool:
+    return all(0x21 <= ord(c) <= 0x7E or (space and c == " ") for c in text)
+
+
+def clean_headers(value: object) -> dict[str, str]:
+    """Custom headers as `{name: str}`, or `InvalidTarget` (CONTRACT.md's header rules)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidTarget("headers must be an object of name: value strings")
+    if len(value) > MAX_HEADERS:
+        raise InvalidTarget(f"at most {MAX_HEADERS} headers are allowed")
+    clean: dict[str, str] = {}
+    for name, raw in value.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidTarget("header names must be non-empty strings")
+        shown = repr(name[:40])
+        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+            raise InvalidTarget(f"header {shown} must have a string value")
+        text = str(raw)
+        if len(name) > MAX_HEADER_LENGTH or len(text) > MAX_HEADER_LENGTH:
+            raise InvalidTarget(f"header {shown} is longer than {MAX_HEADER_LENGTH} characters")
+        if not set(name) <= _TOKEN:
+            raise InvalidTarget(f"header name {shown} may only hold letters, digits and !#$%&'*+-.^_`|~")
+        if not _visible(text, space=True):
+            raise InvalidTarget(f"header {shown} has a control or non-ASCII character in its value")
+        lower = name.lower()
+        if lower in RESERVED_HEADERS or lower.startswith(RESERVED_PREFIXES):
+            raise InvalidTarget(f"header {shown} is reserved: the platform or the HTTP framing sets it")
+        if lower in {n.lower() for n in clean}:
+            raise InvalidTarget(f"header {shown} is given twice")
+        clean[name] = text
+    return clean
+
+
+def clean_secret(value: object) -> str:
+    """The signing secret ('' for none), or `InvalidTarget`."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidTarget("secret must be a string")
+    if len(value) > MAX_SECRET_LENGTH:
+        raise InvalidTarget(f"secret is longer than {MAX_SECRET_LENGTH} characters")
+    return value
+
+
+def destination_of(url: str) -> str:
+    """`scheme://host:port`, the unit that circuit breakers and in-flight caps count."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url[:255]
+    scheme = (parts.scheme or "http").lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{host}:{port}"[:255]
+
+
+# --- One attempt ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One POST: the exact body bytes, signed fresh under a stable message id."""
+
+    url: str
+    body: bytes
+    msg_id: str
+    secrets: Sequence[str] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 10.0
+
+    def wire_headers(self) -> dict[str, str]:
+        """Fixed headers, the caller's own, then this attempt's signatures."""
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        headers.update(self.headers)
+        headers.update(signing.sign(self.body, self.msg_id, self.secrets))
+        return headers
+
+
+@dataclass
+class Outcome:
+    """What one attempt did; `status` is None when no HTTP response came back."""
+
+    status: int | None = None
+    headers: dict = field(default_factory=dict)
+    body: str = ""
+    error: str = ""
+    duration_ms: int = 0
+    retry_after: str | None = None
+    # Connection refused, reset, timed out, or unresolvable: the receiver looks down.
+    unreachable: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    def describe(self) -> str:
+        """The error text an attempt records ('' when delivered)."""
+        if self.error:
+            return self.error
+        if self.ok:
+            return ""
+        if self.status is not None and 300 <= self.status < 400:
+            return f"HTTP {self.status}: redirects are not followed"
+        return f"HTTP {self.status}"
+
+
+class Verdict(enum.Enum):
+    """What an attempt means, whoever sent it."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # 429, 5xx, timeout, connection error: try again later
+    REFUSED = "refused"  # 3xx and other 4xx: the receiver answered, but did not take it
+    GONE = "gone"  # 410: the receiver asks never to be called again
+    BLOCKED = "blocked"  # the address guard refused the URL: no request was made
+
+
+def classify(outcome: Outcome) -> Verdict:
+    """The one classification of an attempt; callers decide how often to retry each kind."""
+    if outcome.ok:
+        return Verdict.DELIVERED
+    if outcome.status is None:
+        return Verdict.BLOCKED if outcome.error.startswith("blocked") else Verdict.RETRY
+    if outcome.status == 410:
+        return Verdict.GONE
+    if outcome.status == 429 or outcome.status >= 500:
+        return Verdict.RETRY
+    return Verdict.REFUSED
+
+
+def destination_failed(outcome: Outcome) -> bool:
+    """True when the attempt says the receiver is down (what a circuit breaker counts)."""
+    return outcome.unreachable or (outcome.status is not None and outcome.status >= 500)
+
+
+# --- The client ------------------------------------------------------------------------
+
+
+class _GuardedResolver(ThreadedResolver):
+    """Resolve, then refuse the name if any address is blocked (checked on every new connection)."""
+
+    async def resolve(self, host, port=0, family=0):
+        results = await super().resolve(host, port, family)
+        if not safe_http.is_allowed_host(host):
+            for result in results:
+                ip = ipaddress.ip_address(result["host"].split("%", 1)[0])
+                reason = safe_http.blocked_reason(ip)
+                if reason:
+                    raise safe_http.UnsafeURL(f"{host} resolves to a blocked {reason}")
+        return results
+
+
+def _literal_problem(url: str) -> str | None:
+    """aiohttp skips the resolver for IP literals: check those before the request."""
+    host = urlsplit(url).hostname or ""
+    if safe_http.is_allowed_host(host):
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    reason = safe_http.blocked_reason(ip)
+    return f"blocked: blocked {reason}" if reason else None
+
+
+def _root(exc: BaseException) -> BaseException:
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__
+        if isinstance(seen, safe_http.UnsafeURL):
+            return seen
+    return exc
+
+
+class Client:
+    """One aiohttp session on a background event loop, shared by every thread of a process."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbound", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._open())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _open(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=_GuardedResolver(),
+            # Resolve (and so check) on every new connection: DNS rebinding is caught.
+            use_dns_cache=False,
+            limit=0,
+            limit_per_host=0,
+            keepalive_timeout=30,
+        )
+        # trust_env stays False: an environment proxy would resolve names itself, past the guard.
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
+        )
+
+    def submit(self, request: Request) -> "Future[Outcome]":
+        """Start the attempt on the client's loop; the future never raises for HTTP trouble."""
+        return asyncio.run_coroutine_threadsafe(self.attempt(request), self._loop)
+
+    def send(self, request: Request) -> Outcome:
+        """One attempt, waiting for it."""
+        return self.submit(request).result()
+
+    async def attempt(self, request: Request) -> Outcome:
+        limit = int(getattr(settings, "WEBHOOK_RESPONSE_BODY_LIMIT", 16 * 1024))
+        started = time.monotonic()
+        outcome = Outcome()
+        problem = _literal_problem(request.url)
+        if problem:
+            outcome.error = problem
+            return outcome
+        timeout = aiohttp.ClientTimeout(total=request.timeout)
+        try:
+            async with self._session.post(
+                request.url,
+                data=request.body,
+                headers=request.wire_headers(),
+                allow_redirects=False,
+                timeout=timeout,
+                # The body is the caller's exact bytes; never add an Accept-Encoding it did not ask for.
+                skip_auto_headers=("Accept-Encoding",),
+            ) as response:
+                outcome.status = response.status
+                outcome.headers = dict(response.headers)
+                outcome.retry_after = response.headers.get("Retry-After")
+                try:
+                    received = await response.content.read(limit + 1)
+                    outcome.body = received[:limit].decode("utf-8", errors="replace")
+                    if len(received) > limit:
+                        response.close()  # drop the connection rather than drain the rest
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    outcome.error = f"error reading the response body: {exc or type(exc).__name__}"
+                    response.close()
+        except TimeoutError:
+            outcome.error = f"timeout after {request.timeout:g}s"
+            outcome.unreachable = True
+        except safe_http.UnsafeURL as exc:
+            outcome.error = f"blocked: {exc}"
+        except (aiohttp.InvalidURL, ValueError) as exc:
+            outcome.error = f"invalid request: {exc}"
+        except (aiohttp.ClientError, OSError) as exc:
+            root = _root(exc)
+            if isinstance(root, safe_http.UnsafeURL):
+                outcome.error = f"blocked: {root}"
+            else:
+                outcome.error = f"connection error: {exc or type(exc).__name__}"
+                outcome.unreachable = True
+        outcome.duration_ms = int((time.monotonic() - started) * 1000)
+        return outcome
+
+
+_client: Client | None = None
+_client_pid = 0
+_client_lock = threading.Lock()
+
+
+def client() -> Client:
+    """This process's client (a forked worker makes its own: loops do not survive a fork)."""
+    global _client, _client_pid
+    with _client_lock:
+        if _client is None or _client_pid != os.getpid():
+            _client, _client_pid = Client(), os.getpid()
+        return _client

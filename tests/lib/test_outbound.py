@@ -1,0 +1,113 @@
+"""The outbound client: one attempt, guarded at connect time, no redirects, capped bodies, one verdict."""
+
+import threading
+
+import pytest
+from django.test import override_settings
+
+from agentfield_site.lib import outbound
+from tests.support.processes import free_port
+from tests.webhooks.receiver import Blackhole, Receiver, Reply
+
+
+def send(url: str, body: bytes = b"{}", timeout: float = 2.0, **fields) -> outbound.Outcome:
+    return outbound.client().send(outbound.Request(url, body, "whd_test", timeout=timeout, **fields))
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=[])
+def test_connect_time_guard_refuses_loopback_names_and_spellings():
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        for url in (
+            receiver.url,
+            f"http://localhost:{port}/hook",  # a name that resolves to loopback now (rebinding)
+            f"http://0x7f000001:{port}/hook",  # a spelling that is no IP literal to the client
+            f"http://[::ffff:127.0.0.1]:{port}/hook",
+        ):
+            outcome = send(url)
+            assert outcome.status is None and outcome.error.startswith("blocked"), (url, outcome)
+            assert "loopback" in outcome.error
+            assert outbound.classify(outcome) == outbound.Verdict.BLOCKED
+            assert not outbound.destination_failed(outcome)
+        assert receiver.requests == []
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=[])
+def test_metadata_address_refused_without_a_connection():
+    outcome = send("http://169.254.169.254/latest/meta-data/")
+    assert outcome.status is None and "link-local" in outcome.error
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=["127.0.0.1"])
+def test_redirect_not_followed_and_signed_headers_sent():
+    with Receiver(Reply(302, {"Location": "http://169.254.169.254/"}, b"moved")) as receiver:
+        outcome = send(
+            receiver.url, b'{"a":1}', secrets=["whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="],
+            headers={"Authorization": "Bearer t"},
+        )
+        assert outcome.status == 302 and outcome.body == "moved"
+        assert outcome.headers["Location"] == "http://169.254.169.254/"
+        assert outcome.describe() == "HTTP 302: redirects are not followed"
+        assert outbound.classify(outcome) == outbound.Verdict.REFUSED
+        [request] = receiver.requests
+        assert request.body == b'{"a":1}'
+        assert request.headers["Authorization"] == "Bearer t"
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["User-Agent"] == outbound.USER_AGENT
+        assert request.headers["webhook-id"] == "whd_test"
+        assert request.headers["webhook-signature"].startswith("v1,")
+        assert request.headers["X-AgentField-Signature"].startswith("sha256=")
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=["127.0.0.1"], WEBHOOK_RESPONSE_BODY_LIMIT=10)
+def test_response_body_capped_and_timeout_reported():
+    with Receiver(Reply(200, {"Retry-After": "3"}, b"x" * 100_000), Reply(200, delay=3.0)) as receiver:
+        outcome = send(receiver.url)
+        assert outcome.ok and outcome.body == "x" * 10 and outcome.retry_after == "3"
+        slow = send(receiver.url, timeout=0.3)
+        assert slow.status is None and "timeout" in slow.error and slow.unreachable
+        assert 250 <= slow.duration_ms < 2500  # gave up long before the receiver answered
+        assert outbound.classify(slow) == outbound.Verdict.RETRY
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=["127.0.0.1"])
+def test_connection_refused_is_an_outcome_not_an_exception():
+    outcome = send(f"http://127.0.0.1:{free_port()}/")
+    assert outcome.status is None and outcome.error.startswith("connection error")
+    assert outbound.destination_failed(outcome) and outbound.classify(outcome) == outbound.Verdict.RETRY
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=["127.0.0.1"])
+def test_many_slow_requests_share_one_thread():
+    """A hundred requests to a receiver that never answers cost sockets, not threads."""
+    before = threading.active_count()
+    with Blackhole() as blackhole:
+        client = outbound.client()
+        futures = [client.submit(outbound.Request(blackhole.url, b"{}", f"whd_{i}", timeout=1.0)) for i in range(100)]
+        assert threading.active_count() <= before + 1
+        outcomes = [f.result(timeout=10) for f in futures]
+        assert len(blackhole.connections) == 100
+    assert all("timeout" in o.error for o in outcomes)
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [(200, "DELIVERED"), (204, "DELIVERED"), (301, "REFUSED"), (400, "REFUSED"), (404, "REFUSED"),
+     (410, "GONE"), (429, "RETRY"), (500, "RETRY"), (503, "RETRY")],
+)
+def test_one_classification(status, verdict):
+    assert outbound.classify(outbound.Outcome(status=status)) == outbound.Verdict[verdict]
+    assert outbound.destination_failed(outbound.Outcome(status=status)) == (status >= 500)
+
+
+@pytest.mark.parametrize(
+    ("url", "destination"),
+    [
+        ("https://Example.com/hook?a=1", "https://example.com:443"),
+        ("http://example.com/hook", "http://example.com:80"),
+        ("http://127.0.0.1:9000/x", "http://127.0.0.1:9000"),
+        ("http://[::1]:8080/x", "http://[::1]:8080"),
+    ],
+)
+def test_destination_of(url, destination):
+    assert outbound.destination_of(url) == destination
