@@ -2,6 +2,8 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
 
+from .lib.loopback import is_loopback
+
 
 class AgentfieldSiteConfig(AppConfig):
     name = "agentfield_site"
@@ -50,4 +52,23 @@ def check_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
         )
     if settings.MAX_CONCURRENT_REQUESTS < 1:
         errors.append(checks.Error("MAX_CONCURRENT_REQUESTS must be at least 1.", id="agentfield.E005"))
+    errors.extend(_loopback_reachable_from_the_network())
     return errors
+
+
+def _loopback_reachable_from_the_network() -> list[checks.CheckMessage]:
+    if is_loopback(settings.HOST):
+        return []
+    warnings = []
+    for name in ("WEBHOOK_ALLOWED_HOSTS", "AGENT_ALLOWED_HOSTS"):
+        loopback = [host for host in getattr(settings, name, []) if is_loopback(host)]
+        if loopback:
+            warnings.append(
+                checks.Warning(
+                    f"{name} allows loopback ({', '.join(loopback)}) while the server listens on {settings.HOST}.",
+                    hint="Anyone who can reach the server can then make it POST to services listening "
+                    "on this machine only. Remove those hosts, or set HOST=127.0.0.1.",
+                    id="agentfield.W002",
+                )
+            )
+    return warnings

@@ -23,6 +23,36 @@ if not SECRET_KEY:
     )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Browser origins (scheme://host:port) allowed to open WebSockets besides the server's own.
+ALLOWED_ORIGINS = env.list("ALLOWED_ORIGINS", default=[])
+# The address `manage.py serve` (make run) binds: loopback unless set. Binding any other
+# address with no API key configured is refused; the system checks read it too.
+HOST = env.str("HOST", default="127.0.0.1")
+
+# --- HTTPS: production behind TLS (README, "Production") ---------------------
+# HTTPS=true: redirect http to https (except /health, for load balancers), secure
+# cookies, HSTS. SECURE_PROXY_SSL_HEADER=true trusts X-Forwarded-Proto: set it only
+# behind a proxy that sets that header itself.
+HTTPS = env.bool("HTTPS", default=False)
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_REDIRECT_EXEMPT = [r"^health/?$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+CONTENT_SECURITY_POLICY = env.str(
+    "CONTENT_SECURITY_POLICY",
+    default=(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+)
+CONTENT_SECURITY_POLICY_PATHS = ("/admin/", "/dashboard/")
 
 INSTALLED_APPS = [
     "daphne",
@@ -46,6 +76,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "agentfield_site.content_security_policy.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "agentfield_site.lib.api.BodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -165,8 +196,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["agentfield_site.auth.ApiKeyAuthentication"],
     # Authenticated first (401), then within the key's scope (403); views declare `scopes`.
     "DEFAULT_PERMISSION_CLASSES": ["agentfield_site.auth.HasApiKeyIfConfigured", "agentfield_site.auth.InScope"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["agentfield_site.lib.drf_json.SafeJSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["agentfield_site.lib.drf_json.StrictJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "agentfield_site.lib.api.exception_handler",

@@ -165,7 +165,7 @@ def main(argv: list[str]) -> None:
                 server.start()
                 bad_servers.append(server)
                 bad_url = f"http://127.0.0.1:{bad_port}/hook"
-                _wait(lambda: _listening(bad_port), 15, f"the {mode} server")
+                _wait(lambda p=bad_port: _listening(p), 15, f"the {mode} server")
                 time.sleep(0.2)
                 connections.value = 0  # not the bench's own probe
                 _backlog(bad_url, backlog, f"bad{index}")

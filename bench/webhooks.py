@@ -215,6 +215,10 @@ def main(argv: list[str]) -> None:
     repeat = int(options.get("repeat", 3))
     latency_n = int(options.get("latency-n", 100))
 
+    in_flight = int(options.get("in-flight", 64))
+    # The engine gets the same concurrency as the bare sender: the ratio is then the
+    # cost of the durable path, not of a different window.
+    os.environ["WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION"] = str(in_flight)
     port = free_port()
     # Start the receiver before Django opens connections: a forked child must not share them.
     receiver = multiprocessing.get_context("spawn").Process(target=serve_receiver, args=(port,), daemon=True)
@@ -227,7 +231,6 @@ def main(argv: list[str]) -> None:
     from django.db import connection
 
     test_db = connection.creation.create_test_db(verbosity=0, autoclobber=True)
-    in_flight = int(options.get("in-flight", 64))
     try:
         deadline = time.monotonic() + 15
         while True:

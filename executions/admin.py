@@ -8,6 +8,7 @@ form that saved a status directly would bypass all of that.
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 
+from agentfield_site.escaped_admin import EscapedJSONAdmin
 from agentfield_site.lib.api import ApiError
 from webhooks.masking import masked_headers
 
@@ -16,7 +17,7 @@ from .models import TERMINAL, AgentNode, Execution
 
 
 @admin.register(AgentNode)
-class AgentNodeAdmin(admin.ModelAdmin):
+class AgentNodeAdmin(EscapedJSONAdmin):
     list_display = ("id", "health_status", "lifecycle_status", "base_url", "version", "last_heartbeat", "registered_at")
     list_filter = ("health_status",)
     search_fields = ("id", "base_url")
@@ -33,7 +34,7 @@ class AgentNodeAdmin(admin.ModelAdmin):
 
 
 @admin.register(Execution)
-class ExecutionAdmin(admin.ModelAdmin):
+class ExecutionAdmin(EscapedJSONAdmin):
     list_display = ("id", "target", "status", "agent_node_id", "created_at", "duration_ms", "webhook_registered")
     list_filter = ("status", "agent_node_id", "target", "created_at", "webhook_registered")
     search_fields = ("id", "run_id", "workflow_id", "idempotency_key")

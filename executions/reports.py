@@ -23,12 +23,19 @@ def _status_of(value: object) -> str:
         raise ApiError(400, "bad_request", f"Unknown status {value!r}.", error_category="bad_request") from None
 
 
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool):
+# What the BIGINT column holds; a larger duration_ms would fail the write (a 500).
+_MAX_DURATION_MS = 2**63 - 1
+
+
+def _duration_ms(value: object) -> int | None:
+    """The agent's duration_ms: None when absent or not a number; 400 when it cannot be stored."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         return None
-    if isinstance(value, (int, float)) and value >= 0:
-        return int(value)
-    return None
+    if value > _MAX_DURATION_MS:
+        raise ApiError(
+            400, "invalid_field", f"duration_ms must be at most {_MAX_DURATION_MS}.", error_category="bad_request"
+        )
+    return int(value)
 
 
 def _not_found(execution_id: str) -> ApiError:
@@ -56,7 +63,7 @@ def apply_status(execution_id: str, body: dict[str, Any], caller: Caller = OPEN)
     if isinstance(body.get("status_reason"), str):
         fields["status_reason"] = body["status_reason"]
     if status in TERMINAL:
-        fields["duration_ms"] = _int_or_none(body.get("duration_ms"))
+        fields["duration_ms"] = _duration_ms(body.get("duration_ms"))
         fields["completed_at"] = body.get("completed_at")
     try:
         return lifecycle.transition(execution_id, status, **fields).execution

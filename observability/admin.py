@@ -3,12 +3,14 @@ import json
 from django import forms
 from django.contrib import admin, messages
 
+from agentfield_site.escaped_admin import EscapedJSONAdmin
+
 from . import forwarder
 from .models import ForwarderConfig, ForwarderDeadLetter, PlatformEvent
 
 
 @admin.register(PlatformEvent)
-class PlatformEventAdmin(admin.ModelAdmin):
+class PlatformEventAdmin(EscapedJSONAdmin):
     list_display = ("id", "type", "source", "timestamp", "execution_id", "agent_node_id", "status")
     list_filter = ("source", "type")
     search_fields = ("=id", "=execution_id", "=workflow_id", "=agent_node_id")
@@ -101,7 +103,7 @@ class ForwarderConfigAdmin(admin.ModelAdmin):
 
 
 @admin.register(ForwarderDeadLetter)
-class ForwarderDeadLetterAdmin(admin.ModelAdmin):
+class ForwarderDeadLetterAdmin(EscapedJSONAdmin):
     list_display = ("id", "event_id", "event_type", "event_source", "retry_count", "error_message", "created_at")
     list_filter = ("event_source", "event_type")
     search_fields = ("=event_id", "error_message")

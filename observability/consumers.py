@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agentfield_site.auth import caller_for, raw_key_from
+from agentfield_site.lib import strict_json
 
 from .stream_filters import EventFilter, FilterError, parse_filters
 from .streams import BadStreamRequest, parse_last_event_id
@@ -80,9 +81,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
-            message = json.loads(text_data if text_data is not None else (bytes_data or b"").decode())
-        except (ValueError, UnicodeDecodeError):
-            await self._error("invalid_json", "Messages must be JSON text.")
+            message = strict_json.loads(text_data if text_data is not None else (bytes_data or b""))
+        except strict_json.InvalidJson as exc:
+            await self._error("invalid_json", f"Messages must be JSON text: {exc}")
             return
         if not isinstance(message, dict) or message.get("action") != "subscribe":
             await self._error("bad_request", 'Send {"action": "subscribe", "filters": {...}, "last_event_id": N}.')

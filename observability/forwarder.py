@@ -39,7 +39,7 @@ from django.db import transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from agentfield_site.lib import backoff, outbound, tasks
+from agentfield_site.lib import backoff, outbound, strict_json, tasks
 
 from . import leases
 from .models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
@@ -248,8 +248,14 @@ class Batch:
             "events": entries,
             "timestamp": _iso(timezone.now()),
         }
-        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+        # Strict: an event that cannot be encoded raises here (see `_Run._batches`).
+        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         return cls(batch_id=batch_id, entries=entries, body=body, end_id=end_id)
+
+    @classmethod
+    def unsendable(cls, entries: list[dict], end_id: int) -> "Batch":
+        """Events that cannot be encoded, kept (escaped) for the dead letter queue; never sent."""
+        return cls(batch_id="", entries=[strict_json.sanitized(e) for e in entries], body=b"", end_id=end_id)
 
 
 @dataclass
@@ -500,13 +506,43 @@ class _Run:
             entries = [
                 self.pending.popleft() for _ in range(min(self.batch_size, len(self.pending)))
             ]
-            batch = Batch.of(entries, end_id=entries[-1]["event_id"])
-            future = pool.submit(send, self.target, batch, self.attempts, self.stop)
-            self.inflight.append((batch, future))
+            for batch, outcome in self._batches(entries):
+                if outcome is None:
+                    outcome = pool.submit(send, self.target, batch, self.attempts, self.stop)
+                self.inflight.append((batch, outcome))
             if self.pending:
                 self.pending_since = _parse_iso(self.pending[0]["timestamp"])
             submitted = True
         return submitted
+
+    @staticmethod
+    def _batches(entries: list[dict]) -> list[tuple[Batch, Future | None]]:
+        """The batch to send, preceded by each event that cannot be encoded, already
+        failed with the reason (it goes to the dead letter queue).
+
+        A value stored before the strict parser (a lone surrogate, an infinite number)
+        would otherwise fail the whole batch on every run and hold the cursor forever.
+        The failed ones go first, ending before the batch, so the cursor still waits
+        for the batch.
+        """
+        end_id = entries[-1]["event_id"]
+        try:
+            return [(Batch.of(entries, end_id=end_id), None)]
+        except (ValueError, UnicodeEncodeError):
+            pass
+        good = [entry for entry in entries if strict_json.problem(entry) is None]
+        before = good[0]["event_id"] - 1 if good else end_id
+        batches: list[tuple[Batch, Future | None]] = []
+        for entry in entries:
+            why = strict_json.problem(entry)
+            if why is None:
+                continue
+            done: Future = Future()
+            done.set_result(Result(False, 0, error=f"the event cannot be encoded as JSON: {why}"))
+            batches.append((Batch.unsendable([entry], end_id=min(entry["event_id"], before)), done))
+        if good:
+            batches.append((Batch.of(good, end_id=end_id), None))
+        return batches
 
     def _wait_head(self) -> None:
         # Only the oldest batch can move the cursor, so that is the one worth waiting for.

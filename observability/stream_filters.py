@@ -102,6 +102,8 @@ def parse_filters(params: Mapping[str, object], *, sources: Iterable[str] = ()) 
         raw = raw.strip()
         if len(raw) > _FIELD_MAX:
             raise FilterError(f"Filter {name!r} is longer than {_FIELD_MAX} characters.")
+        if "\x00" in raw:  # PostgreSQL refuses the query, which would end the stream
+            raise FilterError(f"Filter {name!r} contains a NUL character.")
         values[name] = raw
     raw_types = params.get("types", "") or ""
     if isinstance(raw_types, str):

@@ -22,6 +22,7 @@ from .tail import TERMINAL_EXECUTION_TYPES, get_tailer, run_db
 RETRY_MS = 3000
 EXECUTION_SCOPE = ("execution", "webhook")
 NODE_SCOPE = ("node",)
+MAX_EVENT_ID = 2**63 - 1  # the largest id the log's bigint column holds
 
 
 # Whether a non-admin caller may follow one execution's stream; filled in by the
@@ -42,7 +43,8 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
     raw = (header or "").strip() or (query or "").strip()
     if not raw:
         return None
-    if not raw.isdigit() or len(raw) > 19:
+    # isascii: str.isdigit() also passes digits such as "²" that int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_EVENT_ID:
         raise BadStreamRequest("last_event_id must be a non-negative integer event id.")
     return int(raw)
 
@@ -151,7 +153,8 @@ async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpR
         last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"), request.GET.get("last_event_id"))
     except BadStreamRequest as exc:
         return error_response(400, "bad_request", str(exc))
-    known, terminal_id = (False, None) if len(execution_id) > 64 else await run_db(_history, execution_id)
+    unusable = len(execution_id) > 64 or "\x00" in execution_id  # PostgreSQL refuses NUL
+    known, terminal_id = (False, None) if unusable else await run_db(_history, execution_id)
     if known and not await run_db(_may_follow, caller, execution_id):
         known = False  # another key's execution: as if it did not exist
     if not known:

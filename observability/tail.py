@@ -17,7 +17,6 @@ a thousand open streams hold a handful of connections, not a thousand.
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from collections import deque
@@ -31,6 +30,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import Max, Min
 
+from agentfield_site.lib import strict_json
 from agentfield_site.lib.db_threads import run_in
 
 from .models import PlatformEvent
@@ -88,14 +88,14 @@ class TailedEvent:
         """The SSE frame: `id`, dotted `event`, and `data` with the SDK's underscore type."""
         if not self._sse:
             data = {**self.doc, "type": self.type.replace(".", "_")}
-            self._sse = f"id: {self.id}\nevent: {self.type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+            self._sse = f"id: {self.id}\nevent: {self.type}\ndata: {strict_json.dumps(data, separators=(',', ':'))}\n\n".encode()
         return self._sse
 
     @property
     def json(self) -> str:
         """The WebSocket frame: the event document itself."""
         if not self._json:
-            self._json = json.dumps(self.doc, separators=(",", ":"))
+            self._json = strict_json.dumps(self.doc, separators=(",", ":"))
         return self._json
 
     @property

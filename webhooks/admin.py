@@ -4,6 +4,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from agentfield_site.escaped_admin import EscapedJSONAdmin
+
 from . import delivery, destinations
 from .masking import masked_headers
 from .models import Attempt, DeadLetter, Delivery, Destination, Subscription, SubscriptionSecret
@@ -36,7 +38,7 @@ def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryse
     )
 
 
-class DeliveryAdmin(admin.ModelAdmin):
+class DeliveryAdmin(EscapedJSONAdmin):
     list_display = ("webhook_id", "kind", "event_type", "status", "destination", "attempts", "last_status", "created_at")
     list_filter = ("status", "kind")
     search_fields = ("=execution_id", "=webhook_id", "=destination")
@@ -104,7 +106,7 @@ class SecretInline(admin.TabularInline):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(EscapedJSONAdmin):
     list_display = ("id", "url", "event_types", "enabled", "disabled_reason", "created_at")
     list_filter = ("enabled",)
     search_fields = ("id", "url", "description")

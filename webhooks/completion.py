@@ -5,13 +5,12 @@
 the transaction that made it terminal), `webhook_events` reports the attempts.
 """
 
-import json
 from collections.abc import Sequence
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
-from agentfield_site.lib import outbound
+from agentfield_site.lib import outbound, strict_json
 
 from . import delivery
 from .models import Attempt, Delivery
@@ -37,8 +36,13 @@ def validate_webhook(value: object) -> tuple[dict | None, str | None]:
 
 
 def encode_body(document: dict) -> bytes:
-    """The bytes sent and signed: compact JSON, UTF-8, produced once and stored."""
-    return json.dumps(document, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes sent and signed: compact JSON, UTF-8, produced once and stored.
+
+    A bad value stored before the strict parser (a lone surrogate, an infinite
+    number) is escaped rather than raised on: the callback that finishes the
+    execution must not fail on it, retry after retry.
+    """
+    return strict_json.dumps(document, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def enqueue_completion(

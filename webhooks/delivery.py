@@ -53,7 +53,7 @@ TASK = "webhooks.tasks.send_due"
 RUN_SECONDS = 10.0
 # Recorded outcomes are flushed in groups: bulk writes, but a slow receiver in a
 # batch does not hold back the others' results for long.
-FLUSH_EVERY = 0.05
+FLUSH_EVERY = 0.1
 # While requests are in flight, look for newly due rows this often (new rows also
 # wake a second task through `kick`).
 CLAIM_EVERY = 0.05
@@ -477,6 +477,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     last_flush = last_renew = time.monotonic()
     last_claim = 0.0
     helped = False
+    drained = False  # the last claim found nothing to send
     try:
         while True:
             clock = time.monotonic()
@@ -486,7 +487,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
             ):
                 want = min(free, batch)
                 token, rows = claim(want)
-                last_claim, freed = clock, 0
+                last_claim, freed, drained = clock, 0, not rows
                 for job in _jobs(token, rows):
                     inflight[job.delivery.id] = job
                     _start(job, done)
@@ -495,9 +496,9 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     # other rows); each helper may call one more while the backlog lasts.
                     helped = True
                     kick()
-                if not rows and not inflight and not unrecorded:
-                    break
-            elif not inflight and not unrecorded:
+            elif clock >= deadline:
+                drained = True
+            if not inflight and not unrecorded and drained:
                 break
             if inflight:
                 results: list[_Result] = []
@@ -513,7 +514,10 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 freed += len(results)
                 unrecorded += len(results)
             clock = time.monotonic()
-            if unrecorded and (not inflight or unrecorded >= batch // 2 or clock - last_flush >= FLUSH_EVERY):
+            # Refilling the pipe comes first: an empty pipe is flushed only once nothing more is due.
+            if unrecorded and (
+                unrecorded >= batch // 2 or clock - last_flush >= FLUSH_EVERY or (not inflight and drained)
+            ):
                 for token, group in finished.items():
                     recorded += _record_surviving(token, group)
                 finished.clear()

@@ -8,8 +8,10 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import OperationalError
+from django.core.handlers.asgi import ASGIRequest
+from django.db import DataError, OperationalError
 from django.http import JsonResponse
+from django.http.request import RawPostDataException, UnreadablePostError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -101,6 +103,14 @@ def exception_handler(exc, context):
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "1"},
         )
+    if isinstance(exc, DataError) and "NUL" in str(exc):
+        # PostgreSQL refuses a NUL character in any text it is given, e.g. an id in
+        # the URL (`/api/v1/executions/%00`); SQLite just finds nothing.
+        set_rollback()
+        return Response(
+            error_body("bad_request", "The request contains a NUL character (\\u0000 or %00)."),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     if isinstance(exc, ApiError):
         return Response(error_body(exc.error, str(exc.detail), **exc.extra), status=exc.status_code)
     response = drf_exception_handler(exc, context)
@@ -125,12 +135,22 @@ def exception_handler(exc, context):
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over MAX_BODY_BYTES with a JSON 413 before anything reads them."""
+    """Refuse bodies over MAX_BODY_BYTES with a JSON 413 before anything reads them.
+
+    A chunked body (no Content-Length) is read whole here and given its length:
+    DRF reads a body only when Content-Length says there is one, so it would
+    otherwise see an empty body and the request would run on `{}`.
+    """
 
     def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request):
+        chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked and not request.META.get("CONTENT_LENGTH"):
+            refused = self._read_chunked(request)
+            if refused is not None:
+                return refused
         length = request.META.get("CONTENT_LENGTH") or "0"
         try:
             too_big = int(length) > settings.MAX_BODY_BYTES
@@ -146,6 +166,23 @@ class BodyLimitMiddleware:
             return error_response(
                 413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."
             )
+
+    @staticmethod
+    def _read_chunked(request) -> JsonResponse | None:
+        if not isinstance(request, ASGIRequest):
+            # A WSGI server hands Django the raw stream bounded by Content-Length
+            # (none here): the body cannot be read, so say so rather than lose it.
+            return error_response(411, "length_required", "Send the body with a Content-Length.")
+        try:
+            body = request.body
+        except RequestDataTooBig:
+            return error_response(
+                413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."
+            )
+        except (RawPostDataException, UnreadablePostError):
+            return error_response(411, "length_required", "Send the body with a Content-Length.")
+        request.META["CONTENT_LENGTH"] = str(len(body))
+        return None
 
 
 def api_not_found(request, exception=None):

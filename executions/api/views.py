@@ -1,10 +1,12 @@
 """The AgentField API for nodes and executions: thin views over the service modules."""
 
+import re
 import time
 
 import django_filters
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -12,10 +14,11 @@ from rest_framework import exceptions, generics, serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
 from agentfield_site.auth import AGENT, CLIENT, caller_of
-from agentfield_site.lib.api import ApiError, object_body
+from agentfield_site.lib.api import ApiError, int_param, object_body
 from agentfield_site.lib.concurrency_limit import lend_place
 from webhooks.completion import webhook_events
 
@@ -271,6 +274,9 @@ class ExecutionFilter(django_filters.FilterSet):
             raise exceptions.ValidationError({"status": f"Unknown status {value!r}."}) from None
 
 
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
 class ExecutionCursor(CursorPagination):
     ordering = ("-created_at", "-id")
     page_size = 50
@@ -282,6 +288,32 @@ class ExecutionCursor(CursorPagination):
             return super().paginate_queryset(queryset, request, view)
         except exceptions.NotFound:
             raise ApiError(400, "bad_request", "The cursor is not valid; start from the first page.") from None
+
+    def get_page_size(self, request) -> int:
+        # DRF silently falls back to the default for a limit it cannot read.
+        return int_param(request, "limit", self.page_size, self.max_page_size) or self.page_size
+
+    def encode_cursor(self, cursor) -> str:
+        # The links copy the request's query, and a key sent as ?api_key= would end
+        # up in every client's logs and history with them: the caller adds its own.
+        return remove_query_param(super().encode_cursor(cursor), "api_key")
+
+    def decode_cursor(self, request):
+        # DRF's base64 decoding skips characters it does not know (so "%%%" reads as
+        # the first page), and it hands the position (a created_at) to the query as it
+        # came: a forged one would fail there, as a 500.
+        raw = request.query_params.get(self.cursor_query_param)
+        if raw and not _BASE64.fullmatch(raw):
+            raise exceptions.NotFound("Invalid cursor")
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                valid = parse_datetime(cursor.position) is not None
+            except ValueError:
+                valid = False
+            if not valid:
+                raise exceptions.NotFound("Invalid cursor")
+        return cursor
 
 
 class ExecutionListView(generics.ListAPIView):

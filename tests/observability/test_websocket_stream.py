@@ -120,7 +120,7 @@ def test_auth_api_key_session_and_close_code(settings):
             "none": await attempt("/ws/events"),
             "bad": await attempt("/ws/events?api_key=nope"),
             "key": await attempt("/ws/events?api_key=k-ws"),
-            "session": await attempt("/ws/events", [(b"cookie", cookie.encode()), (b"origin", b"http://localhost")]),
+            "session": await attempt("/ws/events", [(b"cookie", cookie.encode()), (b"host", b"localhost"), (b"origin", b"http://localhost")]),
         }
 
     got = asyncio.run(scenario())
@@ -144,3 +144,50 @@ def test_foreign_origin_is_refused_but_no_origin_is_allowed():
     refused, accepted = asyncio.run(scenario())
     assert not refused
     assert accepted
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "allowed_origins", "accepted"),
+    [
+        (b"localhost:8080", b"http://localhost:8080", [], True),
+        (b"localhost", b"http://localhost:80", [], True),
+        (b"[::1]:8080", b"http://[::1]:8080", [], True),
+        (b"localhost:8080", b"http://localhost:1234", [], False),  # another port
+        (b"localhost:8080", b"https://localhost:8080", [], False),  # another scheme
+        (b"localhost:8080", b"http://127.0.0.1:8080", [], False),  # another host
+        (b"evil.example:8080", b"http://evil.example:8080", [], False),  # a rebinding name: not in ALLOWED_HOSTS
+        (b"localhost:8080", b"null", [], False),
+        (b"localhost:8080", b"http://localhost:8080/path", [], False),
+        (b"localhost:8080", b"https://app.example.com", ["https://app.example.com"], True),
+        (b"localhost:8080", b"https://app.example.com:8443", ["https://app.example.com"], False),
+    ],
+)
+def test_origin_must_match_scheme_host_and_port(settings, host, origin, allowed_origins, accepted):
+    settings.ALLOWED_ORIGINS = allowed_origins
+    settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+
+    async def scenario() -> bool:
+        ws = WebsocketCommunicator(application, "/ws/events", headers=[(b"host", host), (b"origin", origin)])
+        connected, _ = await ws.connect()
+        if connected:
+            await ws.disconnect()
+        return connected
+
+    assert asyncio.run(scenario()) is accepted
+
+
+def test_behind_a_tls_proxy_the_origin_is_https(settings):
+    settings.ALLOWED_HOSTS = ["agents.example.com"]
+    headers = [(b"host", b"agents.example.com"), (b"origin", b"https://agents.example.com"), (b"x-forwarded-proto", b"https")]
+
+    async def connects() -> bool:
+        ws = WebsocketCommunicator(application, "/ws/events", headers=headers)
+        connected, _ = await ws.connect()
+        if connected:
+            await ws.disconnect()
+        return connected
+
+    settings.SECURE_PROXY_SSL_HEADER = None
+    assert asyncio.run(connects()) is False, "X-Forwarded-Proto is not trusted unless configured"
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    assert asyncio.run(connects()) is True

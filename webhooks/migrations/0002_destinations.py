@@ -61,8 +61,4 @@ class Migration(migrations.Migration):
             model_name='delivery',
             name='target_host',
         ),
-        migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(fields=['status', 'destination'], name='webhooks_by_destination'),
-        ),
     ]

@@ -15,9 +15,10 @@ import urllib.request
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from agentfield_site.auth import keys_required
+from agentfield_site.lib.loopback import is_loopback
 from agentfield_site.models import ApiKey
 
 
@@ -29,11 +30,18 @@ class Command(BaseCommand):
         parser.add_argument("--no-agent", action="store_true", help="Do not start the demo agent.")
 
     def handle(self, *args, port: int, no_agent: bool, **options) -> None:
+        host = settings.HOST
+        if not is_loopback(host) and not keys_required():
+            raise CommandError(
+                f"Refusing to listen on {host}: no API key is configured, so the API would be open "
+                "to anyone on the network. Set API_KEYS (or create a key in the admin), or listen "
+                "on this machine only with HOST=127.0.0.1."
+            )
         base = f"http://localhost:{port}"
         self._ensure_admin()
         py = sys.executable
         commands = [
-            ("daphne", [py, "-m", "daphne", "-b", "0.0.0.0", "-p", str(port), "agentfield_site.asgi:application"]),
+            ("daphne", [py, "-m", "daphne", "-b", host, "-p", str(port), "agentfield_site.asgi:application"]),
             ("worker", [py, "manage.py", "worker"]),
         ]
         if not no_agent:

@@ -8,14 +8,14 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('agentfield_site', '0002_apikey_scope'),
-        ('webhooks', '0002_destinations'),
+        ('webhooks', '0003_partial_queue_indexes'),
     ]
 
     operations = [
         migrations.AddField(
             model_name='delivery',
             name='owner',
-            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='agentfield_site.apikey'),
+            field=models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='agentfield_site.apikey'),
         ),
         migrations.AddField(
             model_name='subscription',

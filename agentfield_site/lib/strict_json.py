@@ -1,0 +1,170 @@
+"""JSON strict at the door, tolerant on the way out.
+
+`loads` is the one decoder for everything a caller sends (REST bodies through the
+DRF parser, WebSocket messages). It refuses what parses in Python but cannot be
+stored or sent on faithfully: bytes that are not UTF-8, lone UTF-16 surrogates
+(raw or as `\\ud800` escapes), NUL characters (PostgreSQL's jsonb and text refuse
+them), nesting deeper than MAX_DEPTH, and numbers that do not fit a double
+(`1e999`, `NaN`, 400-digit integers). Each refusal says where.
+
+`dumps` is for stored data on its way out (API responses, stream frames, webhook
+and collector bodies). A row written before these rules, or by another path, may
+still hold such a value; it is replaced (U+FFFD for a lone surrogate, null for a
+non-finite number) rather than raising, so one bad row cannot 500 a list or wedge
+a pipeline. `problem` says what would be replaced, for those that must report it.
+"""
+
+import json
+import math
+import re
+from typing import Any
+
+MAX_DEPTH = 128
+# A double's largest finite value has 309 digits; longer integers cannot fit, and
+# int() on thousands of digits is itself slow.
+_MAX_INT_DIGITS = 309
+_BAD_CHAR = re.compile("[\ud800-\udfff\x00]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+class InvalidJson(ValueError):
+    """A body or message refused at the door; the message says what and where."""
+
+
+class _OutOfRange:
+    """Placeholder a number literal decodes to when it does not fit a double."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def _float(literal: str) -> float | _OutOfRange:
+    value = float(literal)
+    return value if math.isfinite(value) else _OutOfRange(literal)
+
+
+def _int(literal: str) -> int | _OutOfRange:
+    if len(literal.lstrip("-")) > _MAX_INT_DIGITS:
+        return _OutOfRange(literal[:20] + "...")
+    value = int(literal)
+    try:
+        float(value)
+    except OverflowError:
+        return _OutOfRange(literal[:20] + "...")
+    return value
+
+
+def _key_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key) else f"{path}[{key[:64]!r}]"
+
+
+def _clip(path: str) -> str:
+    return path if len(path) <= 200 else f"{path[:100]}...{path[-90:]}"
+
+
+def _char_problem(text: str, pattern: re.Pattern = _BAD_CHAR) -> str | None:
+    found = pattern.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return f"a NUL character (\\u0000) at character {found.start()}"
+    return f"a lone UTF-16 surrogate (\\u{ord(found.group()):04x}) at character {found.start()}"
+
+
+def _walk(value: Any, max_depth: int, chars: re.Pattern = _BAD_CHAR) -> str | None:
+    """The first thing in `value` that strict JSON refuses, with its path; None when clean."""
+    stack: list[tuple[Any, str, int]] = [(value, "$", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            why = _char_problem(item, chars)
+            if why:
+                return f"{why} in the string at {_clip(path)}"
+        elif isinstance(item, bool) or item is None or isinstance(item, int):
+            continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"the number {item} at {_clip(path)} does not fit a double"
+        elif isinstance(item, _OutOfRange):
+            return f"the number {item.literal} at {_clip(path)} does not fit a double"
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                return f"nesting deeper than {max_depth}"
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    key = str(key)
+                    why = _char_problem(key, chars)
+                    if why:
+                        return f"{why} in a key at {_clip(path)}"
+                    stack.append((child, _key_path(path, key), depth + 1))
+            else:
+                stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+    return None
+
+
+def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode strict JSON; InvalidJson says what is wrong and where."""
+    if isinstance(data, bytes | bytearray):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJson(f"the body is not UTF-8 at byte {exc.start}") from None
+    else:
+        text = data
+    if text.startswith("\ufeff"):
+        raise InvalidJson("a byte order mark at character 0")
+    try:
+        value = json.loads(text, parse_float=_float, parse_int=_int, parse_constant=_OutOfRange)
+    except RecursionError:
+        raise InvalidJson(f"nesting deeper than {max_depth}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJson(f"{exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})") from None
+    except ValueError as exc:  # int() refusing a number literal
+        raise InvalidJson(str(exc)) from None
+    why = _walk(value, max_depth)
+    if why:
+        raise InvalidJson(why)
+    return value
+
+
+def problem(value: Any) -> str | None:
+    """Why `value` cannot be sent as JSON (a lone surrogate, a non-finite number), or None."""
+    return _walk(value, max_depth=10_000, chars=_SURROGATE)
+
+
+def sanitized(value: Any) -> Any:
+    """`value` with lone surrogates replaced by U+FFFD and non-finite numbers by None.
+
+    Objects other than str, float, dict, list and tuple pass through (dates, ids):
+    the encoder that follows knows them.
+    """
+    if isinstance(value, str):
+        return _SURROGATE.sub(REPLACEMENT, value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {sanitized(k) if isinstance(k, str) else k: sanitized(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [sanitized(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """json.dumps that never raises on a stored bad value: see `sanitized`.
+
+    The fast path is plain json.dumps; only a value that fails (or holds a
+    surrogate, which json.dumps would pass on unencodable) is sanitized.
+    """
+    kwargs.setdefault("allow_nan", False)
+    try:
+        text = json.dumps(value, **kwargs)
+        if kwargs.get("ensure_ascii", True) is False:
+            text.encode("utf-8")
+        elif "\\ud" in text and problem(value):
+            raise ValueError("a lone surrogate")
+        return text
+    except (ValueError, UnicodeEncodeError):
+        return json.dumps(sanitized(value), **kwargs)

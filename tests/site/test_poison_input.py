@@ -1,0 +1,173 @@
+"""Poison input refused at the door: every JSON endpoint and the WebSocket answer a
+400 `invalid_json` that says what and where, and nothing is written."""
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import connections
+from django.test import RequestFactory
+from rest_framework.test import APIClient
+
+from agentfield_site.asgi import application
+from agentfield_site.lib.api import BodyLimitMiddleware
+from executions import nodes, submission
+from executions.models import AgentNode, Execution
+from observability import tail
+from observability.models import ForwarderConfig, PlatformEvent
+from tests.executions.loopback_agent import LoopbackAgent
+from webhooks.models import Subscription
+
+HOSTILE = {
+    "escaped surrogate": (b'{"input": {"document": "c\\ud800d"}}', "surrogate (\\ud800) at character 1 in the string at $.input.document"),
+    "raw surrogate bytes": (b'{"input": {"document": "c\xed\xa0\x80d"}}', "not UTF-8 at byte 25"),
+    "surrogate in a key": (b'{"input": {"\\udc00": 1}}', "in a key at $.input"),
+    "NUL": (b'{"input": {"d": "\\u0000"}}', "NUL character"),
+    "1e999": (b'{"input": {"n": 1e999}}', "the number 1e999 at $.input.n does not fit a double"),
+    "NaN": (b'{"input": {"n": NaN}}', "the number NaN at $.input.n"),
+    "huge int": (b'{"input": {"n": ' + b"1" * 400 + b"}}", "does not fit a double"),
+    "deep": (b'{"input": ' + b"[" * 1000 + b"]" * 1000 + b"}", "nesting deeper than 128"),
+    "very deep": (b"[" * 200_000, "nesting deeper than 128"),
+}
+
+
+@pytest.fixture
+def world(db):
+    agent = LoopbackAgent()
+    nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
+    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    yield execution
+    agent.close()
+
+
+def endpoints(execution_id: str) -> list[str]:
+    return [
+        "/api/v1/execute/async/analyzer.process",
+        "/api/v1/execute/analyzer.process",
+        f"/api/v1/executions/{execution_id}/status",
+        f"/api/v1/executions/{execution_id}/logs",
+        f"/api/v1/executions/{execution_id}/cancel",
+        "/api/v1/executions/batch-status",
+        "/api/v1/nodes/register",
+        "/api/v1/nodes/analyzer/heartbeat",
+        "/api/v1/workflow/executions/events",
+        "/api/v1/webhooks/subscriptions",
+        "/api/v1/settings/observability-webhook",
+    ]
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_every_json_endpoint_refuses_with_what_and_where(world, case):
+    body, says = HOSTILE[case]
+    api = APIClient()
+    events_before = PlatformEvent.objects.count()
+    for url in endpoints(world.id):
+        response = api.generic("POST", url, body, content_type="application/json")
+        assert response.status_code == 400, (url, response.content[:300])
+        answer = response.json()
+        assert answer["error"] == "invalid_json", url
+        assert says in answer["message"], (url, answer["message"])
+    assert PlatformEvent.objects.count() == events_before
+    assert Execution.objects.count() == 1 and Execution.objects.get().status == "queued"
+    assert AgentNode.objects.count() == 1
+    assert not Subscription.objects.exists() and not ForwarderConfig.objects.exists()
+
+
+def test_a_number_the_field_cannot_hold_is_400(world):
+    response = APIClient().post(
+        f"/api/v1/executions/{world.id}/status", {"status": "succeeded", "duration_ms": 1e308}, format="json"
+    )
+    assert response.status_code == 400 and response.json()["error"] == "invalid_field"
+    assert "duration_ms" in response.json()["message"]
+    assert Execution.objects.get().status == "queued"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/executions?cursor=cD16eno%3D",  # base64 of "p=zzz": framed, but no time
+        "/api/v1/executions?cursor=%25%25%25",
+        "/api/v1/executions?limit=x",
+        "/api/v1/webhooks/dlq?offset=-1",
+        "/api/v1/webhooks/dlq?limit=1e5",
+        "/api/v1/settings/observability-webhook/dlq?offset=x",
+        "/api/ui/v1/executions/events?last_event_id=%C2%B2",  # "²" passes str.isdigit()
+        "/api/ui/v1/executions/events?last_event_id=9999999999999999999",
+        "/api/v1/executions?workflow_id=%00",
+    ],
+)
+def test_cursors_limits_and_ids_that_do_not_parse_are_400(world, url):
+    response = APIClient().get(url)
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["error"] == "bad_request" and response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("GET", "/api/v1/executions/%00"),
+        ("GET", "/api/v1/executions/%00/events"),
+        ("GET", "/api/v1/nodes/%00"),
+        ("GET", "/api/v1/webhooks/subscriptions/%00"),
+        ("POST", "/api/v1/executions/%00/cancel"),
+        ("POST", "/api/v1/nodes/%00/heartbeat"),
+    ],
+)
+def test_a_nul_in_an_id_is_a_4xx_on_every_database(world, method, url):
+    """PostgreSQL refuses a query holding NUL (400); SQLite finds nothing (404)."""
+    response = APIClient().generic(method, url, b"{}", content_type="application/json")
+    assert response.status_code in (400, 404), response.content[:300]
+    assert response.json()["error"] in ("bad_request", "not_found")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("poll_without_channel_layer")
+def test_the_websocket_answers_an_error_frame_and_stays_open(settings):
+    settings.CHANNEL_LAYERS = {}
+
+    async def scenario() -> list[dict]:
+        ws = WebsocketCommunicator(application, "/ws/events")
+        assert (await ws.connect())[0]
+        await ws.receive_from(5)  # stream.subscribed
+        answers = []
+        for text in (
+            '{"action": "subscribe", "filters": {"execution_id": "c\\ud800d"}}',
+            '{"action": "subscribe", "last_event_id": 1e999}',
+            '{"action": "subscribe", "filters": ' + "[" * 5000 + "]" * 5000 + "}",
+            '{"action": "subscribe", "filters": {"execution_id": "a\\u0000"}}',
+        ):
+            await ws.send_to(text_data=text)
+            answers.append(json.loads(await ws.receive_from(5)))
+        await ws.send_to(text_data='{"action": "subscribe", "filters": {"types": "node.*"}}')
+        answers.append(json.loads(await ws.receive_from(5)))
+        await ws.disconnect()
+        return answers
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        tail.close_pool_connections()
+        asyncio.run(sync_to_async(connections.close_all)())
+    assert [a["error"] for a in answers[:4]] == ["invalid_json"] * 4
+    assert "$.filters.execution_id" in answers[0]["message"] and "does not fit a double" in answers[1]["message"]
+    assert "nesting deeper than 128" in answers[2]["message"]
+    assert answers[4]["type"] == "stream.subscribed", "the socket is still usable"
+
+
+@pytest.fixture
+def poll_without_channel_layer(settings):
+    settings.CHANNEL_LAYERS = {}
+
+
+def test_a_chunked_body_that_cannot_be_read_is_411_not_an_empty_body():
+    """Under WSGI (no server here dechunks for Django) the body is unreadable: 411, never `{}`.
+    The ASGI path, which reads it whole, is tested against a real daphne (test_daphne_edges)."""
+    request = RequestFactory().generic(
+        "POST", "/api/v1/execute/async/analyzer.process", b'{"input": {}}',
+        content_type="application/json", HTTP_TRANSFER_ENCODING="chunked",
+    )
+    del request.META["CONTENT_LENGTH"]
+    response = BodyLimitMiddleware(lambda r: pytest.fail("the view must not run"))(request)
+    assert response.status_code == 411 and json.loads(response.content)["error"] == "length_required"

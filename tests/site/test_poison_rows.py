@@ -1,0 +1,191 @@
+"""Defence in depth: a bad value already in the database (written before the strict
+parser, or by another path) breaks no page, stream or pipeline.
+
+On SQLite the rows hold a lone surrogate (`\\ud800` escaped in the JSON text) and
+`1e999` (read back as an infinite float). PostgreSQL's jsonb refuses both a lone
+surrogate and `Infinity`; there the rows hold `1e999` as jsonb reads it back, a
+1,000-digit number.
+"""
+
+import asyncio
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.admin.utils import quote
+from django.db import connection
+from rest_framework.test import APIClient
+
+from agentfield_site.asgi import application
+from agentfield_site.lib import strict_json
+from executions import nodes, submission
+from executions.models import AgentNode, Execution
+from observability import events, forwarder, tail
+from observability.models import ForwarderDeadLetter, PlatformEvent
+from tests.executions.loopback_agent import LoopbackAgent
+from tests.observability.collector import Collector
+from tests.support.sse import AsgiSse, events_only
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("poll_without_channel_layer")]
+
+SURROGATE = "c\ud800d"
+
+
+@pytest.fixture
+def poll_without_channel_layer(settings):
+    settings.CHANNEL_LAYERS = {}
+
+
+@pytest.fixture(autouse=True)
+def _release_stream_connections():
+    yield
+    tail.close_pool_connections()
+
+
+@pytest.fixture
+def staff(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-for-tests"))
+    return client
+
+
+def store_huge_number(model, pk, field: str) -> None:
+    """Write `{"n": 1e999}` into a JSON column with SQL, as another path could."""
+    table = model._meta.db_table
+    column = model._meta.get_field(field).column
+    cast = "json(%s)" if connection.vendor == "sqlite" else "%s::jsonb"
+    with connection.cursor() as cursor:
+        cursor.execute(f'UPDATE "{table}" SET "{column}" = {cast} WHERE "id" = %s', ['{"n": 1e999}', pk])
+
+
+def poison(model, pk, field: str) -> None:
+    """A lone surrogate where the database stores one (SQLite), else an out-of-range number."""
+    if connection.vendor == "sqlite":
+        model.objects.filter(pk=pk).update(**{field: {"s": SURROGATE, "list": [SURROGATE]}})
+    else:
+        store_huge_number(model, pk, field)
+
+
+@pytest.fixture
+def bad_rows():
+    agent = LoopbackAgent()
+    node, _ = nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
+    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    poison(Execution, execution.pk, "input")
+    store_huge_number(Execution, execution.pk, "result")
+    poison(AgentNode, node.pk, "metadata")
+    event = events.publish("node.online", agent_node_id="analyzer")
+    poison(PlatformEvent, event.pk, "data")
+    yield execution, node, event
+    agent.close()
+
+
+def sendable(body: bytes | str) -> dict:
+    """The JSON `body`, which must hold nothing a client cannot read: UTF-8, no lone
+    surrogate, no NaN or Infinity. (A 1,000-digit integer is valid JSON and passes.)"""
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
+
+    def refuse(literal: str):
+        raise AssertionError(f"{literal} in {text[:200]}")
+
+    value = json.loads(text, parse_constant=refuse)
+    assert strict_json.problem(value) is None, strict_json.problem(value)
+    return value
+
+
+def strict(response) -> dict:
+    assert response.status_code == 200, response.content[:500]
+    return sendable(response.content)
+
+
+def test_api_reads_answer_with_the_bad_values_escaped(bad_rows):
+    execution, node, _ = bad_rows
+    api = APIClient()
+    listed = strict(api.get("/api/v1/executions"))
+    assert [doc["execution_id"] for doc in listed["results"]] == [execution.id]
+    detail = strict(api.get(f"/api/v1/executions/{execution.id}"))
+    if connection.vendor == "sqlite":
+        assert detail["result"] == {"n": None}
+    batch = strict(api.post("/api/v1/executions/batch-status", {"execution_ids": [execution.id]}, format="json"))
+    assert batch[execution.id]["status"] == "queued"
+    assert strict(api.get("/api/v1/nodes"))["count"] == 1
+    metadata = strict(api.get("/api/v1/nodes/analyzer"))["metadata"]
+    if connection.vendor == "sqlite":
+        assert metadata == {"s": "c\ufffdd", "list": ["c\ufffdd"]}
+
+
+def test_admin_pages_render(bad_rows, staff):
+    execution, node, event = bad_rows
+    for url in (
+        "/admin/executions/execution/",
+        f"/admin/executions/execution/{quote(execution.pk)}/change/",
+        "/admin/executions/agentnode/",
+        f"/admin/executions/agentnode/{quote(node.pk)}/change/",
+        "/admin/observability/platformevent/",
+        f"/admin/observability/platformevent/{event.pk}/change/",
+    ):
+        assert staff.get(url).status_code == 200, url
+
+
+def test_sse_and_websocket_replay_send_the_event_escaped(bad_rows):
+    _, _, event = bad_rows
+
+    async def scenario():
+        sse = await AsgiSse(application, "/api/ui/v1/nodes/events", f"last_event_id={event.id - 1}").start()
+        frames = events_only(await sse.read_events(1))
+        await sse.close()
+        ws = WebsocketCommunicator(application, f"/ws/events?last_event_id={event.id - 1}")
+        assert (await ws.connect())[0]
+        await ws.receive_from(5)  # stream.subscribed
+        frame = await ws.receive_from(5)
+        await ws.disconnect()
+        return frames, frame
+
+    frames, frame = asyncio.run(scenario())
+    for text in (frames[0].data, frame):
+        doc = sendable(text)
+        assert doc["id"] == event.id
+        if connection.vendor == "sqlite":
+            assert doc["data"]["s"] == "c\ufffdd"
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_the_forwarder_dead_letters_an_unencodable_event_and_delivers_the_rest(settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.OBSERVABILITY_FLUSH_INTERVAL = 0.05
+    settings.OBSERVABILITY_RETRY_SCHEDULE = [0.05]
+    api = APIClient()
+    with Collector() as collector:
+        assert api.post("/api/v1/settings/observability-webhook", {"url": collector.url}, format="json").status_code == 200
+        before = events.publish("node.online", agent_node_id="before")
+        bad = events.publish("node.online", agent_node_id="bad", data={"s": SURROGATE})
+        infinite = events.publish("node.online", agent_node_id="inf")
+        store_huge_number(PlatformEvent, infinite.pk, "data")
+        after = events.publish("node.online", agent_node_id="after")
+        forwarder.run(seconds=10, linger=0)
+        sent = [e["event_id"] for r in collector.requests for e in json.loads(r["body"])["events"]]
+    assert sent == [before.id, after.id]
+    letters = {d.event_id: d for d in ForwarderDeadLetter.objects.all()}
+    assert set(letters) == {bad.id, infinite.id}
+    assert "surrogate" in letters[bad.id].error_message and "$.data.payload.s" in letters[bad.id].error_message
+    assert "does not fit a double" in letters[infinite.id].error_message
+    assert letters[bad.id].payload["data"]["payload"] == {"s": "c\ufffdd"}
+    assert forwarder.status()["backlog"] == 0
+    dlq = strict(api.get("/api/v1/settings/observability-webhook/dlq"))
+    assert dlq["total_count"] == 2
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_a_subscription_body_escapes_the_stored_value(settings):
+    from webhooks import subscriptions
+    from webhooks.completion import encode_body
+    from webhooks.models import Delivery
+
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    subscriptions.create(url="http://127.0.0.1:9/hook", event_types=["node.*"], headers={})
+    event = events.publish("node.online", agent_node_id="bad", data={"s": SURROGATE})
+    body = bytes(Delivery.objects.get(event_id=event.id).body)
+    assert strict_json.loads(body)["data"] == {"s": "c\ufffdd"}
+    # A completion body is built from the execution's stored result the same way.
+    assert strict_json.loads(encode_body({"result": {"n": float("inf"), "s": SURROGATE}})) == {
+        "result": {"n": None, "s": "c\ufffdd"}
+    }
