@@ -428,6 +428,9 @@ def test_the_event_socket_is_for_admins(settings, scope, code):
     from agentfield_site.asgi import application
     from observability import tail
 
+    # One event loop per test: poll the log rather than bind a channel layer to this loop
+    # (its Redis listener can hang the next loop's shutdown; see tests/observability/conftest.py).
+    settings.CHANNEL_LAYERS = {}
     raw = ApiKey.create(f"ws-{scope}", scope)[1]
 
     async def scenario():
