@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.utils import timezone
 
 from .models import ApiKey
 
@@ -9,23 +10,31 @@ admin.site.enable_nav_sidebar = False
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("prefix", "created_at", "last_used_at")
-    fields = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_display = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("scope", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "prefix")
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    fields = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
     actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A key's scope is fixed once issued: what it created was created under it.
+        return (*self.readonly_fields, "scope") if obj is not None else self.readonly_fields
 
     def save_model(self, request, obj, form, change) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
-        key, raw = ApiKey.create(obj.name)
+        key, raw = ApiKey.create(obj.name, obj.scope)
         obj.pk = key.pk
         obj.__dict__.update(key.__dict__)
         messages.warning(request, f"The new key is {raw} — copy it now; it is stored hashed and not shown again.")
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Revoke instead: executions, nodes and subscriptions record the key that made them.
+        return False
+
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset) -> None:
-        from django.utils import timezone
-
         n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {n} key(s).")

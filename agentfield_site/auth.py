@@ -1,10 +1,16 @@
-"""API key authentication, shared by the REST API, SSE streams and WebSockets.
+"""API keys and scopes, shared by the REST API, SSE streams and WebSockets.
 
 A key comes as `X-API-Key`, `Authorization: Bearer`, or `?api_key=` (EventSource
 cannot set headers). Keys are enforced once any exists, from `API_KEYS` or the admin.
+
+Every authenticated call has a `Caller`: its scope (`admin`, `client`, `agent`) and
+the key row that owns what it creates. `API_KEYS` and staff sessions are admins
+without a row; with no key configured at all the API is open and every caller is
+an admin (local development).
 """
 
 import hmac
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -12,6 +18,29 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
 from .models import ApiKey, hash_key
+
+ADMIN, CLIENT, AGENT = ApiKey.ADMIN, ApiKey.CLIENT, ApiKey.AGENT
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: a scope, and the key row (if any) that owns what it creates."""
+
+    scope: str
+    key_id: int | None = None
+    name: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == ADMIN
+
+    def owns(self, owner_id: int | None) -> bool:
+        """Whether an object owned by `owner_id` is this caller's (an admin's, always)."""
+        return self.is_admin or (self.key_id is not None and owner_id == self.key_id)
+
+
+OPEN = Caller(ADMIN, None, "open API")
+STAFF = Caller(ADMIN, None, "staff session")
 
 
 class ApiKeyPrincipal:
@@ -21,9 +50,10 @@ class ApiKeyPrincipal:
     is_staff = False
     is_active = True
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.username = name
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self.name = caller.name
+        self.username = caller.name
 
     def __str__(self) -> str:
         return self.name
@@ -49,34 +79,49 @@ def check_key(raw: str) -> ApiKeyPrincipal | None:
         return None
     for configured in settings.API_KEYS:
         if hmac.compare_digest(configured.encode(), raw.encode()):
-            return ApiKeyPrincipal("env-key")
+            return ApiKeyPrincipal(Caller(ADMIN, None, "env-key"))
     key = ApiKey.objects.filter(key_hash=hash_key(raw), revoked_at__isnull=True).first()
     if key is None:
         return None
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return ApiKeyPrincipal(key.name)
+    return ApiKeyPrincipal(Caller(key.scope, key.pk, key.name))
 
 
-def is_allowed(user, raw_key: str) -> bool:
-    """The one rule for every surface: staff session, a valid key, or no keys configured."""
-    if user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False):
-        return True
-    if check_key(raw_key) is not None:
-        return True
-    return not keys_required()
+def _is_staff(user) -> bool:
+    return user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False)
+
+
+def caller_for(user, raw_key: str) -> Caller | None:
+    """The one rule for streams and sockets: staff session, a valid key, or no keys configured."""
+    if _is_staff(user):
+        return STAFF
+    principal = check_key(raw_key)
+    if principal is not None:
+        return principal.caller
+    return None if keys_required() else OPEN
+
+
+def caller_of(request) -> Caller:
+    """The caller of an authenticated DRF request (an admin on an open API)."""
+    user = getattr(request, "user", None)
+    if isinstance(user, ApiKeyPrincipal):
+        return user.caller
+    if _is_staff(user):
+        return STAFF
+    return OPEN
 
 
 def may_scrape_metrics(user, raw_key: str) -> bool:
-    """/metrics: METRICS_TOKEN or what the API accepts; never open once a token is set."""
+    """/metrics: METRICS_TOKEN, a staff session or an admin key; open only while neither a key nor a token exists."""
     token = settings.METRICS_TOKEN
-    if not token:
-        return is_allowed(user, raw_key)
-    if raw_key and hmac.compare_digest(token.encode(), raw_key.encode()):
+    if token and raw_key and hmac.compare_digest(token.encode(), raw_key.encode()):
         return True
-    staff = user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False)
-    return staff or check_key(raw_key) is not None
+    caller = caller_for(user, raw_key)
+    if caller is None or (token and caller is OPEN):
+        return False
+    return caller.is_admin
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -107,3 +152,25 @@ class HasApiKeyIfConfigured(permissions.BasePermission):
         if request.user is not None and getattr(request.user, "is_authenticated", False):
             return True
         return not keys_required()
+
+
+def scopes_of(view, method: str) -> tuple[str, ...]:
+    """The scopes a view admits for `method`: its `scopes` (a tuple, or a dict by method); admin only by default."""
+    declared = getattr(view, "scopes", (ADMIN,))
+    if isinstance(declared, dict):
+        declared = declared.get(method.lower(), (ADMIN,))
+    return tuple(declared)
+
+
+class InScope(permissions.BasePermission):
+    """A key may call only the routes of its scope; anything else is a 403 `forbidden`."""
+
+    def has_permission(self, request, view) -> bool:
+        caller = caller_of(request)
+        allowed = scopes_of(view, request.method)
+        if caller.is_admin or caller.scope in allowed:
+            return True
+        raise exceptions.PermissionDenied(
+            f"{request.method} {request.path} is not open to {caller.scope} keys "
+            f"(it needs one of: {', '.join(allowed)})."
+        )

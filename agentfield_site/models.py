@@ -10,8 +10,26 @@ def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def new_raw_key() -> str:
+    return "afk_" + secrets.token_urlsafe(32)
+
+
 class ApiKey(models.Model):
+    """A hashed API key with a scope; the objects it creates record it as their owner.
+
+    Keys are revoked, never deleted: executions, nodes and subscriptions point at
+    the key that made them, and a deleted key would orphan them.
+    """
+
+    ADMIN, CLIENT, AGENT = "admin", "client", "agent"
+    SCOPES = [
+        (ADMIN, "admin: everything"),
+        (CLIENT, "client: its own executions, subscriptions and dead letters"),
+        (AGENT, "agent: its own nodes and the executions dispatched to them"),
+    ]
+
     name = models.CharField(max_length=100)
+    scope = models.CharField(max_length=16, choices=SCOPES, default=CLIENT)
     prefix = models.CharField(max_length=12, help_text="First characters, to tell keys apart.")
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
@@ -22,11 +40,20 @@ class ApiKey(models.Model):
         verbose_name = "API key"
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
+        return f"{self.name} ({self.scope}, {self.prefix}…)"
 
     @classmethod
-    def create(cls, name: str) -> tuple["ApiKey", str]:
+    def create(cls, name: str, scope: str = CLIENT) -> tuple["ApiKey", str]:
         """Make a key; the raw key is returned once and never stored."""
-        raw = "afk_" + secrets.token_urlsafe(32)
-        key = cls.objects.create(name=name, prefix=raw[:10], key_hash=hash_key(raw))
+        if scope not in dict(cls.SCOPES):
+            raise ValueError(f"unknown scope {scope!r}")
+        raw = new_raw_key()
+        key = cls.objects.create(name=name, scope=scope, prefix=raw[:10], key_hash=hash_key(raw))
         return key, raw
+
+    def reissue(self) -> str:
+        """A new raw key for this same row (same owner of the same objects); the old one stops working."""
+        raw = new_raw_key()
+        self.prefix, self.key_hash, self.revoked_at = raw[:10], hash_key(raw), None
+        self.save(update_fields=["prefix", "key_hash", "revoked_at"])
+        return raw

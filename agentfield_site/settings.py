@@ -132,8 +132,9 @@ elif IS_POSTGRES:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Requests one daphne works on at once; the rest wait on the event loop (see
 # agentfield_site.lib.concurrency_limit). Each holds a thread and, while in the
-# database, a connection: keep processes x (this + 4 stream threads) + workers
-# below PostgreSQL's max_connections.
+# database, a connection: keep processes x (2 x this + 4 stream threads) + workers
+# below PostgreSQL's max_connections (the sync execute's own pool is as large: it
+# submits and calls agents there, and waits holding no place).
 MAX_CONCURRENT_REQUESTS = env.int("MAX_CONCURRENT_REQUESTS", default=32)
 # The port `manage.py serve` (`make run`) listens on; the environment wins over .env.
 PORT = env.int("PORT", default=8080)
@@ -198,7 +199,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["agentfield_site.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["agentfield_site.auth.HasApiKeyIfConfigured"],
+    # Authenticated first (401), then within the key's scope (403); views declare `scopes`.
+    "DEFAULT_PERMISSION_CLASSES": ["agentfield_site.auth.HasApiKeyIfConfigured", "agentfield_site.auth.InScope"],
     "DEFAULT_RENDERER_CLASSES": ["agentfield_site.lib.drf_json.SafeJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["agentfield_site.lib.drf_json.StrictJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -223,6 +225,11 @@ SPECTACULAR_SETTINGS = {
 
 # --- The product's own knobs -------------------------------------------------
 AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=90.0)
+# Where nodes' base_urls may point beyond public addresses: host names (as spelled)
+# or IP addresses and networks (matched against the resolved address). Loopback by
+# default, so `make run` and SDK agents on localhost work; add your agents' network
+# (e.g. 10.0.0.0/8) when they run elsewhere. See docs/security.md.
+AGENT_ALLOWED_HOSTS = env.list("AGENT_ALLOWED_HOSTS", default=["localhost", "127.0.0.0/8", "::1"])
 EXECUTION_TIMEOUT = env.float("EXECUTION_TIMEOUT", default=3600.0)
 EXECUTION_QUEUE_LIMIT = env.int("EXECUTION_QUEUE_LIMIT", default=10_000)
 DISPATCH_LEASE_SECONDS = env.float("DISPATCH_LEASE_SECONDS", default=AGENT_CALL_TIMEOUT + 30)

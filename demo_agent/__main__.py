@@ -24,13 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server", default=os.environ.get("AGENTFIELD_SERVER", "http://localhost:8080"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # The first of API_KEYS, as a client configured with the same environment would send.
-    keys = [k.strip() for k in os.environ.get("API_KEYS", "").split(",") if k.strip()]
+    # Its own agent key (what `manage.py serve` hands it), else the first of API_KEYS.
+    env_keys = [k.strip() for k in os.environ.get("API_KEYS", "").split(",") if k.strip()]
+    api_key = os.environ.get("AGENTFIELD_API_KEY", "").strip() or (env_keys[0] if env_keys else "")
     # SIGTERM (what `manage.py serve` and the tests send) unwinds like Ctrl-C, so the
     # agent tells the control plane it is shutting down.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.port, args.node_id, args.server, keys[0] if keys else "", host=args.host)
+        serve(args.port, args.node_id, args.server, api_key, host=args.host)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 
 from agentfield_site.escaped_admin import EscapedJSONAdmin
 from observability.models import PlatformEvent
+from webhooks.masking import masked_headers
 from webhooks.models import Delivery
 
 from . import cancellation
@@ -28,7 +29,7 @@ class AgentNodeAdmin(EscapedJSONAdmin):
     list_filter = ("health_status",)
     search_fields = ("id", "base_url")
     readonly_fields = (
-        "id", "base_url", "version", "reasoners", "skills", "metadata", "instance_id",
+        "id", "owner", "base_url", "version", "reasoners", "skills", "metadata", "instance_id",
         "health_status", "lifecycle_status", "registered_at", "last_heartbeat", "updated_at",
     )
 
@@ -69,10 +70,10 @@ class ExecutionAdmin(EscapedJSONAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
     actions = ("cancel_selected",)
-    exclude = ("webhook_secret",)
+    exclude = ("webhook_secret", "webhook_headers")
     fieldsets = (
         (None, {"fields": ("id", "target", "status", "status_reason", "agent_node_id", "duration_ms")}),
-        ("Webhook", {"fields": ("webhook", "webhook_url", "webhook_headers", "webhook_error", "deliveries")}),
+        ("Webhook", {"fields": ("webhook", "webhook_url", "webhook_header_names", "webhook_error", "deliveries")}),
         ("Input and result", {"fields": ("input", "result", "error", "error_category", "error_details", "context")}),
         ("Events", {"fields": ("events",)}),
         ("Times", {"fields": ("created_at", "enqueued_at", "started_at", "completed_at", "updated_at")}),
@@ -86,8 +87,13 @@ class ExecutionAdmin(EscapedJSONAdmin):
     )
 
     def get_readonly_fields(self, request, obj=None):
-        own = [f.name for f in self.model._meta.fields if f.name != "webhook_secret"]
-        return [*own, "webhook", "deliveries", "events"]
+        hidden = ("webhook_secret", "webhook_headers")
+        own = [f.name for f in self.model._meta.fields if f.name not in hidden]
+        return [*own, "webhook", "webhook_header_names", "deliveries", "events"]
+
+    @admin.display(description="webhook headers")
+    def webhook_header_names(self, obj: Execution) -> dict:
+        return masked_headers(obj.webhook_headers)
 
     def get_queryset(self, request) -> QuerySet:
         latest = Delivery.objects.filter(execution_id=OuterRef("id"), kind=Delivery.COMPLETION).order_by("-id")

@@ -7,9 +7,10 @@ class ExecutionsConfig(AppConfig):
 
     def ready(self) -> None:
         from agentfield_site.lib.metrics import register
-        from observability import sweeper
+        from observability import streams, sweeper
+        from webhooks import subscriptions
 
-        from . import dispatch, nodes
+        from . import dispatch, nodes, ownership
         from .metrics import ExecutionCollector
 
         # Time-driven work: lost dispatches, stale executions, silent nodes.
@@ -17,3 +18,7 @@ class ExecutionsConfig(AppConfig):
             if tick not in sweeper.ticks:
                 sweeper.ticks.append(tick)
         register("executions", ExecutionCollector())
+        if ownership.execution_visible not in streams.execution_visible_to:
+            streams.execution_visible_to.append(ownership.execution_visible)
+        if ownership.execution_owners not in subscriptions.execution_owners:
+            subscriptions.execution_owners.append(ownership.execution_owners)

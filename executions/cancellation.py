@@ -5,16 +5,18 @@ from typing import Any
 
 from django.db import transaction
 
+from agentfield_site.auth import OPEN, Caller
 from agentfield_site.lib.api import ApiError
 from agentfield_site.lib.timefmt import iso
 
 from . import dispatch, lifecycle
 from .models import AgentNode, Execution
+from .ownership import executions_of
 
 
-def cancel(execution_id: str, reason: str = "") -> dict[str, Any]:
-    """Cancel a non-terminal execution; 404 when unknown, 409 `invalid_state` when terminal."""
-    document, notice = _cancel(execution_id, reason)
+def cancel(execution_id: str, reason: str = "", caller: Caller = OPEN) -> dict[str, Any]:
+    """Cancel a non-terminal execution; 404 when unknown (or another key's), 409 `invalid_state` when terminal."""
+    document, notice = _cancel(execution_id, reason, caller)
     if notice is not None:
         transaction.on_commit(lambda: dispatch.notify_cancel(*notice))
     return document
@@ -28,7 +30,7 @@ def cancel_many(execution_ids: Iterable[str], reason: str = "") -> tuple[int, li
     cancelled, refused, notices = 0, [], []
     for execution_id in execution_ids:
         try:
-            _, notice = _cancel(execution_id, reason)
+            _, notice = _cancel(execution_id, reason, OPEN)
         except ApiError as exc:
             refused.append((execution_id, str(exc.detail)))
             continue
@@ -39,11 +41,13 @@ def cancel_many(execution_ids: Iterable[str], reason: str = "") -> tuple[int, li
     return cancelled, refused
 
 
-def _cancel(execution_id: str, reason: str) -> tuple[dict[str, Any], tuple[str, str] | None]:
+def _cancel(execution_id: str, reason: str, caller: Caller) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """The cancel itself, and the (execution_id, base_url) notice its agent is owed, if any."""
     reason = (reason or "cancelled by request")[:500]
     notice = None
     try:
+        if not caller.is_admin and not executions_of(caller).filter(pk=execution_id).exists():
+            raise Execution.DoesNotExist(execution_id)
         with transaction.atomic():
             change = lifecycle.transition(
                 execution_id, "cancelled", status_reason=reason, error=reason, error_category=""

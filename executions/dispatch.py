@@ -18,10 +18,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from agentfield_site.lib import tasks
+from agentfield_site.lib import safe_http, tasks
 
 from . import lifecycle
 from .models import ACTIVE, AgentNode, Execution
@@ -34,23 +33,29 @@ CANCEL_NOTICES_TASK = "executions.tasks.send_cancel_notices"
 # A bulk cancel's notices in flight at once: a dead agent costs its timeout per
 # notice, so they overlap, but one task must not open a connection per execution.
 CANCEL_NOTICE_CONCURRENCY = 8
+# How much of an agent's error body is quoted back to callers (error_details.body).
+ERROR_BODY_LIMIT = 2048
 _local = threading.local()
 
 
 def _session() -> requests.Session:
     """One keep-alive session per thread: agents are called over pooled connections.
 
+    The webhooks' guard with its own allow-list (AGENT_ALLOWED_HOSTS, loopback by
+    default): every connection's resolved address is checked when it is made, and
+    redirects are never followed, so a node's base_url cannot aim the platform at
+    an address the deployment did not allow.
+
     Failed connection attempts are retried briefly (0, 0.5, 1 s): an agent that has
     just registered may not listen yet (the SDK registers before its server binds),
     and a request that never connected cannot have reached the agent twice.
     """
+    allowed = tuple(settings.AGENT_ALLOWED_HOSTS)
     session = getattr(_local, "session", None)
-    if session is None:
-        session = requests.Session()
+    if session is None or _local.allowed != allowed:
         retry = Retry(total=None, connect=3, read=0, redirect=0, status=0, other=0, backoff_factor=0.25)
-        session.mount("http://", HTTPAdapter(max_retries=retry))
-        session.mount("https://", HTTPAdapter(max_retries=retry))
-        _local.session = session
+        session = safe_http.new_session(pool_size=4, allowed_hosts=allowed, max_retries=retry)
+        _local.session, _local.allowed = session, allowed
     return session
 
 
@@ -157,7 +162,12 @@ def run(execution_id: str, *, or_oldest: bool = False) -> str:
             headers=_headers(execution),
             timeout=(min(5.0, timeout), timeout),
             allow_redirects=False,
+            stream=True,
         )
+    except safe_http.UnsafeURL as exc:
+        _fail(execution, token, "agent_unreachable", f"The agent's address is not allowed: {exc}.",
+              {"detail": "blocked by AGENT_ALLOWED_HOSTS"})
+        return "failed"
     except requests.Timeout:
         _fail(execution, token, "agent_timeout", f"The agent did not answer within {timeout:g}s.")
         return "failed"
@@ -165,7 +175,25 @@ def run(execution_id: str, *, or_oldest: bool = False) -> str:
         _fail(execution, token, "agent_unreachable", f"The agent could not be reached: {exc.__class__.__name__}.",
               {"detail": str(exc)[:500]})
         return "failed"
-    return _record_response(execution, token, response)
+    try:
+        return _record_response(execution, token, response)
+    finally:
+        response.close()
+
+
+def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether there was more (never the whole of a huge body)."""
+    try:
+        data = response.raw.read(limit + 1, decode_content=True) or b""
+    except (requests.RequestException, OSError, ValueError) as exc:
+        log.info("reading an agent's body failed: %s", exc)
+        return b"", False
+    return data[:limit], len(data) > limit
+
+
+def _quoted(data: bytes) -> str:
+    """An agent's body as quoted back to callers: UTF-8, at most ERROR_BODY_LIMIT bytes."""
+    return data[:ERROR_BODY_LIMIT].decode("utf-8", errors="ignore")
 
 
 def _record_response(execution: Execution, token: str, response: requests.Response) -> str:
@@ -177,25 +205,33 @@ def _record_response(execution: Execution, token: str, response: requests.Respon
         ).update(dispatch_state=Execution.Dispatch.ACCEPTED, dispatch_lease_until=None)
         return "accepted"
     if 200 <= response.status_code < 300:
+        # A result is held to the same bound as a status callback's body.
+        data, more = _read_capped(response, settings.MAX_BODY_BYTES)
+        if more:
+            _fail(execution, token, "bad_response",
+                  f"The agent's result is larger than {settings.MAX_BODY_BYTES} bytes.",
+                  {"http_status": response.status_code})
+            return "failed"
         try:
-            result = response.json() if response.content else None
+            result = json.loads(data) if data else None
         except ValueError:
             _fail(execution, token, "bad_response", "The agent answered 200 with a body that is not JSON.",
-                  {"http_status": response.status_code, "body": response.text[:2000]})
+                  {"http_status": response.status_code, "body": _quoted(data)})
             return "failed"
         _finish(execution.id, "succeeded", result=result)
         return "succeeded"
-    message = _error_message(response)
+    data, _ = _read_capped(response, ERROR_BODY_LIMIT)
+    message = _error_message(data, response.reason)
     _fail(execution, token, "agent_error", f"The agent answered {response.status_code}: {message}",
-          {"http_status": response.status_code, "body": response.text[:2000]})
+          {"http_status": response.status_code, "body": _quoted(data)})
     return "failed"
 
 
-def _error_message(response: requests.Response) -> str:
+def _error_message(data: bytes, reason: str | None) -> str:
     try:
-        body = response.json()
+        body = json.loads(data)
     except ValueError:
-        return response.text[:300] or response.reason or "no body"
+        return _quoted(data)[:300] or reason or "no body"
     if isinstance(body, dict):
         for key in ("error", "message", "detail"):
             if body.get(key):
@@ -271,6 +307,7 @@ def expire_stale() -> int:
 
 
 def _send_cancel_notice(execution_id: str, base_url: str) -> None:
+    # The same guarded session as the call itself: AGENT_ALLOWED_HOSTS, no redirects.
     try:
         _session().post(
             f"{base_url.rstrip('/')}/_internal/executions/{execution_id}/cancel",
@@ -278,8 +315,8 @@ def _send_cancel_notice(execution_id: str, base_url: str) -> None:
             headers={"Content-Type": "application/json", "X-Execution-ID": execution_id},
             timeout=CANCEL_TIMEOUT,
             allow_redirects=False,
-        )
-    except requests.RequestException as exc:
+        ).close()
+    except (requests.RequestException, safe_http.UnsafeURL) as exc:
         log.info("cancel notice for %s not delivered: %s", execution_id, exc)
 
 

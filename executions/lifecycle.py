@@ -242,6 +242,7 @@ def transition(
                     secret=row.webhook_secret,
                     headers=row.webhook_headers or {},
                     payload=completion_payload(row),
+                    owner_id=row.owner_id,
                 )
             return Change(row, current, True)
     raise InvalidTransition(current, to)

@@ -6,15 +6,21 @@ loses the execution (the sweeper hands it out again once the lease lapses).
 Status changes go through `executions.lifecycle` only.
 """
 
+import re
 import uuid
 
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from agentfield_site.models import ApiKey
+
 STATUSES = ("pending", "queued", "waiting", "running", "paused", "succeeded", "failed", "cancelled", "timeout")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timeout"})
 ACTIVE = tuple(s for s in STATUSES if s not in TERMINAL)
+# Node, reasoner and skill ids: they become path segments of the agent's URL
+# (`{base_url}/reasoners/{id}`), so nothing that could change the path or query.
+COMPONENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def new_execution_id() -> str:
@@ -43,6 +49,10 @@ class AgentNode(models.Model):
     )
     lifecycle_status = models.CharField(max_length=32, blank=True)
     registered_at = models.DateTimeField(default=timezone.now)
+    # The key that registered the node: only it (or an admin) may re-register,
+    # heartbeat, shut down and report for it. Null: an admin without a key row
+    # (API_KEYS, a staff session) or the open API.
+    owner = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     last_heartbeat = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -109,6 +119,8 @@ class Execution(models.Model):
     duration_ms = models.BigIntegerField(null=True, blank=True)
 
     idempotency_key = models.CharField(max_length=255, blank=True)
+    # The key that submitted it: a client key sees and cancels its own only.
+    owner = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
 
     webhook_url = models.URLField(max_length=2048, blank=True)
     webhook_secret = models.TextField(blank=True)

@@ -8,12 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from agentfield_site.auth import OPEN, Caller
 from observability.events import publish
 
 from .models import AgentNode
+from .ownership import NodeTaken, check_registration, nodes_of
 
 
 def _node_event(event_type: str, node: AgentNode, **data: Any) -> None:
@@ -25,15 +27,28 @@ def _node_event(event_type: str, node: AgentNode, **data: Any) -> None:
     )
 
 
-def register(data: dict[str, Any]) -> tuple[AgentNode, bool]:
-    """Create or update a node from the SDK's registration body (already validated)."""
+def register(data: dict[str, Any], caller: Caller = OPEN) -> tuple[AgentNode, bool]:
+    """Create or update a node from the SDK's registration body (already validated).
+
+    The registering key owns the node; another key's node raises `NodeTaken`.
+    """
+    try:
+        return _register(data, caller)
+    except IntegrityError:
+        # Another registration inserted this new id first: it owns it now.
+        raise NodeTaken(data["id"]) from None
+
+
+def _register(data: dict[str, Any], caller: Caller) -> tuple[AgentNode, bool]:
     now = timezone.now()
     with transaction.atomic():
         node = AgentNode.objects.select_for_update().filter(pk=data["id"]).first()
+        check_registration(caller, node)
         created = node is None
         was_inactive = node is not None and node.health_status == AgentNode.INACTIVE
         if node is None:
             node = AgentNode(id=data["id"], registered_at=now)
+        node.owner_id = caller.key_id
         node.base_url = data["base_url"]
         node.version = data.get("version") or ""
         node.reasoners = data.get("reasoners") or []
@@ -43,7 +58,9 @@ def register(data: dict[str, Any]) -> tuple[AgentNode, bool]:
         node.lifecycle_status = data.get("lifecycle_status") or "ready"
         node.health_status = AgentNode.ACTIVE
         node.last_heartbeat = now
-        node.save()
+        # A new id is inserted, never saved over: two keys racing for the same new
+        # id must not both win (the loser's UPDATE would take the node over).
+        node.save(force_insert=created)
         _node_event(
             "node.registered",
             node,
@@ -56,8 +73,13 @@ def register(data: dict[str, Any]) -> tuple[AgentNode, bool]:
     return node, created
 
 
-def heartbeat(node_id: str, lifecycle_status: str = "") -> datetime:
-    """Record a heartbeat and return its time; an offline node comes back with `node.online`."""
+def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -> datetime:
+    """Record a heartbeat and return its time; an offline node comes back with `node.online`.
+
+    Another key's node is `AgentNode.DoesNotExist`, as an unknown one is.
+    """
+    if not caller.is_admin and not nodes_of(caller).filter(pk=node_id).exists():
+        raise AgentNode.DoesNotExist(node_id)
     now = timezone.now()
     fields: dict[str, Any] = {"last_heartbeat": now}
     if lifecycle_status:
@@ -75,10 +97,10 @@ def heartbeat(node_id: str, lifecycle_status: str = "") -> datetime:
     return now
 
 
-def shutdown(node_id: str) -> AgentNode:
+def shutdown(node_id: str, caller: Caller = OPEN) -> AgentNode:
     """The agent said it stops: it is offline at once."""
     with transaction.atomic():
-        node = AgentNode.objects.get(pk=node_id)
+        node = nodes_of(caller).get(pk=node_id)
         _mark_offline(node, reason="shutdown")
     return node
 

@@ -4,11 +4,13 @@ from typing import Any
 
 from django.db import transaction
 
+from agentfield_site.auth import OPEN, Caller
 from agentfield_site.lib.api import ApiError
 from observability.events import build, publish_many
 
 from . import lifecycle
 from .models import TERMINAL, Execution
+from .ownership import executions_of
 
 MAX_LOG_ENTRIES = 500
 PROGRESS = ("running", "waiting", "paused")
@@ -36,8 +38,17 @@ def _duration_ms(value: object) -> int | None:
     return int(value)
 
 
-def apply_status(execution_id: str, body: dict[str, Any]) -> Execution:
-    """The agent's `/executions/{id}/status` callback: 404, 400, 409 or the new state."""
+def _not_found(execution_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found")
+
+
+def apply_status(execution_id: str, body: dict[str, Any], caller: Caller = OPEN) -> Execution:
+    """The agent's `/executions/{id}/status` callback: 404, 400, 409 or the new state.
+
+    An agent key reports only for executions dispatched to its own nodes.
+    """
+    if not caller.is_admin and not executions_of(caller).filter(pk=execution_id).exists():
+        raise _not_found(execution_id)
     status = _status_of(body.get("status"))
     fields: dict[str, Any] = {}
     if "result" in body:
@@ -57,14 +68,14 @@ def apply_status(execution_id: str, body: dict[str, Any]) -> Execution:
     try:
         return lifecycle.transition(execution_id, status, **fields).execution
     except Execution.DoesNotExist:
-        raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found") from None
+        raise _not_found(execution_id) from None
     except lifecycle.InvalidTransition as exc:
         raise ApiError(
             409, "invalid_transition", str(exc), status=exc.current, requested_status=exc.requested
         ) from None
 
 
-def apply_workflow_event(body: dict[str, Any]) -> bool:
+def apply_workflow_event(body: dict[str, Any], caller: Caller = OPEN) -> bool:
     """A progress event from an agent; True when it moved one of our executions.
 
     Agents also report their own nested calls here, under ids this control plane
@@ -81,13 +92,15 @@ def apply_workflow_event(body: dict[str, Any]) -> bool:
         return False
     if status not in PROGRESS:
         return False
+    if not caller.is_admin and not executions_of(caller).filter(pk=execution_id).exists():
+        return False  # another node's execution: ignored like an id we never issued
     try:
         return lifecycle.transition(execution_id, status).changed
     except (Execution.DoesNotExist, lifecycle.InvalidTransition):
         return False
 
 
-def append_logs(execution_id: str, entries: object) -> int:
+def append_logs(execution_id: str, entries: object, caller: Caller = OPEN) -> int:
     """Each log entry becomes an `execution.log` event; returns how many."""
     if isinstance(entries, dict):
         entries = [entries]
@@ -97,9 +110,9 @@ def append_logs(execution_id: str, entries: object) -> int:
         raise ApiError(
             400, "bad_request", f"At most {MAX_LOG_ENTRIES} entries per request.", error_category="bad_request"
         )
-    execution = Execution.objects.filter(pk=execution_id).first()
+    execution = executions_of(caller).filter(pk=execution_id).first()
     if execution is None:
-        raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found")
+        raise _not_found(execution_id)
     events = [
         build(
             "execution.log",

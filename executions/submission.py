@@ -4,22 +4,28 @@ Nothing is half-written: the row and its `execution.created` event commit togeth
 and dispatch is enqueued only after that commit.
 """
 
+import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agentfield_site.lib.api import ApiError
+from agentfield_site.lib.db_threads import run_in
+from observability.tail import run_db
 from webhooks.completion import validate_webhook
 
 from . import dispatch, lifecycle
-from .models import AgentNode, Execution, new_run_id
+from .models import COMPONENT_ID, AgentNode, Execution, new_run_id
 
 _ID_HEADER_MAX = 128
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,22 +41,25 @@ class Request:
     session_id: str = ""
     actor_id: str = ""
     idempotency_key: str = ""
+    # The submitting key (None: an admin without a key row, or the open API).
+    owner_id: int | None = None
 
 
 def parse_target(target: str) -> tuple[str, str]:
     """`node.reasoner_or_skill` -> (node, name); anything else is a 400."""
     node_id, dot, name = target.partition(".")
-    if not dot or not node_id or not name:
+    if not dot or not COMPONENT_ID.fullmatch(node_id) or not COMPONENT_ID.fullmatch(name):
         raise ApiError(
             400,
             "bad_request",
-            f"Target {target!r} must look like 'node_id.reasoner_or_skill'.",
+            f"Target {target[:300]!r} must look like 'node_id.reasoner_or_skill', each id of 1 to 128 "
+            "letters, digits, '_' or '-'.",
             error_category="bad_request",
         )
     return node_id, name
 
 
-def request_from(target: str, body: object, headers) -> Request:
+def request_from(target: str, body: object, headers, owner_id: int | None = None) -> Request:
     """Validate a submission body and its headers into a Request (400 on bad input)."""
     if body is None or body == "":
         body = {}
@@ -89,7 +98,7 @@ def request_from(target: str, body: object, headers) -> Request:
         )
     return Request(
         target=target, input=payload, context=context, webhook=body.get("webhook"),
-        idempotency_key=key, **values,
+        idempotency_key=key, owner_id=owner_id, **values,
     )
 
 
@@ -106,14 +115,24 @@ def _resolve(target: str) -> tuple[AgentNode, str, str]:
     return node, name, kind
 
 
-def _existing_for_key(key: str) -> Execution | None:
+def _same_owner(existing: Execution, owner_id: int | None) -> Execution:
+    if existing.owner_id != owner_id:
+        # Never hand one key's execution to another through a shared Idempotency-Key.
+        raise ApiError(
+            409, "conflict", "This Idempotency-Key is already in use by another API key; pick another.",
+            error_category="bad_request",
+        )
+    return existing
+
+
+def _existing_for_key(key: str, owner_id: int | None) -> Execution | None:
     """The execution created with `key` inside the idempotency window, if any."""
     existing = Execution.objects.filter(idempotency_key=key).first()
     if existing is None:
         return None
     window = timedelta(hours=settings.IDEMPOTENCY_WINDOW_HOURS)
     if existing.created_at >= timezone.now() - window:
-        return existing
+        return _same_owner(existing, owner_id)
     # Past the window the key is free again: release it from the old execution.
     Execution.objects.filter(pk=existing.pk, idempotency_key=key).update(idempotency_key="")
     return None
@@ -127,7 +146,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     """
     node, name, kind = _resolve(request.target)
     if request.idempotency_key:
-        existing = _existing_for_key(request.idempotency_key)
+        existing = _existing_for_key(request.idempotency_key, request.owner_id)
         if existing is not None:
             return existing, False
     limit = settings.EXECUTION_QUEUE_LIMIT
@@ -161,6 +180,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         enqueued_at=now,
         updated_at=now,
         idempotency_key=request.idempotency_key,
+        owner_id=request.owner_id,
         webhook_registered=hook is not None,
         webhook_url=hook["url"] if hook else "",
         webhook_secret=(hook.get("secret") or "") if hook else "",
@@ -180,26 +200,42 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         # Two requests raced with one Idempotency-Key: the other one won.
         existing = Execution.objects.filter(idempotency_key=request.idempotency_key).first()
         if request.idempotency_key and existing is not None:
-            return existing, False
+            return _same_owner(existing, request.owner_id), False
         raise
     return execution, True
 
 
-def execute_and_wait(request: Request) -> Execution:
-    """The sync API: submit, call the agent in this thread, wait for an outcome.
+# The sync API's own threads: its submissions and its calls to agents. Bounded, so
+# a crowd of sync callers queues here (on the event loop) instead of opening a
+# thread and a database connection each.
+_sync_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="sync-execute")
 
-    Returns the execution as it stands when it is terminal or AGENT_CALL_TIMEOUT
-    has passed. If this process dies mid-call, the dispatch lease lapses and a
-    worker takes the execution over, so a sync caller's work is not lost either.
+
+async def on_sync_pool(fn: Callable[..., T], *args: Any) -> T:
+    """Run a synchronous function (the submission, the agent call) on the sync API's pool."""
+    return await run_in(_sync_pool, fn, *args)
+
+
+def _read(execution_id: str) -> Execution:
+    return Execution.objects.get(pk=execution_id)
+
+
+async def wait_for_outcome(execution_id: str, created: bool, deadline: float) -> Execution:
+    """The sync API: call the agent, then wait for an outcome, on the event loop.
+
+    Returns the execution as it stands when it is terminal or `deadline`
+    (time.monotonic) has passed. While it waits, nothing is held but a coroutine:
+    the agent is called on the sync pool (the same `dispatch.run` the workers
+    run), and the row is re-read on the streams' pool every 20 to 250 ms. If this
+    process dies mid-call, the dispatch lease lapses and a worker takes the
+    execution over, so a sync caller's work is not lost either.
     """
-    deadline = time.monotonic() + settings.AGENT_CALL_TIMEOUT
-    execution, created = submit(request, enqueue=False)
     if created:
-        dispatch.run(execution.id)
+        await on_sync_pool(dispatch.run, execution_id)
     interval = 0.02
     while True:
-        execution = Execution.objects.get(pk=execution.id)
+        execution = await run_db(_read, execution_id)
         if execution.is_terminal or time.monotonic() >= deadline:
             return execution
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         interval = min(interval * 2, 0.25)

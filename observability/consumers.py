@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from agentfield_site.auth import is_allowed, raw_key_from
+from agentfield_site.auth import caller_for, raw_key_from
 from agentfield_site.lib import strict_json
 
 from .stream_filters import EventFilter, FilterError, parse_filters
@@ -22,6 +22,7 @@ from .streams import BadStreamRequest, parse_last_event_id
 from .tail import Listener, get_tailer, run_db
 
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_BAD_REQUEST = 4400
 # Daphne pings the socket itself; this only bounds how long a wait lasts.
 _IDLE_WAIT_SECONDS = 30.0
@@ -54,13 +55,19 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         raw_key = raw_key_from(_headers(self.scope), _query(self.scope))
-        allowed = await run_db(is_allowed, self.scope.get("user"), raw_key)
-        # Accept first so that the close code (4401/4400) reaches the client; a
+        caller = await run_db(caller_for, self.scope.get("user"), raw_key)
+        # Accept first so that the close code (4401/4403/4400) reaches the client; a
         # refusal before accept is only an HTTP 403 without a reason.
         await self.accept()
-        if not allowed:
+        if caller is None:
             await self._error("unauthorized", "A staff session or a valid API key (?api_key=) is required.")
             await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        if not caller.is_admin:
+            # The socket carries every platform event: operators only. Clients follow
+            # their own executions on /api/v1/executions/{id}/events.
+            await self._error("forbidden", f"The event socket needs an admin key; this key is {caller.scope}.")
+            await self.close(code=CLOSE_FORBIDDEN)
             return
         query = _query(self.scope)
         try:

@@ -6,14 +6,14 @@ stream costs daphne a coroutine and a bounded queue, not a thread. Each stream i
 in id order, without gaps or duplicates.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from agentfield_site.auth import is_allowed, raw_key_from
+from agentfield_site.auth import AGENT, Caller, caller_for, raw_key_from
 from agentfield_site.lib.api import error_response
 
 from .models import PlatformEvent
@@ -24,6 +24,15 @@ RETRY_MS = 3000
 EXECUTION_SCOPE = ("execution", "webhook")
 NODE_SCOPE = ("node",)
 MAX_EVENT_ID = 2**63 - 1  # the largest id the log's bigint column holds
+
+
+# Whether a non-admin caller may follow one execution's stream; filled in by the
+# executions app (which owns the answer) in its AppConfig.ready.
+execution_visible_to: list[Callable[[Caller, str], bool]] = []
+
+
+def _may_follow(caller: Caller, execution_id: str) -> bool:
+    return caller.is_admin or (bool(execution_visible_to) and all(c(caller, execution_id) for c in execution_visible_to))
 
 
 class BadStreamRequest(ValueError):
@@ -41,19 +50,20 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
     return int(raw)
 
 
-def _authorized(request: HttpRequest, raw_key: str) -> bool:
+def _caller(request: HttpRequest, raw_key: str) -> Caller | None:
     # Read the session user here, on the streams' pool, rather than through
     # request.user in the request's own thread: that thread (and its database
     # connection) would then live as long as the stream.
-    return is_allowed(get_user(request), raw_key)
+    return caller_for(get_user(request), raw_key)
 
 
-async def authorize(request: HttpRequest) -> JsonResponse | None:
-    """None when the caller may read streams, else the contract's 401."""
+async def authorize(request: HttpRequest) -> Caller | JsonResponse:
+    """The caller when it may read streams, else the contract's 401."""
     headers = {k.lower(): v for k, v in request.headers.items()}
     raw_key = raw_key_from(headers, request.GET)
-    if await run_db(_authorized, request, raw_key):
-        return None
+    caller = await run_db(_caller, request, raw_key)
+    if caller is not None:
+        return caller
     return error_response(
         401,
         "unauthorized",
@@ -97,9 +107,15 @@ async def _events(
 async def _open_stream(request: HttpRequest, scope: tuple[str, ...]) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return error_response(405, "method_not_allowed", f"{request.method} is not allowed on a stream; use GET.")
-    denied = await authorize(request)
-    if denied is not None:
-        return denied
+    caller = await authorize(request)
+    if isinstance(caller, JsonResponse):
+        return caller
+    if not caller.is_admin:
+        # These streams carry every execution's (or node's) events: operators only.
+        return error_response(
+            403, "forbidden", f"This stream needs an admin key; this key is {caller.scope}. "
+            "Follow one execution on /api/v1/executions/{id}/events."
+        )
     try:
         flt = parse_filters(request.GET, sources=scope)
         last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"), request.GET.get("last_event_id"))
@@ -132,15 +148,19 @@ async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpR
     """GET /api/v1/executions/{id}/events: its whole history, then live until it ends."""
     if request.method not in ("GET", "HEAD"):
         return error_response(405, "method_not_allowed", f"{request.method} is not allowed on a stream; use GET.")
-    denied = await authorize(request)
-    if denied is not None:
-        return denied
+    caller = await authorize(request)
+    if isinstance(caller, JsonResponse):
+        return caller
+    if caller.scope == AGENT:
+        return error_response(403, "forbidden", "Execution streams are for admin and client keys.")
     try:
         last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"), request.GET.get("last_event_id"))
     except BadStreamRequest as exc:
         return error_response(400, "bad_request", str(exc))
     unusable = len(execution_id) > 64 or "\x00" in execution_id  # PostgreSQL refuses NUL
     known, terminal_id = (False, None) if unusable else await run_db(_history, execution_id)
+    if known and not await run_db(_may_follow, caller, execution_id):
+        known = False  # another key's execution: as if it did not exist
     if not known:
         return error_response(404, "not_found", f"No events for execution {execution_id!r}.", error_category="not_found")
     if terminal_id is not None and last_event_id is not None and last_event_id >= terminal_id:

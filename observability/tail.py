@@ -25,12 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import connections
 from django.db.models import Max, Min
 
 from agentfield_site.lib import strict_json
+from agentfield_site.lib.db_threads import run_in
 
 from .models import PlatformEvent
 from .stream_filters import EventFilter
@@ -50,19 +51,9 @@ _POOL_SIZE = 4
 _db_pool = ThreadPoolExecutor(max_workers=_POOL_SIZE, thread_name_prefix="streams-db")
 
 
-def _with_fresh_connection(fn: Callable[..., T], *args: Any) -> T:
-    # These threads live as long as the process, outside any request cycle: drop a
-    # connection that is broken or past CONN_MAX_AGE before and after each use.
-    close_old_connections()
-    try:
-        return fn(*args)
-    finally:
-        close_old_connections()
-
-
 async def run_db(fn: Callable[..., T], *args: Any) -> T:
     """Run a synchronous ORM function on the streams' bounded thread pool."""
-    return await sync_to_async(_with_fresh_connection, thread_sensitive=False, executor=_db_pool)(fn, *args)
+    return await run_in(_db_pool, fn, *args)
 
 
 def close_pool_connections() -> None:

@@ -19,6 +19,7 @@ from agentfield_site.escaped_admin import EscapedJSONAdmin
 
 from . import delivery, destinations, subscriptions
 from .api.serializers import SubscriptionSerializer
+from .masking import masked_headers
 from .models import Attempt, DeadLetter, Delivery, Destination, Subscription, SubscriptionSecret
 
 REDRIVABLE = (Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED)
@@ -63,10 +64,10 @@ class DeliveryAdmin(EscapedJSONAdmin):
     show_full_result_count = False
     inlines = [AttemptInline]
     actions = [redrive_selected]
-    exclude = ("secret", "body")
+    exclude = ("secret", "body", "headers")
     readonly_fields = (
-        "webhook_id", "kind", "event_type", "execution_id", "subscription", "event_id", "url", "destination",
-        "headers", "body_text", "retries", "status", "next_attempt_at", "lease_until", "attempts", "budget_base",
+        "webhook_id", "kind", "event_type", "execution_id", "subscription", "owner", "event_id", "url", "destination",
+        "header_names", "body_text", "retries", "status", "next_attempt_at", "lease_until", "attempts", "budget_base",
         "budget_started_at", "last_status", "last_error", "created_at", "delivered_at", "dead_lettered_at",
     )
     fields = readonly_fields
@@ -77,6 +78,10 @@ class DeliveryAdmin(EscapedJSONAdmin):
     @admin.display(description="next attempt", ordering="next_attempt_at")
     def next_attempt(self, obj: Delivery):
         return obj.next_attempt_at if obj.status == Delivery.PENDING else "—"
+
+    @admin.display(description="custom headers")
+    def header_names(self, obj: Delivery) -> dict:
+        return masked_headers(obj.headers)
 
     @admin.display(description="body (as sent)")
     def body_text(self, obj: Delivery) -> str:
@@ -154,19 +159,20 @@ class SubscriptionForm(forms.ModelForm):
 
     class Meta:
         model = Subscription
-        fields = ("url", "description", "event_types", "headers", "enabled")
-        help_texts = {
-            "event_types": 'A JSON list of patterns, e.g. ["execution.*", "node.online"].',
-            "headers": 'Extra headers as a JSON object, e.g. {"X-Tenant": "acme"}.',
-        }
+        fields = ("url", "description", "event_types", "enabled")
+        help_texts = {"event_types": 'A JSON list of patterns, e.g. ["execution.*", "node.online"].'}
 
     def clean(self) -> dict:
         data = super().clean()
         if self.errors:
             return data
-        payload = {name: data.get(name) for name in self._meta.fields}
-        payload["headers"] = payload["headers"] or {}
-        serializer = SubscriptionSerializer(instance=self.instance if self.instance.pk else None, data=payload)
+        # Custom headers are write-only here (the admin leaves them out): a change keeps
+        # the stored ones, an addition starts with none.
+        payload = {name: data.get(name) for name in self._meta.fields if name in self.fields}
+        change = bool(self.instance.pk)
+        if not change:
+            payload.setdefault("headers", {})
+        serializer = SubscriptionSerializer(instance=self.instance if change else None, data=payload, partial=change)
         if serializer.is_valid():
             self.validated = serializer.validated_data
         else:
@@ -181,7 +187,9 @@ class SubscriptionAdmin(EscapedJSONAdmin):
     list_display = ("id", "url", "event_types", "enabled", "disabled_reason", "created_at")
     list_filter = ("enabled",)
     search_fields = ("id", "url", "description")
-    readonly_fields = ("id", "disabled_reason", "failing_since", "created_at", "updated_at")
+    readonly_fields = ("id", "owner", "header_names", "disabled_reason", "failing_since", "created_at", "updated_at")
+    # Custom headers are write-only (they carry receivers' credentials): set them through the API.
+    exclude = ("headers",)
     inlines = [SecretInline]
     actions = ["enable", "disable"]
 
@@ -198,6 +206,10 @@ class SubscriptionAdmin(EscapedJSONAdmin):
             f"The signing secret is {secret} — copy it now: it is not shown again "
             "(rotate it through the API to get a new one).",
         )
+
+    @admin.display(description="custom headers")
+    def header_names(self, obj: Subscription) -> dict:
+        return masked_headers(obj.headers)
 
     @admin.action(description="Enable selected subscriptions")
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -46,7 +46,9 @@ def encode_body(document: dict) -> bytes:
     return strict_json.dumps(document, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def enqueue_completion(*, execution_id: str, url: str, secret: str, headers: dict, payload: dict) -> None:
+def enqueue_completion(
+    *, execution_id: str, url: str, secret: str, headers: dict, payload: dict, owner_id: int | None = None
+) -> None:
     """Create the execution's one completion delivery and send it after commit.
 
     Call inside the transaction that makes the execution terminal; a second call
@@ -61,6 +63,7 @@ def enqueue_completion(*, execution_id: str, url: str, secret: str, headers: dic
         headers=headers or {},
         secret=secret or "",
         body=encode_body(payload),
+        owner_id=owner_id,
     )
     with transaction.atomic():
         # ON CONFLICT DO NOTHING: the unique constraint, not a read, makes it idempotent.

@@ -13,6 +13,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from agentfield_site.models import ApiKey
+
 
 def new_webhook_id() -> str:
     """A stable delivery id for the `webhook-id` header (receivers de-duplicate on it)."""
@@ -31,8 +33,12 @@ class Subscription(models.Model):
     description = models.CharField(max_length=500, blank=True)
     # Type patterns with `*` wildcards, e.g. "execution.completed", "node.*", "*".
     event_types = models.JSONField(default=list)
+    # Write-only: the API shows the names with masked values (they often carry tokens).
     headers = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
+    # The key that created it. A client key's subscription sees and hears about only
+    # that key's executions; null (an admin without a key row) hears everything.
+    owner = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     disabled_reason = models.CharField(max_length=500, blank=True)
     # Start of the current run of failed attempts; cleared by any success.
     failing_since = models.DateTimeField(null=True, blank=True)
@@ -89,6 +95,12 @@ class Delivery(models.Model):
     secret = models.TextField(blank=True)
     body = models.BinaryField()
     retries = models.BooleanField(default=True)
+    # Copied from the execution or subscription it serves: a client key's dead letters are its own.
+    # No index of its own: the DLQ filters dead rows (a partial index) by it.
+    owner = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False,
+        db_index=False,
+    )
 
     status = models.CharField(max_length=16, choices=STATUSES, default=PENDING)
     next_attempt_at = models.DateTimeField(default=timezone.now)

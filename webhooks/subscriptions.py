@@ -13,6 +13,7 @@ never about deliveries of webhook events, so the chain stops after one step.
 """
 
 import time
+from collections.abc import Callable, Collection
 from datetime import timedelta
 
 from django.db import transaction
@@ -20,6 +21,7 @@ from django.utils import timezone
 
 from agentfield_site.lib import outbound, signing
 from agentfield_site.lib.timefmt import iso
+from agentfield_site.models import ApiKey
 from observability.models import PlatformEvent
 from observability.type_patterns import matches
 
@@ -30,7 +32,13 @@ from .models import Delivery, Subscription, SubscriptionSecret
 CACHE_SECONDS = 1.0
 ROTATION_GRACE = timedelta(hours=24)
 
-_cache: tuple[float, list[tuple[str, str, tuple[str, ...]]]] | None = None
+# (id, url, patterns, owner key id, whether the owner is a client key)
+_Row = tuple[str, str, tuple[str, ...], int | None, bool]
+_cache: tuple[float, list[_Row]] | None = None
+
+# Filled by the executions app: the owning key of each given execution id. A
+# client key's subscription hears only about its own executions.
+execution_owners: list[Callable[[Collection[str]], dict[str, int | None]]] = []
 
 
 def invalidate_cache(**kwargs) -> None:
@@ -39,13 +47,26 @@ def invalidate_cache(**kwargs) -> None:
     _cache = None
 
 
-def _enabled() -> list[tuple[str, str, tuple[str, ...]]]:
+def _enabled() -> list[_Row]:
     global _cache
     now = time.monotonic()
     if _cache is None or _cache[0] < now:
-        rows = Subscription.objects.filter(enabled=True).values_list("id", "url", "event_types")
-        _cache = (now + CACHE_SECONDS, [(i, u, tuple(t or ())) for i, u, t in rows])
+        rows = Subscription.objects.filter(enabled=True).values_list(
+            "id", "url", "event_types", "owner_id", "owner__scope"
+        )
+        _cache = (
+            now + CACHE_SECONDS,
+            [(i, u, tuple(t or ()), o, scope == ApiKey.CLIENT) for i, u, t, o, scope in rows],
+        )
     return _cache[1]
+
+
+def _owners_of(events: list[PlatformEvent]) -> dict[str, int | None]:
+    ids = {e.execution_id for e in events if e.execution_id}
+    owners: dict[str, int | None] = {}
+    for lookup in execution_owners:
+        owners.update(lookup(ids))
+    return owners
 
 
 def _is_echo(event: PlatformEvent) -> bool:
@@ -58,13 +79,19 @@ def on_events(events: list[PlatformEvent]) -> None:
     if not subscriptions:
         return
     rows = []
+    owners: dict[str, int | None] | None = None
     for event in events:
         if _is_echo(event):
             continue
         body = None
-        for sub_id, url, patterns in subscriptions:
+        for sub_id, url, patterns, owner_id, client_owned in subscriptions:
             if not matches(patterns, event.type):
                 continue
+            if client_owned:
+                if owners is None:
+                    owners = _owners_of(events)
+                if not event.execution_id or owners.get(event.execution_id) != owner_id:
+                    continue
             body = body or encode_body(event.as_document())
             rows.append(
                 Delivery(
@@ -76,6 +103,7 @@ def on_events(events: list[PlatformEvent]) -> None:
                     url=url,
                     destination=outbound.destination_of(url),
                     body=body,
+                    owner_id=owner_id,
                 )
             )
     if rows:
@@ -83,12 +111,16 @@ def on_events(events: list[PlatformEvent]) -> None:
         transaction.on_commit(delivery.kick)
 
 
-def create(*, url: str, description: str = "", event_types: list[str], headers: dict, enabled: bool = True) -> tuple[Subscription, str]:
+def create(
+    *, url: str, description: str = "", event_types: list[str], headers: dict, enabled: bool = True,
+    owner_id: int | None = None,
+) -> tuple[Subscription, str]:
     """A new subscription and its generated secret (returned once, never again)."""
     secret = signing.generate_secret()
     with transaction.atomic():
         sub = Subscription.objects.create(
-            url=url, description=description, event_types=event_types, headers=headers, enabled=enabled
+            url=url, description=description, event_types=event_types, headers=headers, enabled=enabled,
+            owner_id=owner_id,
         )
         SubscriptionSecret.objects.create(subscription=sub, secret=secret)
     return sub, secret
@@ -131,6 +163,7 @@ def send_test(sub: Subscription) -> Delivery:
             destination=outbound.destination_of(sub.url),
             body=encode_body(document),
             retries=False,
+            owner_id=sub.owner_id,
         )
         transaction.on_commit(delivery.kick)
     return row

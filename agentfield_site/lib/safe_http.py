@@ -1,16 +1,24 @@
-"""The address guard for user-supplied URLs, and a guarded `requests` session: no SSRF, no redirects.
+"""The address guard for URLs the platform is told to call, and a guarded `requests` session: no SSRF, no redirects.
 
 The address check happens when the socket connects, on the addresses actually
 resolved then, so a name that resolved to a public address at registration and to
 169.254.169.254 later (DNS rebinding) is still refused. The connection goes to the
-checked IP while Host and TLS SNI keep the hostname. `settings.WEBHOOK_ALLOWED_HOSTS`
-lists hostnames a deployment trusts (tests and the demo allow loopback that way).
-Webhooks and the collector send through `outbound` (asyncio), which applies the
-same checks in its resolver.
+checked IP while Host and TLS SNI keep the hostname.
+
+An allow-list says what a deployment trusts beyond public addresses. Its entries
+are host names (trusted as spelled: the address check is skipped for them) or IP
+addresses and networks (`127.0.0.0/8`, `::1`), matched against the *resolved*
+address, so `http://0x7f000001/` is judged as the 127.0.0.1 it reaches, whatever
+its spelling. Webhooks and collectors use `settings.WEBHOOK_ALLOWED_HOSTS` (tests
+and the demo allow loopback that way); calls to agents pass
+`settings.AGENT_ALLOWED_HOSTS` (loopback by default). Webhooks and the collector
+send through `outbound` (asyncio), which applies the same checks in its resolver;
+agents are called with `new_session(allowed_hosts=...)`.
 """
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import certifi
@@ -21,8 +29,10 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
+from urllib3.util.retry import Retry
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class UnsafeURL(ValueError):
@@ -33,10 +43,36 @@ def _normal_host(host: str) -> str:
     return host.strip("[]").rstrip(".").lower()
 
 
-def is_allowed_host(host: str) -> bool:
-    """True for hostnames listed in WEBHOOK_ALLOWED_HOSTS (exempt from the address check)."""
-    allowed = {_normal_host(h) for h in getattr(settings, "WEBHOOK_ALLOWED_HOSTS", []) if h}
-    return _normal_host(host) in allowed
+def _entries(allowed_hosts: Iterable[str] | None) -> list[str]:
+    if allowed_hosts is None:
+        allowed_hosts = getattr(settings, "WEBHOOK_ALLOWED_HOSTS", [])
+    return [_normal_host(h) for h in allowed_hosts if h and h.strip()]
+
+
+def _networks(allowed_hosts: Iterable[str] | None) -> list[IPNetwork]:
+    networks = []
+    for entry in _entries(allowed_hosts):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            continue  # a host name
+    return networks
+
+
+def is_allowed_host(host: str, allowed_hosts: Iterable[str] | None = None) -> bool:
+    """True for a host name listed in the allow-list (exempt from the address check).
+
+    `allowed_hosts` defaults to WEBHOOK_ALLOWED_HOSTS. Address entries are not
+    matched here but against resolved addresses (`is_allowed_address`).
+    """
+    return _normal_host(host) in set(_entries(allowed_hosts))
+
+
+def is_allowed_address(ip: IPAddress, allowed_hosts: Iterable[str] | None = None) -> bool:
+    """True when a resolved address lies in one of the allow-list's addresses or networks."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in _networks(allowed_hosts))
 
 
 def blocked_reason(ip: IPAddress) -> str | None:
@@ -71,19 +107,20 @@ def _resolve(host: str, port: int) -> list[tuple]:
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
-def _check_resolved(host: str, infos: list[tuple]) -> None:
+def _check_resolved(host: str, infos: list[tuple], allowed_hosts: Iterable[str] | None = None) -> None:
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         reason = blocked_reason(ip)
-        if reason:
+        if reason and not is_allowed_address(ip, allowed_hosts):
             raise UnsafeURL(f"{host} resolves to a blocked {reason}")
 
 
-def check_url(url: str) -> None:
+def check_url(url: str, allowed_hosts: Iterable[str] | None = None) -> None:
     """Refuse URLs that must never be called; raise `UnsafeURL` with the reason.
 
     Registration-time check. A hostname that does not resolve now is accepted:
     the connect-time check stays the authority, since DNS can change anyway.
+    `allowed_hosts` defaults to WEBHOOK_ALLOWED_HOSTS.
     """
     try:
         parts = urlsplit(url)
@@ -97,7 +134,7 @@ def check_url(url: str) -> None:
     host = parts.hostname
     if not host:
         raise UnsafeURL("the URL has no host")
-    if is_allowed_host(host):
+    if is_allowed_host(host, allowed_hosts):
         return
     try:
         ip = ipaddress.ip_address(_normal_host(host))
@@ -105,29 +142,33 @@ def check_url(url: str) -> None:
         ip = None
     if ip is not None:
         reason = blocked_reason(ip)
-        if reason:
+        if reason and not is_allowed_address(ip, allowed_hosts):
             raise UnsafeURL(f"blocked {reason}")
         return
     try:
         infos = _resolve(host, port or (443 if parts.scheme == "https" else 80))
     except (socket.gaierror, UnicodeError):
         return
-    _check_resolved(host, infos)
+    _check_resolved(host, infos, allowed_hosts)
 
 
 class _GuardedConnectionMixin:
     """Resolve, check every address, then connect to a checked one."""
 
+    # None: WEBHOOK_ALLOWED_HOSTS, read at connect time. A session for agents
+    # carries its own list (see `new_session`).
+    allowed_hosts: tuple[str, ...] | None = None
+
     def _new_conn(self) -> socket.socket:
         host = self._dns_host
-        if is_allowed_host(self.host):
+        if is_allowed_host(self.host, self.allowed_hosts):
             candidates = None
         else:
             try:
                 infos = _resolve(host, self.port)
             except socket.gaierror as exc:
                 raise NameResolutionError(self.host, self, exc) from exc
-            _check_resolved(self.host, infos)
+            _check_resolved(self.host, infos, self.allowed_hosts)
             candidates = [info[4][0] for info in infos]
         targets = candidates or [host]
         last_error: OSError | None = None
@@ -164,18 +205,31 @@ class GuardedHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = GuardedHTTPSConnection
 
 
+def _pool_classes(allowed_hosts: tuple[str, ...] | None) -> dict[str, type]:
+    if allowed_hosts is None:
+        return {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}
+    fixed = {"allowed_hosts": allowed_hosts}
+    return {
+        "http": type("AllowListHTTPConnectionPool", (GuardedHTTPConnectionPool,), {
+            "ConnectionCls": type("AllowListHTTPConnection", (GuardedHTTPConnection,), fixed)}),
+        "https": type("AllowListHTTPSConnectionPool", (GuardedHTTPSConnectionPool,), {
+            "ConnectionCls": type("AllowListHTTPSConnection", (GuardedHTTPSConnection,), fixed)}),
+    }
+
+
 class GuardedAdapter(HTTPAdapter):
     """A keep-alive pooled adapter whose connections check addresses at connect time."""
+
+    def __init__(self, *args, allowed_hosts: Iterable[str] | None = None, **kwargs) -> None:
+        self.allowed_hosts = None if allowed_hosts is None else tuple(allowed_hosts)
+        super().__init__(*args, **kwargs)
 
     def init_poolmanager(self, *args, **kwargs) -> None:
         # `post` uses this pool directly: verify TLS against the same CA bundle requests uses.
         kwargs.setdefault("cert_reqs", "CERT_REQUIRED")
         kwargs.setdefault("ca_certs", certifi.where())
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": GuardedHTTPConnectionPool,
-            "https": GuardedHTTPSConnectionPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(getattr(self, "allowed_hosts", None))
 
 
 class GuardedSession(requests.Session):
@@ -186,13 +240,20 @@ class GuardedSession(requests.Session):
         return super().send(request, **kwargs)
 
 
-def new_session(pool_size: int | None = None) -> requests.Session:
-    """A session for user-supplied URLs: guarded connections, pooled keep-alive, no proxies."""
+def new_session(
+    pool_size: int | None = None, allowed_hosts: Iterable[str] | None = None, max_retries: int | Retry = 0
+) -> requests.Session:
+    """A session for URLs the platform is told to call: guarded connections, pooled keep-alive, no proxies.
+
+    `allowed_hosts` defaults to WEBHOOK_ALLOWED_HOSTS; `max_retries` as requests'
+    HTTPAdapter takes it (agents get a few connect retries, deliveries none).
+    """
     size = pool_size or max(int(getattr(settings, "WEBHOOK_CONCURRENCY", 10)), 10)
     session = GuardedSession()
     # Environment proxies would resolve the name themselves and bypass the check.
     session.trust_env = False
-    adapter = GuardedAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
+    adapter = GuardedAdapter(pool_connections=size, pool_maxsize=size, max_retries=max_retries,
+                             allowed_hosts=allowed_hosts)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

@@ -1,11 +1,15 @@
 """Request validation and response shapes (the latter drive the OpenAPI schema)."""
 
-import re
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from rest_framework import serializers
 
-NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-:]{0,127}$")
+from agentfield_site.lib import safe_http
+
+from ..models import COMPONENT_ID
+
+ID_RULE = "1 to 128 letters, digits, '_' or '-'"
 
 
 class StrictCharField(serializers.CharField):
@@ -20,21 +24,21 @@ class StrictCharField(serializers.CharField):
 class ComponentSerializer(serializers.Serializer):
     """A reasoner or skill as the SDK describes it; extra keys are kept as sent."""
 
-    id = StrictCharField(max_length=170)
+    id = StrictCharField(max_length=128, trim_whitespace=False)
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError("Each reasoner or skill must be an object with an `id`.")
         component_id = super().to_internal_value(data)["id"]
-        if "." in component_id or "/" in component_id:
-            raise serializers.ValidationError("An id may not contain '.' or '/'.")
+        if not COMPONENT_ID.fullmatch(component_id):
+            raise serializers.ValidationError(f"A reasoner or skill id is {ID_RULE}; got {component_id[:140]!r}.")
         return {**data, "id": component_id}
 
 
 class NodeRegistrationSerializer(serializers.Serializer):
     """The SDK's AgentNode body; fields beyond these are accepted and ignored."""
 
-    id = StrictCharField(max_length=128)
+    id = StrictCharField(max_length=128, trim_whitespace=False)
     # Not URLField: agents are often reached by bare service names (http://my-agent:8001).
     base_url = StrictCharField(max_length=500)
     version = serializers.CharField(max_length=64, required=False, allow_blank=True)
@@ -45,8 +49,8 @@ class NodeRegistrationSerializer(serializers.Serializer):
     lifecycle_status = serializers.CharField(max_length=32, required=False, allow_blank=True)
 
     def validate_id(self, value: str) -> str:
-        if not NODE_ID.match(value):
-            raise serializers.ValidationError("Letters, digits, '_', '-' and ':' only; no dots.")
+        if not COMPONENT_ID.fullmatch(value):
+            raise serializers.ValidationError(f"A node id is {ID_RULE}.")
         return value
 
     def validate_base_url(self, value: str) -> str:
@@ -57,6 +61,15 @@ class NodeRegistrationSerializer(serializers.Serializer):
             raise serializers.ValidationError("Must be an http or https URL.") from None
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
             raise serializers.ValidationError("Must be an http or https URL with a host and no credentials.")
+        if parts.query or parts.fragment:
+            raise serializers.ValidationError("Must have no query or fragment: paths are appended to it.")
+        try:
+            # The calls themselves are checked again when they connect (DNS may change).
+            safe_http.check_url(value.strip(), settings.AGENT_ALLOWED_HOSTS)
+        except safe_http.UnsafeURL as exc:
+            raise serializers.ValidationError(
+                f"{exc}; agents may be reached at public addresses or at AGENT_ALLOWED_HOSTS."
+            ) from None
         return value.strip()
 
 

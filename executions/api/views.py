@@ -1,9 +1,13 @@
 """The AgentField API for nodes and executions: thin views over the service modules."""
 
 import re
+import time
 
 import django_filters
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, generics, serializers, status
@@ -13,7 +17,9 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
+from agentfield_site.auth import AGENT, CLIENT, caller_of
 from agentfield_site.lib.api import ApiError, int_param, object_body
+from agentfield_site.lib.concurrency_limit import lend_place
 from agentfield_site.lib.timefmt import iso
 from webhooks.completion import webhook_events
 
@@ -27,6 +33,7 @@ from ..documents import (
     sync_outcome,
 )
 from ..models import STATUSES, AgentNode, Execution
+from ..ownership import NodeTaken, executions_of, nodes_of
 from . import serializers as s
 
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 404, 409, 413)}
@@ -38,8 +45,8 @@ def _validated(serializer_class, data: dict) -> dict:
     return serializer.validated_data
 
 
-def _node_or_404(node_id: str) -> AgentNode:
-    node = AgentNode.objects.filter(pk=node_id).first()
+def _node_or_404(request: Request, node_id: str) -> AgentNode:
+    node = nodes_of(caller_of(request)).filter(pk=node_id).first()
     if node is None:
         raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.")
     return node
@@ -51,9 +58,11 @@ def _node_or_404(node_id: str) -> AgentNode:
 class NodeListRegisterView(APIView):
     """`GET /api/v1/nodes` lists nodes; `POST` is an alias of `/nodes/register`."""
 
+    scopes = (AGENT,)
+
     @extend_schema(responses={200: s.NodeListSerializer, 401: s.ErrorSerializer}, operation_id="nodes_list")
     def get(self, request: Request) -> Response:
-        found = list(AgentNode.objects.all())
+        found = list(nodes_of(caller_of(request)))
         return Response({"nodes": node_documents(found), "count": len(found)})
 
     @extend_schema(
@@ -65,6 +74,8 @@ class NodeListRegisterView(APIView):
 
 
 class NodeRegisterView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=s.NodeRegistrationSerializer, responses={201: s.NodeRegisteredSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         return _register(request)
@@ -73,7 +84,10 @@ class NodeRegisterView(APIView):
 def _register(request: Request) -> Response:
     body = object_body(request, error_category="bad_request")
     data = _validated(s.NodeRegistrationSerializer, body)
-    node, created = nodes.register(data)
+    try:
+        node, created = nodes.register(data, caller_of(request))
+    except NodeTaken as exc:
+        raise ApiError(409, "conflict", str(exc), error_category="bad_request") from None
     return Response(
         {
             "success": True,
@@ -86,12 +100,16 @@ def _register(request: Request) -> Response:
 
 
 class NodeDetailView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(responses={200: s.NodeSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
     def get(self, request: Request, node_id: str) -> Response:
-        return Response(node_document(_node_or_404(node_id)))
+        return Response(node_document(_node_or_404(request, node_id)))
 
 
 class NodeHeartbeatView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(
         request=s.HeartbeatSerializer,
         responses={200: inline_serializer("HeartbeatAck", {"success": serializers.BooleanField(),
@@ -102,18 +120,20 @@ class NodeHeartbeatView(APIView):
     def post(self, request: Request, node_id: str) -> Response:
         data = _validated(s.HeartbeatSerializer, object_body(request, error_category="bad_request"))
         try:
-            beat = nodes.heartbeat(node_id, data.get("status") or "")
+            beat = nodes.heartbeat(node_id, data.get("status") or "", caller_of(request))
         except AgentNode.DoesNotExist:
             raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered; register first.") from None
         return Response({"success": True, "message": "heartbeat received", "timestamp": iso(beat)})
 
 
 class NodeShutdownView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=None, responses={200: s.SuccessSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
     def post(self, request: Request, node_id: str) -> Response:
         object_body(request, error_category="bad_request")
         try:
-            nodes.shutdown(node_id)
+            nodes.shutdown(node_id, caller_of(request))
         except AgentNode.DoesNotExist:
             raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.") from None
         return Response({"success": True, "message": f"node {node_id} is offline"})
@@ -122,29 +142,40 @@ class NodeShutdownView(APIView):
 class DidRegisterView(APIView):
     """DID identities are not offered; the SDK carries on without them."""
 
+    scopes = (AGENT,)
+
     @extend_schema(request=OpenApiTypes.OBJECT, responses={404: s.ErrorSerializer, 401: s.ErrorSerializer})
     def post(self, request: Request) -> Response:
         raise ApiError(404, "not_supported", "DID registration is not enabled on this control plane.")
 
 
 class WorkflowEventView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=OpenApiTypes.OBJECT, responses={200: s.SuccessSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        applied = reports.apply_workflow_event(object_body(request, error_category="bad_request"))
+        applied = reports.apply_workflow_event(object_body(request, error_category="bad_request"), caller_of(request))
         return Response({"success": True, "applied": applied})
 
 
 class ExecutionLogsView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=s.LogsRequestSerializer, responses={200: s.SuccessSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
-        count = reports.append_logs(execution_id, object_body(request, error_category="bad_request").get("entries"))
+        entries = object_body(request, error_category="bad_request").get("entries")
+        count = reports.append_logs(execution_id, entries, caller_of(request))
         return Response({"success": True, "accepted": count})
 
 
 class ExecutionStatusCallbackView(APIView):
+    scopes = (AGENT,)
+
     @extend_schema(request=s.StatusCallbackSerializer, responses={200: s.ExecutionStatusSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
-        execution = reports.apply_status(execution_id, object_body(request, error_category="bad_request"))
+        execution = reports.apply_status(
+            execution_id, object_body(request, error_category="bad_request"), caller_of(request)
+        )
         return Response(status_documents([execution])[0])
 
 
@@ -156,19 +187,33 @@ _SUBMIT_HEADERS = [
 ]
 
 
+def _submission(request: Request, target: str) -> submission.Request:
+    body = object_body(request, error_category="bad_request")
+    return submission.request_from(target, body, request.headers, caller_of(request).key_id)
+
+
 class ExecuteAsyncView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(
         request=s.ExecuteRequestSerializer,
         parameters=_SUBMIT_HEADERS,
         responses={202: s.SubmissionSerializer, 503: s.ErrorSerializer, **ERRORS},
     )
     def post(self, request: Request, target: str) -> Response:
-        req = submission.request_from(target, object_body(request, error_category="bad_request"), request.headers)
-        execution, _ = submission.submit(req)
+        execution, _ = submission.submit(_submission(request, target))
         return Response(submission_document(execution), status=status.HTTP_202_ACCEPTED)
 
 
 class ExecuteSyncView(APIView):
+    """`POST /api/v1/execute/{target}`, first half: auth, scope, validation and submission.
+
+    The route itself is `execute_sync`, an async view that runs this one, then
+    waits for the agent without holding a request place, and answers.
+    """
+
+    scopes = (CLIENT,)
+
     @extend_schema(
         request=s.ExecuteRequestSerializer,
         parameters=_SUBMIT_HEADERS,
@@ -176,9 +221,38 @@ class ExecuteSyncView(APIView):
                    503: s.ErrorSerializer, **ERRORS},
     )
     def post(self, request: Request, target: str) -> Response:
-        req = submission.request_from(target, object_body(request, error_category="bad_request"), request.headers)
-        code, body = sync_outcome(submission.execute_and_wait(req))
-        return Response(body, status=code)
+        execution, created = submission.submit(_submission(request, target), enqueue=False)
+        response = Response(status=status.HTTP_202_ACCEPTED)
+        response.submitted = (execution.id, created)
+        return response
+
+
+_submit_sync = ExecuteSyncView.as_view()
+
+
+def _begin_sync(request: HttpRequest, target: str) -> Response:
+    response = _submit_sync(request, target=target)
+    response.render()
+    return response
+
+
+@csrf_exempt  # as DRF's views are: the DRF view inside checks CSRF for session callers
+async def execute_sync(request: HttpRequest, target: str) -> HttpResponse:
+    """The sync API: submit, then wait for the agent's outcome without holding a request place."""
+    deadline = time.monotonic() + settings.AGENT_CALL_TIMEOUT
+    begun = await submission.on_sync_pool(_begin_sync, request, target)
+    submitted = getattr(begun, "submitted", None)
+    if submitted is None:
+        return begun  # refused: 401, 403, 400, 404, 503, as the DRF view answered
+    async with lend_place(request):
+        execution = await submission.wait_for_outcome(*submitted, deadline)
+    code, body = sync_outcome(execution)
+    return JsonResponse(body, status=code)
+
+
+# The schema documents the DRF view that does the first half.
+execute_sync.cls = ExecuteSyncView
+execute_sync.initkwargs = {}
 
 
 class ExecutionFilter(django_filters.FilterSet):
@@ -243,10 +317,14 @@ class ExecutionCursor(CursorPagination):
 
 
 class ExecutionListView(generics.ListAPIView):
+    scopes = (CLIENT,)
     queryset = Execution.objects.all()
     filterset_class = ExecutionFilter
     pagination_class = ExecutionCursor
     serializer_class = s.ExecutionStatusSerializer
+
+    def get_queryset(self):
+        return executions_of(caller_of(self.request))
 
     def list(self, request: Request, *args, **kwargs) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
@@ -254,9 +332,11 @@ class ExecutionListView(generics.ListAPIView):
 
 
 class ExecutionDetailView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(responses={200: s.ExecutionStatusSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
     def get(self, request: Request, execution_id: str) -> Response:
-        execution = Execution.objects.filter(pk=execution_id).first()
+        execution = executions_of(caller_of(request)).filter(pk=execution_id).first()
         if execution is None:
             raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found")
         events = webhook_events([execution.id]).get(execution.id, []) if execution.webhook_registered else []
@@ -264,6 +344,8 @@ class ExecutionDetailView(APIView):
 
 
 class BatchStatusView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(
         request=s.BatchStatusRequestSerializer,
         responses={200: OpenApiTypes.OBJECT, **ERRORS},
@@ -271,12 +353,15 @@ class BatchStatusView(APIView):
     )
     def post(self, request: Request) -> Response:
         ids = _validated(s.BatchStatusRequestSerializer, object_body(request, error_category="bad_request"))["execution_ids"]
-        found = {doc["execution_id"]: doc for doc in status_documents(Execution.objects.filter(pk__in=ids))}
+        mine = executions_of(caller_of(request)).filter(pk__in=ids)
+        found = {doc["execution_id"]: doc for doc in status_documents(mine)}
         return Response({i: found.get(i, {"execution_id": i, "status": "not_found"}) for i in ids})
 
 
 class ExecutionCancelView(APIView):
+    scopes = (CLIENT,)
+
     @extend_schema(request=s.CancelRequestSerializer, responses={200: s.CancelledSerializer, **ERRORS})
     def post(self, request: Request, execution_id: str) -> Response:
         data = _validated(s.CancelRequestSerializer, object_body(request, error_category="bad_request"))
-        return Response(cancellation.cancel(execution_id, data.get("reason") or ""))
+        return Response(cancellation.cancel(execution_id, data.get("reason") or "", caller_of(request)))

@@ -1,15 +1,19 @@
 """An agent built with the real, unmodified `agentfield` SDK, run as a child process by tests.
 
     python tests/executions/sdk_agent_app.py PORT NODE_ID SERVER_URL
+
+With AGENTFIELD_API_KEY set, the agent sends that key (the SDK's `api_key`).
 """
 
+import os
 import sys
 
 from agentfield import Agent
 
 
 def build(node_id: str, server: str) -> Agent:
-    app = Agent(node_id=node_id, agentfield_server=server, dev_mode=False)
+    app = Agent(node_id=node_id, agentfield_server=server, dev_mode=False,
+                api_key=os.environ.get("AGENTFIELD_API_KEY") or None)
 
     @app.reasoner()
     async def summarize(text: str, repeat: int = 1) -> dict:

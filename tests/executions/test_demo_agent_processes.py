@@ -46,3 +46,31 @@ def test_curl_async_submit_succeeds_on_the_demo_agent(proc_env):
     # A graceful stop would wait for the worker's sweeper task (a 20 s run); nothing
     # here depends on it, so end it at once.
     worker.kill()
+
+
+def test_with_keys_the_demo_agent_runs_on_its_own_agent_key(proc_env):
+    """What `make run` does once keys exist: serve hands the demo agent an agent key; a client key submits."""
+    from agentfield_site.auth import check_key
+    from agentfield_site.management.commands.serve import Command
+    from agentfield_site.models import ApiKey
+
+    assert Command()._demo_agent_key() == {}, "no key configured: the API stays open, no key is made"
+    client_key = ApiKey.create("tour", ApiKey.CLIENT)[1]
+    stale = Command()._demo_agent_key()["AGENTFIELD_API_KEY"]
+    agent_key = Command()._demo_agent_key()["AGENTFIELD_API_KEY"]
+    assert check_key(stale) is None, "each run reissues the same row with a fresh secret"
+    assert ApiKey.objects.filter(name="demo-agent", scope=ApiKey.AGENT).count() == 1
+    web = proc_env.daphne()
+    proc_env.worker()
+    agent = proc_env.demo_agent(web.url, extra_env={"AGENTFIELD_API_KEY": agent_key})
+    node = wait_for(lambda: AgentNode.objects.filter(pk="analyzer").first(), timeout=20,
+                    what=f"demo agent registration\n{agent.log()}")
+    assert node.owner.name == "demo-agent"
+    headers = {"X-API-Key": client_key}
+    response = requests.post(f"{web.url}/api/v1/execute/async/analyzer.process",
+                             json={"input": {"document": "own keys"}}, headers=headers, timeout=5)
+    assert response.status_code == 202, response.text
+    url = f"{web.url}/api/v1/executions/{response.json()['execution_id']}"
+    doc = wait_for(lambda: (d := requests.get(url, headers=headers, timeout=2).json())["status"] == "succeeded" and d,
+                   timeout=30, what="the execution to succeed through the agent's own key")
+    assert doc["result"]["words"] == 2

@@ -3,7 +3,8 @@
 An `Agent` registers and heartbeats; `AgentFieldClient.execute_async` with a
 `WebhookConfig` gets an id with `webhook_registered: true`; the SDK's own polling
 (`wait_for_execution_result`) ends `succeeded` with the reasoner's result; the
-signed completion webhook reaches a receiver on loopback.
+signed completion webhook reaches a receiver on loopback. Keys are enforced: the
+agent holds an agent key, the client a client key (the scoped-key trust model).
 """
 
 import asyncio
@@ -15,6 +16,7 @@ from agentfield.client import AgentFieldClient
 from agentfield.types import WebhookConfig
 from standardwebhooks import Webhook
 
+from agentfield_site.models import ApiKey
 from executions.models import AgentNode, Execution
 from tests.support.processes import free_port, wait_for
 from tests.webhooks.receiver import Receiver
@@ -24,8 +26,8 @@ pytestmark = pytest.mark.processes
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-async def _run_client(base_url: str, target: str, webhook_url: str) -> tuple[str, bool, object]:
-    client = AgentFieldClient(base_url=base_url)
+async def _run_client(base_url: str, target: str, webhook_url: str, api_key: str) -> tuple[str, bool, object]:
+    client = AgentFieldClient(base_url=base_url, api_key=api_key)
     try:
         execution_id = await client.execute_async(
             target, {"text": "hello sdk", "repeat": 2}, webhook=WebhookConfig(url=webhook_url, secret=SECRET)
@@ -40,26 +42,32 @@ async def _run_client(base_url: str, target: str, webhook_url: str) -> tuple[str
 
 
 def test_sdk_agent_and_client_round_trip(proc_env):
+    agent_key = ApiKey.create("sdk-agent", ApiKey.AGENT)[1]
+    client_key = ApiKey.create("sdk-client", ApiKey.CLIENT)[1]
     with Receiver() as receiver:
         web = proc_env.daphne()
         worker = proc_env.worker()
         port = free_port()
-        agent = proc_env.script("sdk-agent", ["tests/executions/sdk_agent_app.py", str(port), "sdk-node", web.url], port)
+        agent = proc_env.script("sdk-agent", ["tests/executions/sdk_agent_app.py", str(port), "sdk-node", web.url], port,
+                                extra_env={"AGENTFIELD_API_KEY": agent_key})
         node = wait_for(lambda: AgentNode.objects.filter(pk="sdk-node").first(), timeout=30,
                         what=f"the SDK agent to register\n{agent.log()}")
         assert node.kind_of("summarize") == "reasoner"
         assert node.base_url.endswith(f":{port}"), node.base_url
+        assert node.owner.name == "sdk-agent"
         first_beat = node.last_heartbeat
         wait_for(lambda: AgentNode.objects.get(pk="sdk-node").last_heartbeat > first_beat, timeout=10,
                  what=f"an SDK heartbeat\n{agent.log()}")
 
-        execution_id, registered, result = asyncio.run(_run_client(web.url, "sdk-node.summarize", receiver.url))
+        execution_id, registered, result = asyncio.run(_run_client(web.url, "sdk-node.summarize", receiver.url, client_key))
         assert execution_id.startswith("exec_")
         assert registered is True
         assert result == {"echo": "hello sdkhello sdk", "words": 2}
-        doc = requests.get(f"{web.url}/api/v1/executions/{execution_id}", timeout=5).json()
+        doc = requests.get(f"{web.url}/api/v1/executions/{execution_id}", headers={"X-API-Key": client_key},
+                           timeout=5).json()
         assert doc["status"] == "succeeded" and doc["webhook_registered"] is True
-        assert Execution.objects.get(pk=execution_id).dispatch_state == Execution.Dispatch.DONE
+        execution = Execution.objects.get(pk=execution_id)
+        assert execution.dispatch_state == Execution.Dispatch.DONE and execution.owner.name == "sdk-client"
 
         hook = wait_for(lambda: receiver.requests and receiver.requests[0], timeout=20,
                         what="the completion webhook")
@@ -71,7 +79,8 @@ def test_sdk_agent_and_client_round_trip(proc_env):
         Webhook(SECRET).verify(body, {k: lower[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")})
 
         # The SDK's blocking call: async submit, then its own GET polling.
-        response = AgentFieldClient(base_url=web.url).execute_sync("sdk-node.summarize", {"text": "a b c"})
+        response = AgentFieldClient(base_url=web.url, api_key=client_key).execute_sync(
+            "sdk-node.summarize", {"text": "a b c"})
         assert response["status"] == "succeeded" and response["result"] == {"echo": "a b c", "words": 3}
 
         agent.stop()

@@ -6,13 +6,14 @@ that the real daphne serves 200 clients with it is the load bench's job
 """
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from django.core import checks
 from django.test import override_settings
 
 from agentfield_site.apps import check_settings
-from agentfield_site.lib.concurrency_limit import ConcurrencyLimit
+from agentfield_site.lib.concurrency_limit import ConcurrencyLimit, lend_place
 
 
 class Recorder:
@@ -133,3 +134,55 @@ def test_limit_below_one_is_refused():
         ConcurrencyLimit(Recorder(), limit=0)
     with override_settings(MAX_CONCURRENT_REQUESTS=0):
         assert "agentfield.E005" in [m.id for m in check_settings(None) if m.level >= checks.ERROR]
+
+
+def test_a_waiting_request_lends_its_place_and_queues_for_one_to_answer():
+    """What the sync execute does while its agent works: others get in; it answers in turn."""
+
+    async def scenario():
+        agent_done = asyncio.Event()
+        order: list[str] = []
+
+        async def app(scope, receive, send):
+            request = SimpleNamespace(scope=scope)
+            if scope["path"] == "/sync":
+                async with lend_place(request):
+                    order.append("sync waits")
+                    await agent_done.wait()
+                order.append("sync answers")
+            else:
+                order.append(f"{scope['path']} served")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        limited = ConcurrencyLimit(app, limit=1)
+        sync = asyncio.create_task(limited(http("/sync"), _noop_receive, _sink([])))
+        await asyncio.sleep(0)
+        await asyncio.wait_for(limited(http("/health"), _noop_receive, _sink([])), timeout=5)
+        # The place is taken by a slow request when the wait ends: the sync one queues behind it.
+        slow_release = asyncio.Event()
+
+        async def slow(scope, receive, send):
+            await slow_release.wait()
+            await app(scope, receive, send)
+
+        limited.app = slow
+        other = asyncio.create_task(limited(http("/slow"), _noop_receive, _sink([])))
+        await asyncio.sleep(0)
+        agent_done.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert "sync answers" not in order, "the sync request waits for a place to answer"
+        slow_release.set()
+        await asyncio.wait_for(asyncio.gather(sync, other), timeout=5)
+        return order
+
+    assert asyncio.run(scenario()) == ["sync waits", "/health served", "/slow served", "sync answers"]
+
+
+def test_lending_outside_the_limit_is_a_no_op():
+    async def scenario():
+        async with lend_place(SimpleNamespace()):
+            return True
+
+    assert asyncio.run(scenario())

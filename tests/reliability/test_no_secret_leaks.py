@@ -3,7 +3,8 @@
 Every kind of secret the control plane holds is created: an API key (the
 environment's and one made in the admin), an execution's webhook secret, a
 subscription's secret (and its rotated successor), the observability collector's
-secret. Deliveries fail, dead-letter and are redriven; the collector fails and its
+secret, and the custom headers of a subscription and of a webhook (write-only: their
+receivers' credentials). Deliveries fail, dead-letter and are redriven; the collector fails and its
 dead letters are redriven. Then every read endpoint is walked, the SSE replay of the
 whole log is read, and the logs of daphne, the qcluster and the agent (at DEBUG)
 are searched. The only responses allowed to carry a secret are the subscription's
@@ -29,6 +30,8 @@ ENV_KEY = "afk_env_" + "Zr8fQ2LmN7xVw3Kp9TcYb"
 EXECUTION_SECRET = "whsec_" + "ZXhlY3V0aW9uLXdlYmhvb2stc2VjcmV0LXNvYWsh"
 COLLECTOR_SECRET = "whsec_" + "Y29sbGVjdG9yLXNlY3JldC1uZXZlci1zaG93bg=="
 OBS = "/api/v1/settings/observability-webhook"
+SUB_HEADER = "Bearer " + "c3Vic2NyaXB0aW9uLWhlYWRlci10b2tlbg"
+WEBHOOK_HEADER = "tok_" + "d2ViaG9vay1oZWFkZXItdG9rZW4"
 
 
 def _get(session: requests.Session, url: str, **params) -> requests.Response:
@@ -38,7 +41,7 @@ def _get(session: requests.Session, url: str, **params) -> requests.Response:
 
 
 def test_no_secret_in_any_response_stream_body_or_log(proc_env):
-    admin_key = ApiKey.create("leak-check")[1]
+    admin_key = ApiKey.create("leak-check", ApiKey.ADMIN)[1]
     debug = {"LOG_LEVEL": "DEBUG", "API_KEYS": ENV_KEY}
     web = proc_env.daphne(debug)
     worker = proc_env.worker(debug)
@@ -64,9 +67,11 @@ def test_no_secret_in_any_response_stream_body_or_log(proc_env):
         assert response.status_code == 200 and response.json()["config"]["has_secret"] is True
 
         created = api.post(f"{web.url}/api/v1/webhooks/subscriptions",
-                           json={"url": sub_receiver.url, "event_types": ["execution.*"]}, timeout=10)
+                           json={"url": sub_receiver.url, "event_types": ["execution.*"],
+                                 "headers": {"Authorization": SUB_HEADER}}, timeout=10)
         assert created.status_code == 201, created.text
         subscription = created.json()
+        assert subscription["headers"] == {"Authorization": "***"}
         rotated = api.post(f"{web.url}/api/v1/webhooks/subscriptions/{subscription['id']}/rotate-secret", timeout=10)
         assert rotated.status_code == 200, rotated.text
         sub_secrets = {subscription["secret"], rotated.json()["secret"]}
@@ -74,7 +79,8 @@ def test_no_secret_in_any_response_stream_body_or_log(proc_env):
         submitted = other.post(
             f"{web.url}/api/v1/execute/async/analyzer.process",
             json={"input": {"document": "secret keeping"},
-                  "webhook": {"url": receiver.url, "secret": EXECUTION_SECRET}},
+                  "webhook": {"url": receiver.url, "secret": EXECUTION_SECRET,
+                              "headers": {"X-Receiver-Token": WEBHOOK_HEADER}}},
             timeout=10,
         )
         keep("execute async", submitted)
@@ -131,12 +137,16 @@ def test_no_secret_in_any_response_stream_body_or_log(proc_env):
         outbound = [("receiver body", r.body.decode()) for r in receiver.requests + sub_receiver.requests]
         outbound += [("collector body", r["body"].decode()) for r in collector.requests]
 
-    secrets = {EXECUTION_SECRET, COLLECTOR_SECRET, admin_key, ENV_KEY, *sub_secrets}
+    # The headers reach their receivers, and nothing else.
+    assert sub_receiver.requests[0].headers["Authorization"] == SUB_HEADER
+    assert receiver.requests[0].headers["X-Receiver-Token"] == WEBHOOK_HEADER
+    secrets = {EXECUTION_SECRET, COLLECTOR_SECRET, admin_key, ENV_KEY, SUB_HEADER, WEBHOOK_HEADER, *sub_secrets}
     for where, text in responses + outbound:
         leaked = [s[:12] + "…" for s in secrets if s in text]
         assert not leaked, f"{where} carries {leaked}"
     # The one place a subscription secret may appear: its create and rotate answers.
     assert subscription["secret"] in created.text and rotated.json()["secret"] in rotated.text
+    assert SUB_HEADER not in created.text
 
     for proc in proc_env.procs:
         log = proc.log()

@@ -64,7 +64,6 @@ def test_alert_rules_use_only_exposed_metrics(client):
     import yaml
 
     from tests.support.processes import ROOT
-
     from webhooks.models import Destination
 
     # A breaker series exists only while one is open.

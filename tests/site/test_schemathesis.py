@@ -1,12 +1,17 @@
 """Hostile input from the OpenAPI schema: every operation, generated bodies and
 parameters, with and without credentials; the server never answers 5xx."""
 
+from urllib.parse import urlsplit
+
 import pytest
 import schemathesis
 from django.core.wsgi import get_wsgi_application
+from django.urls import resolve
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+
+from agentfield_site.lib import api
 
 # Generated in-process (no request, no database at collection time), then
 # exercised through the real WSGI stack.
@@ -37,4 +42,6 @@ def test_no_operation_answers_5xx_with_credentials(case, api_key):
 def test_no_operation_answers_5xx_without_credentials(case, api_key):
     response = case.call(headers={})
     assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code}"
+    if response.status_code == 404 and resolve(urlsplit(case.formatted_path).path).func is api.api_not_found:
+        return  # a generated id no route accepts (e.g. with a '.'): the JSON 404, nothing behind it
     assert response.status_code in (401, 403), f"{case.method} {case.formatted_path} is open without a key"

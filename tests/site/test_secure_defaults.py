@@ -67,6 +67,7 @@ def test_serve_listens_on_loopback_by_default(proc_env):
 def test_a_check_warns_when_loopback_is_reachable_from_the_network(settings, host, allowed, warned):
     settings.HOST = host
     settings.WEBHOOK_ALLOWED_HOSTS = allowed
+    settings.AGENT_ALLOWED_HOSTS = []  # its loopback default is checked the same way (W002)
     found = [m for m in check_settings(None) if m.id == "agentfield.W002"]
     assert bool(found) is warned
     if warned:
@@ -88,6 +89,7 @@ def test_check_deploy_is_clean_in_the_documented_production_configuration(tmp_pa
         "HTTPS": "true",
         "SECURE_PROXY_SSL_HEADER": "true",
         "HOST": "0.0.0.0",
+        "AGENT_ALLOWED_HOSTS": "10.0.0.0/8",  # the README's production configuration
         "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
     }
     done = _manage(["check", "--deploy", "--fail-level", "WARNING"], **production)

@@ -3,6 +3,7 @@ from rest_framework import serializers
 from agentfield_site.lib import outbound
 
 from .. import subscriptions
+from ..masking import masked_headers, merge_masked
 from ..models import Delivery, Destination, Subscription
 
 MAX_PATTERNS = 50
@@ -34,7 +35,14 @@ class SubscriptionSerializer(serializers.ModelSerializer):
         except outbound.InvalidTarget as exc:
             raise serializers.ValidationError(str(exc)) from exc
 
+    def to_representation(self, instance: Subscription) -> dict:
+        data = super().to_representation(instance)
+        data["headers"] = masked_headers(instance.headers)
+        return data
+
     def update(self, instance: Subscription, validated_data: dict) -> Subscription:
+        if "headers" in validated_data:
+            validated_data["headers"] = merge_masked(validated_data["headers"], instance.headers or {})
         if validated_data.get("enabled") and not instance.enabled:
             # Re-enabling starts afresh: no stale reason, no running failure clock.
             validated_data.update(disabled_reason="", failing_since=None)

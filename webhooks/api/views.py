@@ -9,10 +9,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agentfield_site.auth import CLIENT, caller_of
 from agentfield_site.lib.api import ApiError, int_param
 
 from .. import delivery, destinations, subscriptions
-from ..models import Delivery, Subscription
+from ..models import Delivery
+from ..ownership import deliveries_of, subscriptions_of
 from .serializers import (
     DeadLetterSerializer,
     DestinationSerializer,
@@ -26,9 +28,12 @@ DLQ_MAX_LIMIT = 500
 class SubscriptionViewSet(viewsets.ModelViewSet):
     """CRUD for standing webhook endpoints; the secret is shown on create and rotate only."""
 
-    queryset = Subscription.objects.all().order_by("created_at")
+    scopes = (CLIENT,)
     serializer_class = SubscriptionSerializer
     filterset_fields = ["enabled"]
+
+    def get_queryset(self):
+        return subscriptions_of(caller_of(self.request)).order_by("created_at")
 
     def create(self, request: Request, *args, **kwargs) -> Response:
         serializer = self.get_serializer(data=request.data)
@@ -40,6 +45,7 @@ class SubscriptionViewSet(viewsets.ModelViewSet):
             event_types=data["event_types"],
             headers=data.get("headers", {}),
             enabled=data.get("enabled", True),
+            owner_id=caller_of(request).key_id,
         )
         return Response({**self.get_serializer(sub).data, "secret": secret}, status=status.HTTP_201_CREATED)
 
@@ -62,8 +68,8 @@ class SubscriptionViewSet(viewsets.ModelViewSet):
         )
 
 
-def _dead_letters(params) -> QuerySet:
-    rows = Delivery.objects.filter(status=Delivery.DEAD)
+def _dead_letters(request: Request, params) -> QuerySet:
+    rows = deliveries_of(caller_of(request)).filter(status=Delivery.DEAD)
     if params.get("execution_id"):
         rows = rows.filter(execution_id=params["execution_id"])
     if params.get("subscription"):
@@ -76,11 +82,13 @@ def _dead_letters(params) -> QuerySet:
 class DeadLetterListView(APIView):
     """Dead-lettered deliveries, oldest first."""
 
+    scopes = (CLIENT,)
+
     @extend_schema(responses={200: dict})
     def get(self, request: Request) -> Response:
         limit = int_param(request, "limit", 50, DLQ_MAX_LIMIT)
         offset = int_param(request, "offset", 0, 2**31)
-        rows = _dead_letters(request.query_params).select_related("subscription").order_by("dead_lettered_at", "id")
+        rows = _dead_letters(request, request.query_params).select_related("subscription").order_by("dead_lettered_at", "id")
         return Response({
             "entries": DeadLetterSerializer(rows[offset : offset + limit], many=True).data,
             "total_count": rows.count(),
@@ -90,12 +98,14 @@ class DeadLetterListView(APIView):
 class RedriveView(APIView):
     """Send dead-lettered deliveries again: fresh retry budget, same webhook-id."""
 
+    scopes = (CLIENT,)
+
     @extend_schema(request=RedriveSerializer, responses={200: dict})
     def post(self, request: Request) -> Response:
         serializer = RedriveSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        rows = _dead_letters(data.get("filter") or {})
+        rows = _dead_letters(request, data.get("filter") or {})
         if data.get("ids"):
             rows = rows.filter(id__in=data["ids"])
             processed = len(set(data["ids"]))
@@ -108,10 +118,14 @@ class RedriveView(APIView):
 class ExecutionWebhookRetryView(APIView):
     """Send an execution's completion webhook again, whatever became of it."""
 
+    scopes = (CLIENT,)
+
     @extend_schema(request=None, responses={202: dict})
     def post(self, request: Request, execution_id: str) -> Response:
         with transaction.atomic():
-            row = Delivery.objects.filter(kind=Delivery.COMPLETION, execution_id=execution_id).first()
+            row = deliveries_of(caller_of(request)).filter(
+                kind=Delivery.COMPLETION, execution_id=execution_id
+            ).first()
             if row is None:
                 raise ApiError(404, "not_found", f"Execution {execution_id} has no completion webhook.")
             delivery.redrive(

@@ -23,6 +23,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from agentfield_site.auth import keys_required
 from agentfield_site.lib.loopback import is_loopback
+from agentfield_site.models import ApiKey
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -51,9 +52,9 @@ class Supervisor:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, command: list[str]) -> None:
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         # Own session: Ctrl-C reaches `serve` only, which then stops each child in turn.
-        self.children.append((name, subprocess.Popen(command, start_new_session=True)))
+        self.children.append((name, subprocess.Popen(command, start_new_session=True, env=env)))
 
     def first_exit(self) -> str | None:
         """Why the first child that ended did, or None while all run."""
@@ -132,7 +133,10 @@ class Command(BaseCommand):
         if not no_agent:
             # No --port: the agent takes DEMO_AGENT_PORT or any free port, and registers it.
             server = base if local == "127.0.0.1" else f"http://{local}:{port}"
-            supervisor.start("demo-agent", [py, "-m", "demo_agent", "--node-id", "analyzer", "--server", server])
+            supervisor.start(
+                "demo-agent", [py, "-m", "demo_agent", "--node-id", "analyzer", "--server", server],
+                env={**os.environ, **self._demo_agent_key()},
+            )
         self.stdout.write(
             self.style.SUCCESS(
                 f"\n  API        {base}/api/v1/\n"
@@ -158,6 +162,17 @@ class Command(BaseCommand):
             except OSError:
                 time.sleep(0.2)
         return None if stopping() else f"daphne did not answer {url} within {timeout:.0f} s"
+
+    def _demo_agent_key(self) -> dict[str, str]:
+        """Once keys are enforced, the demo agent gets an agent key of its own (not an admin one).
+
+        The same key row each run, with a fresh secret: the nodes it registered stay its own.
+        """
+        if not keys_required():
+            return {}
+        key = ApiKey.objects.filter(name="demo-agent", scope=ApiKey.AGENT).order_by("pk").first()
+        raw = key.reissue() if key is not None else ApiKey.create("demo-agent", ApiKey.AGENT)[1]
+        return {"AGENTFIELD_API_KEY": raw}
 
     def _ensure_admin(self) -> None:
         """On a fresh database, make a staff account for the tour and say its password once."""

@@ -1,0 +1,68 @@
+"""Who may see and touch which node and execution (the trust model in docs/security.md).
+
+An admin sees everything. A client key sees the executions it submitted. An agent
+key sees the nodes it registered and the executions dispatched to them. Anything
+else is answered as if it did not exist (404), so ids cannot be probed.
+"""
+
+from collections.abc import Collection
+
+from django.db.models import QuerySet
+
+from agentfield_site.auth import ADMIN, AGENT, CLIENT, Caller
+
+from .models import AgentNode, Execution
+
+
+class NodeTaken(Exception):
+    """The node id belongs to another key (409)."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        super().__init__(
+            f"Node id {node_id!r} is registered by another key; an admin key may re-register it, "
+            "or pick another id."
+        )
+
+
+def nodes_of(caller: Caller) -> QuerySet[AgentNode]:
+    if caller.scope == ADMIN:
+        return AgentNode.objects.all()
+    if caller.scope == AGENT and caller.key_id is not None:
+        return AgentNode.objects.filter(owner_id=caller.key_id)
+    return AgentNode.objects.none()
+
+
+def executions_of(caller: Caller) -> QuerySet[Execution]:
+    if caller.scope == ADMIN:
+        return Execution.objects.all()
+    if caller.key_id is None:
+        return Execution.objects.none()
+    if caller.scope == CLIENT:
+        return Execution.objects.filter(owner_id=caller.key_id)
+    if caller.scope == AGENT:
+        return Execution.objects.filter(agent_node_id__in=nodes_of(caller).values("pk"))
+    return Execution.objects.none()
+
+
+def execution_visible(caller: Caller, execution_id: str) -> bool:
+    return executions_of(caller).filter(pk=execution_id).exists()
+
+
+def check_registration(caller: Caller, node: AgentNode | None) -> None:
+    """Raise `NodeTaken` unless `caller` may (re-)register `node` (None: a new id).
+
+    A node with no owner was registered by an admin without a key row or while the
+    API was open; an agent key may claim it only once it is offline, so a live node
+    is never redirected to someone else's base_url.
+    """
+    if node is None or caller.is_admin or node.owner_id == caller.key_id:
+        return
+    if node.owner_id is None and node.health_status == AgentNode.INACTIVE:
+        return
+    raise NodeTaken(node.id)
+
+
+def execution_owners(execution_ids: Collection[str]) -> dict[str, int | None]:
+    """The owning key of each execution (for subscriptions owned by client keys)."""
+    return dict(Execution.objects.filter(pk__in=list(execution_ids)).values_list("pk", "owner_id"))

@@ -1,0 +1,20 @@
+"""Custom webhook headers are write-only, like secrets: read back as names with masked values.
+
+They often carry credentials (`Authorization: Bearer ...`) for the receiver, so the
+API, the admin and the logs show which headers are set, never what they say.
+"""
+
+MASK = "***"
+
+
+def masked_headers(headers: object) -> dict[str, str]:
+    """The header names with every value replaced by the mask."""
+    return {str(name): MASK for name in headers} if isinstance(headers, dict) else {}
+
+
+def merge_masked(new: dict[str, str], old: dict[str, str]) -> dict[str, str]:
+    """An update's headers, where a value sent back as the mask keeps the stored one.
+
+    A client that PUTs back what it read must not overwrite its secrets with "***".
+    """
+    return {name: old[name] if value == MASK and name in old else value for name, value in new.items()}
