@@ -221,7 +221,7 @@ class _GuardedResolver(ThreadedResolver):
             for result in results:
                 ip = ipaddress.ip_address(result["host"].split("%", 1)[0])
                 reason = safe_http.blocked_reason(ip)
-                if reason:
+                if reason and not safe_http.is_allowed_address(ip):
                     raise safe_http.UnsafeURL(f"{host} resolves to a blocked {reason}")
         return results
 
@@ -236,7 +236,7 @@ def _literal_problem(url: str) -> str | None:
     except ValueError:
         return None
     reason = safe_http.blocked_reason(ip)
-    return f"blocked: blocked {reason}" if reason else None
+    return f"blocked: blocked {reason}" if reason and not safe_http.is_allowed_address(ip) else None
 
 
 def _root(exc: BaseException) -> BaseException:

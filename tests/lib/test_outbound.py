@@ -111,3 +111,13 @@ def test_one_classification(status, verdict):
 )
 def test_destination_of(url, destination):
     assert outbound.destination_of(url) == destination
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=["127.0.0.0/8"])
+def test_a_network_in_the_allow_list_admits_its_addresses_at_connect_time():
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        for url in (receiver.url, f"http://localhost:{port}/hook"):
+            assert send(url).ok, url
+        assert len(receiver.requests) == 2
+    assert send("http://169.254.169.254/").error.startswith("blocked")
