@@ -169,7 +169,7 @@ class SubscriptionForm(forms.ModelForm):
         # Custom headers are write-only here (the admin leaves them out): a change keeps
         # the stored ones, an addition starts with none.
         payload = {name: data.get(name) for name in self._meta.fields if name in self.fields}
-        change = bool(self.instance.pk)
+        change = not self.instance._state.adding
         if not change:
             payload.setdefault("headers", {})
         serializer = SubscriptionSerializer(instance=self.instance if change else None, data=payload, partial=change)

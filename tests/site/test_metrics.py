@@ -31,8 +31,12 @@ def test_token_or_key_required_once_configured(client, settings):
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").json()["error"] == "unauthorized"
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
-    _, raw = ApiKey.create("ops")
+    _, raw = ApiKey.create("ops", ApiKey.ADMIN)
     assert client.get("/metrics", HTTP_X_API_KEY=raw).status_code == 200
+    # A client or agent key is not an operator's: the platform's figures are not theirs.
+    for scope in (ApiKey.CLIENT, ApiKey.AGENT):
+        _, raw = ApiKey.create(f"not-ops-{scope}", scope)
+        assert client.get("/metrics", HTTP_X_API_KEY=raw).status_code == 401
 
 
 def test_api_keys_close_it_without_a_token(client, settings):

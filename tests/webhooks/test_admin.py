@@ -95,7 +95,7 @@ def test_redrive_button_on_the_dead_letter_page(staff):
 
 def _subscription_form(**fields) -> dict:
     return {
-        "url": "http://127.0.0.1:9/hook", "description": "", "event_types": '["execution.*"]', "headers": "{}",
+        "url": "http://127.0.0.1:9/hook", "description": "", "event_types": '["execution.*"]',
         "enabled": "on", "secrets-TOTAL_FORMS": "0", "secrets-INITIAL_FORMS": "0", **fields,
     }
 
@@ -118,8 +118,6 @@ def test_subscription_added_in_the_admin_gets_a_secret_shown_once(staff, setting
         ({"url": "ftp://127.0.0.1/hook"}, "url"),
         ({"url": "http://user:pw@127.0.0.1/hook"}, "url"),
         ({"url": "http://10.0.0.1/hook"}, "url"),
-        ({"headers": '{"webhook-id": "x"}'}, "reserved"),
-        ({"headers": '{"X-Bad": "a\\nb"}'}, "forbidden"),
         ({"event_types": "[]"}, "event_types"),
     ],
 )
@@ -132,7 +130,7 @@ def test_subscription_admin_refuses_what_the_api_refuses(staff, settings, fields
     api = APIClient().post(
         "/api/v1/webhooks/subscriptions",
         {"url": fields.get("url", "http://127.0.0.1:9/hook"), "event_types": json.loads(fields.get("event_types", '["x"]')),
-         "headers": json.loads(fields.get("headers", "{}"))},
+         "headers": {}},
         format="json",
     )
     assert api.status_code == 400
