@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
@@ -91,6 +92,15 @@ def check_key(raw: str) -> ApiKeyPrincipal | None:
 
 def _is_staff(user) -> bool:
     return user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False)
+
+
+def owned_by(caller: Caller, rows: QuerySet, scope: str) -> QuerySet:
+    """Every row for an admin; the rows the caller's key created when it has `scope`; none otherwise."""
+    if caller.scope == ADMIN:
+        return rows
+    if caller.scope == scope and caller.key_id is not None:
+        return rows.filter(owner_id=caller.key_id)
+    return rows.none()
 
 
 def caller_for(user, raw_key: str) -> Caller | None:

@@ -9,7 +9,7 @@ from collections.abc import Collection
 
 from django.db.models import QuerySet
 
-from agentfield_site.auth import ADMIN, AGENT, CLIENT, Caller
+from agentfield_site.auth import ADMIN, AGENT, CLIENT, Caller, owned_by
 
 from .models import AgentNode, Execution
 
@@ -26,11 +26,7 @@ class NodeTaken(Exception):
 
 
 def nodes_of(caller: Caller) -> QuerySet[AgentNode]:
-    if caller.scope == ADMIN:
-        return AgentNode.objects.all()
-    if caller.scope == AGENT and caller.key_id is not None:
-        return AgentNode.objects.filter(owner_id=caller.key_id)
-    return AgentNode.objects.none()
+    return owned_by(caller, AgentNode.objects.all(), AGENT)
 
 
 def executions_of(caller: Caller) -> QuerySet[Execution]:
