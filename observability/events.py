@@ -67,7 +67,8 @@ def publish_many(events: Iterable[PlatformEvent]) -> list[PlatformEvent]:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ORDER_LOCK_KEY])
-        if connection.features.can_return_rows_from_bulk_insert:
+            saved = _copy_in(events)
+        elif connection.features.can_return_rows_from_bulk_insert:
             saved = PlatformEvent.objects.bulk_create(events)
         else:
             for event in events:
@@ -78,6 +79,37 @@ def publish_many(events: Iterable[PlatformEvent]) -> list[PlatformEvent]:
         last_id = max(event.id for event in saved)
         transaction.on_commit(lambda: _after_commit(last_id))
     return saved
+
+
+_COLUMNS = ("id", "type", "source", "timestamp", "execution_id", "workflow_id", "agent_node_id", "status", "data")
+
+
+def _copy_in(events: list[PlatformEvent]) -> list[PlatformEvent]:
+    """PostgreSQL: take ids from the sequence, then COPY the rows in.
+
+    Several times cheaper in client CPU than `bulk_create`, whose UNNEST arrays
+    psycopg quotes in Python; the ids are still the sequence's, in order, and the
+    order lock (held by the caller) keeps commits in id order.
+    """
+    from psycopg.types.json import Jsonb
+
+    table = PlatformEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(events)]
+        )
+        for event, (event_id,) in zip(events, cursor.fetchall(), strict=True):
+            event.id = event_id
+        with cursor.cursor.copy(f"COPY {table} ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+            for e in events:
+                copy.write_row((
+                    e.id, e.type, e.source, e.timestamp, e.execution_id, e.workflow_id, e.agent_node_id,
+                    e.status, Jsonb(e.data),
+                ))
+    for event in events:
+        event._state.adding = False
+        event._state.db = connection.alias
+    return events
 
 
 def _after_commit(last_id: int) -> None:
