@@ -49,7 +49,7 @@ def stream_ids_after(last_id: int, up_to: int) -> list[int]:
 
 @pytest.fixture
 def platform(proc_env):
-    web = proc_env.daphne()
+    web = proc_env.daphne({"METRICS_TOKEN": METRICS_TOKEN})
     proc_env.worker()
     agent = proc_env.demo_agent(web.url)
     wait_for(lambda: requests.get(f"{web.url}/api/v1/nodes/analyzer", timeout=2).ok, timeout=30,
@@ -104,6 +104,14 @@ def test_sse_sees_an_execution_through_to_completed_then_resumes_exactly(platfor
         assert any(f.event == "execution.completed" and f.json["execution_id"] == other for f in got)
 
 
+METRICS_TOKEN = "metrics-token-for-tests"
+
+
+def _open_streams(base: str) -> float:
+    text = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=5).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("agentfield_stream_connections"))
+
+
 async def _sdk_run(base: str) -> tuple[object, object, float]:
     # Polls are 60 s apart after the first, so a result within seconds came by the stream.
     config = AsyncConfig(
@@ -118,7 +126,8 @@ async def _sdk_run(base: str) -> tuple[object, object, float]:
     client = AgentFieldClient(base_url=base, async_config=config)
     try:
         manager = await client._get_async_execution_manager()
-        await asyncio.sleep(0.5)  # let the SDK's stream connect before the work starts
+        # The work starts once the SDK's stream is open: the server counts it.
+        await asyncio.to_thread(wait_for, lambda: _open_streams(base) >= 1, timeout=30, what="the SDK's event stream")
         started = time.monotonic()
         execution_id = await client.execute_async("analyzer.process", {"document": "sdk listens"})
         # Read the SDK's own state rather than wait_for_execution_result: in 0.1.144 that
