@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db import connection, transaction
+from django.db.models import Count, F, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -45,19 +45,28 @@ class Gates:
 
 
 def gates(now: datetime) -> Gates:
-    """Destinations that are open, paused or already probing, and those due a probe."""
-    blocked, probing = set(), set()
-    rows = Destination.objects.filter(
-        Q(state__in=[Destination.OPEN, Destination.HALF_OPEN]) | Q(paused_until__gt=now)
-    ).values_list("destination", "state", "next_probe_at", "probe_until", "paused_until")
-    for destination, state, next_probe_at, probe_until, paused_until in rows:
-        # Open: until the probe is due. Half-open: while the probe's lease lasts.
-        wait_until = {Destination.OPEN: next_probe_at, Destination.HALF_OPEN: probe_until}.get(state)
-        if (paused_until and paused_until > now) or (wait_until and wait_until > now):
-            blocked.add(destination)
-        elif state != Destination.CLOSED:
-            probing.add(destination)  # probe due, or the last probe's sender died
-    return Gates(frozenset(blocked), frozenset(probing))
+    """Destinations that are open, paused or already probing, and those due a probe.
+
+    Open: closed to claims until its probe is due. Half-open: while the probe's
+    lease lasts (after that the probe's sender is taken for dead and another
+    probe may go). Paused: until its 429's Retry-After. Every claim asks, so
+    this is one plain statement rather than an ORM query.
+    """
+    sql = (
+        "SELECT destination, CASE WHEN paused_until > %s"
+        " OR (state = %s AND next_probe_at > %s) OR (state = %s AND probe_until > %s)"
+        f" THEN 1 ELSE 0 END FROM {Destination._meta.db_table}"
+        " WHERE state IN (%s, %s) OR paused_until > %s"
+    )
+    at = connection.ops.adapt_datetimefield_value(now)
+    opened, probing_state = Destination.OPEN, Destination.HALF_OPEN
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [at, opened, at, probing_state, at, opened, probing_state, at])
+        rows = cursor.fetchall()
+    blocked = frozenset(d for d, is_blocked in rows if is_blocked)
+    # Not blocked but listed: an open breaker whose probe is due, or a probe whose sender died.
+    probing = frozenset(d for d, is_blocked in rows if not is_blocked)
+    return Gates(blocked, probing)
 
 
 def start_probes(destinations: set[str], now: datetime) -> None:
@@ -117,11 +126,18 @@ def _ensure(destinations) -> None:
 def _close(destinations: set[str], now: datetime) -> list:
     """Reset failure counts and close breakers after an answer; the healthy path is one SELECT."""
     _ensure(destinations)  # every address ever sent to is listed, healthy or not
-    troubled = list(
-        Destination.objects.filter(destination__in=destinations)
-        .filter(Q(consecutive_failures__gt=0) | ~Q(state=Destination.CLOSED))
-        .values_list("destination", "state", "opened_at")
-    )
+    # Every flush asks: a plain statement, and the ORM only for the rare troubled ones.
+    marks = ", ".join(["%s"] * len(destinations))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT destination FROM {Destination._meta.db_table} WHERE destination IN ({marks})"
+            " AND (consecutive_failures > 0 OR state <> %s)",
+            [*destinations, Destination.CLOSED],
+        )
+        names = [name for (name,) in cursor.fetchall()]
+    if not names:
+        return []
+    troubled = Destination.objects.filter(destination__in=names).values_list("destination", "state", "opened_at")
     events = []
     for destination, state, opened_at in troubled:
         if state == Destination.CLOSED:
