@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _submit() -> Execution:
-    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     return execution
 
 
