@@ -101,3 +101,7 @@ class DestinationSerializer(serializers.Serializer):
     pending = serializers.IntegerField()
     in_flight = serializers.IntegerField()
     success_rate_1h = serializers.FloatField(allow_null=True)
+
+
+class DestinationListSerializer(serializers.Serializer):
+    results = DestinationSerializer(many=True)

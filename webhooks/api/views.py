@@ -17,7 +17,7 @@ from ..models import Delivery
 from ..ownership import deliveries_of, subscriptions_of
 from .serializers import (
     DeadLetterSerializer,
-    DestinationSerializer,
+    DestinationListSerializer,
     RedriveSerializer,
     SubscriptionSerializer,
 )
@@ -141,6 +141,6 @@ class ExecutionWebhookRetryView(APIView):
 class DestinationListView(APIView):
     """Every receiver address with its circuit breaker state and queue."""
 
-    @extend_schema(responses={200: DestinationSerializer(many=True)})
+    @extend_schema(responses={200: DestinationListSerializer})
     def get(self, request: Request) -> Response:
-        return Response({"results": DestinationSerializer(destinations.overview(), many=True).data})
+        return Response(DestinationListSerializer({"results": destinations.overview()}).data)
