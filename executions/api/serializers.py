@@ -8,6 +8,7 @@ only when they have a value, as the contract writes them (`status_reason?`).
 """
 
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -116,11 +117,14 @@ class SubmitHeadersSerializer(serializers.Serializer):
 
     @classmethod
     def data_from(cls, headers) -> dict[str, str]:
-        return {name: headers.get(field.header) or "" for name, field in cls().fields.items()}
+        """The fields as the request's headers give them (absent: '')."""
+        return {name: headers.get(header) or "" for name, header in cls.header_names().items()}
 
     @classmethod
-    def header_names(cls) -> list[str]:
-        return [field.header for field in cls().fields.values()]
+    @cache
+    def header_names(cls) -> dict[str, str]:
+        """Field name -> header name."""
+        return {name: field.header for name, field in cls._declared_fields.items()}
 
 
 class WebhookSerializer(serializers.Serializer):

@@ -45,6 +45,16 @@ def test_conflicting_terminal_is_409(api, running):
     assert response.json()["error"] == "invalid_transition" and response.json()["status"] == "succeeded"
 
 
+def test_loose_values_agents_send_are_tolerated(api, running):
+    body = {"status": "failed", "error": {"code": 7}, "status_reason": ["not", "text"], "duration_ms": "12",
+            "completed_at": "yesterday"}
+    response = api.post(f"/api/v1/executions/{running.id}/status", body, format="json")
+    assert response.status_code == 200, response.content
+    doc = response.json()
+    assert doc["status"] == "failed" and doc["error"] == "{'code': 7}" and "status_reason" not in doc
+    assert doc["duration_ms"] >= 0 and doc["completed_at"]
+
+
 @pytest.mark.parametrize("body", [{"status": "exploded"}, {}, [1], "x"])
 def test_bad_callbacks_are_400(api, running, body):
     response = api.post(f"/api/v1/executions/{running.id}/status", body, format="json")
