@@ -16,6 +16,7 @@ from django.http.request import RawPostDataException, UnreadablePostError
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
@@ -160,7 +161,10 @@ _WORDS = {
 
 def _flatten(detail) -> str:
     if isinstance(detail, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in detail.items())
+        # A refusal of the whole body reads as itself, not as "non_field_errors: ...".
+        return "; ".join(
+            _flatten(v) if k == api_settings.NON_FIELD_ERRORS_KEY else f"{k}: {_flatten(v)}" for k, v in detail.items()
+        )
     if isinstance(detail, list):
         return "; ".join(_flatten(v) for v in detail)
     return str(detail)
