@@ -221,6 +221,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"ExecutionStatusEnum": "executions.models.STATUSES"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "agentfield_site.lib.openapi.add_common_errors",
+    ],
 }
 
 # --- The product's own knobs -------------------------------------------------

@@ -11,6 +11,7 @@ class ExecutionsConfig(AppConfig):
         from webhooks import subscriptions
 
         from . import dispatch, nodes, ownership
+        from .api import errors  # noqa: F401 - registers the API's answers to the domain errors
         from .metrics import ExecutionCollector
 
         # Time-driven work: lost dispatches, stale executions, silent nodes.

@@ -6,16 +6,16 @@ from typing import Any
 from django.db import transaction
 
 from agentfield_site.auth import OPEN, Caller
-from agentfield_site.lib.api import ApiError
 from agentfield_site.lib.timefmt import iso
 
 from . import dispatch, lifecycle
+from .errors import ExecutionError, InvalidTransition, NotCancellable, UnknownExecution
 from .models import AgentNode, Execution
 from .ownership import executions_of
 
 
 def cancel(execution_id: str, reason: str = "", caller: Caller = OPEN) -> dict[str, Any]:
-    """Cancel a non-terminal execution; 404 when unknown (or another key's), 409 `invalid_state` when terminal."""
+    """Cancel a non-terminal execution; `UnknownExecution` (or another key's), `NotCancellable` when terminal."""
     document, notice = _cancel(execution_id, reason, caller)
     if notice is not None:
         transaction.on_commit(lambda: dispatch.notify_cancel(*notice))
@@ -31,8 +31,8 @@ def cancel_many(execution_ids: Iterable[str], reason: str = "") -> tuple[int, li
     for execution_id in execution_ids:
         try:
             _, notice = _cancel(execution_id, reason, OPEN)
-        except ApiError as exc:
-            refused.append((execution_id, str(exc.detail)))
+        except ExecutionError as exc:
+            refused.append((execution_id, str(exc)))
             continue
         cancelled += 1
         if notice is not None:
@@ -45,25 +45,23 @@ def _cancel(execution_id: str, reason: str, caller: Caller) -> tuple[dict[str, A
     """The cancel itself, and the (execution_id, base_url) notice its agent is owed, if any."""
     reason = (reason or "cancelled by request")[:500]
     notice = None
+    if not caller.is_admin and not executions_of(caller).filter(pk=execution_id).exists():
+        raise UnknownExecution(execution_id)
     try:
-        if not caller.is_admin and not executions_of(caller).filter(pk=execution_id).exists():
-            raise Execution.DoesNotExist(execution_id)
         with transaction.atomic():
             change = lifecycle.transition(
                 execution_id, "cancelled", status_reason=reason, error=reason, error_category=""
             )
             execution = change.execution
             if not change.changed:
-                raise lifecycle.InvalidTransition(execution.status, "cancelled")
+                raise NotCancellable(execution.status)
             node = AgentNode.objects.filter(pk=execution.agent_node_id).first()
             if node is not None and change.previous != "queued":
                 notice = (execution_id, node.base_url)
     except Execution.DoesNotExist:
-        raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found") from None
-    except lifecycle.InvalidTransition as exc:
-        raise ApiError(
-            409, "invalid_state", f"The execution is already {exc.current}.", status=exc.current
-        ) from None
+        raise UnknownExecution(execution_id) from None
+    except InvalidTransition as exc:
+        raise NotCancellable(exc.current) from None
     document = {
         "execution_id": execution.id,
         "previous_status": change.previous,

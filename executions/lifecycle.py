@@ -18,6 +18,7 @@ from agentfield_site.lib.timefmt import iso
 from observability.events import publish
 from webhooks.completion import enqueue_completion
 
+from .errors import InvalidTransition
 from .models import STATUSES, TERMINAL, Execution
 
 ALIASES = {
@@ -49,15 +50,6 @@ EVENT_FOR_TERMINAL = {
 }
 
 _UNSET: Any = object()
-
-
-class InvalidTransition(Exception):
-    """The requested status cannot follow the current one."""
-
-    def __init__(self, current: str, requested: str) -> None:
-        self.current = current
-        self.requested = requested
-        super().__init__(f"An execution that is {current} cannot become {requested}.")
 
 
 def normalize(status: object) -> str:
@@ -194,7 +186,7 @@ def transition(
 
     The same status again is a no-op (`changed=False`): a repeated terminal callback
     or a second `running` report publishes nothing and sends no second webhook.
-    Raises `InvalidTransition` (409) and `Execution.DoesNotExist` (404).
+    Raises `InvalidTransition` and `Execution.DoesNotExist`.
     """
     with transaction.atomic():
         # A concurrent writer can move the row between our read and our conditional

@@ -14,8 +14,9 @@ from django.utils import timezone
 from agentfield_site.auth import OPEN, Caller
 from observability.events import publish
 
+from .errors import NodeTaken, UnknownNode
 from .models import AgentNode
-from .ownership import NodeTaken, check_registration, nodes_of
+from .ownership import check_registration, nodes_of
 
 
 def _node_event(event_type: str, node: AgentNode, **data: Any) -> None:
@@ -76,10 +77,10 @@ def _register(data: dict[str, Any], caller: Caller) -> tuple[AgentNode, bool]:
 def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -> datetime:
     """Record a heartbeat and return its time; an offline node comes back with `node.online`.
 
-    Another key's node is `AgentNode.DoesNotExist`, as an unknown one is.
+    Another key's node is `UnknownNode`, as an unknown one is.
     """
     if not caller.is_admin and not nodes_of(caller).filter(pk=node_id).exists():
-        raise AgentNode.DoesNotExist(node_id)
+        raise UnknownNode(node_id, "; register first")
     now = timezone.now()
     fields: dict[str, Any] = {"last_heartbeat": now}
     if lifecycle_status:
@@ -93,14 +94,16 @@ def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -
         if back:
             _node_event("node.online", AgentNode.objects.get(pk=node_id))
         elif not AgentNode.objects.filter(pk=node_id).update(**fields):
-            raise AgentNode.DoesNotExist(node_id)
+            raise UnknownNode(node_id, "; register first")
     return now
 
 
 def shutdown(node_id: str, caller: Caller = OPEN) -> AgentNode:
     """The agent said it stops: it is offline at once."""
     with transaction.atomic():
-        node = nodes_of(caller).get(pk=node_id)
+        node = nodes_of(caller).filter(pk=node_id).first()
+        if node is None:
+            raise UnknownNode(node_id)
         _mark_offline(node, reason="shutdown")
     return node
 

@@ -11,18 +11,8 @@ from django.db.models import QuerySet
 
 from agentfield_site.auth import ADMIN, AGENT, CLIENT, Caller, owned_by
 
+from .errors import NodeTaken
 from .models import AgentNode, Execution
-
-
-class NodeTaken(Exception):
-    """The node id belongs to another key (409)."""
-
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        super().__init__(
-            f"Node id {node_id!r} is registered by another key; an admin key may re-register it, "
-            "or pick another id."
-        )
 
 
 def nodes_of(caller: Caller) -> QuerySet[AgentNode]:

@@ -1,4 +1,4 @@
-"""Accepting an execution: parse the target, validate the body, store, enqueue.
+"""Accepting an execution: resolve the target, store, enqueue (the API has validated the request).
 
 Nothing is half-written: the row and its `execution.created` event commit together,
 and dispatch is enqueued only after that commit.
@@ -16,21 +16,20 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agentfield_site.lib.api import ApiError
 from agentfield_site.lib.db_threads import run_in
 from observability.tail import run_db
 from webhooks.completion import validate_webhook
 
 from . import dispatch, lifecycle
+from .errors import IdempotencyKeyTaken, InvalidTarget, QueueFull, UnknownNode, UnknownTarget
 from .models import COMPONENT_ID, AgentNode, Execution, new_run_id
 
-_ID_HEADER_MAX = 128
 T = TypeVar("T")
 
 
 @dataclass
 class Request:
-    """What a caller asked for, from the body and headers."""
+    """What a caller asked for, from the body and headers (validated by `ExecuteRequestSerializer`)."""
 
     target: str
     input: dict[str, Any]
@@ -46,82 +45,28 @@ class Request:
 
 
 def parse_target(target: str) -> tuple[str, str]:
-    """`node.reasoner_or_skill` -> (node, name); anything else is a 400."""
+    """`node.reasoner_or_skill` -> (node, name); anything else is `InvalidTarget`."""
     node_id, dot, name = target.partition(".")
     if not dot or not COMPONENT_ID.fullmatch(node_id) or not COMPONENT_ID.fullmatch(name):
-        raise ApiError(
-            400,
-            "bad_request",
-            f"Target {target[:300]!r} must look like 'node_id.reasoner_or_skill', each id of 1 to 128 "
-            "letters, digits, '_' or '-'.",
-            error_category="bad_request",
-        )
+        raise InvalidTarget(target)
     return node_id, name
-
-
-def request_from(target: str, body: object, headers, owner_id: int | None = None) -> Request:
-    """Validate a submission body and its headers into a Request (400 on bad input)."""
-    if body is None or body == "":
-        body = {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object.", error_category="bad_request")
-    payload = body.get("input", {})
-    if payload is None:
-        payload = {}
-    if not isinstance(payload, dict):
-        raise ApiError(
-            400, "bad_request", "`input` must be a JSON object.", error_category="bad_request"
-        )
-    context = body.get("context") or {}
-    if not isinstance(context, dict):
-        raise ApiError(
-            400, "bad_request", "`context` must be a JSON object.", error_category="bad_request"
-        )
-    values = {}
-    for name, header in (
-        ("run_id", "X-Run-ID"),
-        ("parent_execution_id", "X-Parent-Execution-ID"),
-        ("session_id", "X-Session-ID"),
-        ("actor_id", "X-Actor-ID"),
-    ):
-        value = (headers.get(header) or "").strip()
-        if len(value) > _ID_HEADER_MAX:
-            raise ApiError(
-                400, "bad_request", f"{header} is longer than {_ID_HEADER_MAX} characters.",
-                error_category="bad_request",
-            )
-        values[name] = value
-    key = (headers.get("Idempotency-Key") or "").strip()
-    if len(key) > 255:
-        raise ApiError(
-            400, "bad_request", "Idempotency-Key is longer than 255 characters.", error_category="bad_request"
-        )
-    return Request(
-        target=target, input=payload, context=context, webhook=body.get("webhook"),
-        idempotency_key=key, owner_id=owner_id, **values,
-    )
 
 
 def _resolve(target: str) -> tuple[AgentNode, str, str]:
     node_id, name = parse_target(target)
     node = AgentNode.objects.filter(pk=node_id).first()
     if node is None:
-        raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.", error_category="not_found")
+        raise UnknownNode(node_id)
     kind = node.kind_of(name)
     if kind is None:
-        raise ApiError(
-            404, "not_found", f"Node {node_id!r} has no reasoner or skill {name!r}.", error_category="not_found"
-        )
+        raise UnknownTarget(node_id, name)
     return node, name, kind
 
 
 def _same_owner(existing: Execution, owner_id: int | None) -> Execution:
     if existing.owner_id != owner_id:
         # Never hand one key's execution to another through a shared Idempotency-Key.
-        raise ApiError(
-            409, "conflict", "This Idempotency-Key is already in use by another API key; pick another.",
-            error_category="bad_request",
-        )
+        raise IdempotencyKeyTaken()
     return existing
 
 
@@ -153,11 +98,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     # Counting stops at the limit: a full queue must not make every refusal slower.
     waiting = Execution.objects.filter(status__in=("pending", "queued")).values("pk")[:limit].count()
     if waiting >= limit:
-        raise ApiError(
-            503, "concurrency_limit",
-            f"{limit} executions are already waiting for dispatch; try again later.",
-            error_category="concurrency_limit",
-        )
+        raise QueueFull(limit)
     hook, hook_error = (None, None)
     if request.webhook is not None:
         hook, hook_error = validate_webhook(request.webhook)

@@ -12,6 +12,7 @@ class ObservabilityConfig(AppConfig):
         from agentfield_site.lib.metrics import register
 
         from . import events, forwarder, retention, sweeper, tail
+        from .api import errors  # noqa: F401 - registers the API's answers to the forwarder's refusals
         from .metrics import ObservabilityCollector
 
         sweeper.ticks.append(retention.prune_if_due)

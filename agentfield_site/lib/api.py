@@ -5,6 +5,7 @@ bodies all end here with a 4xx and a machine-readable word.
 """
 
 import logging
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -13,8 +14,9 @@ from django.db import DataError, OperationalError
 from django.http import JsonResponse
 from django.http.request import RawPostDataException, UnreadablePostError
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
@@ -29,6 +31,54 @@ class ApiError(exceptions.APIException):
         self.error = error
         self.extra = extra
         super().__init__(detail=message, code=error)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every 4xx/5xx body; some errors add fields beside these (e.g. `status`)."""
+
+    error = serializers.CharField(help_text="A short machine word.")
+    message = serializers.CharField(help_text="A human sentence.")
+    error_category = serializers.CharField(required=False, help_text="Execution errors only.")
+    fields = serializers.DictField(required=False, help_text="Per-field problems of a 400.")
+
+
+class DocumentSerializer(serializers.Serializer):
+    """An output serializer whose declared fields are the schema and `document(instance)` the body.
+
+    Rendering is one dict per object, without DRF's per-field machinery, so the
+    hot paths (status reads, submissions) pay nothing for it; the schemathesis
+    conformance test keeps the two in step.
+    """
+
+    def to_representation(self, instance) -> dict:
+        return self.document(instance)
+
+    def document(self, instance) -> dict:
+        raise NotImplementedError
+
+
+# Domain errors are plain exceptions raised by the services; the app that owns one
+# says here, once, how the API answers it (the admin shows their message instead).
+_translators: dict[type[Exception], Callable[[Exception], ApiError]] = {}
+
+
+def translates(*exc_types: type[Exception]):
+    """Register the decorated `fn(exc) -> ApiError` as the API's answer to these domain errors."""
+
+    def register(fn: Callable[[Exception], ApiError]) -> Callable[[Exception], ApiError]:
+        for exc_type in exc_types:
+            _translators[exc_type] = fn
+        return fn
+
+    return register
+
+
+def _translated(exc: Exception) -> ApiError | None:
+    for klass in type(exc).__mro__:
+        translator = _translators.get(klass)
+        if translator is not None:
+            return translator(exc)
+    return None
 
 
 def object_body(request, **extra) -> dict:
@@ -57,6 +107,36 @@ def int_param(request, name: str, default: int, maximum: int | None = None) -> i
     return value
 
 
+# A serializer may name the error word of its refusal with the ValidationError's
+# code, when the contract gives that refusal a word of its own.
+_WORDS_FROM_CODES = {"invalid_field"}
+
+
+def _codes(codes) -> set[str]:
+    if isinstance(codes, dict):
+        return set().union(*(_codes(v) for v in codes.values())) if codes else set()
+    if isinstance(codes, list):
+        return set().union(*(_codes(v) for v in codes)) if codes else set()
+    return {codes}
+
+
+def invalid(exc: exceptions.ValidationError, **extra) -> ApiError:
+    """A serializer's refusal as the API's 400: a word, a sentence and `fields` when per field."""
+    codes = _codes(exc.get_codes())
+    word = codes.pop() if len(codes) == 1 and codes <= _WORDS_FROM_CODES else "bad_request"
+    if isinstance(exc.detail, dict):
+        extra["fields"] = exc.detail
+    return ApiError(400, word, _flatten(exc.detail), **extra)
+
+
+def validated(serializer_class: type[serializers.Serializer], data: object, **extra) -> dict:
+    """`data` validated by `serializer_class`; `invalid(...)` (a 400) otherwise. `extra` joins the error."""
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        raise invalid(exceptions.ValidationError(serializer.errors), **extra)
+    return serializer.validated_data
+
+
 def error_body(error: str, message: str, **extra) -> dict:
     return {"error": error, "message": message, **extra}
 
@@ -81,7 +161,10 @@ _WORDS = {
 
 def _flatten(detail) -> str:
     if isinstance(detail, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in detail.items())
+        # A refusal of the whole body reads as itself, not as "non_field_errors: ...".
+        return "; ".join(
+            _flatten(v) if k == api_settings.NON_FIELD_ERRORS_KEY else f"{k}: {_flatten(v)}" for k, v in detail.items()
+        )
     if isinstance(detail, list):
         return "; ".join(_flatten(v) for v in detail)
     return str(detail)
@@ -112,6 +195,9 @@ def exception_handler(exc, context):
             error_body("bad_request", "The request contains a NUL character (\\u0000 or %00)."),
             status=status.HTTP_400_BAD_REQUEST,
         )
+    exc = _translated(exc) or exc
+    if isinstance(exc, exceptions.ValidationError):
+        exc = invalid(exc)
     if isinstance(exc, ApiError):
         return Response(error_body(exc.error, str(exc.detail), **exc.extra), status=exc.status_code)
     response = drf_exception_handler(exc, context)
@@ -123,14 +209,9 @@ def exception_handler(exc, context):
     elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         word, message = "unauthorized", _flatten(exc.detail)
         code = status.HTTP_401_UNAUTHORIZED
-    elif isinstance(exc, exceptions.ValidationError):
-        word, message = "bad_request", _flatten(exc.detail)
     else:
         word, message = _WORDS.get(code, "error"), _flatten(getattr(exc, "detail", str(exc)))
-    body = error_body(word, message)
-    if isinstance(exc, exceptions.ValidationError) and isinstance(exc.detail, dict):
-        body["fields"] = exc.detail
-    response.data = body
+    response.data = error_body(word, message)
     response.status_code = code
     return response
 

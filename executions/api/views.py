@@ -9,8 +9,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import exceptions, generics, serializers, status
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, generics, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,38 +18,24 @@ from rest_framework.utils.urls import remove_query_param
 from rest_framework.views import APIView
 
 from agentfield_site.auth import AGENT, CLIENT, caller_of
-from agentfield_site.lib.api import ApiError, int_param, object_body
+from agentfield_site.lib.api import ApiError, ErrorSerializer, int_param, object_body, validated
 from agentfield_site.lib.concurrency_limit import lend_place
 from agentfield_site.lib.timefmt import iso
-from webhooks.completion import webhook_events
 
 from .. import cancellation, lifecycle, nodes, reports, submission
-from ..documents import (
-    node_document,
-    node_documents,
-    status_document,
-    status_documents,
-    submission_document,
-    sync_outcome,
-)
-from ..models import STATUSES, AgentNode, Execution
-from ..ownership import NodeTaken, executions_of, nodes_of
+from ..errors import UnknownExecution, UnknownNode
+from ..models import STATUSES, Execution
+from ..ownership import executions_of, nodes_of
 from . import serializers as s
 
-ERRORS = {code: s.ErrorSerializer for code in (400, 401, 404, 409, 413)}
+# Answers of their own; those every operation can give are added to the schema by
+# `agentfield_site.lib.openapi`.
+CONFLICT = {409: ErrorSerializer}
 
 
-def _validated(serializer_class, data: dict) -> dict:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
-def _node_or_404(request: Request, node_id: str) -> AgentNode:
-    node = nodes_of(caller_of(request)).filter(pk=node_id).first()
-    if node is None:
-        raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.")
-    return node
+def _body(request: Request, serializer_class) -> dict:
+    """The request's JSON object validated by `serializer_class`; 400 with `error_category` otherwise."""
+    return validated(serializer_class, object_body(request, error_category="bad_request"), error_category="bad_request")
 
 
 # --- Nodes -------------------------------------------------------------------------
@@ -60,13 +46,13 @@ class NodeListRegisterView(APIView):
 
     scopes = (AGENT,)
 
-    @extend_schema(responses={200: s.NodeListSerializer, 401: s.ErrorSerializer}, operation_id="nodes_list")
+    @extend_schema(responses={200: s.NodeListSerializer}, operation_id="nodes_list")
     def get(self, request: Request) -> Response:
         found = list(nodes_of(caller_of(request)))
-        return Response({"nodes": node_documents(found), "count": len(found)})
+        return Response({"nodes": s.NodeSerializer(found, many=True).data, "count": len(found)})
 
     @extend_schema(
-        request=s.NodeRegistrationSerializer, responses={201: s.NodeRegisteredSerializer, **ERRORS},
+        request=s.NodeRegistrationSerializer, responses={201: s.NodeRegisteredSerializer, **CONFLICT},
         operation_id="nodes_register_alias",
     )
     def post(self, request: Request) -> Response:
@@ -76,66 +62,50 @@ class NodeListRegisterView(APIView):
 class NodeRegisterView(APIView):
     scopes = (AGENT,)
 
-    @extend_schema(request=s.NodeRegistrationSerializer, responses={201: s.NodeRegisteredSerializer, **ERRORS})
+    @extend_schema(request=s.NodeRegistrationSerializer, responses={201: s.NodeRegisteredSerializer, **CONFLICT})
     def post(self, request: Request) -> Response:
         return _register(request)
 
 
 def _register(request: Request) -> Response:
-    body = object_body(request, error_category="bad_request")
-    data = _validated(s.NodeRegistrationSerializer, body)
-    try:
-        node, created = nodes.register(data, caller_of(request))
-    except NodeTaken as exc:
-        raise ApiError(409, "conflict", str(exc), error_category="bad_request") from None
-    return Response(
-        {
-            "success": True,
-            "message": "node registered" if created else "node re-registered",
-            "node_id": node.id,
-            "resolved_base_url": node.base_url,
-        },
-        status=status.HTTP_201_CREATED,
-    )
+    node, created = nodes.register(_body(request, s.NodeRegistrationSerializer), caller_of(request))
+    answer = {
+        "success": True,
+        "message": "node registered" if created else "node re-registered",
+        "node_id": node.id,
+        "resolved_base_url": node.base_url,
+    }
+    return Response(s.NodeRegisteredSerializer(answer).data, status=status.HTTP_201_CREATED)
 
 
 class NodeDetailView(APIView):
     scopes = (AGENT,)
 
-    @extend_schema(responses={200: s.NodeSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
+    @extend_schema(responses={200: s.NodeSerializer})
     def get(self, request: Request, node_id: str) -> Response:
-        return Response(node_document(_node_or_404(request, node_id)))
+        node = nodes_of(caller_of(request)).filter(pk=node_id).first()
+        if node is None:
+            raise UnknownNode(node_id)
+        return Response(s.NodeSerializer(node).data)
 
 
 class NodeHeartbeatView(APIView):
     scopes = (AGENT,)
 
-    @extend_schema(
-        request=s.HeartbeatSerializer,
-        responses={200: inline_serializer("HeartbeatAck", {"success": serializers.BooleanField(),
-                                                           "message": serializers.CharField(),
-                                                           "timestamp": serializers.DateTimeField()}),
-                   **ERRORS},
-    )
+    @extend_schema(request=s.HeartbeatSerializer, responses={200: s.HeartbeatAckSerializer})
     def post(self, request: Request, node_id: str) -> Response:
-        data = _validated(s.HeartbeatSerializer, object_body(request, error_category="bad_request"))
-        try:
-            beat = nodes.heartbeat(node_id, data.get("status") or "", caller_of(request))
-        except AgentNode.DoesNotExist:
-            raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered; register first.") from None
+        data = _body(request, s.HeartbeatSerializer)
+        beat = nodes.heartbeat(node_id, data.get("status") or "", caller_of(request))
         return Response({"success": True, "message": "heartbeat received", "timestamp": iso(beat)})
 
 
 class NodeShutdownView(APIView):
     scopes = (AGENT,)
 
-    @extend_schema(request=None, responses={200: s.SuccessSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
+    @extend_schema(request=None, responses={200: s.SuccessSerializer})
     def post(self, request: Request, node_id: str) -> Response:
         object_body(request, error_category="bad_request")
-        try:
-            nodes.shutdown(node_id, caller_of(request))
-        except AgentNode.DoesNotExist:
-            raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered.") from None
+        nodes.shutdown(node_id, caller_of(request))
         return Response({"success": True, "message": f"node {node_id} is offline"})
 
 
@@ -144,7 +114,7 @@ class DidRegisterView(APIView):
 
     scopes = (AGENT,)
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={404: s.ErrorSerializer, 401: s.ErrorSerializer})
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={404: ErrorSerializer})
     def post(self, request: Request) -> Response:
         raise ApiError(404, "not_supported", "DID registration is not enabled on this control plane.")
 
@@ -152,7 +122,7 @@ class DidRegisterView(APIView):
 class WorkflowEventView(APIView):
     scopes = (AGENT,)
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: s.SuccessSerializer, **ERRORS})
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: s.WorkflowEventAckSerializer})
     def post(self, request: Request) -> Response:
         applied = reports.apply_workflow_event(object_body(request, error_category="bad_request"), caller_of(request))
         return Response({"success": True, "applied": applied})
@@ -161,9 +131,9 @@ class WorkflowEventView(APIView):
 class ExecutionLogsView(APIView):
     scopes = (AGENT,)
 
-    @extend_schema(request=s.LogsRequestSerializer, responses={200: s.SuccessSerializer, **ERRORS})
+    @extend_schema(request=s.LogsRequestSerializer, responses={200: s.LogsAcceptedSerializer})
     def post(self, request: Request, execution_id: str) -> Response:
-        entries = object_body(request, error_category="bad_request").get("entries")
+        entries = _body(request, s.LogsRequestSerializer)["entries"]
         count = reports.append_logs(execution_id, entries, caller_of(request))
         return Response({"success": True, "accepted": count})
 
@@ -171,25 +141,27 @@ class ExecutionLogsView(APIView):
 class ExecutionStatusCallbackView(APIView):
     scopes = (AGENT,)
 
-    @extend_schema(request=s.StatusCallbackSerializer, responses={200: s.ExecutionStatusSerializer, **ERRORS})
+    @extend_schema(request=s.StatusCallbackSerializer, responses={200: s.ExecutionStatusSerializer, **CONFLICT})
     def post(self, request: Request, execution_id: str) -> Response:
-        execution = reports.apply_status(
-            execution_id, object_body(request, error_category="bad_request"), caller_of(request)
-        )
-        return Response(status_documents([execution])[0])
+        report = _body(request, s.StatusCallbackSerializer)
+        execution = reports.apply_status(execution_id, report, caller_of(request))
+        return Response(s.ExecutionStatusSerializer(execution).data)
 
 
 # --- Executions --------------------------------------------------------------------
 
 _SUBMIT_HEADERS = [
     OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
-    for name in ("X-Run-ID", "X-Parent-Execution-ID", "X-Session-ID", "X-Actor-ID", "Idempotency-Key")
+    for name in s.SubmitHeadersSerializer.header_names().values()
 ]
 
 
 def _submission(request: Request, target: str) -> submission.Request:
-    body = object_body(request, error_category="bad_request")
-    return submission.request_from(target, body, request.headers, caller_of(request).key_id)
+    body = _body(request, s.ExecuteRequestSerializer)
+    headers = s.SubmitHeadersSerializer.data_from(request.headers)
+    if any(headers.values()):  # most submissions send none: nothing to validate
+        headers = validated(s.SubmitHeadersSerializer, headers, error_category="bad_request")
+    return submission.Request(target=target, owner_id=caller_of(request).key_id, **body, **headers)
 
 
 class ExecuteAsyncView(APIView):
@@ -198,11 +170,11 @@ class ExecuteAsyncView(APIView):
     @extend_schema(
         request=s.ExecuteRequestSerializer,
         parameters=_SUBMIT_HEADERS,
-        responses={202: s.SubmissionSerializer, 503: s.ErrorSerializer, **ERRORS},
+        responses={202: s.SubmissionSerializer, **CONFLICT},
     )
     def post(self, request: Request, target: str) -> Response:
         execution, _ = submission.submit(_submission(request, target))
-        return Response(submission_document(execution), status=status.HTTP_202_ACCEPTED)
+        return Response(s.SubmissionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ExecuteSyncView(APIView):
@@ -217,8 +189,8 @@ class ExecuteSyncView(APIView):
     @extend_schema(
         request=s.ExecuteRequestSerializer,
         parameters=_SUBMIT_HEADERS,
-        responses={200: s.SyncResultSerializer, 502: s.ErrorSerializer, 504: s.ErrorSerializer,
-                   503: s.ErrorSerializer, **ERRORS},
+        responses={200: s.SyncResultSerializer, 502: s.SyncErrorSerializer, 504: s.SyncErrorSerializer,
+                   **CONFLICT},
     )
     def post(self, request: Request, target: str) -> Response:
         execution, created = submission.submit(_submission(request, target), enqueue=False)
@@ -246,7 +218,7 @@ async def execute_sync(request: HttpRequest, target: str) -> HttpResponse:
         return begun  # refused: 401, 403, 400, 404, 503, as the DRF view answered
     async with lend_place(request):
         execution = await submission.wait_for_outcome(*submitted, deadline)
-    code, body = sync_outcome(execution)
+    code, body = s.sync_outcome(execution)
     return JsonResponse(body, status=code)
 
 
@@ -326,21 +298,16 @@ class ExecutionListView(generics.ListAPIView):
     def get_queryset(self):
         return executions_of(caller_of(self.request))
 
-    def list(self, request: Request, *args, **kwargs) -> Response:
-        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        return self.get_paginated_response(status_documents(page))
-
 
 class ExecutionDetailView(APIView):
     scopes = (CLIENT,)
 
-    @extend_schema(responses={200: s.ExecutionStatusSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
+    @extend_schema(responses={200: s.ExecutionStatusSerializer})
     def get(self, request: Request, execution_id: str) -> Response:
         execution = executions_of(caller_of(request)).filter(pk=execution_id).first()
         if execution is None:
-            raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found")
-        events = webhook_events([execution.id]).get(execution.id, []) if execution.webhook_registered else []
-        return Response(status_document(execution, events))
+            raise UnknownExecution(execution_id)
+        return Response(s.ExecutionStatusSerializer(execution).data)
 
 
 class BatchStatusView(APIView):
@@ -348,20 +315,21 @@ class BatchStatusView(APIView):
 
     @extend_schema(
         request=s.BatchStatusRequestSerializer,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+        responses={200: OpenApiTypes.OBJECT},
         description="A map of execution id to its status document; `{\"status\": \"not_found\"}` for misses.",
     )
     def post(self, request: Request) -> Response:
-        ids = _validated(s.BatchStatusRequestSerializer, object_body(request, error_category="bad_request"))["execution_ids"]
+        ids = _body(request, s.BatchStatusRequestSerializer)["execution_ids"]
         mine = executions_of(caller_of(request)).filter(pk__in=ids)
-        found = {doc["execution_id"]: doc for doc in status_documents(mine)}
+        found = {doc["execution_id"]: doc for doc in s.ExecutionStatusSerializer(mine, many=True).data}
         return Response({i: found.get(i, {"execution_id": i, "status": "not_found"}) for i in ids})
 
 
 class ExecutionCancelView(APIView):
     scopes = (CLIENT,)
 
-    @extend_schema(request=s.CancelRequestSerializer, responses={200: s.CancelledSerializer, **ERRORS})
+    @extend_schema(request=s.CancelRequestSerializer, responses={200: s.CancelledSerializer, **CONFLICT})
     def post(self, request: Request, execution_id: str) -> Response:
-        data = _validated(s.CancelRequestSerializer, object_body(request, error_category="bad_request"))
-        return Response(cancellation.cancel(execution_id, data.get("reason") or "", caller_of(request)))
+        data = _body(request, s.CancelRequestSerializer)
+        cancelled = cancellation.cancel(execution_id, data.get("reason") or "", caller_of(request))
+        return Response(s.CancelledSerializer(cancelled).data)

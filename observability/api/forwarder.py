@@ -1,15 +1,23 @@
 """`/api/v1/settings/observability-webhook`: the collector configuration, status and dead letters.
 
-Thin views: they validate input and call `observability.forwarder`.
+Thin views: serializers validate the input (with `observability.forwarder`'s
+rules, which the admin shares) and render the answers.
 """
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agentfield_site.lib.api import ApiError, int_param, object_body
+from agentfield_site.lib.api import (
+    DocumentSerializer,
+    ErrorSerializer,
+    int_param,
+    object_body,
+    validated,
+)
 
 from .. import forwarder
 from ..models import ForwarderConfig, ForwarderDeadLetter
@@ -18,21 +26,70 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 
 
-# Serializers document the wire shapes for OpenAPI; validation lives in
-# `observability.forwarder`, shared with the admin.
+class CheckedField(serializers.Field):
+    """A value judged by one of `forwarder`'s validators (the admin's form uses the same)."""
+
+    check = staticmethod(lambda value: value)
+
+    def to_internal_value(self, data):
+        try:
+            return self.check(data)
+        except forwarder.ConfigError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+@extend_schema_field(OpenApiTypes.URI)
+class CollectorURLField(CheckedField):
+    check = staticmethod(forwarder.validate_url)
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class SecretField(CheckedField):
+    check = staticmethod(forwarder.validate_secret)
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
+class HeadersField(CheckedField):
+    check = staticmethod(forwarder.validate_headers)
+
+
+@extend_schema_field({"type": "array", "items": {"type": "string"}})
+class EventTypesField(CheckedField):
+    check = staticmethod(forwarder.validate_event_types)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, not DRF's "yes", "on" or 1."""
+
+    def to_internal_value(self, data) -> bool:
+        if not isinstance(data, bool):
+            raise serializers.ValidationError("enabled must be true or false.")
+        return data
+
+
 class ConfigInput(serializers.Serializer):
-    url = serializers.URLField()
-    secret = serializers.CharField(
-        required=False, help_text="Omitted: keep the stored secret. Empty: remove it."
+    url = CollectorURLField(error_messages={"required": "url is required.", "null": "url is required."})
+    secret = SecretField(
+        required=False, allow_null=True, help_text="Omitted (or null): keep the stored secret. Empty: remove it."
     )
-    headers = serializers.DictField(child=serializers.CharField(), required=False)
-    enabled = serializers.BooleanField(default=True)
-    event_types = serializers.ListField(
-        child=serializers.CharField(), required=False, help_text="Default: all."
-    )
+    headers = HeadersField(required=False, allow_null=True)
+    enabled = StrictBooleanField(default=True)
+    event_types = EventTypesField(required=False, allow_null=True, help_text="Default: all.")
+
+    def validate(self, attrs: dict) -> dict:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(f"Unknown fields: {', '.join(unknown)}.")
+        return {
+            "url": attrs["url"],
+            "secret": attrs.get("secret"),
+            "headers": attrs.get("headers") or {},
+            "enabled": attrs["enabled"],
+            "event_types": attrs.get("event_types") or forwarder.validate_event_types(None),
+        }
 
 
-class ConfigDocument(serializers.Serializer):
+class ConfigDocument(DocumentSerializer):
     url = serializers.URLField()
     has_secret = serializers.BooleanField()
     headers = serializers.DictField(child=serializers.CharField())
@@ -40,6 +97,9 @@ class ConfigDocument(serializers.Serializer):
     event_types = serializers.ListField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+
+    def document(self, config: ForwarderConfig) -> dict:
+        return forwarder.config_document(config)
 
 
 class SettingsDocument(serializers.Serializer):
@@ -58,6 +118,10 @@ class MessageDocument(serializers.Serializer):
     message = serializers.CharField()
 
 
+class ClearedDocument(MessageDocument):
+    removed = serializers.IntegerField()
+
+
 class StatusDocument(serializers.Serializer):
     enabled = serializers.BooleanField()
     webhook_url = serializers.URLField(allow_null=True)
@@ -70,16 +134,19 @@ class StatusDocument(serializers.Serializer):
     last_error_at = serializers.DateTimeField(allow_null=True)
 
 
-class DeadLetterDocument(serializers.Serializer):
+class DeadLetterDocument(DocumentSerializer):
     id = serializers.IntegerField()
     event_id = serializers.IntegerField()
     event_type = serializers.CharField()
     event_source = serializers.CharField()
     event_timestamp = serializers.DateTimeField()
-    payload = serializers.DictField()
-    error_message = serializers.CharField()
+    payload = serializers.JSONField()
+    error_message = serializers.CharField(allow_blank=True)
     retry_count = serializers.IntegerField()
     created_at = serializers.DateTimeField()
+
+    def document(self, row: ForwarderDeadLetter) -> dict:
+        return row.as_entry()
 
 
 class DeadLetterPage(serializers.Serializer):
@@ -107,7 +174,7 @@ class ObservabilityWebhookView(APIView):
         config = ForwarderConfig.current()
         if config is None:
             return Response({"configured": False})
-        return Response({"configured": True, "config": forwarder.config_document(config)})
+        return Response({"configured": True, "config": ConfigDocument(config).data})
 
     @extend_schema(
         summary="Create or replace the observability webhook; an omitted secret is kept",
@@ -115,33 +182,13 @@ class ObservabilityWebhookView(APIView):
         responses=SavedDocument,
     )
     def post(self, request: Request) -> Response:
-        data = object_body(request)
-        unknown = sorted(set(data) - {"url", "secret", "headers", "enabled", "event_types"})
-        if unknown:
-            raise ApiError(400, "bad_request", f"Unknown fields: {', '.join(unknown)}.")
-        enabled = data.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise ApiError(400, "bad_request", "enabled must be true or false.")
-        try:
-            config = forwarder.configure(
-                url=forwarder.validate_url(data.get("url")),
-                secret=forwarder.validate_secret(data.get("secret")),
-                headers=forwarder.validate_headers(data.get("headers")),
-                enabled=enabled,
-                event_types=forwarder.validate_event_types(data.get("event_types")),
-            )
-        except forwarder.ConfigError as exc:
-            raise ApiError(400, "bad_request", str(exc)) from None
+        config = forwarder.configure(**validated(ConfigInput, object_body(request)))
         return Response(
-            {
-                "success": True,
-                "message": "Observability webhook saved.",
-                "config": forwarder.config_document(config),
-            }
+            {"success": True, "message": "Observability webhook saved.", "config": ConfigDocument(config).data}
         )
 
     @extend_schema(
-        summary="Remove the observability webhook; forwarding stops", responses=MessageDocument
+        summary="Remove the observability webhook; forwarding stops", responses={200: MessageDocument}
     )
     def delete(self, request: Request) -> Response:
         if forwarder.unconfigure():
@@ -154,7 +201,7 @@ class ObservabilityStatusView(APIView):
         summary="Forwarder status: backlog, counters, last error", responses=StatusDocument
     )
     def get(self, request: Request) -> Response:
-        return Response(forwarder.status())
+        return Response(StatusDocument(forwarder.status()).data)
 
 
 class ObservabilityDeadLettersView(APIView):
@@ -176,29 +223,24 @@ class ObservabilityDeadLettersView(APIView):
         rows = ForwarderDeadLetter.objects.order_by("id")[offset : offset + limit]
         return Response(
             {
-                "entries": [row.as_entry() for row in rows],
+                "entries": DeadLetterDocument(rows, many=True).data,
                 "total_count": ForwarderDeadLetter.objects.count(),
                 "limit": limit,
                 "offset": offset,
             }
         )
 
-    @extend_schema(summary="Clear the dead letter queue", responses=MessageDocument)
+    @extend_schema(summary="Clear the dead letter queue", responses={200: ClearedDocument})
     def delete(self, request: Request) -> Response:
         removed = forwarder.clear_dead_letters()
-        return Response(
-            {"success": True, "message": f"Removed {removed} dead letters.", "removed": removed}
-        )
+        return Response({"success": True, "message": f"Removed {removed} dead letters.", "removed": removed})
 
 
 class ObservabilityRedriveView(APIView):
     @extend_schema(
         summary="Send every dead letter again; delivered ones leave the queue",
         request=None,
-        responses=RedriveDocument,
+        responses={200: RedriveDocument, 409: ErrorSerializer},
     )
     def post(self, request: Request) -> Response:
-        try:
-            return Response(forwarder.redrive())
-        except forwarder.NotConfigured as exc:
-            raise ApiError(409, "not_configured", str(exc)) from None
+        return Response(RedriveDocument(forwarder.redrive()).data)

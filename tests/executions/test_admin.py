@@ -25,7 +25,7 @@ def staff(client, django_user_model):
 
 def _submit(webhook=None) -> Execution:
     body = {"input": {}, **({"webhook": webhook} if webhook else {})}
-    execution, _ = submission.submit(submission.request_from("analyzer.process", body, {}), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", **body), enqueue=False)
     return execution
 
 

@@ -41,7 +41,7 @@ def test_loopback_by_default_judged_by_the_resolved_address_not_the_spelling(api
 
 
 def _submit(node_id: str = "analyzer") -> Execution:
-    return submission.submit(submission.request_from(f"{node_id}.process", {"input": {"secret": "VICTIM"}}, {}),
+    return submission.submit(submission.Request(target=f"{node_id}.process", input={"secret": "VICTIM"}),
                              enqueue=False)[0]
 
 

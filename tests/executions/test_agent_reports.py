@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def running(node, agent) -> Execution:
     agent.status, agent.body = 202, {"status": "processing"}
-    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     dispatch.run(execution.id)
     return Execution.objects.get(pk=execution.id)
 
@@ -43,6 +43,16 @@ def test_conflicting_terminal_is_409(api, running):
     response = api.post(f"/api/v1/executions/{running.id}/status", {"status": "failed"}, format="json")
     assert response.status_code == 409
     assert response.json()["error"] == "invalid_transition" and response.json()["status"] == "succeeded"
+
+
+def test_loose_values_agents_send_are_tolerated(api, running):
+    body = {"status": "failed", "error": {"code": 7}, "status_reason": ["not", "text"], "duration_ms": "12",
+            "completed_at": "yesterday"}
+    response = api.post(f"/api/v1/executions/{running.id}/status", body, format="json")
+    assert response.status_code == 200, response.content
+    doc = response.json()
+    assert doc["status"] == "failed" and doc["error"] == "{'code': 7}" and "status_reason" not in doc
+    assert doc["duration_ms"] >= 0 and doc["completed_at"]
 
 
 @pytest.mark.parametrize("body", [{"status": "exploded"}, {}, [1], "x"])

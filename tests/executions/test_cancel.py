@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _submit() -> Execution:
-    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     return execution
 
 
@@ -55,3 +55,19 @@ def test_an_unreachable_agent_does_not_delay_or_fail_cancel(api, node):
     started = time.monotonic()
     assert api.post(f"/api/v1/executions/{execution.id}/cancel", {}, format="json").status_code == 200
     assert time.monotonic() - started < 1.5, "the notice (connect retries, 2 s timeout) runs in the background"
+
+
+def test_cancel_refusals_are_domain_errors_the_admin_reports(node):
+    from executions import cancellation
+    from executions.errors import NotCancellable, UnknownExecution
+
+    ended = _submit()
+    cancellation.cancel(ended.id)
+    with pytest.raises(NotCancellable):
+        cancellation.cancel(ended.id)
+    with pytest.raises(UnknownExecution):
+        cancellation.cancel("exec_missing")
+    live = _submit()
+    cancelled, refused = cancellation.cancel_many([ended.id, "exec_missing", live.id], "bulk")
+    assert cancelled == 1
+    assert refused == [(ended.id, "The execution is already cancelled."), ("exec_missing", "No execution 'exec_missing'.")]

@@ -15,15 +15,15 @@ from tests.support.processes import free_port
 pytestmark = pytest.mark.django_db
 
 
-def _submit(target: str = "analyzer.process", **headers) -> Execution:
-    request = submission.request_from(target, {"input": {"document": "hi there"}}, headers)
+def _submit(target: str = "analyzer.process", **ids) -> Execution:
+    request = submission.Request(target=target, input={"document": "hi there"}, **ids)
     execution, _ = submission.submit(request, enqueue=False)
     return execution
 
 
 def test_agent_gets_bare_input_and_execution_headers(node, agent):
     agent.body = {"summary": "hi"}
-    execution = _submit(**{"X-Run-ID": "run_1", "X-Session-ID": "sess"})
+    execution = _submit(run_id="run_1", session_id="sess")
     assert dispatch.run(execution.id) == "succeeded"
     [call] = agent.requests
     assert call["path"] == "/reasoners/process"
@@ -155,9 +155,7 @@ def test_a_queued_row_is_looked_at_less_often_the_longer_it_waits(node, settings
 
 def test_stale_executions_time_out_and_fire_their_webhook(node, completions, settings):
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    request = submission.request_from(
-        "analyzer.process", {"input": {}, "webhook": {"url": "http://127.0.0.1:9/h"}}, {}
-    )
+    request = submission.Request(target="analyzer.process", input={}, webhook={"url": "http://127.0.0.1:9/h"})
     execution, _ = submission.submit(request, enqueue=False)
     settings.EXECUTION_TIMEOUT = 3600
     assert dispatch.expire_stale() == 0

@@ -22,7 +22,7 @@ def _execution(node, status="queued", webhook=None) -> Execution:
     body = {"input": {}}
     if webhook:
         body["webhook"] = webhook
-    execution, _ = submission.submit(submission.request_from("analyzer.process", body, {}), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", **body), enqueue=False)
     Execution.objects.filter(pk=execution.id).update(status=status)
     return execution
 

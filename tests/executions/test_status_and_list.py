@@ -13,8 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 def _make(target="analyzer.process", run_id="") -> Execution:
-    headers = {"X-Run-ID": run_id} if run_id else {}
-    execution, _ = submission.submit(submission.request_from(target, {"input": {"n": 1}}, headers), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target=target, input={"n": 1}, run_id=run_id), enqueue=False)
     return execution
 
 

@@ -19,7 +19,7 @@ def test_sigkilled_worker_mid_dispatch_loses_nothing(proc_env, node, agent):
     agent.delay = 1.5
     agent.body = {"answer": 42}
     first = proc_env.worker()
-    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {"q": 1}}, {}))
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", input={"q": 1}))
     wait_for(lambda: len(agent.requests) == 1, timeout=30, what=f"the first worker to call the agent\n{first.log()}")
     assert Execution.objects.get(pk=execution.id).dispatch_state == Execution.Dispatch.IN_FLIGHT
     first.kill()

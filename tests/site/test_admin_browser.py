@@ -29,7 +29,7 @@ pytestmark = [
 
 def _execution_with_webhook(url: str) -> str:
     body = {"input": {"document": "screenshots"}, "webhook": {"url": url}}
-    execution, _ = submission.submit(submission.request_from("analyzer.process", body, {}), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", **body), enqueue=False)
     lifecycle.transition(execution.id, "running", system=True)
     lifecycle.transition(execution.id, "succeeded", system=True, result={"words": 1})
     return execution.id
@@ -50,7 +50,7 @@ def scene(transactional_db, settings):
         dead = drain(Delivery.objects.get(execution_id=dead_id))
     settings.WEBHOOK_ALLOWED_HOSTS = []
     refused_id, _ = submission.submit(
-        submission.request_from("analyzer.process", {"input": {}, "webhook": {"url": "http://127.0.0.1:9/"}}, {}),
+        submission.Request(target="analyzer.process", input={}, webhook={"url": "http://127.0.0.1:9/"}),
         enqueue=False,
     )
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]

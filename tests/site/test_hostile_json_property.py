@@ -142,7 +142,7 @@ def test_hostile_json_breaks_nothing_then_or_later(settings, client, django_user
         nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
 
         def fresh_execution(status: str = "queued") -> str:
-            req = submission.request_from("analyzer.process", {"input": {}}, {})
+            req = submission.Request(target="analyzer.process", input={})
             execution_id = submission.submit(req, enqueue=False)[0].id
             if status != "queued":
                 lifecycle.transition(execution_id, status)

@@ -37,7 +37,7 @@ HOSTILE = {
 def world(db):
     agent = LoopbackAgent()
     nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
-    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     yield execution
     agent.close()
 

@@ -69,7 +69,7 @@ def poison(model, pk, field: str) -> None:
 def bad_rows():
     agent = LoopbackAgent()
     node, _ = nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
-    execution, _ = submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+    execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     poison(Execution, execution.pk, "input")
     store_huge_number(Execution, execution.pk, "result")
     poison(AgentNode, node.pk, "metadata")

@@ -15,7 +15,7 @@ def test_pagination_links_drop_the_api_key(settings):
     try:
         nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
         for _ in range(3):
-            submission.submit(submission.request_from("analyzer.process", {"input": {}}, {}), enqueue=False)
+            submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     finally:
         agent.close()
     api = APIClient()

@@ -53,6 +53,30 @@ class SubscriptionSerializer(serializers.ModelSerializer):
         return instance
 
 
+class SubscriptionCreatedSerializer(SubscriptionSerializer):
+    """A new subscription with its secret (`context["secret"]`), shown this once."""
+
+    secret = serializers.SerializerMethodField(help_text="Shown once: store it to verify signatures.")
+
+    class Meta(SubscriptionSerializer.Meta):
+        fields = [*SubscriptionSerializer.Meta.fields, "secret"]
+
+    def get_secret(self, sub: Subscription) -> str:
+        return self.context["secret"]
+
+
+class RotatedSecretSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    secret = serializers.CharField(help_text="Shown once.")
+    previous_secret_valid_for_seconds = serializers.IntegerField()
+
+
+class TestQueuedSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='Always "queued".')
+    delivery_id = serializers.IntegerField()
+    webhook_id = serializers.CharField()
+
+
 class DeadLetterSerializer(serializers.ModelSerializer):
     """The contract's DLQ entry."""
 
@@ -69,6 +93,11 @@ class DeadLetterSerializer(serializers.ModelSerializer):
 
     def get_url(self, row: Delivery) -> str:
         return row.subscription.url if row.subscription_id and row.subscription else row.url
+
+
+class DeliveryDeadLetterPageSerializer(serializers.Serializer):
+    entries = DeadLetterSerializer(many=True)
+    total_count = serializers.IntegerField()
 
 
 class RedriveFilterSerializer(serializers.Serializer):
@@ -88,6 +117,18 @@ class RedriveSerializer(serializers.Serializer):
         return attrs
 
 
+class RedriveResultSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    processed = serializers.IntegerField(help_text="Dead letters asked for.")
+    queued = serializers.IntegerField(help_text="Of those, queued again.")
+
+
+class RetryQueuedSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='Always "queued".')
+    execution_id = serializers.CharField()
+    webhook_id = serializers.CharField()
+
+
 class DestinationSerializer(serializers.Serializer):
     """A receiver address with its circuit breaker and queue (`destinations.overview`)."""
 
@@ -101,3 +142,7 @@ class DestinationSerializer(serializers.Serializer):
     pending = serializers.IntegerField()
     in_flight = serializers.IntegerField()
     success_rate_1h = serializers.FloatField(allow_null=True)
+
+
+class DestinationListSerializer(serializers.Serializer):
+    results = DestinationSerializer(many=True)

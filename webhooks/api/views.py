@@ -16,10 +16,15 @@ from .. import delivery, destinations, subscriptions
 from ..models import Delivery
 from ..ownership import deliveries_of, subscriptions_of
 from .serializers import (
-    DeadLetterSerializer,
-    DestinationSerializer,
+    DeliveryDeadLetterPageSerializer,
+    DestinationListSerializer,
+    RedriveResultSerializer,
     RedriveSerializer,
+    RetryQueuedSerializer,
+    RotatedSecretSerializer,
+    SubscriptionCreatedSerializer,
     SubscriptionSerializer,
+    TestQueuedSerializer,
 )
 
 DLQ_MAX_LIMIT = 500
@@ -35,6 +40,7 @@ class SubscriptionViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         return subscriptions_of(caller_of(self.request)).order_by("created_at")
 
+    @extend_schema(responses={201: SubscriptionCreatedSerializer})
     def create(self, request: Request, *args, **kwargs) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -47,25 +53,25 @@ class SubscriptionViewSet(viewsets.ModelViewSet):
             enabled=data.get("enabled", True),
             owner_id=caller_of(request).key_id,
         )
-        return Response({**self.get_serializer(sub).data, "secret": secret}, status=status.HTTP_201_CREATED)
+        created = SubscriptionCreatedSerializer(sub, context={"secret": secret})
+        return Response(created.data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=None, responses={200: RotatedSecretSerializer})
     @action(detail=True, methods=["post"], url_path="rotate-secret")
     def rotate_secret(self, request: Request, pk: str | None = None) -> Response:
         """A new secret, shown once; the previous one keeps signing for 24 hours."""
         sub = self.get_object()
         secret = subscriptions.rotate_secret(sub)
-        return Response({"id": sub.id, "secret": secret, "previous_secret_valid_for_seconds": 86400})
+        rotated = {"id": sub.id, "secret": secret, "previous_secret_valid_for_seconds": 86400}
+        return Response(RotatedSecretSerializer(rotated).data)
 
-    @extend_schema(request=None, responses={202: dict})
+    @extend_schema(request=None, responses={202: TestQueuedSerializer})
     @action(detail=True, methods=["post"])
     def test(self, request: Request, pk: str | None = None) -> Response:
         """Send one `webhook.test` event (no retries)."""
         row = subscriptions.send_test(self.get_object())
-        return Response(
-            {"status": "queued", "delivery_id": row.id, "webhook_id": row.webhook_id},
-            status=status.HTTP_202_ACCEPTED,
-        )
+        queued = {"status": "queued", "delivery_id": row.id, "webhook_id": row.webhook_id}
+        return Response(TestQueuedSerializer(queued).data, status=status.HTTP_202_ACCEPTED)
 
 
 def _dead_letters(request: Request, params) -> QuerySet:
@@ -84,15 +90,13 @@ class DeadLetterListView(APIView):
 
     scopes = (CLIENT,)
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: DeliveryDeadLetterPageSerializer})
     def get(self, request: Request) -> Response:
         limit = int_param(request, "limit", 50, DLQ_MAX_LIMIT)
         offset = int_param(request, "offset", 0, 2**31)
         rows = _dead_letters(request, request.query_params).select_related("subscription").order_by("dead_lettered_at", "id")
-        return Response({
-            "entries": DeadLetterSerializer(rows[offset : offset + limit], many=True).data,
-            "total_count": rows.count(),
-        })
+        page = {"entries": rows[offset : offset + limit], "total_count": rows.count()}
+        return Response(DeliveryDeadLetterPageSerializer(page).data)
 
 
 class RedriveView(APIView):
@@ -100,7 +104,7 @@ class RedriveView(APIView):
 
     scopes = (CLIENT,)
 
-    @extend_schema(request=RedriveSerializer, responses={200: dict})
+    @extend_schema(request=RedriveSerializer, responses={200: RedriveResultSerializer})
     def post(self, request: Request) -> Response:
         serializer = RedriveSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -112,7 +116,7 @@ class RedriveView(APIView):
         else:
             processed = rows.count()
         queued = delivery.redrive(rows)
-        return Response({"success": True, "processed": processed, "queued": queued})
+        return Response(RedriveResultSerializer({"success": True, "processed": processed, "queued": queued}).data)
 
 
 class ExecutionWebhookRetryView(APIView):
@@ -120,7 +124,7 @@ class ExecutionWebhookRetryView(APIView):
 
     scopes = (CLIENT,)
 
-    @extend_schema(request=None, responses={202: dict})
+    @extend_schema(request=None, responses={202: RetryQueuedSerializer})
     def post(self, request: Request, execution_id: str) -> Response:
         with transaction.atomic():
             row = deliveries_of(caller_of(request)).filter(
@@ -132,15 +136,13 @@ class ExecutionWebhookRetryView(APIView):
                 Delivery.objects.filter(id=row.id),
                 statuses=(Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED),
             )
-        return Response(
-            {"status": "queued", "execution_id": execution_id, "webhook_id": row.webhook_id},
-            status=status.HTTP_202_ACCEPTED,
-        )
+        queued = {"status": "queued", "execution_id": execution_id, "webhook_id": row.webhook_id}
+        return Response(RetryQueuedSerializer(queued).data, status=status.HTTP_202_ACCEPTED)
 
 
 class DestinationListView(APIView):
     """Every receiver address with its circuit breaker state and queue."""
 
-    @extend_schema(responses={200: DestinationSerializer(many=True)})
+    @extend_schema(responses={200: DestinationListSerializer})
     def get(self, request: Request) -> Response:
-        return Response({"results": DestinationSerializer(destinations.overview(), many=True).data})
+        return Response(DestinationListSerializer({"results": destinations.overview()}).data)

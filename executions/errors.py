@@ -1,0 +1,92 @@
+"""What the execution services refuse, as plain exceptions.
+
+They know nothing of HTTP: `executions.api.errors` says once how the API answers
+each, and the admin shows their message.
+"""
+
+
+class ExecutionError(Exception):
+    """A refusal by the execution services; the message is a sentence for a person."""
+
+
+class InvalidInput(ExecutionError):
+    """A request that cannot be carried out as written (a 400); `field` names the culprit if one does."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class InvalidTarget(InvalidInput):
+    """A target that is not `node_id.reasoner_or_skill`."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(
+            f"Target {target[:300]!r} must look like 'node_id.reasoner_or_skill', each id of 1 to 128 "
+            "letters, digits, '_' or '-'."
+        )
+
+
+class UnknownNode(ExecutionError):
+    """No such agent node (or another key's, which looks the same)."""
+
+    def __init__(self, node_id: str, hint: str = "") -> None:
+        self.node_id = node_id
+        super().__init__(f"No agent node {node_id!r} is registered{hint}.")
+
+
+class UnknownTarget(ExecutionError):
+    """The node exists but offers no reasoner or skill of that name."""
+
+    def __init__(self, node_id: str, name: str) -> None:
+        super().__init__(f"Node {node_id!r} has no reasoner or skill {name!r}.")
+
+
+class UnknownExecution(ExecutionError):
+    """No such execution (or another key's, which looks the same)."""
+
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        super().__init__(f"No execution {execution_id!r}.")
+
+
+class NodeTaken(ExecutionError):
+    """The node id belongs to another key."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        super().__init__(
+            f"Node id {node_id!r} is registered by another key; an admin key may re-register it, "
+            "or pick another id."
+        )
+
+
+class IdempotencyKeyTaken(ExecutionError):
+    """Another key submitted with this Idempotency-Key inside the window."""
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key is already in use by another API key; pick another.")
+
+
+class QueueFull(ExecutionError):
+    """EXECUTION_QUEUE_LIMIT executions already wait for dispatch."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} executions are already waiting for dispatch; try again later.")
+
+
+class InvalidTransition(ExecutionError):
+    """The requested status cannot follow the current one."""
+
+    def __init__(self, current: str, requested: str) -> None:
+        self.current = current
+        self.requested = requested
+        super().__init__(f"An execution that is {current} cannot become {requested}.")
+
+
+class NotCancellable(ExecutionError):
+    """The execution already ended."""
+
+    def __init__(self, current: str) -> None:
+        self.current = current
+        super().__init__(f"The execution is already {current}.")
