@@ -3,9 +3,9 @@
 import pytest
 from django.contrib.auth.models import User
 
+from devtools.loopback import LoopbackServer
 from observability import events, forwarder
 from observability.models import ForwarderConfig, ForwarderDeadLetter
-from tests.observability.collector import Collector
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_admin_adds_one_configuration_and_never_shows_the_secret(staff):
 
 @pytest.mark.django_db
 def test_admin_redrive_action_delivers_selected_dead_letters(staff):
-    with Collector(status=400) as collector:
+    with LoopbackServer.collector(status=400) as collector:
         forwarder.configure(
             url=collector.url, secret="s", headers={}, enabled=True, event_types=["*"]
         )
@@ -70,7 +70,7 @@ def test_admin_redrive_action_delivers_selected_dead_letters(staff):
         assert ForwarderDeadLetter.objects.count() == 4
         assert staff.get("/admin/observability/forwarderdeadletter/").status_code == 200
 
-        collector.status = 200
+        collector.default.status = 200
         chosen = list(ForwarderDeadLetter.objects.order_by("id").values_list("id", flat=True)[:3])
         response = staff.post(
             "/admin/observability/forwarderdeadletter/",

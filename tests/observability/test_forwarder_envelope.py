@@ -2,9 +2,9 @@
 
 import pytest
 
+from devtools.loopback import LoopbackServer
 from observability import events, forwarder
 from observability.models import ForwarderDeadLetter
-from tests.observability.collector import Collector
 from tests.observability.test_forwarder_delivery import configure
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +36,7 @@ def publish_one_of_each() -> None:
 
 
 def test_execution_node_and_webhook_events_in_agentfield_shape(fast):
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url)
         publish_one_of_each()
         assert forwarder.run(seconds=10, linger=0) == 3
@@ -56,7 +56,7 @@ def test_execution_node_and_webhook_events_in_agentfield_shape(fast):
 
 
 def test_dead_letters_keep_the_shape(fast):
-    with Collector(status=400) as collector:
+    with LoopbackServer.collector(status=400) as collector:
         configure(collector.url)
         publish_one_of_each()
         forwarder.run(seconds=10, linger=0)

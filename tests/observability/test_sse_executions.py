@@ -7,6 +7,7 @@ with `enable_event_stream=True` learns of completion from the same stream.
 """
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -15,8 +16,8 @@ from agentfield.async_config import AsyncConfig
 from agentfield.client import AgentFieldClient
 from django.db import connections
 
+from devtools.waiting import wait_for, wait_for_async
 from observability.models import PlatformEvent
-from tests.support.processes import wait_for
 from tests.support.sse import SocketSse, events_only
 
 pytestmark = pytest.mark.processes
@@ -125,8 +126,12 @@ async def _sdk_run(base: str) -> tuple[object, object, float]:
         # returns as soon as the stream marks the execution succeeded, racing the
         # immediate poll the same event triggers to fetch the result.
         state = manager._executions[execution_id]
-        while time.monotonic() - started < 30 and state.result is None:
-            await asyncio.sleep(0.05)
+
+        async def result_known() -> bool:
+            return state.result is not None
+
+        with contextlib.suppress(TimeoutError):  # judged below, with what the SDK knew
+            await wait_for_async(result_known, timeout=30, what="the SDK to learn the result")
         assert manager._event_stream_task is not None and not manager._event_stream_task.done()
         return state.status.value, state.result, time.monotonic() - started
     finally:
