@@ -261,6 +261,14 @@ class LoopbackServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def _close_all(self) -> None:
+        """Close, then cancel what is still running on this loop (handlers sleeping on a `delay`)."""
+        await self.close()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     # --- on a thread of its own -------------------------------------------------------
     def run_in_thread(self) -> "LoopbackServer":
         """Serve from a thread with its own event loop until `stop()`."""
@@ -271,7 +279,7 @@ class LoopbackServer:
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.close(), self._loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
