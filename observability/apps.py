@@ -1,5 +1,4 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
 
 
 class ObservabilityConfig(AppConfig):
@@ -7,11 +6,10 @@ class ObservabilityConfig(AppConfig):
     verbose_name = "Event log and streams"
 
     def ready(self) -> None:
-        from django_q.signals import post_spawn
-
+        from agentfield_site.jobs import sweeper
         from agentfield_site.lib.metrics import register
 
-        from . import events, forwarder, retention, sweeper, tail
+        from . import events, forwarder, retention, tail
         from .metrics import ObservabilityCollector
 
         sweeper.ticks.append(retention.prune_if_due)
@@ -20,18 +18,4 @@ class ObservabilityConfig(AppConfig):
         # The collector forwarder: woken after each commit, caught up by the sweeper.
         events.after_commit.append(forwarder.on_commit)
         sweeper.ticks.append(forwarder.tick)
-        post_spawn.connect(_on_worker_start, dispatch_uid="observability.sweeper.kick")
-        post_migrate.connect(_on_migrate, sender=self)
         register("observability", ObservabilityCollector())
-
-
-def _on_worker_start(sender, proc_name: str, **kwargs) -> None:
-    from . import sweeper
-
-    sweeper.kick(after_restart=True)
-
-
-def _on_migrate(sender, **kwargs) -> None:
-    from . import sweeper
-
-    sweeper.ensure_schedule()

@@ -39,10 +39,10 @@ from django.db import transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
+from agentfield_site.jobs import leases
 from agentfield_site.lib import backoff, outbound, strict_json, tasks
 from agentfield_site.lib.timefmt import iso
 
-from . import leases
 from .models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
 from .type_patterns import type_regex
 

@@ -263,7 +263,7 @@ class Soak:
         await self.receiver.come_back()
 
     async def _kill_worker(self) -> None:
-        from observability import leases, sweeper
+        from agentfield_site.jobs import leases, sweeper
 
         await asyncio.to_thread(self.worker.kill)
         # A supervisor restarts a crashed worker after a pause; waiting for the dead

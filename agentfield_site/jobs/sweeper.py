@@ -30,7 +30,7 @@ KICK_LEASE = "sweeper-kick"
 # Kicks closer together than this are one kick: a cluster's workers all start
 # within milliseconds of each other, a restart takes longer than this.
 KICK_DEDUPE_SECONDS = 1.0
-TASK = "observability.sweeper.run"
+TASK = "agentfield_site.jobs.sweeper.run"
 ticks: list[Callable[[], None]] = []
 
 
@@ -99,5 +99,5 @@ def ensure_schedule() -> None:
 
     Schedule.objects.update_or_create(
         name="sweeper",
-        defaults={"func": "observability.sweeper.kick", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+        defaults={"func": "agentfield_site.jobs.sweeper.kick", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
     )

@@ -6,10 +6,10 @@ sweeper in the next worker hands the execution out again, and it completes.
 
 import pytest
 
+from agentfield_site.jobs import leases, sweeper
 from devtools.waiting import wait_for
 from executions import submission
 from executions.models import Execution
-from observability import leases, sweeper
 from observability.models import PlatformEvent
 
 pytestmark = pytest.mark.processes

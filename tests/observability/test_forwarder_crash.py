@@ -2,9 +2,10 @@
 
 import pytest
 
+from agentfield_site.jobs import leases
 from devtools.loopback import LoopbackServer
 from devtools.waiting import wait_for
-from observability import events, forwarder, leases
+from observability import events, forwarder
 from observability.models import ForwarderState
 
 WORKER_ENV = {

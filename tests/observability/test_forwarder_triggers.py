@@ -5,8 +5,9 @@ import time
 import pytest
 from django_q import tasks
 
-from observability import events, forwarder, leases, sweeper
-from observability.models import Lease
+from agentfield_site.jobs import leases, sweeper
+from agentfield_site.models import Lease
+from observability import events, forwarder
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
+from agentfield_site.models import Lease
 from devtools.waiting import wait_for
-from observability.models import Lease
 
 pytestmark = pytest.mark.processes
 

@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from agentfield_site.jobs import sweeper
 from devtools.loopback import LoopbackServer
-from observability import sweeper
 from observability.models import PlatformEvent
 from tests.webhooks.conftest import enqueue, send_now
 from webhooks import delivery

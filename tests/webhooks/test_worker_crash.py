@@ -3,9 +3,9 @@
 import pytest
 from django.db import transaction
 
+from agentfield_site.jobs import leases, sweeper
 from devtools.loopback import LoopbackServer, Reply
 from devtools.waiting import wait_for
-from observability import leases, sweeper
 from tests.webhooks.conftest import completion_payload
 from webhooks.completion import enqueue_completion
 from webhooks.models import Delivery
