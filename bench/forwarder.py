@@ -5,7 +5,7 @@ DATABASE_URL names (SQLite by default), in a throwaway database created beside i
 the way the tests do, so a real configuration and event log are never touched.
 The collector is a separate process (`devtools.loopback`, aiohttp) that checks the signature of every
 batch and counts event ids; a run passes only if every id arrived. The figure is
-the median of R runs of N pre-written events through `forwarder.run()`.
+the median of R runs of N pre-written events through `runner.run()`.
 """
 
 import statistics
@@ -30,7 +30,8 @@ def main(argv: list[str]) -> None:
     from django.conf import settings
     from django.db import connection
 
-    from observability import events, forwarder
+    from observability import events
+    from observability.forwarder import configuration, runner
     from observability.models import ForwarderDeadLetter, PlatformEvent
 
     # The bench drives the forwarder itself: no wake-ups into a real task queue.
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> None:
             rates, requests_per_s, dropped = [], [], 0
             for _ in range(repeat):
                 PlatformEvent.objects.all().delete()
-                forwarder.configure(
+                configuration.configure(
                     url=collector.url, secret=SECRET, headers={}, enabled=True, event_types=["*"]
                 )
                 saved = []
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> None:
                 low, high = saved[0].id, saved[-1].id
                 collector.reset()
                 started = time.perf_counter()
-                forwarder.run(seconds=600, linger=0)
+                runner.run(seconds=600, linger=0)
                 elapsed = time.perf_counter() - started
                 stats = collector.stats(low=low, high=high)
                 dropped += total - stats["present"]

@@ -9,13 +9,14 @@ class ObservabilityConfig(AppConfig):
         from agentfield_site.jobs import sweeper
         from agentfield_site.lib.metrics import register
 
-        from . import events, forwarder, retention, tail
+        from . import events, retention, tail
+        from .forwarder import runner
         from .metrics import ObservabilityCollector
 
         sweeper.ticks.append(retention.prune_if_due)
         # Streams in every server process re-read the log when it grows.
         events.after_commit.append(tail.send_wakeup)
         # The collector forwarder: woken after each commit, caught up by the sweeper.
-        events.after_commit.append(forwarder.on_commit)
-        sweeper.ticks.append(forwarder.tick)
+        events.after_commit.append(runner.on_commit)
+        sweeper.ticks.append(runner.tick)
         register("observability", ObservabilityCollector())

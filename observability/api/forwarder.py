@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from agentfield_site.lib.api import ApiError, int_param, object_body
 
-from .. import forwarder
+from ..forwarder import configuration, dead_letters
 from ..models import ForwarderConfig, ForwarderDeadLetter
 
 DEFAULT_PAGE = 50
@@ -107,7 +107,7 @@ class ObservabilityWebhookView(APIView):
         config = ForwarderConfig.current()
         if config is None:
             return Response({"configured": False})
-        return Response({"configured": True, "config": forwarder.config_document(config)})
+        return Response({"configured": True, "config": configuration.config_document(config)})
 
     @extend_schema(
         summary="Create or replace the observability webhook; an omitted secret is kept",
@@ -123,20 +123,20 @@ class ObservabilityWebhookView(APIView):
         if not isinstance(enabled, bool):
             raise ApiError(400, "bad_request", "enabled must be true or false.")
         try:
-            config = forwarder.configure(
-                url=forwarder.validate_url(data.get("url")),
-                secret=forwarder.validate_secret(data.get("secret")),
-                headers=forwarder.validate_headers(data.get("headers")),
+            config = configuration.configure(
+                url=configuration.validate_url(data.get("url")),
+                secret=configuration.validate_secret(data.get("secret")),
+                headers=configuration.validate_headers(data.get("headers")),
                 enabled=enabled,
-                event_types=forwarder.validate_event_types(data.get("event_types")),
+                event_types=configuration.validate_event_types(data.get("event_types")),
             )
-        except forwarder.ConfigError as exc:
+        except configuration.ConfigError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         return Response(
             {
                 "success": True,
                 "message": "Observability webhook saved.",
-                "config": forwarder.config_document(config),
+                "config": configuration.config_document(config),
             }
         )
 
@@ -144,7 +144,7 @@ class ObservabilityWebhookView(APIView):
         summary="Remove the observability webhook; forwarding stops", responses=MessageDocument
     )
     def delete(self, request: Request) -> Response:
-        if forwarder.unconfigure():
+        if configuration.unconfigure():
             return Response({"success": True, "message": "Observability webhook removed."})
         return Response({"success": True, "message": "No observability webhook was configured."})
 
@@ -154,7 +154,7 @@ class ObservabilityStatusView(APIView):
         summary="Forwarder status: backlog, counters, last error", responses=StatusDocument
     )
     def get(self, request: Request) -> Response:
-        return Response(forwarder.status())
+        return Response(configuration.status())
 
 
 class ObservabilityDeadLettersView(APIView):
@@ -185,7 +185,7 @@ class ObservabilityDeadLettersView(APIView):
 
     @extend_schema(summary="Clear the dead letter queue", responses=MessageDocument)
     def delete(self, request: Request) -> Response:
-        removed = forwarder.clear_dead_letters()
+        removed = dead_letters.clear()
         return Response(
             {"success": True, "message": f"Removed {removed} dead letters.", "removed": removed}
         )
@@ -199,6 +199,6 @@ class ObservabilityRedriveView(APIView):
     )
     def post(self, request: Request) -> Response:
         try:
-            return Response(forwarder.redrive())
-        except forwarder.NotConfigured as exc:
+            return Response(dead_letters.redrive())
+        except dead_letters.NotConfigured as exc:
             raise ApiError(409, "not_configured", str(exc)) from None

@@ -5,7 +5,8 @@ import pytest
 from agentfield_site.jobs import leases
 from devtools.loopback import LoopbackServer
 from devtools.waiting import wait_for
-from observability import events, forwarder
+from observability import events
+from observability.forwarder import configuration, runner
 from observability.models import ForwarderState
 
 WORKER_ENV = {
@@ -21,7 +22,7 @@ def test_every_event_reaches_the_collector_across_a_worker_crash(proc_env, setti
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     # A slow collector keeps the forwarder busy long enough to be killed mid-send.
     with LoopbackServer.collector(delay=0.1) as collector:
-        forwarder.configure(
+        configuration.configure(
             url=collector.url, secret="s3cret", headers={}, enabled=True, event_types=["*"]
         )
         ids = [
@@ -42,7 +43,7 @@ def test_every_event_reaches_the_collector_across_a_worker_crash(proc_env, setti
         assert cursor_at_kill < ids[-1]
 
         # Let the dead worker's lease lapse, then start a fresh one.
-        wait_for(lambda: not leases.is_held(forwarder.LEASE), timeout=10, what="the forwarder lease to lapse")
+        wait_for(lambda: not leases.is_held(runner.LEASE), timeout=10, what="the forwarder lease to lapse")
         worker = proc_env.worker(WORKER_ENV)
         wait_for(
             lambda: set(ids) <= set(collector.accepted_ids()),

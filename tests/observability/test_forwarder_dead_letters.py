@@ -4,7 +4,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from devtools.loopback import LoopbackServer
-from observability import events, forwarder
+from observability import events
+from observability.forwarder import runner
 from observability.models import ForwarderDeadLetter, ForwarderState
 
 BASE = "/api/v1/settings/observability-webhook"
@@ -32,7 +33,7 @@ def test_a_failing_collector_gets_three_attempts_then_every_event_is_dead_letter
     with LoopbackServer.collector(status=500) as collector:
         configure(api, collector.url)
         ids = publish(15)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert len(collector.requests) == 6, "two batches, three attempts each"
         per_batch: dict[str, int] = {}
         for request in collector.requests:
@@ -64,7 +65,7 @@ def test_a_4xx_goes_to_the_dead_letter_queue_at_once(fast, api):
     with LoopbackServer.collector(status=400) as collector:
         configure(api, collector.url)
         publish(3)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert len(collector.requests) == 1, "no retry for a 400"
     assert [e.retry_count for e in ForwarderDeadLetter.objects.all()] == [1, 1, 1]
 
@@ -74,7 +75,7 @@ def test_429_and_5xx_are_retried_and_then_delivered(fast, api):
     with LoopbackServer.collector(first=[429, 502]) as collector:
         configure(api, collector.url)
         ids = publish(2)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert [r.status for r in collector.requests] == [429, 502, 200]
         assert collector.accepted_ids() == ids
     assert ForwarderDeadLetter.objects.count() == 0
@@ -87,7 +88,7 @@ def test_redrive_delivers_every_entry_across_pages_and_empties_the_queue(fast, a
     with LoopbackServer.collector(status=503) as collector:
         configure(api, collector.url)
         ids = publish(205)
-        forwarder.run(seconds=30, linger=0)
+        runner.run(seconds=30, linger=0)
         assert api.get(f"{BASE}/dlq").json()["total_count"] == 205
 
         # Still failing: nothing leaves the queue, attempts are counted.
@@ -121,7 +122,7 @@ def test_clear_empties_the_queue(fast, api):
     with LoopbackServer.collector(status=400) as collector:
         configure(api, collector.url)
         publish(4)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
     assert api.get(f"{BASE}/dlq").json()["total_count"] == 4
     response = api.delete(f"{BASE}/dlq")
     assert response.status_code == 200 and response.json()["success"] is True
@@ -148,13 +149,13 @@ def test_a_success_clears_the_last_error(fast, api):
     with LoopbackServer.collector(status=500) as collector:
         configure(api, collector.url)
         publish(2)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         failing = api.get(f"{BASE}/status").json()
         assert "500" in failing["last_error"] and failing["last_error_at"]
 
         collector.default.status = 200
         publish(3)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
     status = api.get(f"{BASE}/status").json()
     assert status["last_error"] is None and status["last_error_at"] is None
     assert status["events_forwarded"] == 3 and status["dead_letter_count"] == 2
@@ -165,7 +166,7 @@ def test_redriven_events_count_as_forwarded(fast, api):
     with LoopbackServer.collector(status=503) as collector:
         configure(api, collector.url)
         publish(4)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert api.get(f"{BASE}/status").json()["events_forwarded"] == 0
 
         collector.default.status = 200

@@ -24,7 +24,8 @@ from agentfield_site.lib import strict_json
 from devtools.loopback import LoopbackServer
 from executions import lifecycle, nodes, submission
 from executions.models import AgentNode, Execution
-from observability import events, forwarder, tail
+from observability import events, tail
+from observability.forwarder import configuration, runner
 from observability.models import PlatformEvent
 from tests.support.sse import AsgiSse, events_only
 from webhooks.models import Subscription
@@ -233,9 +234,9 @@ def test_hostile_json_breaks_nothing_then_or_later(settings, client, django_user
         # The forwarder still delivers a later event.
         assert api.post("/api/v1/settings/observability-webhook", {"url": collector.url}, format="json").status_code == 200
         marker = events.publish("node.online", agent_node_id="after-the-storm")
-        forwarder.run(seconds=20, linger=0)
+        runner.run(seconds=20, linger=0)
         assert marker.id in collector.accepted_ids()
-        assert forwarder.status()["backlog"] == 0
+        assert configuration.status()["backlog"] == 0
     finally:
         collector.stop()
         agent.stop()

@@ -21,7 +21,8 @@ from agentfield_site.lib import strict_json
 from devtools.loopback import LoopbackServer
 from executions import nodes, submission
 from executions.models import AgentNode, Execution
-from observability import events, forwarder, tail
+from observability import events, tail
+from observability.forwarder import configuration, runner
 from observability.models import ForwarderDeadLetter, PlatformEvent
 from tests.support.sse import AsgiSse, events_only
 
@@ -160,7 +161,7 @@ def test_the_forwarder_dead_letters_an_unencodable_event_and_delivers_the_rest(s
         infinite = events.publish("node.online", agent_node_id="inf")
         store_huge_number(PlatformEvent, infinite.pk, "data")
         after = events.publish("node.online", agent_node_id="after")
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         sent = [e["event_id"] for r in collector.requests for e in json.loads(r.body)["events"]]
     assert sent == [before.id, after.id]
     letters = {d.event_id: d for d in ForwarderDeadLetter.objects.all()}
@@ -168,7 +169,7 @@ def test_the_forwarder_dead_letters_an_unencodable_event_and_delivers_the_rest(s
     assert "surrogate" in letters[bad.id].error_message and "$.data.payload.s" in letters[bad.id].error_message
     assert "does not fit a double" in letters[infinite.id].error_message
     assert letters[bad.id].payload["data"]["payload"] == {"s": "c\ufffdd"}
-    assert forwarder.status()["backlog"] == 0
+    assert configuration.status()["backlog"] == 0
     dlq = strict(api.get("/api/v1/settings/observability-webhook/dlq"))
     assert dlq["total_count"] == 2
 
