@@ -23,13 +23,12 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from aiohttp import web
-from multidict import CIMultiDict
 
 from agentfield_site.lib.signing import agentfield_signature
 from devtools.waiting import wait_for
@@ -62,7 +61,7 @@ class Received:
     """One request as it arrived, with the status it was answered."""
 
     path: str
-    headers: CIMultiDict
+    headers: Mapping[str, str]  # case-insensitive, as HTTP headers are
     body: bytes
     status: int
     at: float
@@ -197,7 +196,7 @@ class LoopbackServer:
         body = await request.read()
         with self.lock:
             reply = self._next_reply()
-            received = Received(request.path_qs, CIMultiDict(request.headers), body, reply.status, time.time())
+            received = Received(request.path_qs, request.headers.copy(), body, reply.status, time.time())
             self.requests.append(received)
             if self.secret is not None:
                 self._check_signature(received)
