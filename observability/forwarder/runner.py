@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from agentfield_site.jobs import leases
+from agentfield_site.jobs import kicks, leases
 from agentfield_site.lib import strict_json, tasks
 
 from ..models import ForwarderConfig, ForwarderState, PlatformEvent
@@ -31,7 +31,6 @@ from .configuration import enabled_cached, forwarded_types_regex
 log = logging.getLogger(__name__)
 
 LEASE = "forwarder"
-KICK_LEASE = "forwarder-kick"
 TASK = "observability.forwarder.runner.run"
 # Events read per query: large, so the database is not the bottleneck at 5,000/s.
 READ_CHUNK = 2000
@@ -364,9 +363,8 @@ def tick() -> None:
 
 def kick() -> None:
     """Enqueue one forwarder task unless a run holds the lease; at most one per KICK_SECONDS."""
-    if leases.is_held(LEASE):
-        return
-    if leases.acquire(KICK_LEASE, uuid.uuid4().hex, KICK_SECONDS):
-        tasks.enqueue(
-            TASK, cluster=settings.DELIVERY_CLUSTER, name="forwarder", timeout=settings.Q_CLUSTER["timeout"]
-        )
+    kicks.kick(LEASE, _enqueue, KICK_SECONDS)
+
+
+def _enqueue() -> None:
+    tasks.enqueue(TASK, cluster=settings.DELIVERY_CLUSTER, name="forwarder", timeout=settings.Q_CLUSTER["timeout"])
