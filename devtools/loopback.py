@@ -56,6 +56,21 @@ class Reply:
 INJECTED = Reply(500, body=b"injected failure")
 
 
+class _OnLoopback:
+    """Where a server listening on 127.0.0.1:`port` answers `path`."""
+
+    port: int
+    path: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}{self.path}"
+
+
 @dataclass
 class Received:
     """One request as it arrived, with the status it was answered."""
@@ -70,7 +85,7 @@ class Received:
         return json.loads(self.body)
 
 
-class LoopbackServer:
+class LoopbackServer(_OnLoopback):
     """An HTTP server on 127.0.0.1 that answers every POST from its script.
 
     Each request gets the next of `replies`, else (with probability `fail_rate`,
@@ -135,14 +150,6 @@ class LoopbackServer:
             self.arrived: dict[str, float] = {}
             # forwarded event id -> how many 2xx batches carried it.
             self.seen: Counter[int] = Counter()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"{self.base}{self.path}"
 
     # --- answering ------------------------------------------------------------------
     def _next_reply(self) -> Reply:
@@ -329,7 +336,7 @@ def _serve(port: int, options: dict) -> None:
     LoopbackServer(**options).serve_forever(port)
 
 
-class LoopbackProcess:
+class LoopbackProcess(_OnLoopback):
     """A `LoopbackServer` in a child process (spawned, so it shares nothing with Django's connections)."""
 
     def __init__(self, **options: Any) -> None:
@@ -340,14 +347,6 @@ class LoopbackProcess:
         self.process = multiprocessing.get_context("spawn").Process(
             target=_serve, args=(self.port, options), daemon=True
         )
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"{self.base}{self.path}"
 
     def start(self) -> "LoopbackProcess":
         self.process.start()
