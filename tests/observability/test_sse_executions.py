@@ -8,6 +8,7 @@ with `enable_event_stream=True` learns of completion from the same stream.
 
 import asyncio
 import contextlib
+import re
 import time
 
 import pytest
@@ -36,6 +37,12 @@ def submit(base: str, text: str) -> str:
 def finished(base: str, execution_id: str) -> dict | None:
     doc = requests.get(f"{base}/api/v1/executions/{execution_id}", timeout=5).json()
     return doc if doc["status"] in TERMINAL else None
+
+
+def streams_open(base: str) -> int:
+    """SSE and WebSocket streams open on the server, from its metrics (open while no key exists)."""
+    found = re.search(r"^agentfield_stream_connections (\S+)$", requests.get(f"{base}/metrics", timeout=5).text, re.M)
+    return int(float(found.group(1))) if found else 0
 
 
 def stream_ids_after(last_id: int, up_to: int) -> list[int]:
@@ -119,7 +126,8 @@ async def _sdk_run(base: str) -> tuple[object, object, float]:
     client = AgentFieldClient(base_url=base, async_config=config)
     try:
         manager = await client._get_async_execution_manager()
-        await asyncio.sleep(0.5)  # let the SDK's stream connect before the work starts
+        # The SDK's stream is open on the server before the work starts.
+        await asyncio.to_thread(wait_for, lambda: streams_open(base) >= 1, 10, 0.05, "the SDK's stream to connect")
         started = time.monotonic()
         execution_id = await client.execute_async("analyzer.process", {"document": "sdk listens"})
         # Read the SDK's own state rather than wait_for_execution_result: in 0.1.144 that
