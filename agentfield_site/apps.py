@@ -1,6 +1,7 @@
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
+from django.db.models.signals import post_migrate
 
 from .lib.loopback import is_loopback
 
@@ -10,9 +11,26 @@ class AgentfieldSiteConfig(AppConfig):
     verbose_name = "Access"
 
     def ready(self) -> None:
+        from django_q.signals import post_spawn
+
         from . import schema  # noqa: F401 - registers the OpenAPI auth extension
 
         checks.register(check_settings, checks.Tags.security)
+        # The sweeper (agentfield_site.jobs): a worker that starts kicks it; migrate schedules it.
+        post_spawn.connect(_on_worker_start, dispatch_uid="agentfield_site.jobs.sweeper.kick")
+        post_migrate.connect(_on_migrate, sender=self)
+
+
+def _on_worker_start(sender, proc_name: str, **kwargs) -> None:
+    from .jobs import sweeper
+
+    sweeper.kick(after_restart=True)
+
+
+def _on_migrate(sender, **kwargs) -> None:
+    from .jobs import sweeper
+
+    sweeper.ensure_schedule()
 
 
 def check_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:

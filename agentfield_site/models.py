@@ -57,3 +57,19 @@ class ApiKey(models.Model):
         self.prefix, self.key_hash, self.revoked_at = raw[:10], hash_key(raw), None
         self.save(update_fields=["prefix", "key_hash", "revoked_at"])
         return raw
+
+
+class Lease(models.Model):
+    """A named, expiring lock held by one process at a time (the sweeper, the forwarder)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=64, blank=True)
+    expires_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # The table keeps the name it had when the model lived in observability: moving the
+        # job machinery down changed the code's home, not the schema.
+        db_table = "observability_lease"
+
+    def __str__(self) -> str:
+        return self.name

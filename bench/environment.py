@@ -5,14 +5,7 @@ database of its own beside it, like the tests do, so a bench never touches data.
 """
 
 import os
-import socket
 import tempfile
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def setup_django(suite: str) -> None:
@@ -32,9 +25,3 @@ def setup_django(suite: str) -> None:
 
     django.setup()
 
-
-def database_url() -> str:
-    """The URL of the database Django is using now, for child processes."""
-    from tests.support.processes import database_url as current
-
-    return current()

@@ -81,8 +81,8 @@ def main(argv: list[str]) -> None:
         from django.conf import settings
         from django.db import connection
 
+        from devtools.waiting import wait_for
         from executions.models import Execution
-        from tests.support.processes import wait_for
 
         env.env.update({"Q_WORKERS": workers, "LOG_LEVEL": "WARNING"})
         web = env.daphne()

@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.environment import database_url, free_port, setup_django
+from bench.environment import setup_django
+from devtools.processes import database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 _SEQ = re.compile(rb'"seq":(\d+)')

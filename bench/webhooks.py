@@ -3,8 +3,8 @@
 `python -m bench webhooks [--n=N] [--repeat=R] [--latency-n=M] [--in-flight=64]`. Runs on the
 database that DATABASE_URL names (SQLite by default), in a throwaway database
 created beside it the way the tests do. The receiver is a separate process
-(aiohttp, keep-alive) that checks `X-AgentField-Signature` and records when each
-delivery arrived.
+(`devtools.loopback`, aiohttp, keep-alive) that checks `X-AgentField-Signature`
+and records when each delivery arrived.
 
 - engine: N completion deliveries already in the table, then `delivery.send_due()`
   in 1 and in 2 processes claims, signs, sends, writes every attempt and outcome
@@ -19,7 +19,6 @@ Figures are medians of R runs; the last line is the one figure to track:
 `webhooks_per_s=<engine, 2 processes> bare_aiohttp_per_s=<bare> ratio=<engine/bare>`.
 """
 
-import json
 import multiprocessing
 import os
 import statistics
@@ -29,46 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.environment import database_url, free_port, setup_django
+from bench.environment import setup_django
+from devtools.loopback import LoopbackProcess
+from devtools.processes import database_url
+from devtools.waiting import wait_for
 
 SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def serve_receiver(port: int) -> None:
-    """The receiver process: verify signatures, record arrival per execution id, answer 200."""
-    from aiohttp import web
-
-    sys.path.insert(0, str(ROOT))
-    from agentfield_site.lib.signing import agentfield_signature
-
-    arrived: dict[str, float] = {}
-    counts = {"requests": 0, "bad_signatures": 0}
-
-    async def hook(request: web.Request) -> web.Response:
-        body = await request.read()
-        counts["requests"] += 1
-        signature = request.headers.get("X-AgentField-Signature")
-        if signature is not None and signature != agentfield_signature(body, SECRET):
-            counts["bad_signatures"] += 1
-        arrived.setdefault(json.loads(body)["execution_id"], time.time())
-        return web.Response(text="ok")
-
-    async def stats(request: web.Request) -> web.Response:
-        return web.json_response({**counts, "distinct": len(arrived), "arrived": arrived if "times" in request.query else {}})
-
-    async def reset(request: web.Request) -> web.Response:
-        arrived.clear()
-        counts.update(requests=0, bad_signatures=0)
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.add_routes([web.post("/hook", hook), web.get("/stats", stats), web.post("/reset", reset)])
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-
-
 
 
 def _payload(execution_id: str) -> dict:
@@ -168,9 +134,8 @@ def _engine(url: str, total: int, run: int, processes: int) -> float:
     return total / elapsed
 
 
-def _latency(base: str, count: int, tmp: Path) -> list[float]:
+def _latency(receiver: LoopbackProcess, count: int, tmp: Path) -> list[float]:
     """Finished -> received, in ms, through a real worker and the on-commit wake-up."""
-    import requests
     from django.db import transaction
 
     from webhooks.completion import enqueue_completion
@@ -182,21 +147,21 @@ def _latency(base: str, count: int, tmp: Path) -> list[float]:
                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     finished: dict[str, float] = {}
     try:
-        requests.post(f"{base}/reset", timeout=5)
+        receiver.reset()
         warmup = 5
         for i in range(count + warmup):
             execution_id = f"exec_latency_{i}"
             finished[execution_id] = time.time()
             with transaction.atomic():
-                enqueue_completion(execution_id=execution_id, url=f"{base}/hook", secret=SECRET, headers={},
+                enqueue_completion(execution_id=execution_id, url=receiver.url, secret=SECRET, headers={},
                                    payload=_payload(execution_id))
-            deadline = time.monotonic() + (60 if i < warmup else 10)
-            while requests.get(f"{base}/stats", timeout=5).json()["distinct"] < i + 1:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"latency run: delivery {i} never arrived\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.005)
+            try:
+                wait_for(lambda n=i + 1: receiver.stats()["distinct"] >= n, timeout=60 if i < warmup else 10,
+                         interval=0.005, what=f"delivery {i}")
+            except TimeoutError as exc:
+                raise SystemExit(f"latency run: {exc}\n{log_path.read_text()[-3000:]}") from None
             time.sleep(0.05)
-        arrived = requests.get(f"{base}/stats", params={"times": 1}, timeout=5).json()["arrived"]
+        arrived = receiver.stats(times=1)["arrived"]
     finally:
         # A bench worker has nothing worth a graceful stop (its sweeper task runs for a minute).
         os.killpg(worker.pid, 9)
@@ -219,44 +184,30 @@ def main(argv: list[str]) -> None:
     # The engine gets the same concurrency as the bare sender: the ratio is then the
     # cost of the durable path, not of a different window.
     os.environ["WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION"] = str(in_flight)
-    port = free_port()
-    # Start the receiver before Django opens connections: a forked child must not share them.
-    receiver = multiprocessing.get_context("spawn").Process(target=serve_receiver, args=(port,), daemon=True)
-    receiver.start()
-    base = f"http://127.0.0.1:{port}"
+    receiver = LoopbackProcess(secret=SECRET).start()
     setup_django("webhooks")
 
-    import requests
     from django.conf import settings
     from django.db import connection
 
     test_db = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                requests.post(f"{base}/reset", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the bench receiver did not start") from None
-                time.sleep(0.1)
         from webhooks.completion import encode_body
 
         bodies = [encode_body(_payload(f"bare_{i}")) for i in range(total)]
         bare, engine = [], {1: [], 2: []}
         for run in range(repeat):
-            bare.append(_bare_sender(f"{base}/hook", bodies, in_flight))
+            bare.append(_bare_sender(receiver.url, bodies, in_flight))
             for processes in engine:
-                engine[processes].append(_engine(f"{base}/hook", total, run * 10 + processes, processes))
-        stats = requests.get(f"{base}/stats", timeout=5).json()
+                engine[processes].append(_engine(receiver.url, total, run * 10 + processes, processes))
+        stats = receiver.stats()
         if stats["bad_signatures"]:
             raise SystemExit(f"bad signatures at the receiver: {stats}")
         with tempfile.TemporaryDirectory() as tmp:
-            latencies = _latency(base, latency_n, Path(tmp))
+            latencies = _latency(receiver, latency_n, Path(tmp))
     finally:
         connection.creation.destroy_test_db(test_db, verbosity=0)
-        receiver.terminate()
+        receiver.stop()
 
     broker = "Redis" if settings.REDIS_URL else "ORM"
     bare_rate = statistics.median(bare)

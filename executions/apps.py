@@ -6,8 +6,9 @@ class ExecutionsConfig(AppConfig):
     verbose_name = "Agent nodes and executions"
 
     def ready(self) -> None:
+        from agentfield_site.jobs import sweeper
         from agentfield_site.lib.metrics import register
-        from observability import streams, sweeper
+        from observability import streams
         from webhooks import subscriptions
 
         from . import dispatch, nodes, ownership

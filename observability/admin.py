@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 
 from agentfield_site.escaped_admin import EscapedJSONAdmin
 
-from . import forwarder
+from .forwarder import configuration, dead_letters
 from .models import ForwarderConfig, ForwarderDeadLetter, PlatformEvent
 
 
@@ -40,7 +40,7 @@ class ForwarderConfigForm(forms.ModelForm):
     )
     clear_secret = forms.BooleanField(required=False, help_text="Remove the secret: batches go unsigned.")
     event_types = forms.JSONField(
-        initial=forwarder.ALL_TYPES, help_text='Type patterns, e.g. ["execution.*", "node.online"]; ["*"] = all.'
+        initial=configuration.ALL_TYPES, help_text='Type patterns, e.g. ["execution.*", "node.online"]; ["*"] = all.'
     )
     headers = forms.JSONField(initial=dict, required=False, help_text='Extra request headers, e.g. {"X-Team": "ops"}.')
 
@@ -52,11 +52,11 @@ class ForwarderConfigForm(forms.ModelForm):
         data = super().clean()
         try:
             if "url" in data:
-                data["url"] = forwarder.validate_url(data["url"])
-            data["headers"] = forwarder.validate_headers(data.get("headers") or {})
-            data["event_types"] = forwarder.validate_event_types(data.get("event_types"))
-            data["secret"] = forwarder.validate_secret(data.get("secret") or None)
-        except forwarder.ConfigError as exc:
+                data["url"] = configuration.validate_url(data["url"])
+            data["headers"] = configuration.validate_headers(data.get("headers") or {})
+            data["event_types"] = configuration.validate_event_types(data.get("event_types"))
+            data["secret"] = configuration.validate_secret(data.get("secret") or None)
+        except configuration.ConfigError as exc:
             raise forms.ValidationError(str(exc)) from None
         if data.get("clear_secret"):
             data["secret"] = ""
@@ -81,7 +81,7 @@ class ForwarderConfigAdmin(admin.ModelAdmin):
     def status_summary(self, obj: ForwarderConfig) -> str:
         if obj.pk is None:
             return "-"
-        return json.dumps(forwarder.status(), indent=2)
+        return json.dumps(configuration.status(), indent=2)
 
     def has_add_permission(self, request) -> bool:
         # One configuration: add only while there is none.
@@ -89,7 +89,7 @@ class ForwarderConfigAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj: ForwarderConfig, form, change: bool) -> None:
         data = form.cleaned_data
-        saved = forwarder.configure(
+        saved = configuration.configure(
             url=data["url"],
             secret=data["secret"],
             headers=data["headers"],
@@ -99,7 +99,7 @@ class ForwarderConfigAdmin(admin.ModelAdmin):
         obj.pk, obj.created_at, obj.updated_at = saved.pk, saved.created_at, saved.updated_at
 
     def delete_model(self, request, obj: ForwarderConfig) -> None:
-        forwarder.unconfigure()
+        configuration.unconfigure()
 
 
 @admin.register(ForwarderDeadLetter)
@@ -119,8 +119,8 @@ class ForwarderDeadLetterAdmin(EscapedJSONAdmin):
     @admin.action(description="Redrive selected dead letters to the collector")
     def redrive_selected(self, request, queryset) -> None:
         try:
-            result = forwarder.redrive(ids=list(queryset.values_list("id", flat=True)))
-        except forwarder.NotConfigured as exc:
+            result = dead_letters.redrive(ids=list(queryset.values_list("id", flat=True)))
+        except dead_letters.NotConfigured as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
         self.message_user(request, result["message"], messages.SUCCESS if result["success"] else messages.WARNING)

@@ -4,12 +4,13 @@ from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from . import forwarder, tail
+from . import tail
+from .forwarder import configuration
 
 
 class ObservabilityCollector:
     def collect(self) -> Iterator[Metric]:
-        status = forwarder.status()
+        status = configuration.status()
         yield GaugeMetricFamily(
             "agentfield_forwarder_backlog", "Events not yet forwarded to the collector.", value=status["backlog"]
         )

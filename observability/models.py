@@ -46,17 +46,6 @@ class PlatformEvent(models.Model):
         return doc
 
 
-class Lease(models.Model):
-    """A named, expiring lock held by one process at a time (the sweeper, the forwarder)."""
-
-    name = models.CharField(max_length=64, primary_key=True)
-    holder = models.CharField(max_length=64, blank=True)
-    expires_at = models.DateTimeField(default=timezone.now)
-
-    def __str__(self) -> str:
-        return self.name
-
-
 class ForwarderConfig(models.Model):
     """The one collector the forwarder sends every platform event to (a singleton, pk=1)."""
 

@@ -1,8 +1,8 @@
 """The soak: executions at volume through real processes while things break, then the books balance.
 
 One orchestrator (this module, on one asyncio loop) drives real daphne, qcluster
-and demo-agent processes (`tests.support.processes.ProcessEnv`) and owns the
-loopback ends: a webhook receiver that fails 30 % of requests at random and goes
+and demo-agent processes (`devtools.processes.ProcessEnv`) and owns the
+loopback ends (`devtools.loopback`): a webhook receiver that fails 30 % of requests at random and goes
 down twice, an observability collector, SSE clients that hang up and resume with
 `Last-Event-ID`. Meanwhile the worker is SIGKILLed twice and daphne restarted once.
 When the submissions are in, it waits for everything to settle, redrives the dead
@@ -22,9 +22,10 @@ from typing import Any
 import aiohttp
 from django.db import connections
 
-from soak.servers import Collector, FlakyReceiver
+from devtools.loopback import LoopbackServer, Reply
+from devtools.processes import Proc, ProcessEnv
+from devtools.waiting import wait_for_async
 from soak.sse_clients import ReconnectingSseClient
-from tests.support.processes import Proc, ProcessEnv
 
 WEBHOOK_SECRET = "whsec_c29hay1yZWNlaXZlci1zZWNyZXQtMzItYnl0ZXMhIQ=="
 COLLECTOR_SECRET = "whsec_c29hay1jb2xsZWN0b3Itc2VjcmV0LTMyLWJ5dGVzIQ=="
@@ -169,18 +170,6 @@ async def _db(fn: Callable[[], Any]) -> Any:
     return await asyncio.to_thread(call)
 
 
-async def _until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll an async predicate until truthy; TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"soak: timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 class Soak:
     """One run: start everything, submit with faults, settle, redrive, count."""
 
@@ -188,8 +177,11 @@ class Soak:
         self.env = env
         self.config = config
         self.report = SoakReport()
-        self.receiver = FlakyReceiver(WEBHOOK_SECRET, config.fail_rate, config.seed)
-        self.collector = Collector(COLLECTOR_SECRET)
+        # The receiver fails `fail_rate` of requests at random and de-duplicates on webhook-id;
+        # the collector counts every forwarded event id. Both check every signature.
+        self.receiver = LoopbackServer(path="/hook", secret=WEBHOOK_SECRET, fail_rate=config.fail_rate,
+                                       seed=config.seed)
+        self.collector = LoopbackServer(path="/collect", secret=COLLECTOR_SECRET, default=Reply(204, body=b""))
         self.accepted: dict[int, str] = {}
         self.submitted = 0
         self.web: Proc | None = None
@@ -219,7 +211,7 @@ class Soak:
             async with session.get(f"{self.base}/api/v1/nodes/analyzer") as r:
                 return r.status == 200
 
-        await _until(registered, 30, f"the demo agent to register\n{agent.log()}")
+        await wait_for_async(registered, 30, 0.5, f"the demo agent to register\n{agent.log()}")
         return baseline
 
     # --- load and faults ----------------------------------------------------------
@@ -271,12 +263,12 @@ class Soak:
         await self.receiver.come_back()
 
     async def _kill_worker(self) -> None:
-        from observability import leases, sweeper
+        from agentfield_site.jobs import leases, sweeper
 
         await asyncio.to_thread(self.worker.kill)
         # A supervisor restarts a crashed worker after a pause; waiting for the dead
         # sweeper's lease to lapse lets the new worker's start-up kick run one at once.
-        await _until(lambda: _db(lambda: not leases.is_held(sweeper.LEASE)), 20, "the sweeper lease to lapse", 0.2)
+        await wait_for_async(lambda: _db(lambda: not leases.is_held(sweeper.LEASE)), 20, 0.2, "the sweeper lease to lapse")
         self.worker = self.env.worker()
 
     async def _restart_daphne(self) -> None:
@@ -318,7 +310,7 @@ class Soak:
 
         # A run that does not settle is still counted (as lost), with the stuck rows named.
         try:
-            await _until(lambda: _db(lambda: unfinished() == 0), timeout(), "every execution to be terminal")
+            await wait_for_async(lambda: _db(lambda: unfinished() == 0), timeout(), 0.5, "every execution to be terminal")
         except TimeoutError as exc:
             self.report.stuck = await _db(lambda: [
                 f"{row['id']} {row['status']} dispatch={row['dispatch_state']}x{row['dispatch_attempts']}"
@@ -332,7 +324,7 @@ class Soak:
             return rows.count() >= len(ids) and not rows.exclude(status__in=[Delivery.DELIVERED, Delivery.DEAD]).exists()
 
         try:
-            await _until(lambda: _db(deliveries_settled), timeout(), "every delivery to be delivered or dead")
+            await wait_for_async(lambda: _db(deliveries_settled), timeout(), 0.5, "every delivery to be delivered or dead")
         except TimeoutError as exc:
             self.report.faults.append(str(exc))
 
@@ -348,7 +340,7 @@ class Soak:
             return not Delivery.objects.filter(kind=Delivery.COMPLETION).exclude(status=Delivery.DELIVERED).exists()
 
         with contextlib.suppress(TimeoutError):  # counted below as a non-empty DLQ or lost webhooks
-            await _until(lambda: _db(all_delivered), timeout(), "the redriven deliveries")
+            await wait_for_async(lambda: _db(all_delivered), timeout(), 0.5, "the redriven deliveries")
         async with session.get(f"{self.base}/api/v1/webhooks/dlq", params={"limit": 1}) as r:
             self.report.dlq_after_redrive = (await r.json())["total_count"]
 
@@ -389,20 +381,20 @@ class Soak:
             return all(c.last_id >= top for c in self.clients) and everything <= set(self.collector.seen)
 
         try:
-            await _until(caught_up, 30, "SSE clients and the collector to catch up")
+            await wait_for_async(caught_up, 30, 0.5, "SSE clients and the collector to catch up")
         except TimeoutError:
             if await _db(lambda: ForwarderDeadLetter.objects.exists()):
                 async with session.post(f"{self.base}{OBS}/redrive") as r:
                     assert r.status == 200, await r.text()
             with contextlib.suppress(TimeoutError):  # counted below
-                await _until(caught_up, 15, "the collector after its redrive")
+                await wait_for_async(caught_up, 15, 0.5, "the collector after its redrive")
         self.report.events = len(in_scope)
         self.report.sse_clients = len(self.clients)
         self.report.sse_connections = sum(c.connections for c in self.clients)
         self.report.sse_duplicates = sum(c.duplicates for c in self.clients)
         self.report.lost_sse = sum(len(in_scope - c.seen) for c in self.clients)
         self.report.collector_events = len(set(self.collector.seen) & everything)
-        self.report.collector_duplicates = self.collector.duplicates
+        self.report.collector_duplicates = self.collector.event_duplicates
         self.report.lost_collector = len(everything - set(self.collector.seen))
         self.report.forwarder_dead_letters = await _db(lambda: ForwarderDeadLetter.objects.count())
 
@@ -442,10 +434,10 @@ class Soak:
             finally:
                 await self.receiver.close()
                 await self.collector.close()
-        self.report.receiver_requests = self.receiver.requests
-        self.report.injected_failures = self.receiver.failed
+        self.report.receiver_requests = len(self.receiver.requests)
+        self.report.injected_failures = self.receiver.injected
         self.report.duplicates = self.receiver.duplicates
-        self.report.bad_signatures = self.receiver.bad_signatures + self.collector.bad_signatures
+        self.report.bad_signatures = sum(s.bad_signatures + s.unsigned for s in (self.receiver, self.collector))
         self.report.wall_seconds = time.monotonic() - started
         return self.report
 

@@ -20,7 +20,7 @@ def throwaway_database(name: str) -> Iterator["ProcessEnv"]:  # noqa: F821 - imp
     setup_django(name)
     from django.db import connection
 
-    from tests.support.processes import ProcessEnv
+    from devtools.processes import ProcessEnv
 
     test_db = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     env = ProcessEnv.for_current_database(Path(tempfile.mkdtemp(prefix=f"{name}-logs-")))

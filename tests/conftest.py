@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.support.processes import ProcessEnv
+from devtools.processes import ProcessEnv
 
 
 @pytest.fixture

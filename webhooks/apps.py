@@ -7,8 +7,9 @@ class WebhooksConfig(AppConfig):
     verbose_name = "Webhooks"
 
     def ready(self) -> None:
+        from agentfield_site.jobs import sweeper
         from agentfield_site.lib.metrics import register
-        from observability import events, sweeper
+        from observability import events
 
         from . import delivery, subscriptions
         from .metrics import WebhookCollector

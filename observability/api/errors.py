@@ -2,14 +2,14 @@
 
 from agentfield_site.lib.api import ApiError, translates
 
-from .. import forwarder
+from ..forwarder import configuration, dead_letters
 
 
-@translates(forwarder.ConfigError)
-def _config_error(exc: forwarder.ConfigError) -> ApiError:
+@translates(configuration.ConfigError)
+def _config_error(exc: configuration.ConfigError) -> ApiError:
     return ApiError(400, "bad_request", str(exc))
 
 
-@translates(forwarder.NotConfigured)
-def _not_configured(exc: forwarder.NotConfigured) -> ApiError:
+@translates(dead_letters.NotConfigured)
+def _not_configured(exc: dead_letters.NotConfigured) -> ApiError:
     return ApiError(409, "not_configured", str(exc))

@@ -19,7 +19,7 @@ from agentfield_site.lib.api import (
     validated,
 )
 
-from .. import forwarder
+from ..forwarder import configuration, dead_letters
 from ..models import ForwarderConfig, ForwarderDeadLetter
 
 DEFAULT_PAGE = 50
@@ -34,28 +34,28 @@ class CheckedField(serializers.Field):
     def to_internal_value(self, data):
         try:
             return self.check(data)
-        except forwarder.ConfigError as exc:
+        except configuration.ConfigError as exc:
             raise serializers.ValidationError(str(exc)) from None
 
 
 @extend_schema_field(OpenApiTypes.URI)
 class CollectorURLField(CheckedField):
-    check = staticmethod(forwarder.validate_url)
+    check = staticmethod(configuration.validate_url)
 
 
 @extend_schema_field(OpenApiTypes.STR)
 class SecretField(CheckedField):
-    check = staticmethod(forwarder.validate_secret)
+    check = staticmethod(configuration.validate_secret)
 
 
 @extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
 class HeadersField(CheckedField):
-    check = staticmethod(forwarder.validate_headers)
+    check = staticmethod(configuration.validate_headers)
 
 
 @extend_schema_field({"type": "array", "items": {"type": "string"}})
 class EventTypesField(CheckedField):
-    check = staticmethod(forwarder.validate_event_types)
+    check = staticmethod(configuration.validate_event_types)
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -85,7 +85,7 @@ class ConfigInput(serializers.Serializer):
             "secret": attrs.get("secret"),
             "headers": attrs.get("headers") or {},
             "enabled": attrs["enabled"],
-            "event_types": attrs.get("event_types") or forwarder.validate_event_types(None),
+            "event_types": attrs.get("event_types") or configuration.validate_event_types(None),
         }
 
 
@@ -99,7 +99,7 @@ class ConfigDocument(DocumentSerializer):
     updated_at = serializers.DateTimeField()
 
     def document(self, config: ForwarderConfig) -> dict:
-        return forwarder.config_document(config)
+        return configuration.config_document(config)
 
 
 class SettingsDocument(serializers.Serializer):
@@ -182,7 +182,7 @@ class ObservabilityWebhookView(APIView):
         responses=SavedDocument,
     )
     def post(self, request: Request) -> Response:
-        config = forwarder.configure(**validated(ConfigInput, object_body(request)))
+        config = configuration.configure(**validated(ConfigInput, object_body(request)))
         return Response(
             {"success": True, "message": "Observability webhook saved.", "config": ConfigDocument(config).data}
         )
@@ -191,7 +191,7 @@ class ObservabilityWebhookView(APIView):
         summary="Remove the observability webhook; forwarding stops", responses={200: MessageDocument}
     )
     def delete(self, request: Request) -> Response:
-        if forwarder.unconfigure():
+        if configuration.unconfigure():
             return Response({"success": True, "message": "Observability webhook removed."})
         return Response({"success": True, "message": "No observability webhook was configured."})
 
@@ -201,7 +201,7 @@ class ObservabilityStatusView(APIView):
         summary="Forwarder status: backlog, counters, last error", responses=StatusDocument
     )
     def get(self, request: Request) -> Response:
-        return Response(StatusDocument(forwarder.status()).data)
+        return Response(StatusDocument(configuration.status()).data)
 
 
 class ObservabilityDeadLettersView(APIView):
@@ -232,7 +232,7 @@ class ObservabilityDeadLettersView(APIView):
 
     @extend_schema(summary="Clear the dead letter queue", responses={200: ClearedDocument})
     def delete(self, request: Request) -> Response:
-        removed = forwarder.clear_dead_letters()
+        removed = dead_letters.clear()
         return Response({"success": True, "message": f"Removed {removed} dead letters.", "removed": removed})
 
 
@@ -243,4 +243,4 @@ class ObservabilityRedriveView(APIView):
         responses={200: RedriveDocument, 409: ErrorSerializer},
     )
     def post(self, request: Request) -> Response:
-        return Response(RedriveDocument(forwarder.redrive()).data)
+        return Response(RedriveDocument(dead_letters.redrive()).data)

@@ -3,9 +3,9 @@
 import pytest
 from rest_framework.test import APIClient
 
+from devtools.loopback import LoopbackServer
 from executions import nodes
 from executions.models import AgentNode
-from tests.executions.loopback_agent import LoopbackAgent
 
 
 @pytest.fixture
@@ -15,9 +15,8 @@ def api() -> APIClient:
 
 @pytest.fixture
 def agent():
-    server = LoopbackAgent()
-    yield server
-    server.close()
+    with LoopbackServer.agent() as server:
+        yield server
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def test_bulk_cancel_tells_the_agents_from_one_queued_task(
         import_string(task["func"])(*task["args"])  # what the dispatch cluster's worker does
     finally:
         broker.purge_queue()
-    paths = sorted(r["path"] for r in agent.requests)
+    paths = sorted(r.path for r in agent.requests)
     assert paths == sorted(f"/_internal/executions/{i}/cancel" for i in ids)
 
 
@@ -98,13 +98,13 @@ def _finish(execution: Execution) -> None:
 
 
 def test_execution_page_in_fieldsets_with_deliveries_and_events(staff, node, settings):
+    from devtools.loopback import LoopbackServer, Reply
     from tests.webhooks.conftest import drain
-    from tests.webhooks.receiver import Receiver, Reply
     from webhooks.models import Delivery
 
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     settings.WEBHOOK_RETRY_SCHEDULE = [0.1]
-    with Receiver(default=Reply(503)) as receiver:
+    with LoopbackServer(default=Reply(503)) as receiver:
         execution = _submit({"url": receiver.url})
         _finish(execution)
         row = drain(Delivery.objects.get(execution_id=execution.id))

@@ -1,13 +1,14 @@
 """Calls to agents get the webhooks' guard: AGENT_ALLOWED_HOSTS at registration and at connect time,
 no redirects, the cancel notice too, error bodies capped, ids that cannot bend the agent's URL."""
 
-import time
+import threading
 
 import pytest
 
+from devtools.loopback import LoopbackServer, Reply
+from devtools.waiting import wait_for
 from executions import cancellation, dispatch, nodes, submission
 from executions.models import AgentNode, Execution
-from tests.webhooks.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.django_db
 
@@ -57,25 +58,25 @@ def test_connect_time_check_refuses_what_registration_let_through(node, agent, s
 
 
 def test_the_cancel_notice_is_guarded_too(node, agent, settings):
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
     execution = _submit()
     assert dispatch.run(execution.id) == "accepted"
     settings.AGENT_ALLOWED_HOSTS = []
     cancellation.cancel(execution.id, "stop")
     dispatch.notify_cancel(execution.id, node.base_url)
-    time.sleep(0.5)
-    assert [r["path"] for r in agent.requests] == ["/reasoners/process"]
+    # The notice is sent from a thread of its own: once it has ended, the guard has spoken.
+    wait_for(lambda: not any(t.name == f"cancel-{execution.id}" for t in threading.enumerate()), timeout=5,
+             what="the refused cancel notice")
+    assert [r.path for r in agent.requests] == ["/reasoners/process"]
     settings.AGENT_ALLOWED_HOSTS = ["127.0.0.1"]
     dispatch.notify_cancel(execution.id, node.base_url)
-    deadline = time.monotonic() + 5
-    while len(agent.requests) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert agent.requests[-1]["path"] == f"/_internal/executions/{execution.id}/cancel"
+    wait_for(lambda: len(agent.requests) >= 2, timeout=5, what="the cancel notice")
+    assert agent.requests[-1].path == f"/_internal/executions/{execution.id}/cancel"
 
 
 def test_a_redirect_from_an_agent_is_not_followed(agent):
     """An agent that answers 307 to another address: that address never gets the input."""
-    with Receiver(default=Reply(307, {"Location": f"{agent.url}/reasoners/process"}, b"moved")) as redirector:
+    with LoopbackServer(default=Reply(307, {"Location": f"{agent.url}/reasoners/process"}, b"moved")) as redirector:
         nodes.register({"id": "redirector", "base_url": redirector.url, "reasoners": [{"id": "process"}]})
         execution = _submit("redirector")
         assert dispatch.run(execution.id) == "failed"
@@ -86,7 +87,7 @@ def test_a_redirect_from_an_agent_is_not_followed(agent):
 
 
 def test_an_agents_error_body_is_quoted_back_capped_at_2_kib(node, agent, api):
-    agent.status, agent.body = 500, ("é" * 60_000).encode()
+    agent.default.status, agent.default.body = 500, ("é" * 60_000).encode()
     execution = _submit()
     assert dispatch.run(execution.id) == "failed"
     doc = api.get(f"/api/v1/executions/{execution.id}").json()
@@ -97,7 +98,7 @@ def test_an_agents_error_body_is_quoted_back_capped_at_2_kib(node, agent, api):
 
 def test_a_result_over_the_body_limit_is_a_bad_response(node, agent, settings):
     settings.MAX_BODY_BYTES = 1000
-    agent.body = {"blob": "x" * 5000}
+    agent.default.body = {"blob": "x" * 5000}
     execution = _submit()
     assert dispatch.run(execution.id) == "failed"
     execution.refresh_from_db()

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def running(node, agent) -> Execution:
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
     execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     dispatch.run(execution.id)
     return Execution.objects.get(pk=execution.id)

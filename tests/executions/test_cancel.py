@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from devtools.waiting import wait_for
 from executions import dispatch, submission
 from executions.models import Execution
 from observability.models import PlatformEvent
@@ -17,7 +18,7 @@ def _submit() -> Execution:
 
 
 def test_cancel_a_running_execution_tells_the_agent(api, node, agent):
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
     execution = _submit()
     dispatch.run(execution.id)
     response = api.post(f"/api/v1/executions/{execution.id}/cancel", {"reason": "user asked"}, format="json")
@@ -26,10 +27,8 @@ def test_cancel_a_running_execution_tells_the_agent(api, node, agent):
     assert body["execution_id"] == execution.id and body["previous_status"] == "running"
     assert body["status"] == "cancelled" and body["reason"] == "user asked" and body["cancelled_at"]
     assert PlatformEvent.objects.filter(type="execution.cancelled", execution_id=execution.id).count() == 1
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(agent.requests) < 2:
-        time.sleep(0.02)
-    assert agent.requests[-1]["path"] == f"/_internal/executions/{execution.id}/cancel"
+    wait_for(lambda: len(agent.requests) >= 2, timeout=5, what="the cancel notice")
+    assert agent.requests[-1].path == f"/_internal/executions/{execution.id}/cancel"
 
 
 def test_cancel_twice_is_409_invalid_state(api, node):

@@ -3,9 +3,9 @@
 import pytest
 import requests
 
+from devtools.waiting import wait_for
 from executions.models import AgentNode
 from observability.models import PlatformEvent
-from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.processes
 

@@ -26,7 +26,7 @@ def test_sends_the_api_key_when_keys_are_configured(live_server, settings):
 
 
 def test_reports_like_the_sdk_after_a_202(live_server, node, agent):
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
     execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     dispatch.run(execution.id)
     run_execution(ControlPlane(live_server.url, "analyzer"), execution.id, execution.run_id, {"document": "a b"})

@@ -7,10 +7,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from devtools.processes import free_port
 from executions import dispatch, reports, submission
 from executions.models import Execution
 from observability.models import PlatformEvent
-from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -22,17 +22,17 @@ def _submit(target: str = "analyzer.process", **ids) -> Execution:
 
 
 def test_agent_gets_bare_input_and_execution_headers(node, agent):
-    agent.body = {"summary": "hi"}
+    agent.default.body = {"summary": "hi"}
     execution = _submit(run_id="run_1", session_id="sess")
     assert dispatch.run(execution.id) == "succeeded"
     [call] = agent.requests
-    assert call["path"] == "/reasoners/process"
-    assert json.loads(call["body"]) == {"document": "hi there"}
-    assert call["headers"]["X-Execution-ID"] == execution.id
-    assert call["headers"]["X-Run-ID"] == "run_1"
-    assert call["headers"]["X-Workflow-ID"] == "run_1"
-    assert call["headers"]["X-Session-ID"] == "sess"
-    assert "X-Actor-ID" not in call["headers"]
+    assert call.path == "/reasoners/process"
+    assert json.loads(call.body) == {"document": "hi there"}
+    assert call.headers["X-Execution-ID"] == execution.id
+    assert call.headers["X-Run-ID"] == "run_1"
+    assert call.headers["X-Workflow-ID"] == "run_1"
+    assert call.headers["X-Session-ID"] == "sess"
+    assert "X-Actor-ID" not in call.headers
     execution.refresh_from_db()
     assert execution.status == "succeeded" and execution.result == {"summary": "hi"}
     assert execution.started_at and execution.completed_at and execution.duration_ms is not None
@@ -45,11 +45,11 @@ def test_agent_gets_bare_input_and_execution_headers(node, agent):
 def test_skills_are_called_under_skills(node, agent):
     execution = _submit("analyzer.count")
     dispatch.run(execution.id)
-    assert agent.requests[0]["path"] == "/skills/count"
+    assert agent.requests[0].path == "/skills/count"
 
 
 def test_202_leaves_it_running_for_the_callback(node, agent):
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
     execution = _submit()
     assert dispatch.run(execution.id) == "accepted"
     execution.refresh_from_db()
@@ -62,7 +62,7 @@ def test_202_leaves_it_running_for_the_callback(node, agent):
     [(500, {"error": "boom"}, "agent_error"), (422, {"detail": "bad"}, "agent_error"), (200, b"not json", "bad_response")],
 )
 def test_agent_errors_fail_the_execution(node, agent, status, body, category):
-    agent.status, agent.body = status, body
+    agent.default.status, agent.default.body = status, body
     execution = _submit()
     assert dispatch.run(execution.id) == "failed"
     execution.refresh_from_db()
@@ -83,7 +83,7 @@ def test_unreachable_agent(node):
 
 def test_slow_agent_times_out(node, agent, settings):
     settings.AGENT_CALL_TIMEOUT = 0.3
-    agent.delay = 1.0
+    agent.default.delay = 1.0
     execution = _submit()
     dispatch.run(execution.id)
     execution.refresh_from_db()
@@ -118,7 +118,7 @@ def test_a_duplicate_task_dispatches_the_oldest_waiting_execution(node, agent):
     assert dispatch.run(first.id) == "not_claimed", "the sync API dispatches its own execution only"
     # A second wake-up for `first` (a requeue raced its task): it takes `second`, the oldest waiting.
     assert dispatch.run(first.id, or_oldest=True) == "succeeded"
-    assert [r["headers"]["X-Execution-ID"] for r in agent.requests] == [first.id, second.id]
+    assert [r.headers["X-Execution-ID"] for r in agent.requests] == [first.id, second.id]
     assert Execution.objects.get(pk=third.id).dispatch_state == Execution.Dispatch.QUEUED
     assert dispatch.run(third.id, or_oldest=True) == "succeeded"
     assert dispatch.run(second.id, or_oldest=True) == "not_claimed", "nothing is left waiting"
@@ -174,11 +174,11 @@ def test_callback_that_beats_the_202_keeps_its_outcome(node, agent):
     """Agents may report before their 202 reaches us: the finished execution stays finished."""
 
     def report_first(request):
-        reports.apply_status(request["headers"]["X-Execution-ID"], {"status": "succeeded", "result": {"early": True}})
+        reports.apply_status(request.headers["X-Execution-ID"], {"status": "succeeded", "result": {"early": True}})
         connection.close()
 
     agent.on_request = report_first
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
     execution = _submit()
     assert dispatch.run(execution.id) == "accepted"
     execution.refresh_from_db()

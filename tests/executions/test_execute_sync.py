@@ -6,6 +6,7 @@ import time
 import pytest
 from django.db import connection
 
+from devtools.waiting import wait_for
 from executions.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_sync_200_with_result(api, node, agent, completions, settings):
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    agent.body = {"summary": "done"}
+    agent.default.body = {"summary": "done"}
     response = api.post("/api/v1/execute/analyzer.process",
                         {"input": {"document": "x"}, "webhook": {"url": "http://127.0.0.1:9/h"}}, format="json")
     assert response.status_code == 200, response.content
@@ -26,7 +27,7 @@ def test_sync_200_with_result(api, node, agent, completions, settings):
 
 
 def test_sync_502_when_the_agent_fails(api, node, agent):
-    agent.status, agent.body = 500, {"error": "kaput"}
+    agent.default.status, agent.default.body = 500, {"error": "kaput"}
     response = api.post("/api/v1/execute/analyzer.process", {"input": {}}, format="json")
     assert response.status_code == 502
     body = response.json()
@@ -35,18 +36,17 @@ def test_sync_502_when_the_agent_fails(api, node, agent):
 
 
 def test_sync_waits_for_the_status_callback(api, node, agent, settings):
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
 
     def callback_later():
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            row = Execution.objects.filter(status="running").first()
-            if row:
-                time.sleep(0.1)
-                api.post(f"/api/v1/executions/{row.id}/status", {"status": "succeeded", "result": 7}, format="json")
-                break
-            time.sleep(0.02)
-        connection.close()
+        try:
+            row = wait_for(lambda: Execution.objects.filter(status="running").first(), timeout=5,
+                           interval=0.02, what="the execution to run")
+            # Deliberately late: the outcome must arrive while the sync call is waiting for it.
+            time.sleep(0.1)
+            api.post(f"/api/v1/executions/{row.id}/status", {"status": "succeeded", "result": 7}, format="json")
+        finally:
+            connection.close()
 
     thread = threading.Thread(target=callback_later)
     thread.start()
@@ -57,7 +57,7 @@ def test_sync_waits_for_the_status_callback(api, node, agent, settings):
 
 def test_sync_504_when_no_outcome_in_time(api, node, agent, settings):
     settings.AGENT_CALL_TIMEOUT = 0.5
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
     response = api.post("/api/v1/execute/analyzer.process", {"input": {}}, format="json")
     assert response.status_code == 504
     assert response.json()["error"] == "timeout" and response.json()["status"] == "running"

@@ -17,9 +17,10 @@ from agentfield.types import WebhookConfig
 from standardwebhooks import Webhook
 
 from agentfield_site.models import ApiKey
+from devtools.loopback import LoopbackServer
+from devtools.processes import free_port
+from devtools.waiting import wait_for
 from executions.models import AgentNode, Execution
-from tests.support.processes import free_port, wait_for
-from tests.webhooks.receiver import Receiver
 
 pytestmark = pytest.mark.processes
 
@@ -44,7 +45,7 @@ async def _run_client(base_url: str, target: str, webhook_url: str, api_key: str
 def test_sdk_agent_and_client_round_trip(proc_env):
     agent_key = ApiKey.create("sdk-agent", ApiKey.AGENT)[1]
     client_key = ApiKey.create("sdk-client", ApiKey.CLIENT)[1]
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         web = proc_env.daphne()
         worker = proc_env.worker()
         port = free_port()

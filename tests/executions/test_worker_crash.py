@@ -6,18 +6,18 @@ sweeper in the next worker hands the execution out again, and it completes.
 
 import pytest
 
+from agentfield_site.jobs import leases, sweeper
+from devtools.waiting import wait_for
 from executions import submission
 from executions.models import Execution
-from observability import leases, sweeper
 from observability.models import PlatformEvent
-from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.processes
 
 
 def test_sigkilled_worker_mid_dispatch_loses_nothing(proc_env, node, agent):
-    agent.delay = 1.5
-    agent.body = {"answer": 42}
+    agent.default.delay = 1.5
+    agent.default.body = {"answer": 42}
     first = proc_env.worker()
     execution, _ = submission.submit(submission.Request(target="analyzer.process", input={"q": 1}))
     wait_for(lambda: len(agent.requests) == 1, timeout=30, what=f"the first worker to call the agent\n{first.log()}")
@@ -35,7 +35,7 @@ def test_sigkilled_worker_mid_dispatch_loses_nothing(proc_env, node, agent):
     assert done.status == "succeeded" and done.result == {"answer": 42}
     assert done.dispatch_attempts == 2
     assert len(agent.requests) == 2
-    assert [r["headers"]["X-Execution-ID"] for r in agent.requests] == [execution.id] * 2
+    assert [r.headers["X-Execution-ID"] for r in agent.requests] == [execution.id] * 2
     assert PlatformEvent.objects.filter(execution_id=execution.id, type="execution.started").count() == 1
     assert PlatformEvent.objects.filter(execution_id=execution.id, type="execution.completed").count() == 1
     second.kill()  # a graceful stop would wait for its sweeper task (a 20 s run)

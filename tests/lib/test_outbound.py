@@ -6,8 +6,8 @@ import pytest
 from django.test import override_settings
 
 from agentfield_site.lib import outbound
-from tests.support.processes import free_port
-from tests.webhooks.receiver import Blackhole, Receiver, Reply
+from devtools.loopback import Blackhole, LoopbackServer, Reply
+from devtools.processes import free_port
 
 
 def send(url: str, body: bytes = b"{}", timeout: float = 2.0, **fields) -> outbound.Outcome:
@@ -16,8 +16,8 @@ def send(url: str, body: bytes = b"{}", timeout: float = 2.0, **fields) -> outbo
 
 @override_settings(WEBHOOK_ALLOWED_HOSTS=[])
 def test_connect_time_guard_refuses_loopback_names_and_spellings():
-    with Receiver() as receiver:
-        port = receiver.server.server_address[1]
+    with LoopbackServer() as receiver:
+        port = receiver.port
         for url in (
             receiver.url,
             f"http://localhost:{port}/hook",  # a name that resolves to loopback now (rebinding)
@@ -40,7 +40,7 @@ def test_metadata_address_refused_without_a_connection():
 
 @override_settings(WEBHOOK_ALLOWED_HOSTS=["127.0.0.1"])
 def test_redirect_not_followed_and_signed_headers_sent():
-    with Receiver(Reply(302, {"Location": "http://169.254.169.254/"}, b"moved")) as receiver:
+    with LoopbackServer(Reply(302, {"Location": "http://169.254.169.254/"}, b"moved")) as receiver:
         outcome = send(
             receiver.url, b'{"a":1}', secrets=["whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="],
             headers={"Authorization": "Bearer t"},
@@ -61,7 +61,7 @@ def test_redirect_not_followed_and_signed_headers_sent():
 
 @override_settings(WEBHOOK_ALLOWED_HOSTS=["127.0.0.1"], WEBHOOK_RESPONSE_BODY_LIMIT=10)
 def test_response_body_capped_and_timeout_reported():
-    with Receiver(Reply(200, {"Retry-After": "3"}, b"x" * 100_000), Reply(200, delay=3.0)) as receiver:
+    with LoopbackServer(Reply(200, {"Retry-After": "3"}, b"x" * 100_000), Reply(200, delay=3.0)) as receiver:
         outcome = send(receiver.url)
         assert outcome.ok and outcome.body == "x" * 10 and outcome.retry_after == "3"
         slow = send(receiver.url, timeout=0.3)
@@ -86,7 +86,7 @@ def test_many_slow_requests_share_one_thread():
         futures = [client.submit(outbound.Request(blackhole.url, b"{}", f"whd_{i}", timeout=1.0)) for i in range(100)]
         assert threading.active_count() <= before + 1
         outcomes = [f.result(timeout=10) for f in futures]
-        assert len(blackhole.connections) == 100
+        assert blackhole.connections == 100
     assert all("timeout" in o.error for o in outcomes)
 
 
@@ -115,8 +115,8 @@ def test_destination_of(url, destination):
 
 @override_settings(WEBHOOK_ALLOWED_HOSTS=["127.0.0.0/8"])
 def test_a_network_in_the_allow_list_admits_its_addresses_at_connect_time():
-    with Receiver() as receiver:
-        port = receiver.server.server_address[1]
+    with LoopbackServer() as receiver:
+        port = receiver.port
         for url in (receiver.url, f"http://localhost:{port}/hook"):
             assert send(url).ok, url
         assert len(receiver.requests) == 2

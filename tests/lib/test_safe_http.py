@@ -40,7 +40,7 @@ def test_check_url_accepts_public_addresses():
 @override_settings(WEBHOOK_ALLOWED_HOSTS=[])
 def test_an_allow_list_of_its_own_matches_networks_by_the_resolved_address():
     """Agents pass AGENT_ALLOWED_HOSTS: addresses and networks match whatever the spelling resolves to."""
-    from tests.webhooks.receiver import Receiver
+    from devtools.loopback import LoopbackServer
 
     loopback = ["127.0.0.0/8", "::1"]
     for url in ("http://0x7f000001:9/x", "http://2130706433:9/x", "http://127.1.2.3:9/", "http://[::1]:9/",
@@ -52,8 +52,8 @@ def test_an_allow_list_of_its_own_matches_networks_by_the_resolved_address():
         safe_http.check_url("http://169.254.169.254/", loopback)
     with pytest.raises(safe_http.UnsafeURL):
         safe_http.check_url("http://0x7f000001:9/", ["localhost"])  # a name matches only as spelled
-    with Receiver() as receiver:
-        hex_url = f"http://0x7f000001:{receiver.server.server_address[1]}/hook"
+    with LoopbackServer() as receiver:
+        hex_url = f"http://0x7f000001:{receiver.port}/hook"
         allowed = safe_http.new_session(allowed_hosts=loopback).post(hex_url, data=b"{}", timeout=2)
         assert allowed.status_code == 200
         with pytest.raises(safe_http.UnsafeURL, match="loopback"):

@@ -15,8 +15,9 @@ from django.contrib.admin.utils import quote
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from tests.support.processes import ROOT, wait_for
-from tests.webhooks.receiver import Receiver, Reply
+from devtools.loopback import LoopbackServer, Reply
+from devtools.processes import ROOT
+from devtools.waiting import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -47,7 +48,7 @@ def test_dashboard_shows_an_execution_succeed_live(proc_env, tmp_path):
     wait_for(lambda: requests.get(f"{web.url}/api/v1/nodes/analyzer", timeout=2).ok, timeout=30,
              what=f"demo agent registration\n{agent.log()}")
     shot = tmp_path / "dashboard.png"
-    with Receiver() as receiver, sync_playwright() as pw:
+    with LoopbackServer() as receiver, sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],

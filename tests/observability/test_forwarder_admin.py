@@ -3,9 +3,10 @@
 import pytest
 from django.contrib.auth.models import User
 
-from observability import events, forwarder
+from devtools.loopback import LoopbackServer
+from observability import events
+from observability.forwarder import configuration, runner
 from observability.models import ForwarderConfig, ForwarderDeadLetter
-from tests.observability.collector import Collector
 
 
 @pytest.fixture
@@ -61,16 +62,16 @@ def test_admin_adds_one_configuration_and_never_shows_the_secret(staff):
 
 @pytest.mark.django_db
 def test_admin_redrive_action_delivers_selected_dead_letters(staff):
-    with Collector(status=400) as collector:
-        forwarder.configure(
+    with LoopbackServer.collector(status=400) as collector:
+        configuration.configure(
             url=collector.url, secret="s", headers={}, enabled=True, event_types=["*"]
         )
         ids = [e.id for e in events.publish_many(events.build("node.online") for _ in range(4))]
-        forwarder.run(seconds=5, linger=0)
+        runner.run(seconds=5, linger=0)
         assert ForwarderDeadLetter.objects.count() == 4
         assert staff.get("/admin/observability/forwarderdeadletter/").status_code == 200
 
-        collector.status = 200
+        collector.default.status = 200
         chosen = list(ForwarderDeadLetter.objects.order_by("id").values_list("id", flat=True)[:3])
         response = staff.post(
             "/admin/observability/forwarderdeadletter/",

@@ -1,13 +1,13 @@
 """A worker SIGKILLed mid-forwarding loses nothing: the next one resumes from the durable cursor."""
 
-import time
-
 import pytest
 
-from observability import events, forwarder
+from agentfield_site.jobs import leases
+from devtools.loopback import LoopbackServer
+from devtools.waiting import wait_for
+from observability import events
+from observability.forwarder import configuration, runner
 from observability.models import ForwarderState
-from tests.observability.collector import Collector
-from tests.support.processes import wait_for
 
 WORKER_ENV = {
     "OBSERVABILITY_LEASE_SECONDS": "2",
@@ -21,8 +21,8 @@ WORKER_ENV = {
 def test_every_event_reaches_the_collector_across_a_worker_crash(proc_env, settings):
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     # A slow collector keeps the forwarder busy long enough to be killed mid-send.
-    with Collector(delay=0.1) as collector:
-        forwarder.configure(
+    with LoopbackServer.collector(delay=0.1) as collector:
+        configuration.configure(
             url=collector.url, secret="s3cret", headers={}, enabled=True, event_types=["*"]
         )
         ids = [
@@ -42,8 +42,8 @@ def test_every_event_reaches_the_collector_across_a_worker_crash(proc_env, setti
         cursor_at_kill = ForwarderState.get().cursor
         assert cursor_at_kill < ids[-1]
 
-        # Let the dead worker's leases lapse, then start a fresh one.
-        time.sleep(2.5)
+        # Let the dead worker's lease lapse, then start a fresh one.
+        wait_for(lambda: not leases.is_held(runner.LEASE), timeout=10, what="the forwarder lease to lapse")
         worker = proc_env.worker(WORKER_ENV)
         wait_for(
             lambda: set(ids) <= set(collector.accepted_ids()),

@@ -3,9 +3,10 @@
 import pytest
 from rest_framework.test import APIClient
 
-from observability import events, forwarder
+from devtools.loopback import LoopbackServer
+from observability import events
+from observability.forwarder import runner
 from observability.models import ForwarderDeadLetter, ForwarderState
-from tests.observability.collector import Collector
 
 BASE = "/api/v1/settings/observability-webhook"
 
@@ -29,15 +30,15 @@ def configure(api: APIClient, url: str) -> None:
 
 @pytest.mark.django_db
 def test_a_failing_collector_gets_three_attempts_then_every_event_is_dead_lettered(fast, api):
-    with Collector(status=500) as collector:
+    with LoopbackServer.collector(status=500) as collector:
         configure(api, collector.url)
         ids = publish(15)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert len(collector.requests) == 6, "two batches, three attempts each"
         per_batch: dict[str, int] = {}
         for request in collector.requests:
-            per_batch[request["headers"]["webhook-id"]] = (
-                per_batch.get(request["headers"]["webhook-id"], 0) + 1
+            per_batch[request.headers["webhook-id"]] = (
+                per_batch.get(request.headers["webhook-id"], 0) + 1
             )
         assert sorted(per_batch.values()) == [3, 3], "retries keep the batch's webhook-id"
 
@@ -61,21 +62,21 @@ def test_a_failing_collector_gets_three_attempts_then_every_event_is_dead_letter
 
 @pytest.mark.django_db
 def test_a_4xx_goes_to_the_dead_letter_queue_at_once(fast, api):
-    with Collector(status=400) as collector:
+    with LoopbackServer.collector(status=400) as collector:
         configure(api, collector.url)
         publish(3)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert len(collector.requests) == 1, "no retry for a 400"
     assert [e.retry_count for e in ForwarderDeadLetter.objects.all()] == [1, 1, 1]
 
 
 @pytest.mark.django_db
 def test_429_and_5xx_are_retried_and_then_delivered(fast, api):
-    with Collector(first=[429, 502]) as collector:
+    with LoopbackServer.collector(first=[429, 502]) as collector:
         configure(api, collector.url)
         ids = publish(2)
-        forwarder.run(seconds=10, linger=0)
-        assert [r["status"] for r in collector.requests] == [429, 502, 200]
+        runner.run(seconds=10, linger=0)
+        assert [r.status for r in collector.requests] == [429, 502, 200]
         assert collector.accepted_ids() == ids
     assert ForwarderDeadLetter.objects.count() == 0
     assert api.get(f"{BASE}/status").json()["events_forwarded"] == 2
@@ -84,10 +85,10 @@ def test_429_and_5xx_are_retried_and_then_delivered(fast, api):
 @pytest.mark.django_db
 def test_redrive_delivers_every_entry_across_pages_and_empties_the_queue(fast, api):
     fast.OBSERVABILITY_BATCH_SIZE = 3  # several redrive batches and chunks
-    with Collector(status=503) as collector:
+    with LoopbackServer.collector(status=503) as collector:
         configure(api, collector.url)
         ids = publish(205)
-        forwarder.run(seconds=30, linger=0)
+        runner.run(seconds=30, linger=0)
         assert api.get(f"{BASE}/dlq").json()["total_count"] == 205
 
         # Still failing: nothing leaves the queue, attempts are counted.
@@ -101,7 +102,7 @@ def test_redrive_delivers_every_entry_across_pages_and_empties_the_queue(fast, a
         assert ForwarderDeadLetter.objects.count() == 205
         assert set(ForwarderDeadLetter.objects.values_list("retry_count", flat=True)) == {4}
 
-        collector.status = 200
+        collector.default.status = 200
         result = api.post(f"{BASE}/redrive").json()
         assert (result["success"], result["processed"], result["failed"]) == (True, 205, 0)
         assert sorted(collector.accepted_ids()) == ids, "every entry delivered, none skipped"
@@ -118,10 +119,10 @@ def test_redrive_delivers_every_entry_across_pages_and_empties_the_queue(fast, a
 
 @pytest.mark.django_db
 def test_clear_empties_the_queue(fast, api):
-    with Collector(status=400) as collector:
+    with LoopbackServer.collector(status=400) as collector:
         configure(api, collector.url)
         publish(4)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
     assert api.get(f"{BASE}/dlq").json()["total_count"] == 4
     response = api.delete(f"{BASE}/dlq")
     assert response.status_code == 200 and response.json()["success"] is True
@@ -145,16 +146,16 @@ def test_bad_paging_is_a_400(fast, api):
 
 @pytest.mark.django_db
 def test_a_success_clears_the_last_error(fast, api):
-    with Collector(status=500) as collector:
+    with LoopbackServer.collector(status=500) as collector:
         configure(api, collector.url)
         publish(2)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         failing = api.get(f"{BASE}/status").json()
         assert "500" in failing["last_error"] and failing["last_error_at"]
 
-        collector.status = 200
+        collector.default.status = 200
         publish(3)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
     status = api.get(f"{BASE}/status").json()
     assert status["last_error"] is None and status["last_error_at"] is None
     assert status["events_forwarded"] == 3 and status["dead_letter_count"] == 2
@@ -162,13 +163,13 @@ def test_a_success_clears_the_last_error(fast, api):
 
 @pytest.mark.django_db
 def test_redriven_events_count_as_forwarded(fast, api):
-    with Collector(status=503) as collector:
+    with LoopbackServer.collector(status=503) as collector:
         configure(api, collector.url)
         publish(4)
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert api.get(f"{BASE}/status").json()["events_forwarded"] == 0
 
-        collector.status = 200
+        collector.default.status = 200
         assert api.post(f"{BASE}/redrive").json()["processed"] == 4
     status = api.get(f"{BASE}/status").json()
     assert (status["events_forwarded"], status["dead_letter_count"], status["last_error"]) == (4, 0, None)

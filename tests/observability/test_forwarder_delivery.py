@@ -7,18 +7,19 @@ import pytest
 import standardwebhooks
 
 from agentfield_site.lib import signing
-from observability import events, forwarder
+from devtools.loopback import LoopbackServer
+from observability import events
+from observability.forwarder import configuration, runner
 from observability.models import ForwarderState
-from tests.observability.collector import Collector
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def configure(url: str, **overrides) -> None:
     fields = {"url": url, "secret": SECRET, "headers": {"X-Team": "ops"}, "enabled": True}
-    fields["event_types"] = overrides.pop("event_types", forwarder.ALL_TYPES)
+    fields["event_types"] = overrides.pop("event_types", configuration.ALL_TYPES)
     fields.update(overrides)
-    forwarder.configure(**fields)
+    configuration.configure(**fields)
 
 
 def publish(count: int, event_type: str = "execution.created") -> list[int]:
@@ -31,24 +32,24 @@ def publish(count: int, event_type: str = "execution.created") -> list[int]:
 
 @pytest.mark.django_db
 def test_batches_of_ten_carry_every_event_with_both_signatures(fast):
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url)
         ids = publish(25)
-        assert forwarder.run(seconds=10, linger=0) == 25
+        assert runner.run(seconds=10, linger=0) == 25
 
         assert collector.accepted_ids() == ids, "every event once, in id order"
         envelopes = collector.accepted()
         assert [e["event_count"] for e in envelopes] == [10, 10, 5]
         for request in collector.where(lambda r: True):
-            headers = request["headers"]
-            envelope = json.loads(request["body"])
+            headers = request.headers
+            envelope = json.loads(request.body)
             assert headers["webhook-id"] == envelope["batch_id"]
             assert headers["X-Team"] == "ops"
             assert headers["Content-Type"] == "application/json"
             # Both signatures, checked the way receivers check them.
-            standardwebhooks.Webhook(SECRET).verify(request["body"], headers)
+            standardwebhooks.Webhook(SECRET).verify(request.body, headers)
             assert headers["X-AgentField-Signature"] == signing.agentfield_signature(
-                request["body"], SECRET
+                request.body, SECRET
             )
             assert set(envelope) >= {"batch_id", "event_count", "events", "timestamp"}
             assert len(envelope["events"]) == envelope["event_count"] <= 10
@@ -62,69 +63,69 @@ def test_batches_of_ten_carry_every_event_with_both_signatures(fast):
     state = ForwarderState.get()
     assert state.cursor == ids[-1]
     assert state.events_forwarded == 25
-    assert forwarder.status()["backlog"] == 0
+    assert configuration.status()["backlog"] == 0
 
 
 @pytest.mark.django_db
 def test_a_partial_batch_waits_for_the_flush_interval(fast):
     fast.OBSERVABILITY_FLUSH_INTERVAL = 0.5
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url)
         ids = publish(3)
         started = time.time()
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert collector.accepted_ids() == ids
         (request,) = collector.requests
-        assert request["at"] - started >= 0.4, (
+        assert request.at - started >= 0.4, (
             "a partial batch is held until its first event is 0.5 s old"
         )
-        assert request["at"] - started < 3
+        assert request.at - started < 3
 
 
 @pytest.mark.django_db
 def test_a_full_batch_goes_at_once(fast):
     fast.OBSERVABILITY_FLUSH_INTERVAL = 30
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url)
         ids = publish(10)
         started = time.time()
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert collector.accepted_ids() == ids
-        assert collector.requests[0]["at"] - started < 10, "not held for the 30 s flush interval"
+        assert collector.requests[0].at - started < 10, "not held for the 30 s flush interval"
 
 
 @pytest.mark.django_db
 def test_event_type_filter_sends_matching_events_and_moves_past_the_rest(fast):
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url, event_types=["node.*", "execution.completed"])
         wanted = publish(4, "node.online") + publish(2, "execution.completed")
         publish(7, "execution.created")
         last = publish(1, "webhook.delivered")[-1]
-        assert forwarder.status()["backlog"] == 6, "backlog counts matching events only"
-        forwarder.run(seconds=10, linger=0)
+        assert configuration.status()["backlog"] == 6, "backlog counts matching events only"
+        runner.run(seconds=10, linger=0)
         assert collector.accepted_ids() == wanted
     assert ForwarderState.get().cursor == last, "filtered-out events advance the cursor"
-    assert forwarder.status()["backlog"] == 0
+    assert configuration.status()["backlog"] == 0
 
 
 @pytest.mark.django_db
 def test_events_written_while_the_collector_is_down_are_sent_later_in_order(fast):
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url)
         url = collector.url
     # Collector gone and no forwarder running: events pile up in the log.
     ids = publish(37)
-    assert forwarder.status()["backlog"] == 37
+    assert configuration.status()["backlog"] == 37
     assert ForwarderState.get().events_forwarded == 0
 
     fast.OBSERVABILITY_CONCURRENCY = 1
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url)  # same configuration, collector back (on a new port)
         assert collector.url != url
-        assert forwarder.status()["backlog"] == 37, "reconfiguring keeps the cursor"
-        forwarder.run(seconds=10, linger=0)
+        assert configuration.status()["backlog"] == 37, "reconfiguring keeps the cursor"
+        runner.run(seconds=10, linger=0)
         assert collector.accepted_ids() == ids, "all of them, in order, none twice"
-    status = forwarder.status()
+    status = configuration.status()
     assert (status["backlog"], status["events_forwarded"], status["dead_letter_count"]) == (
         0,
         37,
@@ -135,34 +136,34 @@ def test_events_written_while_the_collector_is_down_are_sent_later_in_order(fast
 
 @pytest.mark.django_db
 def test_nothing_is_sent_when_disabled_and_the_backlog_waits(fast):
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url, enabled=False)
         publish(5)
-        assert forwarder.run(seconds=1, linger=0) == 0
+        assert runner.run(seconds=1, linger=0) == 0
         assert collector.requests == []
         configure(collector.url, enabled=True)
-        forwarder.run(seconds=5, linger=0)
+        runner.run(seconds=5, linger=0)
         assert len(collector.accepted_ids()) == 5
 
 
 @pytest.mark.django_db
 def test_a_new_configuration_starts_at_the_newest_event(fast):
     publish(4)
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url)
         ids = publish(2)
-        forwarder.run(seconds=5, linger=0)
+        runner.run(seconds=5, linger=0)
         assert collector.accepted_ids() == ids
 
 
 @pytest.mark.django_db
 def test_unsigned_batches_without_a_secret(fast):
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url, secret="")
         publish(1)
-        forwarder.run(seconds=5, linger=0)
+        runner.run(seconds=5, linger=0)
         (request,) = collector.requests
-        assert "webhook-signature" not in request["headers"]
-        assert "X-AgentField-Signature" not in request["headers"]
-        assert request["headers"]["webhook-id"].startswith("batch_")
-        assert request["headers"]["webhook-timestamp"]
+        assert "webhook-signature" not in request.headers
+        assert "X-AgentField-Signature" not in request.headers
+        assert request.headers["webhook-id"].startswith("batch_")
+        assert request.headers["webhook-timestamp"]

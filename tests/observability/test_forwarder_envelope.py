@@ -2,9 +2,10 @@
 
 import pytest
 
-from observability import events, forwarder
+from devtools.loopback import LoopbackServer
+from observability import events
+from observability.forwarder import runner
 from observability.models import ForwarderDeadLetter
-from tests.observability.collector import Collector
 from tests.observability.test_forwarder_delivery import configure
 
 pytestmark = pytest.mark.django_db
@@ -36,10 +37,10 @@ def publish_one_of_each() -> None:
 
 
 def test_execution_node_and_webhook_events_in_agentfield_shape(fast):
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         configure(collector.url)
         publish_one_of_each()
-        assert forwarder.run(seconds=10, linger=0) == 3
+        assert runner.run(seconds=10, linger=0) == 3
         [execution, node, webhook] = [agentfield_collector_reads(e) for e in collector.accepted()[0]["events"]]
     assert execution == {
         "type": "execution.completed", "source": "execution", "execution": "exec_1", "workflow": "run_1",
@@ -56,10 +57,10 @@ def test_execution_node_and_webhook_events_in_agentfield_shape(fast):
 
 
 def test_dead_letters_keep_the_shape(fast):
-    with Collector(status=400) as collector:
+    with LoopbackServer.collector(status=400) as collector:
         configure(collector.url)
         publish_one_of_each()
-        forwarder.run(seconds=10, linger=0)
+        runner.run(seconds=10, linger=0)
         assert collector.accepted() == []
     entries = forwarder_dlq()
     assert [agentfield_collector_reads(e)["type"] for e in entries] == [

@@ -6,9 +6,9 @@ import pytest
 import requests
 import standardwebhooks
 
+from devtools.loopback import LoopbackServer
+from devtools.waiting import wait_for
 from observability.models import PlatformEvent
-from tests.observability.collector import Collector
-from tests.support.processes import wait_for
 
 SECRET = "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 OBS = "/api/v1/settings/observability-webhook"
@@ -29,7 +29,7 @@ def finished(base: str, execution_id: str) -> bool:
     return doc["status"] in ("succeeded", "failed", "cancelled", "timeout")
 
 
-def terminal_ids(collector: Collector) -> set[str]:
+def terminal_ids(collector: LoopbackServer) -> set[str]:
     return {
         e["data"].get("execution_id")
         for envelope in collector.accepted()
@@ -42,7 +42,7 @@ def terminal_ids(collector: Collector) -> set[str]:
 def test_configure_forward_fail_and_redrive(proc_env):
     web = proc_env.daphne()
     proc_env.worker({"OBSERVABILITY_FLUSH_INTERVAL": "0.3"})
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         response = requests.post(
             f"{web.url}{OBS}", json={"url": collector.url, "secret": SECRET}, timeout=5
         )
@@ -63,8 +63,8 @@ def test_configure_forward_fail_and_redrive(proc_env):
         )
 
         for request in collector.where(lambda r: True):
-            standardwebhooks.Webhook(SECRET).verify(request["body"], request["headers"])
-            assert json.loads(request["body"])["event_count"] <= 10
+            standardwebhooks.Webhook(SECRET).verify(request.body, request.headers)
+            assert json.loads(request.body)["event_count"] <= 10
         ids = collector.accepted_ids()
         assert len(ids) == len(set(ids)), "no event twice without a crash"
         logged = set(
@@ -77,7 +77,7 @@ def test_configure_forward_fail_and_redrive(proc_env):
         )
 
         # The collector breaks: after 3 attempts the events land in the DLQ.
-        collector.status = 500
+        collector.default.status = 500
         failed_before = len(collector.requests)
         second = {run_execution(web.url, f"later {i}") for i in range(2)}
         for execution_id in second:
@@ -102,14 +102,14 @@ def test_configure_forward_fail_and_redrive(proc_env):
         dead = {e["event_id"] for e in dlq["entries"]}
         attempts: dict[str, int] = {}
         for request in collector.requests[failed_before:]:
-            if {e["event_id"] for e in json.loads(request["body"])["events"]} <= dead:
-                attempts[request["headers"]["webhook-id"]] = (
-                    attempts.get(request["headers"]["webhook-id"], 0) + 1
+            if {e["event_id"] for e in json.loads(request.body)["events"]} <= dead:
+                attempts[request.headers["webhook-id"]] = (
+                    attempts.get(request.headers["webhook-id"], 0) + 1
                 )
         assert attempts and set(attempts.values()) == {3}, "three attempts per dead-lettered batch"
 
         # Fixed: redrive delivers every entry and empties the queue.
-        collector.status = 200
+        collector.default.status = 200
         result = requests.post(f"{web.url}{OBS}/redrive", timeout=30).json()
         assert result["success"] is True and result["failed"] == 0
         assert result["processed"] == dlq["total_count"]

@@ -5,8 +5,10 @@ import time
 import pytest
 from django_q import tasks
 
-from observability import events, forwarder, leases, sweeper
-from observability.models import Lease
+from agentfield_site.jobs import leases, sweeper
+from agentfield_site.models import Lease
+from observability import events
+from observability.forwarder import configuration, runner
 
 
 @pytest.fixture
@@ -18,43 +20,43 @@ def enqueued(monkeypatch, settings):
 
 
 def configure(enabled: bool = True) -> None:
-    forwarder.configure(
+    configuration.configure(
         url="http://collector.local/c", secret="", headers={}, enabled=enabled, event_types=["*"]
     )
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_sweeper_tick_starts_a_run_only_for_a_backlog(enqueued):
-    assert forwarder.tick in sweeper.ticks
+    assert runner.tick in sweeper.ticks
     events.publish("node.online")
-    forwarder.tick()
+    runner.tick()
     assert enqueued == [], "nothing configured"
 
     configure()
     Lease.objects.all().delete()
-    forwarder.tick()
+    runner.tick()
     assert enqueued == [], "configured after the event: no backlog"
 
     events.publish("node.online")
     Lease.objects.all().delete()
     enqueued.clear()
-    forwarder.tick()
-    assert enqueued == [forwarder.TASK]
-    forwarder.tick()
-    assert enqueued == [forwarder.TASK], "one kick per KICK_SECONDS"
+    runner.tick()
+    assert enqueued == [runner.TASK]
+    runner.tick()
+    assert enqueued == [runner.TASK], "one kick per KICK_SECONDS"
 
     Lease.objects.all().delete()
-    assert leases.acquire(forwarder.LEASE, "running", 30)
-    forwarder.tick()
-    assert enqueued == [forwarder.TASK], "a running forwarder already reads the log"
+    assert leases.acquire(runner.LEASE, "running", 30)
+    runner.tick()
+    assert enqueued == [runner.TASK], "a running forwarder already reads the log"
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_committed_event_wakes_the_forwarder(enqueued):
-    assert forwarder.on_commit in events.after_commit
+    assert runner.on_commit in events.after_commit
     configure()
     events.publish("execution.created")
-    assert enqueued == [forwarder.TASK]
+    assert enqueued == [runner.TASK]
 
     configure(enabled=False)
     Lease.objects.all().delete()
@@ -72,5 +74,5 @@ def test_the_task_run_fits_inside_the_task_timeout(settings, enqueued):
     configure()
     # 40 s timeout - (3 x 10 s + 2.4 x 6 s) - 5 s leaves no room: the run takes 1 s at most.
     started = time.monotonic()
-    forwarder.run()
+    runner.run()
     assert time.monotonic() - started < 6, "not the 50 s OBSERVABILITY_RUN_SECONDS"

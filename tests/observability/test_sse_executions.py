@@ -7,6 +7,8 @@ with `enable_event_stream=True` learns of completion from the same stream.
 """
 
 import asyncio
+import contextlib
+import re
 import time
 
 import pytest
@@ -15,8 +17,8 @@ from agentfield.async_config import AsyncConfig
 from agentfield.client import AgentFieldClient
 from django.db import connections
 
+from devtools.waiting import wait_for, wait_for_async
 from observability.models import PlatformEvent
-from tests.support.processes import wait_for
 from tests.support.sse import SocketSse, events_only
 
 pytestmark = pytest.mark.processes
@@ -35,6 +37,12 @@ def submit(base: str, text: str) -> str:
 def finished(base: str, execution_id: str) -> dict | None:
     doc = requests.get(f"{base}/api/v1/executions/{execution_id}", timeout=5).json()
     return doc if doc["status"] in TERMINAL else None
+
+
+def streams_open(base: str) -> int:
+    """SSE and WebSocket streams open on the server, from its metrics (open while no key exists)."""
+    found = re.search(r"^agentfield_stream_connections (\S+)$", requests.get(f"{base}/metrics", timeout=5).text, re.M)
+    return int(float(found.group(1))) if found else 0
 
 
 def stream_ids_after(last_id: int, up_to: int) -> list[int]:
@@ -126,16 +134,20 @@ async def _sdk_run(base: str) -> tuple[object, object, float]:
     client = AgentFieldClient(base_url=base, async_config=config)
     try:
         manager = await client._get_async_execution_manager()
-        # The work starts once the SDK's stream is open: the server counts it.
-        await asyncio.to_thread(wait_for, lambda: _open_streams(base) >= 1, timeout=30, what="the SDK's event stream")
+        # The SDK's stream is open on the server before the work starts.
+        await asyncio.to_thread(wait_for, lambda: streams_open(base) >= 1, 10, 0.05, "the SDK's stream to connect")
         started = time.monotonic()
         execution_id = await client.execute_async("analyzer.process", {"document": "sdk listens"})
         # Read the SDK's own state rather than wait_for_execution_result: in 0.1.144 that
         # returns as soon as the stream marks the execution succeeded, racing the
         # immediate poll the same event triggers to fetch the result.
         state = manager._executions[execution_id]
-        while time.monotonic() - started < 30 and state.result is None:
-            await asyncio.sleep(0.05)
+
+        async def result_known() -> bool:
+            return state.result is not None
+
+        with contextlib.suppress(TimeoutError):  # judged below, with what the SDK knew
+            await wait_for_async(result_known, timeout=30, what="the SDK to learn the result")
         assert manager._event_stream_task is not None and not manager._event_stream_task.done()
         return state.status.value, state.result, time.monotonic() - started
     finally:

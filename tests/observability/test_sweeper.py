@@ -1,8 +1,8 @@
 import pytest
 from django.utils import timezone
 
-from observability import leases, sweeper
-from observability.models import Lease
+from agentfield_site.jobs import leases, sweeper
+from agentfield_site.models import Lease
 
 
 @pytest.mark.django_db(transaction=True)

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from observability.models import Lease
-from tests.support.processes import wait_for
+from agentfield_site.models import Lease
+from devtools.waiting import wait_for
 
 pytestmark = pytest.mark.processes
 

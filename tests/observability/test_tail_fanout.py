@@ -5,6 +5,7 @@ import asyncio
 import pytest
 from django.db import connections
 
+from devtools.waiting import wait_for_async
 from observability import events, tail
 from observability.stream_filters import EventFilter
 
@@ -47,8 +48,10 @@ def test_slow_subscription_overflows_its_buffer_then_rereads_the_log(settings):
             fast_ids.extend(await drain(fast, 20))
 
         await read_fast()
-        await asyncio.sleep(settings.STREAM_POLL_SECONDS * 3)
-        assert slow.overflows >= 1
+        async def overflowed() -> bool:
+            return slow.overflows >= 1
+
+        await wait_for_async(overflowed, timeout=5, what="the slow subscription to overflow")
         assert slow.queue.qsize() <= 3
         slow_ids = await drain(slow, 20)
         assert await slow.next_event(0.3) is None
@@ -70,7 +73,10 @@ def test_one_reader_for_many_subscriptions_and_it_stops_when_they_leave():
         results = await asyncio.gather(*(drain(s, 1 if i % 2 else 5) for i, s in enumerate(subs)))
         for sub in subs:
             sub.close()
-        await asyncio.sleep(0.6)
+        async def stopped() -> bool:
+            return not tailer.running
+
+        await wait_for_async(stopped, timeout=5, what="the reader to stop")
         return ids, results, tailer.running
 
     ids, results, still_running = asyncio.run(scenario())

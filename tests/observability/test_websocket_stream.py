@@ -88,8 +88,7 @@ def test_resume_from_query_parameters():
         ws = WebsocketCommunicator(application, f"/ws/events?last_event_id={ids[1]}&execution_id=q3")
         await ws.connect()
         frames = await frames_until(ws, lambda fs: len(only_events(fs)) >= 1)
-        await asyncio.sleep(0.3)
-        assert await ws.receive_nothing(0.2)
+        assert await ws.receive_nothing(0.5)
         await ws.disconnect()
         return ids, frames
 

@@ -18,10 +18,9 @@ import pytest
 import requests
 
 from agentfield_site.models import ApiKey
-from tests.observability.collector import Collector
-from tests.support.processes import wait_for
+from devtools.loopback import LoopbackServer, Reply
+from devtools.waiting import wait_for
 from tests.support.sse import SocketSse, events_only
-from tests.webhooks.receiver import Receiver, Reply
 from webhooks.models import Delivery
 
 pytestmark = pytest.mark.processes
@@ -61,7 +60,7 @@ def test_no_secret_in_any_response_stream_body_or_log(proc_env):
     # Keys are enforced: a request without one is refused without echoing anything.
     assert requests.get(f"{web.url}/api/v1/executions", timeout=5).status_code == 401
 
-    with Receiver(default=Reply(500)) as receiver, Receiver() as sub_receiver, Collector(status=500) as collector:
+    with LoopbackServer(default=Reply(500)) as receiver, LoopbackServer() as sub_receiver, LoopbackServer.collector(status=500) as collector:
         keep("observability POST", response := api.post(
             f"{web.url}{OBS}", json={"url": collector.url, "secret": COLLECTOR_SECRET}, timeout=10))
         assert response.status_code == 200 and response.json()["config"]["has_secret"] is True
@@ -98,7 +97,7 @@ def test_no_secret_in_any_response_stream_body_or_log(proc_env):
             keep(where, _get(api, f"{web.url}{where}"))
 
         receiver.default = Reply(200)
-        collector.status = 200
+        collector.default.status = 200
         keep("webhook redrive", api.post(f"{web.url}/api/v1/webhooks/dlq/redrive", json={"all": True}, timeout=10))
         keep("observability redrive", api.post(f"{web.url}{OBS}/redrive", timeout=30))
         keep("webhook retry", api.post(f"{web.url}/api/v1/executions/{execution_id}/webhook/retry", timeout=10))
@@ -135,7 +134,7 @@ def test_no_secret_in_any_response_stream_body_or_log(proc_env):
 
         responses.append(("SSE replay", asyncio.run(replay())))
         outbound = [("receiver body", r.body.decode()) for r in receiver.requests + sub_receiver.requests]
-        outbound += [("collector body", r["body"].decode()) for r in collector.requests]
+        outbound += [("collector body", r.body.decode()) for r in collector.requests]
 
     # The headers reach their receivers, and nothing else.
     assert sub_receiver.requests[0].headers["Authorization"] == SUB_HEADER

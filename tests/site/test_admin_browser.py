@@ -10,11 +10,10 @@ from django.contrib.admin.utils import quote
 from django.contrib.auth.models import User
 from django.urls import reverse
 
+from devtools.loopback import LoopbackServer, Reply
+from devtools.processes import ROOT
 from executions import lifecycle, nodes, submission
-from tests.executions.loopback_agent import LoopbackAgent
-from tests.support.processes import ROOT
 from tests.webhooks.conftest import drain
-from tests.webhooks.receiver import Receiver, Reply
 from webhooks import subscriptions
 from webhooks.models import Delivery
 
@@ -42,10 +41,10 @@ def scene(transactional_db, settings):
     settings.WEBHOOK_RETRY_SCHEDULE = [0.1]
     settings.WEBHOOK_TIMEOUT = 2.0
     User.objects.create_superuser("ops", "ops@example.com", "pw-ops-12345")
-    agent = LoopbackAgent()
+    agent = LoopbackServer.agent().run_in_thread()
     nodes.register({"id": "analyzer", "base_url": agent.url, "version": "1.0.0",
                     "reasoners": [{"id": "process", "tags": []}], "skills": []})
-    with Receiver(default=Reply(410, body=b"gone")) as receiver:
+    with LoopbackServer(default=Reply(410, body=b"gone")) as receiver:
         dead_id = _execution_with_webhook(receiver.url)
         dead = drain(Delivery.objects.get(execution_id=dead_id))
     settings.WEBHOOK_ALLOWED_HOSTS = []
@@ -56,7 +55,7 @@ def scene(transactional_db, settings):
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     subscriptions.create(url="http://127.0.0.1:9/hook", event_types=["execution.*"], headers={})
     yield {"dead": dead, "execution_id": dead_id, "refused_id": refused_id.id}
-    agent.close()
+    agent.stop()
 
 
 def _assert_columns_visible(page, columns: list[str]) -> None:

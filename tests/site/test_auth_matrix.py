@@ -28,9 +28,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from agentfield_site.models import ApiKey
+from devtools.loopback import LoopbackServer
 from executions import lifecycle, nodes, submission
 from executions.models import AgentNode, Execution
-from tests.executions.loopback_agent import LoopbackAgent
 from webhooks import subscriptions
 from webhooks.models import Delivery, Subscription
 
@@ -109,11 +109,11 @@ ACTORS = ("admin", "env_admin", "client_own", "client_other", "agent_own", "agen
 @dataclass
 class World:
     keys: dict[str, str]
-    agent: LoopbackAgent
+    agent: LoopbackServer
     ids: dict[str, object]
 
 
-def _register(node_id: str, agent: LoopbackAgent, owner: ApiKey) -> AgentNode:
+def _register(node_id: str, agent: LoopbackServer, owner: ApiKey) -> AgentNode:
     body = {"id": node_id, "base_url": agent.url, "reasoners": [{"id": "process"}], "skills": []}
     return nodes.register(body, caller=_caller(owner))[0]
 
@@ -124,7 +124,7 @@ def _caller(key: ApiKey):
     return Caller(key.scope, key.pk, key.name)
 
 
-def _side(tag: str, agent: LoopbackAgent, client_key: ApiKey, agent_key: ApiKey) -> dict[str, object]:
+def _side(tag: str, agent: LoopbackServer, client_key: ApiKey, agent_key: ApiKey) -> dict[str, object]:
     node = _register(f"node_{tag}", agent, agent_key)
     execution, _ = submission.submit(
         submission.Request(target=f"{node.id}.process", input={"x": 1}, owner_id=client_key.pk), enqueue=False
@@ -145,7 +145,7 @@ def _side(tag: str, agent: LoopbackAgent, client_key: ApiKey, agent_key: ApiKey)
 @pytest.fixture
 def world(db, settings):
     settings.API_KEYS = ["env-admin-key"]
-    agent = LoopbackAgent()
+    agent = LoopbackServer.agent().run_in_thread()
     keys: dict[str, ApiKey] = {}
     raw: dict[str, str] = {"env_admin": "env-admin-key"}
     for actor, scope in (("admin", "admin"), ("client_own", "client"), ("client_other", "client"),
@@ -154,7 +154,7 @@ def world(db, settings):
     a = _side("a", agent, keys["client_own"], keys["agent_own"])
     b = _side("b", agent, keys["client_other"], keys["agent_other"])
     yield World(keys=raw, agent=agent, ids={**{f"{k}_a": v for k, v in a.items()}, **{f"{k}_b": v for k, v in b.items()}})
-    agent.close()
+    agent.stop()
 
 
 # What each actor gets. Ownership is in the columns: "own" actors hold A's keys,

@@ -6,15 +6,15 @@ import pytest
 import requests
 import websockets
 
+from devtools.loopback import LoopbackServer
 from executions import nodes
 from executions.models import Execution
-from tests.executions.loopback_agent import LoopbackAgent
 
 pytestmark = pytest.mark.processes
 
 
 def test_a_chunked_body_is_read_whole_or_refused_as_too_large(proc_env):
-    agent = LoopbackAgent()
+    agent = LoopbackServer.agent().run_in_thread()
     try:
         nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
         web = proc_env.daphne({"MAX_BODY_BYTES": "4096"})
@@ -34,7 +34,7 @@ def test_a_chunked_body_is_read_whole_or_refused_as_too_large(proc_env):
         assert response.status_code == 400 and response.json()["error"] == "invalid_json"
         assert Execution.objects.count() == 1
     finally:
-        agent.close()
+        agent.stop()
 
 
 def test_the_access_log_never_shows_an_api_key(proc_env):

@@ -21,12 +21,12 @@ from rest_framework.test import APIClient
 
 from agentfield_site.asgi import application
 from agentfield_site.lib import strict_json
+from devtools.loopback import LoopbackServer
 from executions import lifecycle, nodes, submission
 from executions.models import AgentNode, Execution
-from observability import events, forwarder, tail
+from observability import events, tail
+from observability.forwarder import configuration, runner
 from observability.models import PlatformEvent
-from tests.executions.loopback_agent import LoopbackAgent
-from tests.observability.collector import Collector
 from tests.support.sse import AsgiSse, events_only
 from webhooks.models import Subscription
 
@@ -136,8 +136,8 @@ def test_hostile_json_breaks_nothing_then_or_later(settings, client, django_user
     settings.OBSERVABILITY_FLUSH_INTERVAL = 0.05
     settings.OBSERVABILITY_RETRY_SCHEDULE = [0.05]
     api = APIClient()
-    agent = LoopbackAgent()
-    collector = Collector().__enter__()
+    agent = LoopbackServer.agent().run_in_thread()
+    collector = LoopbackServer.collector().run_in_thread()
     try:
         nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
 
@@ -234,9 +234,9 @@ def test_hostile_json_breaks_nothing_then_or_later(settings, client, django_user
         # The forwarder still delivers a later event.
         assert api.post("/api/v1/settings/observability-webhook", {"url": collector.url}, format="json").status_code == 200
         marker = events.publish("node.online", agent_node_id="after-the-storm")
-        forwarder.run(seconds=20, linger=0)
+        runner.run(seconds=20, linger=0)
         assert marker.id in collector.accepted_ids()
-        assert forwarder.status()["backlog"] == 0
+        assert configuration.status()["backlog"] == 0
     finally:
-        collector.__exit__(None, None, None)
-        agent.close()
+        collector.stop()
+        agent.stop()

@@ -4,8 +4,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentfield_site.models import ApiKey
+from devtools.loopback import LoopbackServer, Reply
 from tests.webhooks.conftest import drain, enqueue, webhook_settings  # noqa: F401 - the fixture
-from tests.webhooks.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,7 @@ def test_api_keys_close_it_without_a_token(client, settings):
 
 
 def test_deliveries_attempts_and_dead_letters_are_counted(client, webhook_settings):  # noqa: F811
-    with Receiver() as ok, Receiver(default=Reply(500)) as failing:
+    with LoopbackServer() as ok, LoopbackServer(default=Reply(500)) as failing:
         drain(enqueue(ok.url, execution_id="exec_ok"))
         dead = drain(enqueue(failing.url, execution_id="exec_dead"))
         enqueue(ok.url, execution_id="exec_waiting")
@@ -67,7 +67,7 @@ def test_alert_rules_use_only_exposed_metrics(client):
 
     import yaml
 
-    from tests.support.processes import ROOT
+    from devtools.processes import ROOT
     from webhooks.models import Destination
 
     # A breaker series exists only while one is open.

@@ -3,9 +3,9 @@
 import pytest
 import requests
 
+from devtools.loopback import LoopbackServer
+from devtools.waiting import wait_for
 from tests.site.test_metrics import samples
-from tests.support.processes import wait_for
-from tests.webhooks.receiver import Receiver
 
 pytestmark = pytest.mark.processes
 TOKEN = "prometheus-scrape-token"
@@ -26,7 +26,7 @@ def test_metrics_count_executions_and_deliveries_of_other_processes(proc_env):
     )
     assert requests.get(f"{web.url}/metrics", timeout=5).status_code == 401
 
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         ids = []
         for n in range(3):
             response = requests.post(

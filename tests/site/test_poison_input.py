@@ -13,11 +13,11 @@ from rest_framework.test import APIClient
 
 from agentfield_site.asgi import application
 from agentfield_site.lib.api import BodyLimitMiddleware
+from devtools.loopback import LoopbackServer
 from executions import nodes, submission
 from executions.models import AgentNode, Execution
 from observability import tail
 from observability.models import ForwarderConfig, PlatformEvent
-from tests.executions.loopback_agent import LoopbackAgent
 from webhooks.models import Subscription
 
 HOSTILE = {
@@ -35,11 +35,11 @@ HOSTILE = {
 
 @pytest.fixture
 def world(db):
-    agent = LoopbackAgent()
+    agent = LoopbackServer.agent().run_in_thread()
     nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
     execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     yield execution
-    agent.close()
+    agent.stop()
 
 
 def endpoints(execution_id: str) -> list[str]:

@@ -18,12 +18,12 @@ from rest_framework.test import APIClient
 
 from agentfield_site.asgi import application
 from agentfield_site.lib import strict_json
+from devtools.loopback import LoopbackServer
 from executions import nodes, submission
 from executions.models import AgentNode, Execution
-from observability import events, forwarder, tail
+from observability import events, tail
+from observability.forwarder import configuration, runner
 from observability.models import ForwarderDeadLetter, PlatformEvent
-from tests.executions.loopback_agent import LoopbackAgent
-from tests.observability.collector import Collector
 from tests.support.sse import AsgiSse, events_only
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("poll_without_channel_layer")]
@@ -67,7 +67,7 @@ def poison(model, pk, field: str) -> None:
 
 @pytest.fixture
 def bad_rows():
-    agent = LoopbackAgent()
+    agent = LoopbackServer.agent().run_in_thread()
     node, _ = nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
     execution, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     poison(Execution, execution.pk, "input")
@@ -76,7 +76,7 @@ def bad_rows():
     event = events.publish("node.online", agent_node_id="analyzer")
     poison(PlatformEvent, event.pk, "data")
     yield execution, node, event
-    agent.close()
+    agent.stop()
 
 
 def sendable(body: bytes | str) -> dict:
@@ -154,22 +154,22 @@ def test_the_forwarder_dead_letters_an_unencodable_event_and_delivers_the_rest(s
     settings.OBSERVABILITY_FLUSH_INTERVAL = 0.05
     settings.OBSERVABILITY_RETRY_SCHEDULE = [0.05]
     api = APIClient()
-    with Collector() as collector:
+    with LoopbackServer.collector() as collector:
         assert api.post("/api/v1/settings/observability-webhook", {"url": collector.url}, format="json").status_code == 200
         before = events.publish("node.online", agent_node_id="before")
         bad = events.publish("node.online", agent_node_id="bad", data={"s": SURROGATE})
         infinite = events.publish("node.online", agent_node_id="inf")
         store_huge_number(PlatformEvent, infinite.pk, "data")
         after = events.publish("node.online", agent_node_id="after")
-        forwarder.run(seconds=10, linger=0)
-        sent = [e["event_id"] for r in collector.requests for e in json.loads(r["body"])["events"]]
+        runner.run(seconds=10, linger=0)
+        sent = [e["event_id"] for r in collector.requests for e in json.loads(r.body)["events"]]
     assert sent == [before.id, after.id]
     letters = {d.event_id: d for d in ForwarderDeadLetter.objects.all()}
     assert set(letters) == {bad.id, infinite.id}
     assert "surrogate" in letters[bad.id].error_message and "$.data.payload.s" in letters[bad.id].error_message
     assert "does not fit a double" in letters[infinite.id].error_message
     assert letters[bad.id].payload["data"]["payload"] == {"s": "c\ufffdd"}
-    assert forwarder.status()["backlog"] == 0
+    assert configuration.status()["backlog"] == 0
     dlq = strict(api.get("/api/v1/settings/observability-webhook/dlq"))
     assert dlq["total_count"] == 2
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.support.processes import ROOT
+from devtools.processes import ROOT
 
 DOCUMENTS = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
 # A backticked repository path: `docs/metrics.md`, `demo_agent/`, `tests/site/test_readme_tour.py`.

@@ -18,7 +18,8 @@ import sys
 import pytest
 import requests
 
-from tests.support.processes import ROOT, free_port, serving, wait_for
+from devtools.processes import ROOT, free_port, serving
+from devtools.waiting import wait_for
 
 pytestmark = pytest.mark.processes
 KEY = "tour-api-key"

@@ -37,13 +37,13 @@ def test_sync_executes_waiting_for_their_agent_hold_no_place(proc_env):
     """64 sync executes wait on an agent that accepts (202) and does not report, with 4 places:
     /health and an async submit still answer within a second; when the agent reports, each caller
     gets its result."""
+    from devtools.loopback import LoopbackServer
+    from devtools.waiting import wait_for
     from executions import nodes
     from executions.models import Execution
-    from tests.executions.loopback_agent import LoopbackAgent
-    from tests.support.processes import wait_for
 
-    agent = LoopbackAgent()
-    agent.status, agent.body = 202, {"status": "processing"}
+    agent = LoopbackServer.agent().run_in_thread()
+    agent.default.status, agent.default.body = 202, {"status": "processing"}
     try:
         nodes.register({"id": "silent", "base_url": agent.url, "reasoners": [{"id": "process"}]})
         web = proc_env.daphne({"MAX_CONCURRENT_REQUESTS": "4", "AGENT_CALL_TIMEOUT": "120"})
@@ -83,4 +83,4 @@ def test_sync_executes_waiting_for_their_agent_hold_no_place(proc_env):
         assert [a.status_code for a in answers] == [200] * 64
         assert sorted(a.json()["result"]["i"] for a in answers) == list(range(64))
     finally:
-        agent.close()
+        agent.stop()

@@ -3,21 +3,21 @@
 import pytest
 from rest_framework.test import APIClient
 
+from devtools.loopback import LoopbackServer
 from executions import nodes, submission
-from tests.executions.loopback_agent import LoopbackAgent
 
 pytestmark = pytest.mark.django_db
 
 
 def test_pagination_links_drop_the_api_key(settings):
     settings.API_KEYS = ["k-in-the-url"]
-    agent = LoopbackAgent()
+    agent = LoopbackServer.agent().run_in_thread()
     try:
         nodes.register({"id": "analyzer", "base_url": agent.url, "reasoners": [{"id": "process"}]})
         for _ in range(3):
             submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
     finally:
-        agent.close()
+        agent.stop()
     api = APIClient()
     first = api.get("/api/v1/executions", {"limit": 1, "status": "queued", "api_key": "k-in-the-url"}).json()
     assert first["next"] and "k-in-the-url" not in first["next"] and "status=queued" in first["next"]

@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from agentfield_site.apps import check_settings
-from tests.support.processes import free_port, wait_for
+from devtools.processes import free_port
+from devtools.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import ROOT, children_of, free_port, serving, wait_for
+from devtools.processes import ROOT, children_of, free_port, serving
+from devtools.waiting import wait_for
 
 pytestmark = pytest.mark.processes
 

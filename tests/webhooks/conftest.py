@@ -1,10 +1,10 @@
 """Webhook test fixtures: loopback allowed, short retry schedule, a drain helper."""
 
-import time
 from queue import SimpleQueue
 
 import pytest
 
+from devtools.waiting import wait_for
 from webhooks import delivery
 from webhooks.completion import enqueue_completion
 from webhooks.models import Delivery
@@ -47,14 +47,13 @@ def enqueue(url: str, secret: str = "", execution_id: str = "exec_1", headers: d
 
 def drain(row: Delivery, timeout: float = 10.0) -> Delivery:
     """Run the engine (as a worker would) until the delivery is no longer pending."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def sent() -> Delivery | None:
         delivery.send_due()
         row.refresh_from_db()
-        if row.status not in (Delivery.PENDING, Delivery.IN_FLIGHT):
-            return row
-        time.sleep(0.02)
-    raise TimeoutError(f"delivery still {row.status} after {timeout}s")
+        return row if row.status not in (Delivery.PENDING, Delivery.IN_FLIGHT) else None
+
+    return wait_for(sent, timeout=timeout, interval=0.02, what=f"delivery {row.id} to leave the queue")
 
 
 def send_now(token: str, rows: list[Delivery]) -> list:

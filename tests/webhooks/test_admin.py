@@ -11,8 +11,8 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from devtools.loopback import LoopbackServer, Reply
 from tests.webhooks.conftest import drain, enqueue
-from tests.webhooks.receiver import Receiver, Reply
 from webhooks import subscriptions
 from webhooks.models import Delivery, Destination, Subscription
 
@@ -27,7 +27,7 @@ def staff(client):
 
 
 def test_delivery_pages_search_and_redrive_action(staff):
-    with Receiver(default=Reply(410, body=b"gone")) as receiver:
+    with LoopbackServer(default=Reply(410, body=b"gone")) as receiver:
         row = drain(enqueue(receiver.url, execution_id="exec_admin"))
         listing = staff.get("/admin/webhooks/delivery/", {"q": "exec_admin"})
         assert listing.status_code == 200 and row.webhook_id in listing.content.decode()
@@ -56,7 +56,7 @@ def test_subscription_admin_masks_the_secret(staff):
 
 
 def test_delivery_list_columns_and_read_only_page(staff):
-    with Receiver(Reply(500)) as receiver:
+    with LoopbackServer(Reply(500)) as receiver:
         row = enqueue(receiver.url, execution_id="exec_cols")
         from webhooks import delivery
 
@@ -67,7 +67,7 @@ def test_delivery_list_columns_and_read_only_page(staff):
     for column in ("column-execution_id", "column-destination", "column-attempts", "column-last_status",
                    "column-next_attempt"):
         assert column in page, column
-    assert "exec_cols" in page and f"http://127.0.0.1:{receiver.server.server_address[1]}" in page
+    assert "exec_cols" in page and f"http://127.0.0.1:{receiver.port}" in page
     # Times to the second.
     assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", page)
     detail = staff.get(reverse("admin:webhooks_delivery_change", args=[quote(row.pk)])).content.decode()
@@ -79,7 +79,7 @@ def test_delivery_list_columns_and_read_only_page(staff):
 
 
 def test_redrive_button_on_the_dead_letter_page(staff):
-    with Receiver(default=Reply(410)) as receiver:
+    with LoopbackServer(default=Reply(410)) as receiver:
         row = drain(enqueue(receiver.url, execution_id="exec_button"))
         assert row.status == Delivery.DEAD
         page_url = reverse("admin:webhooks_deadletter_change", args=[quote(row.pk)])
@@ -151,7 +151,7 @@ def test_subscription_change_form_validates_and_reenables(staff, settings):
 
 
 def test_destinations_page_shows_breakers_and_its_actions_work(staff):
-    with Receiver(default=Reply(200)) as receiver:
+    with LoopbackServer(default=Reply(200)) as receiver:
         drain(enqueue(receiver.url, execution_id="exec_ok"))
         destination = Delivery.objects.get().destination
     Destination.objects.create(

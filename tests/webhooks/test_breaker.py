@@ -9,10 +9,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from agentfield_site.lib.outbound import destination_of
+from devtools.loopback import Blackhole, LoopbackServer, Reply
+from devtools.processes import free_port
+from devtools.waiting import wait_for
 from observability.models import PlatformEvent
-from tests.support.processes import free_port
 from tests.webhooks.conftest import completion_payload, enqueue
-from tests.webhooks.receiver import Blackhole, Receiver, Reply
 from webhooks import delivery, destinations
 from webhooks.completion import encode_body
 from webhooks.models import Attempt, Delivery, Destination
@@ -59,7 +60,7 @@ def make_rows(url: str, n: int, prefix: str) -> None:
 
 
 def test_opens_after_n_failures_and_defers_without_spending_attempts(breaker):
-    with Receiver(default=Reply(503)) as receiver:
+    with LoopbackServer(default=Reply(503)) as receiver:
         rows = [enqueue(receiver.url, execution_id=f"exec_{i}") for i in range(2)]
         run_until_quiet(until=is_open)
         dest = Destination.objects.get(destination=rows[0].destination)
@@ -76,7 +77,7 @@ def test_opens_after_n_failures_and_defers_without_spending_attempts(breaker):
 
 
 def test_probe_closes_it_and_the_rest_follow(breaker):
-    with Receiver(default=Reply(503)) as receiver:
+    with LoopbackServer(default=Reply(503)) as receiver:
         for i in range(4):
             enqueue(receiver.url, execution_id=f"exec_{i}")
         run_until_quiet(until=is_open)
@@ -93,7 +94,7 @@ def test_probe_closes_it_and_the_rest_follow(breaker):
 
 
 def test_failed_probe_reopens_for_twice_the_cooldown(breaker):
-    with Receiver(default=Reply(503)) as receiver:
+    with LoopbackServer(default=Reply(503)) as receiver:
         enqueue(receiver.url)
         run_until_quiet(until=is_open)
         first = Destination.objects.get()
@@ -110,7 +111,7 @@ def test_failed_probe_reopens_for_twice_the_cooldown(breaker):
 def test_a_refused_connection_counts_and_a_4xx_does_not(breaker):
     dead = f"http://127.0.0.1:{free_port()}/hook"
     enqueue(dead, execution_id="exec_dead")
-    with Receiver(default=Reply(404)) as misdeployed:
+    with LoopbackServer(default=Reply(404)) as misdeployed:
         enqueue(misdeployed.url, execution_id="exec_404")
         run_until_quiet(until=lambda: Delivery.objects.filter(status=Delivery.DEAD).count() == 1 and is_open())
         assert len(misdeployed.requests) == 9  # the whole schedule: the receiver is up
@@ -119,14 +120,16 @@ def test_a_refused_connection_counts_and_a_4xx_does_not(breaker):
 
 
 def test_deferred_delivery_dead_letters_after_its_schedules_span(breaker):
-    with Receiver(default=Reply(503)) as receiver:
+    with LoopbackServer(default=Reply(503)) as receiver:
         row = enqueue(receiver.url)
         run_until_quiet(until=is_open)
     dest = Destination.objects.get()
     assert dest.state == Destination.OPEN
     row.refresh_from_db()
     assert row.status == Delivery.PENDING
-    Delivery.objects.filter(id=row.id).update(budget_started_at=timezone.now() - timedelta(seconds=1))
+    # Its span is over and its next retry is due.
+    Delivery.objects.filter(id=row.id).update(budget_started_at=timezone.now() - timedelta(seconds=1),
+                                              next_attempt_at=timezone.now())
     delivery.tick()
     row.refresh_from_db()
     assert row.status == Delivery.DEAD and row.attempts == FAILURES == row.attempt_log.count()
@@ -136,7 +139,7 @@ def test_deferred_delivery_dead_letters_after_its_schedules_span(breaker):
 
 
 def test_429_with_retry_after_pauses_the_destination(breaker):
-    with Receiver(Reply(429, {"Retry-After": "30"}), default=Reply(200)) as receiver:
+    with LoopbackServer(Reply(429, {"Retry-After": "30"}), default=Reply(200)) as receiver:
         enqueue(receiver.url, execution_id="exec_a")
         enqueue(receiver.url, execution_id="exec_b")
         delivery.send_due(run_seconds=0.3)
@@ -184,28 +187,26 @@ def test_open_destinations_are_skipped_by_claims(webhook_settings):
 @pytest.mark.django_db(transaction=True)
 def test_healthy_delivery_not_delayed_by_a_blackhole(breaker):
     breaker.WEBHOOK_TIMEOUT = 5.0
-    with Blackhole() as hole, Receiver() as healthy:
+    with Blackhole() as hole, LoopbackServer() as healthy:
         make_rows(hole.url, 300, "bh")
         sender = threading.Thread(target=delivery.send_due, kwargs={"run_seconds": 3.0})
         sender.start()
         try:
-            time.sleep(0.5)  # the blackhole's requests are hanging now
+            wait_for(lambda: hole.connections, timeout=5, what="the blackhole's requests to hang")
             start = time.time()
             enqueue(healthy.url, execution_id="exec_healthy")
-            deadline = time.monotonic() + 5
-            while not healthy.requests and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert healthy.requests and healthy.requests[0].at - start < 1.0
+            wait_for(lambda: healthy.requests, timeout=5, interval=0.01, what="the healthy delivery")
+            assert healthy.requests[0].at - start < 1.0
         finally:
             sender.join()
-        assert len(hole.connections) <= breaker.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION
+        assert hole.connections <= breaker.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION
 
 
 @pytest.mark.django_db(transaction=True)
 def test_no_duplicate_from_a_lapsed_lease_while_a_slow_send_is_alive(webhook_settings):
     webhook_settings.WEBHOOK_LEASE_SECONDS = 0.6
     webhook_settings.WEBHOOK_TIMEOUT = 5.0
-    with Receiver(Reply(200, delay=2.5)) as receiver:
+    with LoopbackServer(Reply(200, delay=2.5)) as receiver:
         row = enqueue(receiver.url)
         first = threading.Thread(target=delivery.send_due)
         first.start()
@@ -221,7 +222,7 @@ def test_no_duplicate_from_a_lapsed_lease_while_a_slow_send_is_alive(webhook_set
 
 
 def test_destinations_api_lists_breakers_and_queues(breaker):
-    with Receiver(default=Reply(503)) as receiver:
+    with LoopbackServer(default=Reply(503)) as receiver:
         enqueue(receiver.url)
         run_until_quiet(until=is_open)
     enqueue("http://127.0.0.1:10/other", execution_id="exec_other")

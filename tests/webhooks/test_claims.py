@@ -5,10 +5,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from observability import sweeper
+from agentfield_site.jobs import sweeper
+from devtools.loopback import LoopbackServer
 from observability.models import PlatformEvent
 from tests.webhooks.conftest import enqueue, send_now
-from tests.webhooks.receiver import Receiver
 from webhooks import delivery
 from webhooks.models import Delivery
 
@@ -27,7 +27,7 @@ def test_claim_is_exclusive_and_bounded():
 
 
 def test_lapsed_lease_reclaimed_by_the_sweeper_tick_and_stale_result_ignored():
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         row = enqueue(receiver.url)
         stale_token, [claimed] = delivery.claim(10)
         Delivery.objects.filter(id=row.id).update(lease_until=timezone.now() - timedelta(seconds=1))

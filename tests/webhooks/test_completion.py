@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 from django.db import transaction
 
+from devtools.loopback import LoopbackServer, Reply
 from tests.webhooks.conftest import completion_payload, drain, enqueue
-from tests.webhooks.receiver import Receiver, Reply
 from webhooks.completion import enqueue_completion, validate_webhook, webhook_events
 from webhooks.models import Delivery
 
@@ -91,7 +91,7 @@ def test_enqueue_rolls_back_with_the_transaction():
 
 def test_webhook_events_lists_attempts():
     assert webhook_events([]) == {}
-    with Receiver(Reply(500, body=b"down")) as receiver:
+    with LoopbackServer(Reply(500, body=b"down")) as receiver:
         waiting = enqueue("http://127.0.0.1:9/", execution_id="exec_pending")
         Delivery.objects.filter(id=waiting.id).update(next_attempt_at=waiting.created_at + timedelta(hours=1))
         drain(enqueue(receiver.url, execution_id="exec_done"))
@@ -107,7 +107,7 @@ def test_webhook_events_lists_attempts():
 
 
 def test_webhook_events_say_dead_for_a_dead_letter():
-    with Receiver(default=Reply(410, body=b"gone")) as receiver:
+    with LoopbackServer(default=Reply(410, body=b"gone")) as receiver:
         row = drain(enqueue(receiver.url, execution_id="exec_dead"))
     assert row.status == Delivery.DEAD
     [dead] = webhook_events(["exec_dead"])["exec_dead"]

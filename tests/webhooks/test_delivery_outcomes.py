@@ -6,9 +6,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from agentfield_site.lib import signing
+from devtools.loopback import LoopbackServer, Reply
 from observability.models import PlatformEvent
 from tests.webhooks.conftest import SCHEDULE, drain, enqueue
-from tests.webhooks.receiver import Receiver, Reply
 from webhooks import delivery
 from webhooks.models import Attempt, Delivery
 
@@ -21,7 +21,7 @@ def events(kind: str) -> list[PlatformEvent]:
 
 
 def test_delivered_at_once_signed_and_verified():
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         row = drain(enqueue(receiver.url, SECRET, headers={"X-Tenant": "acme"}))
     assert row.status == Delivery.DELIVERED and row.attempts == 1 and row.last_status == 200
     [req] = receiver.requests
@@ -41,7 +41,7 @@ def test_delivered_at_once_signed_and_verified():
 
 
 def test_no_secret_sends_id_and_timestamp_only():
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         drain(enqueue(receiver.url))
     headers = receiver.requests[0].headers
     assert headers["webhook-id"] and headers["webhook-timestamp"]
@@ -49,7 +49,7 @@ def test_no_secret_sends_id_and_timestamp_only():
 
 
 def test_500_then_200_on_schedule_resigned_each_attempt():
-    with Receiver(Reply(500, body=b"boom")) as receiver:
+    with LoopbackServer(Reply(500, body=b"boom")) as receiver:
         row = drain(enqueue(receiver.url, SECRET))
     assert row.status == Delivery.DELIVERED and row.attempts == 2
     first, second = receiver.requests
@@ -67,7 +67,7 @@ def test_500_then_200_on_schedule_resigned_each_attempt():
 
 
 def test_always_500_dead_after_1_plus_n_then_redrive_delivers_same_id():
-    with Receiver(default=Reply(500)) as receiver:
+    with LoopbackServer(default=Reply(500)) as receiver:
         row = drain(enqueue(receiver.url, SECRET))
         assert row.status == Delivery.DEAD and row.dead_lettered_at is not None
         assert row.attempts == 1 + len(SCHEDULE) == len(receiver.requests)
@@ -81,7 +81,7 @@ def test_always_500_dead_after_1_plus_n_then_redrive_delivers_same_id():
 
 
 def test_redrive_gives_a_fresh_budget():
-    with Receiver(default=Reply(503)) as receiver:
+    with LoopbackServer(default=Reply(503)) as receiver:
         row = drain(enqueue(receiver.url))
         delivery.redrive(Delivery.objects.filter(id=row.id))
         row = drain(row)
@@ -89,7 +89,7 @@ def test_redrive_gives_a_fresh_budget():
 
 
 def test_410_dead_at_once():
-    with Receiver(default=Reply(410)) as receiver:
+    with LoopbackServer(default=Reply(410)) as receiver:
         row = drain(enqueue(receiver.url))
     assert row.status == Delivery.DEAD and row.attempts == 1 and len(receiver.requests) == 1
     assert row.last_status == 410 and row.attempt_log.get().outcome == Attempt.DEAD
@@ -97,7 +97,7 @@ def test_410_dead_at_once():
 
 def test_receiver_slower_than_timeout(webhook_settings):
     webhook_settings.WEBHOOK_TIMEOUT = 0.3
-    with Receiver(Reply(200, delay=3.0)) as receiver:
+    with LoopbackServer(Reply(200, delay=3.0)) as receiver:
         row = drain(enqueue(receiver.url))
     assert row.status == Delivery.DELIVERED and row.attempts == 2
     slow = row.attempt_log.first()
@@ -106,7 +106,7 @@ def test_receiver_slower_than_timeout(webhook_settings):
 
 
 def test_retry_after_is_honoured_within_twice_the_schedule():
-    with Receiver(Reply(429, {"Retry-After": "0.35"}), Reply(503, {"Retry-After": "100"})) as receiver:
+    with LoopbackServer(Reply(429, {"Retry-After": "0.35"}), Reply(503, {"Retry-After": "100"})) as receiver:
         row = drain(enqueue(receiver.url))
     assert row.status == Delivery.DELIVERED
     first, second, third = (r.at for r in receiver.requests)
@@ -115,7 +115,7 @@ def test_retry_after_is_honoured_within_twice_the_schedule():
 
 
 def test_302_recorded_not_followed():
-    with Receiver(Reply(302, {"Location": "http://169.254.169.254/"}, b"moved"), Reply(200)) as receiver:
+    with LoopbackServer(Reply(302, {"Location": "http://169.254.169.254/"}, b"moved"), Reply(200)) as receiver:
         row = drain(enqueue(receiver.url))
     redirect = row.attempt_log.first()
     assert redirect.status_code == 302 and redirect.outcome == Attempt.RETRY
@@ -126,13 +126,13 @@ def test_302_recorded_not_followed():
 
 def test_large_response_body_truncated(webhook_settings):
     webhook_settings.WEBHOOK_RESPONSE_BODY_LIMIT = 100
-    with Receiver(Reply(200, body=json.dumps({"x": "y" * 1000}).encode())) as receiver:
+    with LoopbackServer(Reply(200, body=json.dumps({"x": "y" * 1000}).encode())) as receiver:
         row = drain(enqueue(receiver.url))
     assert len(row.attempt_log.get().response_body) == 100
 
 
 def test_many_deliveries_one_flush(webhook_settings):
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         rows = [enqueue(receiver.url, SECRET, execution_id=f"exec_{i}") for i in range(60)]
         assert delivery.send_due() == 60
     assert Delivery.objects.filter(status=Delivery.DELIVERED).count() == 60

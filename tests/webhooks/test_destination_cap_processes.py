@@ -1,11 +1,11 @@
 """The per-destination in-flight cap holds across worker processes, not just within one."""
 
-import threading
 import time
 
 import pytest
 
-from tests.support.processes import wait_for
+from devtools.loopback import LoopbackServer, Reply
+from devtools.waiting import wait_for
 from tests.webhooks.test_breaker import make_rows
 from webhooks.models import Delivery
 
@@ -24,44 +24,12 @@ print("recorded", recorded, flush=True)
 CAP = 4
 
 
-class CountingReceiver:
-    """A slow receiver that remembers the most requests it ever had open at once."""
-
-    def __init__(self) -> None:
-        from tests.webhooks.receiver import Receiver, Reply
-
-        self.receiver = Receiver(default=Reply(200, delay=0.3))
-        self.open = self.peak = 0
-        self.lock = threading.Lock()
-        handler = self.receiver.server.RequestHandlerClass
-        original = handler.do_POST
-        outer = self
-
-        def counted(handler_self):
-            with outer.lock:
-                outer.open += 1
-                outer.peak = max(outer.peak, outer.open)
-            try:
-                original(handler_self)
-            finally:
-                with outer.lock:
-                    outer.open -= 1
-
-        handler.do_POST = counted
-
-    def __enter__(self) -> "CountingReceiver":
-        self.receiver.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.receiver.__exit__(*exc)
-
-
 @pytest.mark.processes
 def test_cap_held_across_two_sender_processes(proc_env):
     env = {"WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION": str(CAP), "WEBHOOK_TIMEOUT": "5"}
-    with CountingReceiver() as counting:
-        make_rows(counting.receiver.url, 60, "cap")
+    # A slow receiver: the cap, not its speed, decides how many requests are open at once.
+    with LoopbackServer(default=Reply(200, delay=0.3)) as receiver:
+        make_rows(receiver.url, 60, "cap")
         senders = [proc_env.script(f"sender{i}", ["-c", SENDER], extra_env=env) for i in range(2)]
         started = time.monotonic()
         wait_for(
@@ -71,8 +39,8 @@ def test_cap_held_across_two_sender_processes(proc_env):
         elapsed = time.monotonic() - started
         for sender in senders:
             sender.popen.wait(timeout=60)
-    assert counting.peak == CAP
-    assert len(counting.receiver.requests) == 60
+    assert receiver.peak_in_flight == CAP
+    assert len(receiver.requests) == 60
     # Both processes took part (each prints how many attempts it recorded).
     recorded = [int(s.log().split("recorded", 1)[1].split()[0]) for s in senders]
     assert sum(recorded) == 60 and min(recorded) > 0, recorded

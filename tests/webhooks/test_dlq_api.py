@@ -3,9 +3,9 @@
 import pytest
 from rest_framework.test import APIClient
 
+from devtools.loopback import LoopbackServer, Reply
 from observability.models import PlatformEvent
 from tests.webhooks.conftest import drain, enqueue
-from tests.webhooks.receiver import Receiver, Reply
 from webhooks.models import Delivery
 
 pytestmark = pytest.mark.django_db
@@ -16,12 +16,12 @@ def api() -> APIClient:
     return APIClient()
 
 
-def dead(receiver: Receiver, *execution_ids: str) -> list[Delivery]:
+def dead(receiver: LoopbackServer, *execution_ids: str) -> list[Delivery]:
     return [drain(enqueue(receiver.url, execution_id=e)) for e in execution_ids]
 
 
 def test_list_entries_and_filters(api):
-    with Receiver(default=Reply(410, body=b"gone")) as receiver:
+    with LoopbackServer(default=Reply(410, body=b"gone")) as receiver:
         rows = dead(receiver, "exec_a", "exec_b", "exec_c")
     body = api.get("/api/v1/webhooks/dlq?limit=2&offset=1").json()
     assert body["total_count"] == 3 and len(body["entries"]) == 2
@@ -37,7 +37,7 @@ def test_list_entries_and_filters(api):
 
 
 def test_redrive_by_ids_all_and_filter(api):
-    with Receiver(default=Reply(410)) as receiver:
+    with LoopbackServer(default=Reply(410)) as receiver:
         a, b, c = dead(receiver, "exec_a", "exec_b", "exec_c")
         receiver.default = Reply(200)
         by_ids = api.post("/api/v1/webhooks/dlq/redrive", {"ids": [a.id]}, format="json").json()
@@ -61,7 +61,7 @@ def test_redrive_needs_a_selector(api):
 
 def test_execution_webhook_retry(api):
     assert api.post("/api/v1/executions/exec_none/webhook/retry").status_code == 404
-    with Receiver(default=Reply(410)) as receiver:
+    with LoopbackServer(default=Reply(410)) as receiver:
         [row] = dead(receiver, "exec_r")
         receiver.default = Reply(200)
         response = api.post("/api/v1/executions/exec_r/webhook/retry")

@@ -5,7 +5,8 @@ import re
 import pytest
 
 from agentfield_site.lib import signing
-from tests.support.processes import free_port, wait_for
+from devtools.processes import free_port
+from devtools.waiting import wait_for
 from tests.webhooks.conftest import drain, enqueue
 from webhooks.models import Attempt, Delivery
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from devtools.loopback import LoopbackServer
 from tests.webhooks.conftest import drain, enqueue
-from tests.webhooks.receiver import Receiver
 from webhooks.completion import validate_webhook
 from webhooks.models import Delivery
 
@@ -27,8 +27,8 @@ def test_refused_at_registration(url, webhook_settings):
 
 
 def test_name_resolving_to_loopback_refused_at_connect_time(webhook_settings):
-    with Receiver() as receiver:
-        port = receiver.server.server_address[1]
+    with LoopbackServer() as receiver:
+        port = receiver.port
         row = enqueue(f"http://localhost:{port}/hook")  # registered while allowed, say
         webhook_settings.WEBHOOK_ALLOWED_HOSTS = []
         row = drain(row)
@@ -39,8 +39,8 @@ def test_name_resolving_to_loopback_refused_at_connect_time(webhook_settings):
 
 def test_allow_list_exempts_listed_names(webhook_settings):
     webhook_settings.WEBHOOK_ALLOWED_HOSTS = ["localhost"]
-    with Receiver() as receiver:
-        port = receiver.server.server_address[1]
+    with LoopbackServer() as receiver:
+        port = receiver.port
         assert validate_webhook({"url": f"http://localhost:{port}/hook"})[1] is None
         row = drain(enqueue(f"http://localhost:{port}/hook"))
     assert row.status == Delivery.DELIVERED and len(receiver.requests) == 1

@@ -4,7 +4,7 @@ import pytest
 from django.contrib.admin.utils import quote
 from rest_framework.test import APIClient
 
-from tests.webhooks.receiver import Receiver
+from devtools.loopback import LoopbackServer
 from webhooks import subscriptions
 from webhooks.models import Subscription
 from webhooks.tasks import send_due
@@ -44,7 +44,7 @@ def test_the_admin_shows_header_names_only(client, django_user_model):
 
 def test_the_receiver_gets_the_real_value(settings):
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         sub, _ = subscriptions.create(url=receiver.url, event_types=["*"], headers={"Authorization": TOKEN})
         subscriptions.send_test(sub)
         send_due()

@@ -9,10 +9,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from standardwebhooks import Webhook
 
+from devtools.loopback import LoopbackServer, Reply
 from observability.events import publish
 from observability.models import PlatformEvent
 from tests.webhooks.conftest import send_now
-from tests.webhooks.receiver import Receiver, Reply
 from webhooks import delivery, subscriptions
 from webhooks.models import Delivery, Subscription
 
@@ -60,7 +60,7 @@ def test_bad_subscription_is_a_clear_400(api, body):
 
 
 def test_matching_events_delivered_in_the_same_transaction(api):
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         sub = create(api, receiver.url, ["execution.completed", "node.*"])
         with pytest.raises(RuntimeError), transaction.atomic():
             publish("execution.completed", execution_id="exec_rolled_back")
@@ -80,7 +80,7 @@ def test_matching_events_delivered_in_the_same_transaction(api):
 
 
 def test_webhook_events_do_not_loop(api):
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         create(api, receiver.url, ["*"])
         with transaction.atomic():
             publish("execution.completed", execution_id="exec_l")
@@ -93,7 +93,7 @@ def test_webhook_events_do_not_loop(api):
 
 
 def test_rotation_old_secret_signs_for_24h(api):
-    with Receiver() as receiver:
+    with LoopbackServer() as receiver:
         sub = create(api, receiver.url, ["*"])
         rotated = api.post(f"{BASE}/{sub['id']}/rotate-secret").json()
         assert rotated["secret"] != sub["secret"]
@@ -113,7 +113,7 @@ def test_rotation_old_secret_signs_for_24h(api):
 
 
 def test_test_send_has_no_retries(api):
-    with Receiver(default=Reply(500)) as receiver:
+    with LoopbackServer(default=Reply(500)) as receiver:
         sub = create(api, receiver.url, ["*"])
         api.post(f"{BASE}/{sub['id']}/test")
         for _ in range(3):
@@ -123,7 +123,7 @@ def test_test_send_has_no_retries(api):
 
 
 def test_410_disables_the_subscription(api):
-    with Receiver(default=Reply(410)) as receiver:
+    with LoopbackServer(default=Reply(410)) as receiver:
         sub = create(api, receiver.url, ["node.*"])
         with transaction.atomic():
             publish("node.online", agent_node_id="a")
@@ -141,7 +141,7 @@ def test_410_disables_the_subscription(api):
 
 def test_disabled_after_days_of_failure(api, webhook_settings):
     webhook_settings.WEBHOOK_DISABLE_AFTER_DAYS = 2
-    with Receiver(default=Reply(500)) as receiver:
+    with LoopbackServer(default=Reply(500)) as receiver:
         sub = create(api, receiver.url, ["node.*"])
         Subscription.objects.filter(id=sub["id"]).update(failing_since=timezone.now() - timedelta(days=3))
         with transaction.atomic():
@@ -152,7 +152,7 @@ def test_disabled_after_days_of_failure(api, webhook_settings):
 
 
 def test_success_clears_the_failure_clock(api):
-    with Receiver(Reply(500)) as receiver:
+    with LoopbackServer(Reply(500)) as receiver:
         sub = create(api, receiver.url, ["node.*"])
         with transaction.atomic():
             publish("node.online", agent_node_id="a")
@@ -166,7 +166,7 @@ def test_success_clears_the_failure_clock(api):
 
 @pytest.mark.django_db(transaction=True)  # the foreign key is checked at a real commit
 def test_subscription_deleted_while_its_delivery_is_in_flight(api):
-    with Receiver(Reply(200, delay=0.5)) as receiver:
+    with LoopbackServer(Reply(200, delay=0.5)) as receiver:
         sub = create(api, receiver.url, ["node.*"])
         with transaction.atomic():
             publish("node.online", agent_node_id="a")

@@ -3,10 +3,10 @@
 import pytest
 from django.db import transaction
 
-from observability import leases, sweeper
-from tests.support.processes import wait_for
+from agentfield_site.jobs import leases, sweeper
+from devtools.loopback import LoopbackServer, Reply
+from devtools.waiting import wait_for
 from tests.webhooks.conftest import completion_payload
-from tests.webhooks.receiver import Receiver, Reply
 from webhooks.completion import enqueue_completion
 from webhooks.models import Delivery
 
@@ -15,7 +15,7 @@ from webhooks.models import Delivery
 def test_sigkilled_worker_mid_delivery_then_restart(proc_env):
     secret = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
     # The first request hangs (the worker is killed while waiting), the next succeed.
-    with Receiver(Reply(200, delay=20)) as receiver:
+    with LoopbackServer(Reply(200, delay=20)) as receiver:
         worker = proc_env.worker()
         with transaction.atomic():
             enqueue_completion(

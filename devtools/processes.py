@@ -1,4 +1,4 @@
-"""Start and kill real processes (daphne, qcluster, the demo agent) in tests.
+"""Start and kill real processes (daphne, qcluster, the demo agent) for tests, bench and soak.
 
 Every process gets the test database's connection string, short sweeper and retry
 timings, and loopback in the webhook allow-list. Loops that wait are bounded.
@@ -10,35 +10,20 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parents[2]
+from devtools.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - report the last one on timeout
-            last_exc = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
 
 
 def database_url() -> str:

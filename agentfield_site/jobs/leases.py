@@ -6,7 +6,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import Lease
+from agentfield_site.models import Lease
 
 
 def acquire(name: str, holder: str, seconds: float) -> bool:

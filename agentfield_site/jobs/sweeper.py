@@ -21,16 +21,16 @@ from django.db import close_old_connections
 
 from agentfield_site.lib import tasks
 
-from . import leases
+from . import kicks, leases
 
 log = logging.getLogger(__name__)
 
 LEASE = "sweeper"
-KICK_LEASE = "sweeper-kick"
+KICK_LEASE = kicks.kick_lease(LEASE)
 # Kicks closer together than this are one kick: a cluster's workers all start
 # within milliseconds of each other, a restart takes longer than this.
 KICK_DEDUPE_SECONDS = 1.0
-TASK = "observability.sweeper.run"
+TASK = "agentfield_site.jobs.sweeper.run"
 ticks: list[Callable[[], None]] = []
 
 
@@ -83,10 +83,7 @@ def kick(*, after_restart: bool = False) -> None:
     `after_restart`: a worker just started, so a live-looking lease may belong to a
     process that was killed; the new task waits that lease out (see `run`).
     """
-    if leases.is_held(LEASE) and not after_restart:
-        return
-    if leases.acquire(KICK_LEASE, uuid.uuid4().hex, KICK_DEDUPE_SECONDS):
-        _enqueue()
+    kicks.kick(LEASE, _enqueue, KICK_DEDUPE_SECONDS, even_if_running=after_restart)
 
 
 def _enqueue() -> None:
@@ -99,5 +96,5 @@ def ensure_schedule() -> None:
 
     Schedule.objects.update_or_create(
         name="sweeper",
-        defaults={"func": "observability.sweeper.kick", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+        defaults={"func": "agentfield_site.jobs.sweeper.kick", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
     )
