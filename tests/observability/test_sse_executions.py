@@ -57,7 +57,7 @@ def stream_ids_after(last_id: int, up_to: int) -> list[int]:
 
 @pytest.fixture
 def platform(proc_env):
-    web = proc_env.daphne({"METRICS_TOKEN": METRICS_TOKEN})
+    web = proc_env.daphne()
     proc_env.worker()
     agent = proc_env.demo_agent(web.url)
     wait_for(lambda: requests.get(f"{web.url}/api/v1/nodes/analyzer", timeout=2).ok, timeout=30,
@@ -110,14 +110,6 @@ def test_sse_sees_an_execution_through_to_completed_then_resumes_exactly(platfor
     assert got_ids == stream_ids_after(last_seen, got_ids[-1])
     for other in more:
         assert any(f.event == "execution.completed" and f.json["execution_id"] == other for f in got)
-
-
-METRICS_TOKEN = "metrics-token-for-tests"
-
-
-def _open_streams(base: str) -> float:
-    text = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=5).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("agentfield_stream_connections"))
 
 
 async def _sdk_run(base: str) -> tuple[object, object, float]:
