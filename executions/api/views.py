@@ -107,6 +107,11 @@ class NodeDetailView(APIView):
         return Response(node_document(_node_or_404(request, node_id)))
 
 
+def _heartbeat_ack(node_id: str, status: str, caller) -> dict:
+    beat = nodes.heartbeat(node_id, status, caller)
+    return {"success": True, "message": "heartbeat received", "timestamp": iso(beat)}
+
+
 class NodeHeartbeatView(APIView):
     scopes = (AGENT,)
 
@@ -120,10 +125,27 @@ class NodeHeartbeatView(APIView):
     def post(self, request: Request, node_id: str) -> Response:
         data = _validated(s.HeartbeatSerializer, object_body(request, error_category="bad_request"))
         try:
-            beat = nodes.heartbeat(node_id, data.get("status") or "", caller_of(request))
+            return Response(_heartbeat_ack(node_id, data.get("status") or "", caller_of(request)))
         except AgentNode.DoesNotExist:
             raise ApiError(404, "not_found", f"No agent node {node_id!r} is registered; register first.") from None
-        return Response({"success": True, "message": "heartbeat received", "timestamp": iso(beat)})
+
+
+_HEARTBEAT_FIELDS = s.HeartbeatSerializer._declared_fields
+_STATUS_MAX = _HEARTBEAT_FIELDS["status"].max_length
+
+
+def heartbeat_answer(request: HttpRequest, caller, body: dict, node_id: str) -> tuple[int, dict] | None:
+    """The fast lane's heartbeat: a body of plain strings (else the serializer judges it), a known node."""
+    for name in _HEARTBEAT_FIELDS:
+        if name in body and (not isinstance(body[name], str) or "\x00" in body[name]):
+            return None
+    status = body.get("status", "").strip()
+    if len(status) > _STATUS_MAX:
+        return None
+    try:
+        return 200, _heartbeat_ack(node_id, status, caller)
+    except AgentNode.DoesNotExist:
+        return None
 
 
 class NodeShutdownView(APIView):
@@ -192,6 +214,11 @@ def _submission(request: Request, target: str) -> submission.Request:
     return submission.request_from(target, body, request.headers, caller_of(request).key_id)
 
 
+def _submitted(headers, target: str, body: object, caller) -> dict:
+    execution, _ = submission.submit(submission.request_from(target, body, headers, caller.key_id))
+    return submission_document(execution)
+
+
 class ExecuteAsyncView(APIView):
     scopes = (CLIENT,)
 
@@ -201,8 +228,13 @@ class ExecuteAsyncView(APIView):
         responses={202: s.SubmissionSerializer, 503: s.ErrorSerializer, **ERRORS},
     )
     def post(self, request: Request, target: str) -> Response:
-        execution, _ = submission.submit(_submission(request, target))
-        return Response(submission_document(execution), status=status.HTTP_202_ACCEPTED)
+        body = object_body(request, error_category="bad_request")
+        return Response(_submitted(request.headers, target, body, caller_of(request)), status=status.HTTP_202_ACCEPTED)
+
+
+def submit_answer(request: HttpRequest, caller, body: dict, target: str) -> tuple[int, dict]:
+    """The fast lane's async submit (a refusal raises ApiError before anything is written)."""
+    return status.HTTP_202_ACCEPTED, _submitted(request.headers, target, body, caller)
 
 
 class ExecuteSyncView(APIView):
@@ -331,16 +363,29 @@ class ExecutionListView(generics.ListAPIView):
         return self.get_paginated_response(status_documents(page))
 
 
+def _status_of(caller, execution_id: str) -> dict | None:
+    execution = executions_of(caller).filter(pk=execution_id).first()
+    if execution is None:
+        return None
+    events = webhook_events([execution.id]).get(execution.id, []) if execution.webhook_registered else []
+    return status_document(execution, events)
+
+
 class ExecutionDetailView(APIView):
     scopes = (CLIENT,)
 
     @extend_schema(responses={200: s.ExecutionStatusSerializer, 401: s.ErrorSerializer, 404: s.ErrorSerializer})
     def get(self, request: Request, execution_id: str) -> Response:
-        execution = executions_of(caller_of(request)).filter(pk=execution_id).first()
-        if execution is None:
+        doc = _status_of(caller_of(request), execution_id)
+        if doc is None:
             raise ApiError(404, "not_found", f"No execution {execution_id!r}.", error_category="not_found")
-        events = webhook_events([execution.id]).get(execution.id, []) if execution.webhook_registered else []
-        return Response(status_document(execution, events))
+        return Response(doc)
+
+
+def status_answer(request: HttpRequest, caller, body: None, execution_id: str) -> tuple[int, dict] | None:
+    """The fast lane's execution read."""
+    doc = _status_of(caller, execution_id)
+    return None if doc is None else (200, doc)
 
 
 class BatchStatusView(APIView):
