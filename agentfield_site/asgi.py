@@ -19,12 +19,15 @@ from django.conf import settings  # noqa: E402
 from agentfield_site import access_log  # noqa: E402
 from agentfield_site.lib.concurrency_limit import ConcurrencyLimit  # noqa: E402
 from observability.routing import origin_checked, websocket_urlpatterns  # noqa: E402
+from observability.streams import is_stream  # noqa: E402
 
 access_log.install()
 
 application = ProtocolTypeRouter(
     {
-        "http": ConcurrencyLimit(django_asgi_app, settings.MAX_CONCURRENT_REQUESTS),
+        "http": ConcurrencyLimit(
+            django_asgi_app, settings.MAX_CONCURRENT_REQUESTS, settings.REQUEST_QUEUE_TIMEOUT or None, unlimited=is_stream
+        ),
         "websocket": origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
