@@ -154,6 +154,8 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The port `manage.py serve` (`make run`) listens on; the environment wins over .env.
 PORT = env.int("PORT", default=8080)
+# daphne processes `manage.py serve` runs on that one port (0: one per core).
+WEB_PROCESSES = env.int("WEB_PROCESSES", default=0)
 
 # --- Redis: broker, channel layer, cache ----------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
