@@ -21,7 +21,6 @@ from typing import Any
 
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
-from django.utils.cache import patch_vary_headers
 
 from .auth import Caller, check_key, raw_key_from, scopes_of
 from .lib import strict_json
@@ -60,7 +59,9 @@ def _plain_request(request: HttpRequest) -> tuple[str, object] | None:
 
 def fast_lane(view: Callable[..., HttpResponse], answer: Answer) -> Callable:
     """`view` (a DRF view), with `answer` taking the plain requests of callers in its scopes."""
-    allow = ", ".join(view.cls().allowed_methods)
+    instance = view.cls(**view.initkwargs)
+    instance.setup(None)  # as as_view() does per request: a GET view answers HEAD too
+    allow = ", ".join(instance.allowed_methods)
 
     def serve(request: HttpRequest, plain: tuple[str, object] | None, kwargs: dict) -> HttpResponse:
         result = None
@@ -77,8 +78,7 @@ def fast_lane(view: Callable[..., HttpResponse], answer: Answer) -> Callable:
             return respond(view, request, (), kwargs)
         status, data = result
         response = HttpResponse(_RENDERER.render(data), status=status, content_type="application/json")
-        response["Allow"] = allow
-        patch_vary_headers(response, ("Accept",))
+        response["Allow"] = allow  # as DRF's view sets it (and no Vary: it has one renderer)
         return response
 
     async def lane(request: HttpRequest, **kwargs: Any) -> HttpResponse:
