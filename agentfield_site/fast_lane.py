@@ -2,9 +2,10 @@
 
 Through DRF, a heartbeat spends more on content negotiation, parsers, the
 authentication and permission classes, a serializer and a renderer than on its
-database work. `fast_lane(view, answer)` is an async view that answers
+database work. `fast_lane(view, method, answer)` is an async view that answers
 the common, well-formed request itself, in one hop onto the request threads: an
-API key in a header that is valid and in the view's `scopes`, no query string, an Accept
+API key in a header that is valid and in the view's `scopes`, the `method` the
+answer is for, no query string, an Accept
 that admits plain JSON, and for a POST a JSON object body that parses strictly.
 `answer(request, caller, body, **kwargs)` returns `(status, data)`, or None to
 leave the request to `view`.
@@ -19,8 +20,10 @@ DRF view would have answered with success, with the same body and headers.
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
+from django.http.request import RawPostDataException, UnreadablePostError
 
 from .auth import Caller, check_key, raw_key_from, scopes_of
 from .lib import strict_json
@@ -38,8 +41,10 @@ def _accepts_plain_json(accept: str) -> bool:
     return any(part.strip().lower() in _PLAIN_JSON for part in accept.split(","))
 
 
-def _plain_request(request: HttpRequest) -> tuple[str, object] | None:
+def _plain_request(request: HttpRequest, method: str) -> tuple[str, object] | None:
     """(raw key, body) of a request the fast path may take, else None."""
+    if request.method != method:
+        return None
     raw = raw_key_from(
         {"x-api-key": request.headers.get("X-API-Key", ""), "authorization": request.headers.get("Authorization", "")},
         {},
@@ -52,13 +57,13 @@ def _plain_request(request: HttpRequest) -> tuple[str, object] | None:
         return None
     try:
         body = strict_json.loads(request.body)
-    except strict_json.InvalidJson:
+    except (strict_json.InvalidJson, RequestDataTooBig, RawPostDataException, UnreadablePostError):
         return None
     return (raw, body) if isinstance(body, dict) else None
 
 
-def fast_lane(view: Callable[..., HttpResponse], answer: Answer) -> Callable:
-    """`view` (a DRF view), with `answer` taking the plain requests of callers in its scopes."""
+def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer) -> Callable:
+    """`view` (a DRF view), with `answer` taking its plain `method` requests from callers in its scopes."""
     instance = view.cls(**view.initkwargs)
     instance.setup(None)  # as as_view() does per request: a GET view answers HEAD too
     allow = ", ".join(instance.allowed_methods)
@@ -82,6 +87,6 @@ def fast_lane(view: Callable[..., HttpResponse], answer: Answer) -> Callable:
         return response
 
     async def lane(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        return await on_request_thread(request, serve, request, _plain_request(request), kwargs)
+        return await on_request_thread(request, serve, request, _plain_request(request, method), kwargs)
 
     return copy_view_attributes(view, lane)

@@ -95,4 +95,6 @@ def test_refusals_come_from_drf(keys, drf_answered):
     assert bad_key.status_code == 401 and bad_key.json()["error"] == "unauthorized"
     no_target = api.post("/api/v1/execute/async/writer.nothing", {}, format="json", HTTP_X_API_KEY=keys["client"])
     assert no_target.status_code == 404 and no_target.json()["error_category"] == "not_found"
-    assert len(drf_answered) == 4
+    wrong_method = api.get("/api/v1/nodes/writer/heartbeat", HTTP_X_API_KEY=keys["agent"])
+    assert wrong_method.status_code == 405
+    assert len(drf_answered) == 5
