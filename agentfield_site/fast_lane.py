@@ -3,10 +3,10 @@
 Through DRF, a heartbeat spends more on content negotiation, parsers, the
 authentication and permission classes, a serializer and a renderer than on its
 database work. `fast_lane(view, method, answer)` is an async view that answers
-the common, well-formed request itself, in one hop onto the request threads: an
-API key in a header that is valid and in the view's `scopes`, the `method` the
-answer is for, no query string, an Accept
-that admits plain JSON, and for a POST a JSON object body that parses strictly.
+the common, well-formed request itself, in one hop onto the request threads: the
+`method` the answer is for, an API key in a header that is valid and in the
+view's `scopes`, no query string, an Accept that admits plain JSON, and for a
+POST a JSON object body that parses strictly.
 `answer(request, caller, body, **kwargs)` returns `(status, data)`, or None to
 leave the request to `view`.
 
