@@ -118,8 +118,9 @@ def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -
     fields: dict[str, Any] = {"last_heartbeat": now}
     if status:
         fields["lifecycle_status"] = status
-    # An online node of this caller's: one statement, which also checks ownership.
-    with one_writer():
+    # An online node of this caller's: one statement, which also checks ownership. A
+    # heartbeat lost in a database crash is rewritten by the next one: no flush awaited.
+    with one_writer(durable=False):
         written = nodes_of(caller).filter(pk=node_id, health_status=AgentNode.ACTIVE).update(**fields)
     if written:
         if len(_written) >= _WRITTEN_MAX:
