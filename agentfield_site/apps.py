@@ -70,6 +70,8 @@ def check_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
         )
     if settings.MAX_CONCURRENT_REQUESTS < 1:
         errors.append(checks.Error("MAX_CONCURRENT_REQUESTS must be at least 1.", id="agentfield.E005"))
+    if settings.REQUEST_QUEUE_TIMEOUT < 0:
+        errors.append(checks.Error("REQUEST_QUEUE_TIMEOUT must be 0 (no limit) or more seconds.", id="agentfield.E008"))
     errors.extend(_loopback_reachable_from_the_network())
     return errors
 

@@ -3,10 +3,14 @@
 import gc
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentfield_site.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from agentfield_site.lib.loop_middleware import LoopASGIHandler  # noqa: E402
+
+django_asgi_app = LoopASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
@@ -15,12 +19,15 @@ from django.conf import settings  # noqa: E402
 from agentfield_site import access_log  # noqa: E402
 from agentfield_site.lib.concurrency_limit import ConcurrencyLimit  # noqa: E402
 from observability.routing import origin_checked, websocket_urlpatterns  # noqa: E402
+from observability.streams import is_stream  # noqa: E402
 
 access_log.install()
 
 application = ProtocolTypeRouter(
     {
-        "http": ConcurrencyLimit(django_asgi_app, settings.MAX_CONCURRENT_REQUESTS),
+        "http": ConcurrencyLimit(
+            django_asgi_app, settings.MAX_CONCURRENT_REQUESTS, settings.REQUEST_QUEUE_TIMEOUT or None, unlimited=is_stream
+        ),
         "websocket": origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

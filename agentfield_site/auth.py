@@ -81,13 +81,19 @@ def check_key(raw: str) -> ApiKeyPrincipal | None:
     for configured in settings.API_KEYS:
         if hmac.compare_digest(configured.encode(), raw.encode()):
             return ApiKeyPrincipal(Caller(ADMIN, None, "env-key"))
-    key = ApiKey.objects.filter(key_hash=hash_key(raw), revoked_at__isnull=True).first()
-    if key is None:
+    # Every API call asks this; values, not a model instance, keep it one cheap query.
+    row = (
+        ApiKey.objects.filter(key_hash=hash_key(raw), revoked_at__isnull=True)
+        .values_list("pk", "scope", "name", "last_used_at")
+        .first()
+    )
+    if row is None:
         return None
+    pk, scope, name, last_used_at = row
     now = timezone.now()
-    if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return ApiKeyPrincipal(Caller(key.scope, key.pk, key.name))
+    if last_used_at is None or now - last_used_at > timedelta(minutes=1):
+        ApiKey.objects.filter(pk=pk).update(last_used_at=now)
+    return ApiKeyPrincipal(Caller(scope, pk, name))
 
 
 def _is_staff(user) -> bool:

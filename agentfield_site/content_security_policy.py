@@ -8,14 +8,13 @@ the Swagger page at /api/docs/ loads its assets from a CDN.
 """
 
 from django.conf import settings
+from django.utils.deprecation import MiddlewareMixin
+
+from .lib.loop_middleware import HooksOnTheLoop
 
 
-class ContentSecurityPolicyMiddleware:
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request):
-        response = self.get_response(request)
+class ContentSecurityPolicyMiddleware(HooksOnTheLoop, MiddlewareMixin):
+    def process_response(self, request, response):
         if request.path.startswith(settings.CONTENT_SECURITY_POLICY_PATHS):
             response.headers.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         return response

@@ -75,6 +75,9 @@ INSTALLED_APPS = [
     "executions",
 ]
 
+# Under daphne, Django's own classes here run as their subclasses in
+# agentfield_site.lib.loop_middleware (hooks on the event loop, not a thread hop
+# each); the names stay Django's so its system checks (check --deploy) see them.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "agentfield_site.content_security_policy.ContentSecurityPolicyMiddleware",
@@ -115,6 +118,15 @@ if env.str("TEST_DB_NAME", default=""):
     DATABASES["default"]["TEST"]["NAME"] = env.str("TEST_DB_NAME")
 IS_SQLITE = DATABASES["default"]["ENGINE"].endswith("sqlite3")
 IS_POSTGRES = "postgresql" in DATABASES["default"]["ENGINE"]
+# Requests one daphne works on at once; the rest wait on the event loop, and past
+# REQUEST_QUEUE_TIMEOUT seconds of waiting get a 503 (agentfield_site.lib.concurrency_limit).
+# Each runs on one of as many threads (agentfield_site.lib.db_threads) and, while in
+# the database, holds a connection.
+MAX_CONCURRENT_REQUESTS = env.int("MAX_CONCURRENT_REQUESTS", default=32)
+REQUEST_QUEUE_TIMEOUT = env.float("REQUEST_QUEUE_TIMEOUT", default=10.0)
+# Connections are kept, not opened and closed per request: each long-lived thread
+# keeps its own on SQLite; on PostgreSQL every process borrows from Django's psycopg
+# pool (CONN_POOL, on by default; the django-q2 workers, which fork, run without it).
 if IS_SQLITE:
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock
     # at BEGIN so two writers queue on busy_timeout instead of deadlocking.
@@ -123,21 +135,27 @@ if IS_SQLITE:
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
+    # None: a thread's connection stays open for as long as the thread lives.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=None)
 elif IS_POSTGRES:
-    # 0 by default: under daphne every sync_to_async thread would keep its own
-    # connection open, and a busy server runs out of PostgreSQL's max_connections.
-    # Workers may set CONN_MAX_AGE=60 (or use PgBouncer) to reuse connections.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    CONN_POOL = env.bool("CONN_POOL", default=True)
+    if CONN_POOL:
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.int("CONN_POOL_MIN_SIZE", default=2),
+            "max_size": env.int("CONN_POOL_MAX_SIZE", default=MAX_CONCURRENT_REQUESTS + 8),
+            # Waiting longer than this for a connection is an OperationalError: a 503.
+            "timeout": env.float("CONN_POOL_TIMEOUT", default=10.0),
+        }
+        # The pool keeps the connections; Django must hand each back after use.
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# Requests one daphne works on at once; the rest wait on the event loop (see
-# agentfield_site.lib.concurrency_limit). Each holds a thread and, while in the
-# database, a connection: keep processes x (2 x this + 4 stream threads) + workers
-# below PostgreSQL's max_connections (the sync execute's own pool is as large: it
-# submits and calls agents there, and waits holding no place).
-MAX_CONCURRENT_REQUESTS = env.int("MAX_CONCURRENT_REQUESTS", default=32)
 # The port `manage.py serve` (`make run`) listens on; the environment wins over .env.
 PORT = env.int("PORT", default=8080)
+# daphne processes `manage.py serve` runs on that one port (0: one per core).
+WEB_PROCESSES = env.int("WEB_PROCESSES", default=0)
 
 # --- Redis: broker, channel layer, cache ----------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")

@@ -5,12 +5,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from observability import dashboard
 
 from .lib import api
+from .lib.db_threads import on_request_threads
 from .views import health, landing, metrics, self_hosted_only
 
 urlpatterns = [
     path("", landing, name="landing"),
-    path("health", health, name="health"),
-    path("health/", health),
+    path("health", on_request_threads(health), name="health"),
+    path("health/", on_request_threads(health)),
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("dashboard/", dashboard.dashboard, name="dashboard"),

@@ -9,7 +9,7 @@ ratios in one table were measured under the same load.
 import importlib
 import sys
 
-SUITES = ["webhooks", "isolation", "streams", "forwarder", "load"]
+SUITES = ["webhooks", "isolation", "streams", "forwarder", "load", "api"]
 
 
 def main(argv: list[str]) -> None:

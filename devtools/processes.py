@@ -174,9 +174,9 @@ def children_of(pid: int) -> dict[int, str]:
 
 
 @contextlib.contextmanager
-def serving(proc_env: ProcessEnv, port: int, extra_env: dict | None = None):
+def serving(proc_env: ProcessEnv, port: int, extra_env: dict | None = None, args: tuple[str, ...] = ()):
     """`manage.py serve` (what `make run` runs) on `port`; yields it and the children seen."""
-    serve = proc_env.script("serve", ["manage.py", "serve"], port, {"PORT": str(port), **(extra_env or {})})
+    serve = proc_env.script("serve", ["manage.py", "serve", *args], port, {"PORT": str(port), **(extra_env or {})})
     seen: dict[int, str] = {}
     try:
         yield serve, seen

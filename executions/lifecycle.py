@@ -119,7 +119,8 @@ def _publish(event_type: str, execution: Execution) -> None:
 
 def record_created(execution: Execution) -> Execution:
     """Save a new execution with its `execution.created` event, atomically."""
-    with transaction.atomic():
+    # No savepoint inside the submit's transaction: a failure here fails it all anyway.
+    with transaction.atomic(savepoint=False):
         execution.save(force_insert=True)
         _publish("execution.created", execution)
     return execution

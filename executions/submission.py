@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agentfield_site.lib.db_threads import run_in
+from agentfield_site.lib.sqlite_writer import one_writer
 from observability.tail import run_db
 from webhooks.completion import validate_webhook
 
@@ -54,7 +55,7 @@ def parse_target(target: str) -> tuple[str, str]:
 
 def _resolve(target: str) -> tuple[AgentNode, str, str]:
     node_id, name = parse_target(target)
-    node = AgentNode.objects.filter(pk=node_id).first()
+    node = AgentNode.objects.only("id", "reasoners", "skills").filter(pk=node_id).first()
     if node is None:
         raise UnknownNode(node_id)
     kind = node.kind_of(name)
@@ -83,6 +84,26 @@ def _existing_for_key(key: str, owner_id: int | None) -> Execution | None:
     return None
 
 
+# The dispatch queue's depth as last counted here, and until when that count may stand in.
+_depth = {"count": 0, "until": 0.0}
+DEPTH_RECOUNT_SECONDS = 1.0
+
+
+def _queue_depth(limit: int) -> int:
+    """Executions waiting for dispatch, up to `limit`: counted at most once a second while far below it.
+
+    Counting is a scan of the waiting rows, on every submit; while fewer than half
+    the limit wait, a count up to a second old (plus this process's submits since)
+    is as good, since no queue doubles within a second. Near the limit it is exact.
+    """
+    now = time.monotonic()
+    if now >= _depth["until"] or _depth["count"] * 2 >= limit:
+        # Counting stops at the limit: a full queue must not make every refusal slower.
+        _depth["count"] = Execution.objects.filter(status__in=("pending", "queued")).values("pk")[:limit].count()
+        _depth["until"] = now + DEPTH_RECOUNT_SECONDS
+    return _depth["count"]
+
+
 def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     """Store a new execution (or find the idempotent twin); returns (execution, created).
 
@@ -95,9 +116,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         if existing is not None:
             return existing, False
     limit = settings.EXECUTION_QUEUE_LIMIT
-    # Counting stops at the limit: a full queue must not make every refusal slower.
-    waiting = Execution.objects.filter(status__in=("pending", "queued")).values("pk")[:limit].count()
-    if waiting >= limit:
+    if _queue_depth(limit) >= limit:
         raise QueueFull(limit)
     hook, hook_error = (None, None)
     if request.webhook is not None:
@@ -133,7 +152,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         dispatch_lease_until=now + timedelta(seconds=settings.DISPATCH_LEASE_SECONDS),
     )
     try:
-        with transaction.atomic():
+        with one_writer(), transaction.atomic():
             lifecycle.record_created(execution)
             if enqueue:
                 dispatch.enqueue(execution.id)
@@ -143,6 +162,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         if request.idempotency_key and existing is not None:
             return _same_owner(existing, request.owner_id), False
         raise
+    _depth["count"] += 1
     return execution, True
 
 

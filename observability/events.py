@@ -63,7 +63,8 @@ def publish_many(events: Iterable[PlatformEvent]) -> list[PlatformEvent]:
     events = list(events)
     if not events:
         return []
-    with transaction.atomic():
+    # Inside the caller's transaction, no savepoint: a failure here fails the change too.
+    with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ORDER_LOCK_KEY])

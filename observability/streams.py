@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 
 from agentfield_site.auth import AGENT, Caller, caller_for, raw_key_from
@@ -174,3 +175,18 @@ async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpR
         announce_gaps=last_event_id is not None,
     )
     return _sse_response(body)
+
+
+for _view in (execution_events, node_events, one_execution_events):
+    # Streams hold no place among MAX_CONCURRENT_REQUESTS (see is_stream).
+    _view.opens_stream = True
+
+
+def is_stream(scope: dict) -> bool:
+    """Whether an HTTP request opens an event stream: those never queue for a place."""
+    if scope.get("method") != "GET" or not scope["path"].endswith("/events"):
+        return False
+    try:
+        return getattr(resolve(scope["path"]).func, "opens_stream", False)
+    except Resolver404:
+        return False

@@ -13,12 +13,15 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import DataError, OperationalError
 from django.http import JsonResponse
 from django.http.request import RawPostDataException, UnreadablePostError
+from django.utils.deprecation import MiddlewareMixin
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
+
+from .loop_middleware import HooksOnTheLoop
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,11 @@ def _translated(exc: Exception) -> ApiError | None:
         if translator is not None:
             return translator(exc)
     return None
+
+
+def is_refusal(exc: Exception) -> bool:
+    """True for an error the API answers with a 4xx or 503 of its own: `ApiError` or a translated domain error."""
+    return isinstance(exc, ApiError) or any(klass in _translators for klass in type(exc).__mro__)
 
 
 def object_body(request, **extra) -> dict:
@@ -216,18 +224,16 @@ def exception_handler(exc, context):
     return response
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HooksOnTheLoop, MiddlewareMixin):
     """Refuse bodies over MAX_BODY_BYTES with a JSON 413 before anything reads them.
 
     A chunked body (no Content-Length) is read whole here and given its length:
     DRF reads a body only when Content-Length says there is one, so it would
-    otherwise see an empty body and the request would run on `{}`.
+    otherwise see an empty body and the request would run on `{}`. Under ASGI the
+    body is already in memory when this runs, so it runs on the event loop.
     """
 
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request):
+    def process_request(self, request) -> JsonResponse | None:
         chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
         if chunked and not request.META.get("CONTENT_LENGTH"):
             refused = self._read_chunked(request)
@@ -242,12 +248,7 @@ class BodyLimitMiddleware:
             return error_response(
                 413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."
             )
-        try:
-            return self.get_response(request)
-        except RequestDataTooBig:
-            return error_response(
-                413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes."
-            )
+        return None
 
     @staticmethod
     def _read_chunked(request) -> JsonResponse | None:

@@ -2,17 +2,21 @@
 
 Such threads live as long as the process, outside any request cycle, so nothing
 closes their database connections for them: each call drops a connection that is
-broken or past CONN_MAX_AGE before and after it runs (with the default
-CONN_MAX_AGE=0, every call opens and closes its own), so a pool of N threads
-holds at most N connections, and idle ones none.
+broken or past CONN_MAX_AGE before and after it runs, so a pool of N threads holds
+at most N connections (on PostgreSQL, borrowed from and returned to Django's
+connection pool at every call; on SQLite, kept open by each thread).
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.db import close_old_connections
+from django.http import HttpRequest, HttpResponse
+from django.template.response import SimpleTemplateResponse
 
 T = TypeVar("T")
 
@@ -28,3 +32,53 @@ def with_fresh_connection(fn: Callable[..., T], *args: Any) -> T:
 async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
     """Run a synchronous (ORM) function on `pool` and await its result."""
     return await sync_to_async(with_fresh_connection, thread_sensitive=False, executor=pool)(fn, *args)
+
+
+# The threads synchronous views run on under daphne. As many as requests one
+# process works on at once (ConcurrencyLimit): a request never waits for a thread.
+_request_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="request")
+
+
+def respond(view: Callable[..., HttpResponse], request: HttpRequest, args: tuple, kwargs: dict) -> HttpResponse:
+    """Call a synchronous view and hand back its response rendered."""
+    response = view(request, *args, **kwargs)
+    if isinstance(response, SimpleTemplateResponse):
+        # Rendered here, and handed back as a plain response: Django would otherwise
+        # hop to a thread again just to find it already rendered.
+        response.render()
+        plain = HttpResponse(response.content, status=response.status_code, reason=response.reason_phrase)
+        for name, value in response.items():
+            plain[name] = value
+        plain.cookies = response.cookies
+        return plain
+    return response
+
+
+async def on_request_thread(request: HttpRequest, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(*args)` for `request`: on the request pool under daphne, in the caller's thread under WSGI."""
+    if isinstance(request, ASGIRequest):
+        return await run_in(_request_pool, fn, *args)
+    return await sync_to_async(fn, thread_sensitive=True)(*args)
+
+
+def copy_view_attributes(view: Callable, to: Callable) -> Callable:
+    """What Django (csrf_exempt) and drf-spectacular (cls, initkwargs) read off a view, onto `to`."""
+    for name in ("__name__", "__qualname__", "__doc__", "csrf_exempt", "cls", "initkwargs"):
+        if hasattr(view, name):
+            setattr(to, name, getattr(view, name))
+    return to
+
+
+def on_request_threads(view: Callable[..., HttpResponse]) -> Callable[..., Awaitable[HttpResponse]]:
+    """`view` (synchronous, e.g. a DRF view) as an async view that runs on the request pool.
+
+    Django would run it in a thread made for each request, which opens a database
+    connection of its own and closes it again; a pool thread keeps its connection
+    (CONN_MAX_AGE, or PostgreSQL's pool) and costs one hop. Under the test client
+    (a WSGI request) it runs in the caller's thread, as Django would run it.
+    """
+
+    async def on_pool(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return await on_request_thread(request, respond, view, request, args, kwargs)
+
+    return copy_view_attributes(view, on_pool)

@@ -89,14 +89,36 @@ class NodeDetailView(APIView):
         return Response(s.NodeSerializer(node).data)
 
 
+def _heartbeat_ack(node_id: str, status: str, caller) -> dict:
+    beat = nodes.heartbeat(node_id, status, caller)
+    return {"success": True, "message": "heartbeat received", "timestamp": iso(beat)}
+
+
 class NodeHeartbeatView(APIView):
     scopes = (AGENT,)
 
     @extend_schema(request=s.HeartbeatSerializer, responses={200: s.HeartbeatAckSerializer})
     def post(self, request: Request, node_id: str) -> Response:
         data = _body(request, s.HeartbeatSerializer)
-        beat = nodes.heartbeat(node_id, data.get("status") or "", caller_of(request))
-        return Response({"success": True, "message": "heartbeat received", "timestamp": iso(beat)})
+        return Response(_heartbeat_ack(node_id, data.get("status") or "", caller_of(request)))
+
+
+_HEARTBEAT_FIELDS = s.HeartbeatSerializer._declared_fields
+_STATUS_MAX = _HEARTBEAT_FIELDS["status"].max_length
+
+
+def heartbeat_answer(request: HttpRequest, caller, body: dict, node_id: str) -> tuple[int, dict] | None:
+    """The fast lane's heartbeat: a body of plain strings (else the serializer judges it), a known node."""
+    for name in _HEARTBEAT_FIELDS:
+        if name in body and (not isinstance(body[name], str) or "\x00" in body[name]):
+            return None
+    status = body.get("status", "").strip()
+    if len(status) > _STATUS_MAX:
+        return None
+    try:
+        return 200, _heartbeat_ack(node_id, status, caller)
+    except UnknownNode:
+        return None
 
 
 class NodeShutdownView(APIView):
@@ -156,12 +178,18 @@ _SUBMIT_HEADERS = [
 ]
 
 
-def _submission(request: Request, target: str) -> submission.Request:
-    body = _body(request, s.ExecuteRequestSerializer)
-    headers = s.SubmitHeadersSerializer.data_from(request.headers)
-    if any(headers.values()):  # most submissions send none: nothing to validate
-        headers = validated(s.SubmitHeadersSerializer, headers, error_category="bad_request")
-    return submission.Request(target=target, owner_id=caller_of(request).key_id, **body, **headers)
+def _submission(headers, target: str, body: object, caller) -> submission.Request:
+    """The submission a request's JSON body and headers describe, validated by their serializers."""
+    body = validated(s.ExecuteRequestSerializer, body, error_category="bad_request")
+    fields = s.SubmitHeadersSerializer.data_from(headers)
+    if any(fields.values()):  # most submissions send none: nothing to validate
+        fields = validated(s.SubmitHeadersSerializer, fields, error_category="bad_request")
+    return submission.Request(target=target, owner_id=caller.key_id, **body, **fields)
+
+
+def _submitted(headers, target: str, body: object, caller) -> dict:
+    execution, _ = submission.submit(_submission(headers, target, body, caller))
+    return s.SubmissionSerializer(execution).data
 
 
 class ExecuteAsyncView(APIView):
@@ -173,8 +201,13 @@ class ExecuteAsyncView(APIView):
         responses={202: s.SubmissionSerializer, **CONFLICT},
     )
     def post(self, request: Request, target: str) -> Response:
-        execution, _ = submission.submit(_submission(request, target))
-        return Response(s.SubmissionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        body = object_body(request, error_category="bad_request")
+        return Response(_submitted(request.headers, target, body, caller_of(request)), status=status.HTTP_202_ACCEPTED)
+
+
+def submit_answer(request: HttpRequest, caller, body: dict, target: str) -> tuple[int, dict]:
+    """The fast lane's async submit (a refusal is raised before anything is written)."""
+    return status.HTTP_202_ACCEPTED, _submitted(request.headers, target, body, caller)
 
 
 class ExecuteSyncView(APIView):
@@ -193,7 +226,10 @@ class ExecuteSyncView(APIView):
                    **CONFLICT},
     )
     def post(self, request: Request, target: str) -> Response:
-        execution, created = submission.submit(_submission(request, target), enqueue=False)
+        body = object_body(request, error_category="bad_request")
+        execution, created = submission.submit(
+            _submission(request.headers, target, body, caller_of(request)), enqueue=False
+        )
         response = Response(status=status.HTTP_202_ACCEPTED)
         response.submitted = (execution.id, created)
         return response
@@ -299,15 +335,26 @@ class ExecutionListView(generics.ListAPIView):
         return executions_of(caller_of(self.request))
 
 
+def _status_of(caller, execution_id: str) -> dict | None:
+    execution = executions_of(caller).filter(pk=execution_id).first()
+    return None if execution is None else s.ExecutionStatusSerializer(execution).data
+
+
 class ExecutionDetailView(APIView):
     scopes = (CLIENT,)
 
     @extend_schema(responses={200: s.ExecutionStatusSerializer})
     def get(self, request: Request, execution_id: str) -> Response:
-        execution = executions_of(caller_of(request)).filter(pk=execution_id).first()
-        if execution is None:
+        doc = _status_of(caller_of(request), execution_id)
+        if doc is None:
             raise UnknownExecution(execution_id)
-        return Response(s.ExecutionStatusSerializer(execution).data)
+        return Response(doc)
+
+
+def status_answer(request: HttpRequest, caller, body: None, execution_id: str) -> tuple[int, dict] | None:
+    """The fast lane's execution read."""
+    doc = _status_of(caller, execution_id)
+    return None if doc is None else (200, doc)
 
 
 class BatchStatusView(APIView):

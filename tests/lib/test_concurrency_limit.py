@@ -6,6 +6,7 @@ that the real daphne serves 200 clients with it is the load bench's job
 """
 
 import asyncio
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -186,3 +187,59 @@ def test_lending_outside_the_limit_is_a_no_op():
             return True
 
     assert asyncio.run(scenario())
+
+
+def test_a_request_that_waited_past_the_queue_timeout_gets_503_with_retry_after():
+    async def scenario():
+        app = Recorder()
+        limited = ConcurrencyLimit(app, limit=1, queue_timeout=0.05)
+        held = asyncio.create_task(limited(http("/held"), _noop_receive, _sink([])))
+        await asyncio.sleep(0)
+        refused: list = []
+        await asyncio.wait_for(limited(http("/late"), _noop_receive, _sink(refused)), timeout=5)
+        app.release.set()
+        await held
+        after: list = []
+        await asyncio.wait_for(limited(http("/after"), _noop_receive, _sink(after)), timeout=5)
+        return app, refused, after
+
+    app, refused, after = asyncio.run(scenario())
+    start, body = refused
+    assert start["status"] == 503
+    headers = dict(start["headers"])
+    assert headers[b"retry-after"] == b"1" and headers[b"content-type"] == b"application/json"
+    assert json.loads(body["body"])["error"] == "overloaded"
+    assert app.entered == ["/held", "/after"], "the refused request never reached the app"
+    assert after[0]["status"] == 200, "the refused request took no place with it"
+
+
+def test_streams_pass_without_queueing_for_a_place():
+    async def scenario():
+        app = Recorder()
+        limited = ConcurrencyLimit(app, limit=1, queue_timeout=0.05, unlimited=lambda scope: scope["path"] == "/events")
+        held = asyncio.create_task(limited(http("/held"), _noop_receive, _sink([])))
+        stream = asyncio.create_task(limited(http("/events"), _noop_receive, _sink([])))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        inside = app.inside
+        await asyncio.sleep(0.1)  # past the queue timeout: the stream was never queued
+        app.release.set()
+        await asyncio.gather(held, stream)
+        return inside
+
+    assert asyncio.run(scenario()) == 2
+
+
+@pytest.mark.django_db
+def test_the_event_streams_are_the_unlimited_routes():
+    from observability.streams import is_stream
+
+    def get(path: str) -> dict:
+        return {"type": "http", "method": "GET", "path": path}
+
+    assert is_stream(get("/api/ui/v1/executions/events"))
+    assert is_stream(get("/api/ui/v1/nodes/events"))
+    assert is_stream(get("/api/v1/executions/exec_1/events"))
+    assert not is_stream({**get("/api/v1/workflow/executions/events"), "method": "POST"})
+    assert not is_stream(get("/api/v1/executions/exec_1"))
+    assert not is_stream(get("/api/v1/nope/events"))

@@ -15,7 +15,12 @@ def test_health_answers_without_credentials(client, settings):
 @pytest.mark.django_db(transaction=True)  # the test reconnects, which a test transaction would not survive
 def test_database_down_is_a_503_without_the_driver_text(client, tmp_path, caplog):
     saved = dict(connection.settings_dict)
+    # PostgreSQL's connection pool holds connections opened before the database "went
+    # down": a fresh pool, that gives up after a second, must find it down.
+    pool = saved.get("OPTIONS", {}).get("pool")
     connection.close()
+    if pool:
+        connection.close_pool()
     if connection.vendor == "sqlite":
         connection.settings_dict["NAME"] = str(tmp_path / "no-such-dir" / "db.sqlite3")
     else:
@@ -23,10 +28,14 @@ def test_database_down_is_a_503_without_the_driver_text(client, tmp_path, caplog
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         connection.settings_dict.update(HOST="127.0.0.1", PORT=str(port))
+        if pool:
+            connection.settings_dict["OPTIONS"] = {**saved["OPTIONS"], "pool": {**pool, "timeout": 1}}
     try:
         response = client.get("/health")
     finally:
         connection.close()
+        if pool:
+            connection.close_pool()
         connection.settings_dict.update(saved)
     assert response.status_code == 503
     assert response.json() == {"status": "unhealthy", "database": "unavailable"}

@@ -1,10 +1,17 @@
 """`manage.py serve`: the embedded default in one command (what `make run` calls).
 
-Starts daphne, the django-q2 workers (`manage.py worker`) and the demo agent as child processes, prints
-the URLs, and stops them all on Ctrl-C. When any of them exits on its own, the
-rest are stopped and `serve` exits non-zero with the reason as its last line, so
-`make run` fails loudly instead of half-running. Production runs the same
-processes under a real supervisor instead (README, "Production").
+Starts the web tier (`--web-processes` daphne processes, by default one per core),
+the django-q2 workers (`manage.py worker`) and the demo agent as child processes,
+prints the URLs, and stops them all on Ctrl-C.
+
+The daphne processes share one listening socket, bound once here and handed to
+each (`daphne --fd`): the kernel spreads connections over them, with no proxy in
+front. One that dies is started again on the same socket while the others keep
+serving (a process that keeps dying, 5 times within a minute, ends `serve`).
+When any other child exits on its own, the rest are stopped and `serve` exits
+non-zero with the reason as its last line, so `make run` fails loudly instead of
+half-running. Production may run the same processes under a real supervisor
+instead (README, "Production").
 """
 
 import errno
@@ -26,18 +33,24 @@ from agentfield_site.lib.loopback import is_loopback
 from agentfield_site.models import ApiKey
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something already listens on host:port (the check daphne's own bind would make)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # As daphne does: a port left in TIME_WAIT by a previous run is free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise
-    return False
+def listen(host: str, port: int) -> socket.socket:
+    """The web tier's listening socket, bound once for every daphne process; CommandError when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As daphne does: a port left in TIME_WAIT by a previous run is free.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CommandError(
+                f"port {port} is in use (another `make run`?): stop it, or choose another with PORT=..."
+            ) from None
+        raise
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
 
 
 def describe_exit(returncode: int) -> str:
@@ -47,20 +60,47 @@ def describe_exit(returncode: int) -> str:
 
 
 class Supervisor:
-    """Child processes started together and stopped together, in reverse order."""
+    """Child processes started together and stopped together, in reverse order.
+
+    A child started with `restart=True` is started again when it exits (the web
+    processes), unless it exited `RESTART_LIMIT` times within `RESTART_WINDOW` seconds.
+    """
+
+    RESTART_LIMIT = 5
+    RESTART_WINDOW = 60.0
 
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
+        self._specs: dict[str, dict] = {}
+        self._exits: dict[str, list[float]] = {}
+        self.restarts = 0
 
-    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None, *,
+              restart: bool = False, pass_fds: tuple[int, ...] = ()) -> None:
+        self._specs[name] = {"command": command, "env": env, "restart": restart, "pass_fds": pass_fds}
+        self.children.append((name, self._spawn(name)))
+
+    def _spawn(self, name: str) -> subprocess.Popen:
+        spec = self._specs[name]
         # Own session: Ctrl-C reaches `serve` only, which then stops each child in turn.
-        self.children.append((name, subprocess.Popen(command, start_new_session=True, env=env)))
+        return subprocess.Popen(spec["command"], start_new_session=True, env=spec["env"], pass_fds=spec["pass_fds"])
 
     def first_exit(self) -> str | None:
-        """Why the first child that ended did, or None while all run."""
-        for name, child in self.children:
-            if child.poll() is not None:
-                return f"{name} {describe_exit(child.returncode)}"
+        """Why the first child that ended for good did, or None while all run (restarting those that may)."""
+        for index, (name, child) in enumerate(self.children):
+            if child.poll() is None:
+                continue
+            reason = f"{name} {describe_exit(child.returncode)}"
+            if not self._specs[name]["restart"]:
+                return reason
+            now = time.monotonic()
+            recent = [t for t in self._exits.get(name, []) if now - t < self.RESTART_WINDOW] + [now]
+            self._exits[name] = recent
+            if len(recent) >= self.RESTART_LIMIT:
+                return f"{reason} {len(recent)} times within {self.RESTART_WINDOW:.0f} s"
+            sys.stderr.write(f"{reason}; starting it again\n")
+            self.children[index] = (name, self._spawn(name))
+            self.restarts += 1
         return None
 
     def stop_all(self, grace: float = 10.0) -> None:
@@ -81,9 +121,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--port", type=int, default=None, help="default: PORT (environment, then .env), 8080")
         parser.add_argument("--no-agent", action="store_true", help="Do not start the demo agent.")
+        parser.add_argument("--no-worker", action="store_true",
+                            help="Do not start the workers (they run elsewhere): the web tier only.")
+        parser.add_argument("--web-processes", type=int, default=None,
+                            help="daphne processes sharing the port; default: WEB_PROCESSES, else one per core")
 
-    def handle(self, *args, port: int | None, no_agent: bool, **options) -> None:
+    def handle(self, *args, port: int | None, no_agent: bool, no_worker: bool, web_processes: int | None,
+               **options) -> None:
         port = port or settings.PORT
+        web_processes = web_processes or settings.WEB_PROCESSES or os.cpu_count() or 1
+        if web_processes < 1:
+            raise CommandError("--web-processes must be at least 1.")
         host = settings.HOST
         if not is_loopback(host) and not keys_required():
             raise CommandError(
@@ -91,10 +139,7 @@ class Command(BaseCommand):
                 "to anyone on the network. Set API_KEYS (or create a key in the admin), or listen "
                 "on this machine only with HOST=127.0.0.1."
             )
-        if port_in_use(host, port):
-            raise CommandError(
-                f"port {port} is in use (another `make run`?): stop it, or choose another with PORT=..."
-            )
+        sock = listen(host, port)
         self._ensure_admin()
         stopping = False
 
@@ -107,26 +152,32 @@ class Command(BaseCommand):
         supervisor = Supervisor()
         failure = None
         try:
-            failure = self._start_all(supervisor, host, port, no_agent, lambda: stopping)
+            failure = self._start_all(supervisor, sock, host, port, web_processes, no_worker, no_agent,
+                                      lambda: stopping)
             while failure is None and not stopping:
                 time.sleep(0.5)
                 failure = supervisor.first_exit()
         finally:
             supervisor.stop_all()
+            sock.close()
         if failure is not None:
             # After every child is reaped, so the reason is the last line printed.
             raise CommandError(f"{failure}; stopped the rest.")
 
-    def _start_all(self, supervisor: Supervisor, host: str, port: int, no_agent: bool, stopping) -> str | None:
+    def _start_all(self, supervisor: Supervisor, sock: socket.socket, host: str, port: int, web_processes: int,
+                   no_worker: bool, no_agent: bool, stopping) -> str | None:
         """Start the processes; the reason one failed to come up, or None."""
         py = sys.executable
         base = f"http://localhost:{port}"
         # This machine reaches daphne on loopback unless it listens on one other address only.
         local = "127.0.0.1" if host in ("0.0.0.0", "::") or is_loopback(host) else host
-        supervisor.start(
-            "daphne", [py, "-m", "daphne", "-b", host, "-p", str(port), "agentfield_site.asgi:application"]
-        )
-        supervisor.start("worker", [py, "manage.py", "worker"])
+        fd = sock.fileno()
+        for n in range(web_processes):
+            name = "daphne" if web_processes == 1 else f"daphne-{n + 1}"
+            supervisor.start(name, [py, "-m", "daphne", "--fd", str(fd), "agentfield_site.asgi:application"],
+                             restart=True, pass_fds=(fd,))
+        if not no_worker:
+            supervisor.start("worker", [py, "manage.py", "worker"])
         failure = self._wait_healthy(supervisor, f"http://{local}:{port}/health", stopping)
         if failure is not None or stopping():
             return failure
@@ -139,7 +190,8 @@ class Command(BaseCommand):
             )
         self.stdout.write(
             self.style.SUCCESS(
-                f"\n  API        {base}/api/v1/\n"
+                f"\n  Web        {web_processes} daphne process{'es' if web_processes > 1 else ''} on port {port}\n"
+                f"  API        {base}/api/v1/\n"
                 f"  Dashboard  {base}/dashboard/\n"
                 f"  Admin      {base}/admin/\n"
                 f"  API docs   {base}/api/docs/\n"

@@ -25,6 +25,8 @@ def cluster_env(role: str) -> dict[str, str]:
     """The environment that makes `qcluster` serve `role`'s queue."""
     env = dict(os.environ)
     env.pop("Q_CLUSTER_NAME", None)
+    # django-q2 forks its workers, and a psycopg pool's threads do not survive a fork.
+    env["CONN_POOL"] = "false"
     if role == "deliveries":
         env["Q_CLUSTER_NAME"] = settings.DELIVERY_CLUSTER
     return env

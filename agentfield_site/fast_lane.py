@@ -1,0 +1,95 @@
+"""The hottest API routes (heartbeats, submits, reads), answered without DRF on their common path.
+
+Through DRF, a heartbeat spends more on content negotiation, parsers, the
+authentication and permission classes, a serializer and a renderer than on its
+database work. `fast_lane(view, method, answer)` is an async view that answers
+the common, well-formed request itself, in one hop onto the request threads: the
+`method` the answer is for, an API key in a header that is valid and in the
+view's `scopes`, no query string, an Accept that admits plain JSON, and for a
+POST a JSON object body that parses strictly.
+`answer(request, caller, body, **kwargs)` returns `(status, data)`, or None to
+leave the request to `view`.
+
+Everything else goes to the DRF `view` as before: no key or a session, a bad key,
+another scope, a body that does not parse, and any input the service refuses
+(`answer` returns None, or the service refuses before it writes: `ApiError` or a
+domain error the API translates). DRF
+then gives exactly the answer it always gave; the fast path answers only what the
+DRF view would have answered with success, with the same body and headers.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.http.request import RawPostDataException, UnreadablePostError
+
+from .auth import Caller, check_key, raw_key_from, scopes_of
+from .lib import strict_json
+from .lib.api import is_refusal
+from .lib.db_threads import copy_view_attributes, on_request_thread, respond
+from .lib.drf_json import SafeJSONRenderer
+
+Answer = Callable[..., tuple[int, Any] | None]
+_RENDERER = SafeJSONRenderer()
+_PLAIN_JSON = {"", "*/*", "application/*", "application/json"}
+
+
+def _accepts_plain_json(accept: str) -> bool:
+    # Parameters (`application/json; indent=4`) change how DRF renders: its view answers those.
+    return any(part.strip().lower() in _PLAIN_JSON for part in accept.split(","))
+
+
+def _plain_request(request: HttpRequest, method: str) -> tuple[str, object] | None:
+    """(raw key, body) of a request the fast path may take, else None."""
+    if request.method != method:
+        return None
+    raw = raw_key_from(
+        {"x-api-key": request.headers.get("X-API-Key", ""), "authorization": request.headers.get("Authorization", "")},
+        {},
+    )
+    if not raw or request.META.get("QUERY_STRING") or not _accepts_plain_json(request.headers.get("Accept", "")):
+        return None
+    if request.method != "POST":
+        return raw, None
+    if request.content_type != "application/json":
+        return None
+    try:
+        body = strict_json.loads(request.body)
+    except (strict_json.InvalidJson, RequestDataTooBig, RawPostDataException, UnreadablePostError):
+        return None
+    return (raw, body) if isinstance(body, dict) else None
+
+
+def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer) -> Callable:
+    """`view` (a DRF view), with `answer` taking its plain `method` requests from callers in its scopes."""
+    instance = view.cls(**view.initkwargs)
+    instance.setup(None)  # as as_view() does per request: a GET view answers HEAD too
+    allow = ", ".join(instance.allowed_methods)
+
+    def serve(request: HttpRequest, plain: tuple[str, object] | None, kwargs: dict) -> HttpResponse:
+        result = None
+        if plain is not None:
+            raw, body = plain
+            principal = check_key(raw)
+            caller: Caller | None = principal.caller if principal is not None else None
+            if caller is not None and (caller.is_admin or caller.scope in scopes_of(view.cls, request.method)):
+                try:
+                    result = answer(request, caller, body, **kwargs)
+                except Exception as exc:
+                    if not (is_refusal(exc) or isinstance(exc, OperationalError)):
+                        raise
+                    result = None  # nothing was written: DRF's view answers, as it always has
+        if result is None:
+            return respond(view, request, (), kwargs)
+        status, data = result
+        response = HttpResponse(_RENDERER.render(data), status=status, content_type="application/json")
+        response["Allow"] = allow  # as DRF's view sets it (and no Vary: it has one renderer)
+        return response
+
+    async def lane(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        return await on_request_thread(request, serve, request, _plain_request(request, method), kwargs)
+
+    return copy_view_attributes(view, lane)

@@ -1,0 +1,142 @@
+"""Django's middleware, run on the event loop instead of a thread hop per hook.
+
+Under ASGI, Django calls each `MiddlewareMixin` hook (`process_request`,
+`process_view`, `process_response`) through `sync_to_async`: a thread hop each,
+about fifteen for one API request through the stack in `settings.MIDDLEWARE`,
+more than the view costs. The hooks of these classes do no blocking I/O (they read
+headers and cookies, set headers, build lazy objects), so here they run inline on
+the loop. The two that may touch the database still hop, but only when they must:
+the session when it is to be saved, the messages when some were used or added.
+
+`settings.MIDDLEWARE` keeps Django's names (its system checks look for them by
+name); `LoopASGIHandler` loads these subclasses in their place. Under WSGI (the
+test client, a WSGI server) Django's own classes run.
+"""
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
+from django.core.handlers.asgi import ASGIHandler
+from django.middleware import clickjacking, common, csrf, security
+from whitenoise import middleware as whitenoise
+
+
+class HooksOnTheLoop:
+    """Mixin for a `MiddlewareMixin` whose hooks never block: run them inline when async."""
+
+    def __init__(self, get_response) -> None:
+        super().__init__(get_response)
+        if self.async_mode and hasattr(self, "process_view"):
+            hook = self.process_view
+
+            # Django adapts a sync `process_view` with a thread hop; a coroutine it awaits.
+            async def process_view(request, view, args, kwargs):
+                return hook(request, view, args, kwargs)
+
+            self.process_view = process_view
+
+    def needs_thread(self, request, response) -> bool:
+        """Whether `process_response` may block for this response (then it runs in a thread)."""
+        return False
+
+    async def __acall__(self, request):
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            if self.needs_thread(request, response):
+                return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+            response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(HooksOnTheLoop, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(HooksOnTheLoop, common.CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(HooksOnTheLoop, csrf.CsrfViewMiddleware):
+    # Under ASGI the body is already in memory (bodies are at most MAX_BODY_BYTES)
+    # when process_view reads a form's token from it.
+    pass
+
+
+class AuthenticationMiddleware(HooksOnTheLoop, auth.AuthenticationMiddleware):
+    # request.user is lazy: the session and the user are read where it is used.
+    pass
+
+
+class XFrameOptionsMiddleware(HooksOnTheLoop, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class SessionMiddleware(HooksOnTheLoop, sessions.SessionMiddleware):
+    def needs_thread(self, request, response) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class MessageMiddleware(HooksOnTheLoop, messages.MessageMiddleware):
+    def needs_thread(self, request, response) -> bool:
+        storage = getattr(request, "_messages", None)
+        # Storing may fall back to the session, which may have to be read first.
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class WhiteNoiseMiddleware(whitenoise.WhiteNoiseMiddleware):
+    """Static files as WhiteNoise serves them; any other path passes through on the loop."""
+
+    async_capable = True
+
+    def __init__(self, get_response=None, settings=settings) -> None:
+        super().__init__(get_response, settings)
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self.async_mode:
+            return self._acall(request)
+        return super().__call__(request)
+
+    async def _acall(self, request):
+        if self.autorefresh:
+            static_file = await sync_to_async(self.find_file, thread_sensitive=True)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is None:
+            return await self.get_response(request)
+        return await sync_to_async(self.serve, thread_sensitive=True)(static_file, request)
+
+
+# Django's (and WhiteNoise's) class -> the subclass that runs on the loop.
+ON_THE_LOOP = {
+    "django.middleware.security.SecurityMiddleware": SecurityMiddleware,
+    "whitenoise.middleware.WhiteNoiseMiddleware": WhiteNoiseMiddleware,
+    "django.contrib.sessions.middleware.SessionMiddleware": SessionMiddleware,
+    "django.middleware.common.CommonMiddleware": CommonMiddleware,
+    "django.middleware.csrf.CsrfViewMiddleware": CsrfViewMiddleware,
+    "django.contrib.auth.middleware.AuthenticationMiddleware": AuthenticationMiddleware,
+    "django.contrib.messages.middleware.MessageMiddleware": MessageMiddleware,
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": XFrameOptionsMiddleware,
+}
+
+
+class LoopASGIHandler(ASGIHandler):
+    """Django's ASGI handler, loading `settings.MIDDLEWARE` with the subclasses above in place."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        configured = settings.MIDDLEWARE
+        settings.MIDDLEWARE = [
+            f"{__name__}.{ON_THE_LOOP[path].__name__}" if path in ON_THE_LOOP else path for path in configured
+        ]
+        try:
+            super().load_middleware(is_async)
+        finally:
+            settings.MIDDLEWARE = configured

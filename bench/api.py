@@ -1,0 +1,336 @@
+"""API capacity: the request paths agents and clients hit most, against Django's own floors.
+
+`python -m bench api [--clients=32] [--seconds=6] [--rounds=3] [--nodes=1000] [--agents=1000] [--fleet-seconds=20]`.
+Everything runs on a throwaway database beside DATABASE_URL's (SQLite by default;
+PostgreSQL + Redis when DATABASE_URL and REDIS_URL say so), on real daphne
+processes, driven by `--clients` concurrent keep-alive clients (asyncio + aiohttp)
+for `--seconds` per path in all, split into `--rounds` that take every path in
+turn (so a neighbour's load on this machine weighs on every row alike), after a
+one-second warm-up:
+
+- the floors, measured in the same run: a bare ASGI app under daphne, a minimal
+  Django async view and a minimal Django sync view running `SELECT 1`, both with
+  no middleware (`bench.floor`);
+- this project on one web process: `/health`, a node heartbeat (agent key; the
+  clients cycle through `--nodes` registered nodes, so each node beats about as
+  often as a real fleet's would, not many times a second), an async submit
+  (client key) and an execution read (client key).
+
+Then the fleet: `manage.py serve --web-processes 2` (the web tier only), `--agents`
+simulated SDK agents heartbeating every 2 s while `--clients` clients submit and
+read; it reports the API's p99, the 5xx, and whether the sweeper's liveness check
+(run with NODE_OFFLINE_AFTER=6 s, three missed beats) would mark any node offline.
+
+Targets: heartbeat/s at least 0.5 x the minimal async view, submit/s at least
+0.5 x the minimal sync view with `SELECT 1`; the fleet's p99 under 250 ms with no
+5xx and every node online. The last line is
+`heartbeat_per_s=<N> floor_async_per_s=<N> submit_per_s=<N> floor_sync_per_s=<N>`.
+"""
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+# A request: method, path, JSON body (or None).
+Call = tuple[str, str, bytes | None]
+
+
+@dataclass
+class Run:
+    """What one path answered: latencies (ms), statuses and client-side errors."""
+
+    latency_ms: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    bodies: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def per_s(self) -> float:
+        return len(self.latency_ms) / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latency_ms)
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status >= 500)
+
+    def merge(self, other: "Run") -> None:
+        self.latency_ms += other.latency_ms
+        self.statuses.update(other.statuses)
+        self.errors.update(other.errors)
+
+
+async def _call(session: aiohttp.ClientSession, base: str, call: Call, headers: dict, out: Run, keep: bool) -> None:
+    method, path, body = call
+    started = time.perf_counter()
+    try:
+        async with session.request(method, base + path, data=body, headers=headers) as response:
+            raw = await response.read()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        out.errors[type(exc).__name__] += 1
+        return
+    out.latency_ms.append((time.perf_counter() - started) * 1000)
+    out.statuses[status] += 1
+    if keep and status < 300:
+        out.bodies.append(json.loads(raw))
+
+
+async def _hammer(base: str, calls: Callable[[], Call], headers: dict, clients: int, seconds: float,
+                  keep: bool = False) -> Run:
+    """`clients` keep-alive connections, each sending one request after another for `seconds`."""
+    out = Run()
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def client(until: float) -> None:
+            while time.monotonic() < until:
+                await _call(session, base, calls(), headers, out, keep)
+
+        started = time.monotonic()
+        await asyncio.gather(*(client(started + seconds) for _ in range(clients)))
+        out.elapsed = time.monotonic() - started
+    return out
+
+
+def _get(path: str) -> Callable[[], Call]:
+    return lambda: ("GET", path, None)
+
+
+def _cycle(make: Callable[[int], Call]) -> Callable[[], Call]:
+    counter = itertools.count()
+    return lambda: make(next(counter))
+
+
+def _heartbeat(nodes: int) -> Callable[[], Call]:
+    body = json.dumps({"status": "ready", "version": "1.0.0", "instance_id": "bench"}).encode()
+    return _cycle(lambda i: ("POST", f"/api/v1/nodes/bench-{i % nodes}/heartbeat", body))
+
+
+def _submit() -> Callable[[], Call]:
+    return _cycle(lambda i: ("POST", "/api/v1/execute/async/bench-0.work",
+                             json.dumps({"input": {"n": i}}).encode()))
+
+
+def _read(execution_ids: list[str]) -> Callable[[], Call]:
+    """Reads of the executions submitted so far (the list grows as the submit rows run)."""
+    return _cycle(lambda i: ("GET", f"/api/v1/executions/{execution_ids[i % len(execution_ids)]}", None))
+
+
+# --- The fleet: many agents beating every 2 s, clients submitting and reading ---------
+
+
+async def _fleet(base: str, agents: int, clients: int, seconds: float, agent_key: str, client_key: str,
+                 ) -> tuple[Run, Run]:
+    beats, api = Run(), Run()
+    agent_headers = {"X-API-Key": agent_key, "Content-Type": "application/json"}
+    client_headers = {"X-API-Key": client_key, "Content-Type": "application/json"}
+    body = json.dumps({"status": "ready", "version": "1.0.0"}).encode()
+    accepted: list[str] = []
+    # Every SDK agent holds its own connection; so does every client.
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        started = time.monotonic()
+        until = started + seconds
+
+        async def agent(n: int) -> None:
+            # Spread over the 2 s period, as agents started at different times are.
+            next_beat = started + 2.0 * n / agents
+            while next_beat < until:
+                await asyncio.sleep(max(0.0, next_beat - time.monotonic()))
+                await _call(session, base, ("POST", f"/api/v1/nodes/bench-{n}/heartbeat", body), agent_headers,
+                            beats, False)
+                next_beat += 2.0
+
+        async def client(n: int) -> None:
+            for i in itertools.count():
+                if time.monotonic() >= until:
+                    return
+                if i % 2 == 0 or not accepted:
+                    run = Run()
+                    await _call(session, base, ("POST", "/api/v1/execute/async/bench-0.work",
+                                                json.dumps({"input": {"client": n, "i": i}}).encode()),
+                                client_headers, run, True)
+                    accepted.extend(doc["execution_id"] for doc in run.bodies)
+                    api.merge(run)
+                else:
+                    await _call(session, base, ("GET", f"/api/v1/executions/{accepted[-1 - (i % len(accepted))]}",
+                                                None), client_headers, api, False)
+
+        await asyncio.gather(*(agent(n) for n in range(agents)), *(client(n) for n in range(clients)))
+        beats.elapsed = api.elapsed = time.monotonic() - started
+    return beats, api
+
+
+def _serve_web_tier(env, processes: int):
+    """`manage.py serve --web-processes N --no-worker --no-agent` on a free port; returns (proc, base)."""
+    import requests
+
+    from devtools.processes import free_port
+    from devtools.waiting import wait_for
+
+    port = free_port()
+    serve = env.script("serve", ["manage.py", "serve", "--web-processes", str(processes), "--no-worker", "--no-agent"],
+                       port, {"PORT": str(port)})
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: requests.get(f"{base}/health", timeout=1).ok, timeout=60, what=f"serve\n{serve.log()}")
+    return serve, base
+
+
+def _stop_serve(serve) -> None:
+    if serve.popen.poll() is None:
+        serve.popen.send_signal(signal.SIGTERM)
+        try:
+            serve.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+
+
+def _row(name: str, run: Run, ratio: str = "") -> str:
+    return (f"| {name} | {run.per_s:,.0f} | {run.pct(0.5):.0f} | {run.pct(0.99):.0f} | "
+            f"{run.server_errors} | {sum(run.errors.values())} | {ratio} |")
+
+
+def main(argv: list[str]) -> None:
+    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    clients = int(options.get("clients", 32))
+    seconds = float(options.get("seconds", 6))
+    rounds = int(options.get("rounds", 3))
+    nodes = int(options.get("nodes", 1000))
+    agents = int(options.get("agents", 1000))
+    fleet_seconds = float(options.get("fleet-seconds", 20))
+
+    from soak.standalone import throwaway_database
+
+    with throwaway_database("api") as env:
+        import requests
+        from django.conf import settings
+        from django.db import connection
+        from django.utils import timezone
+
+        from agentfield_site.models import ApiKey
+        from devtools.processes import free_port
+        from devtools.waiting import wait_for
+        from executions.models import AgentNode, Execution
+
+        env.env.update({"LOG_LEVEL": "WARNING", "EXECUTION_QUEUE_LIMIT": "1000000"})
+        agent_row, agent_key = ApiKey.create("bench-agent", ApiKey.AGENT)
+        _, client_key = ApiKey.create("bench-client", ApiKey.CLIENT)
+        now = timezone.now()
+        AgentNode.objects.bulk_create(
+            AgentNode(id=f"bench-{i}", base_url="http://127.0.0.1:9", reasoners=[{"id": "work"}], owner=agent_row,
+                      health_status=AgentNode.ACTIVE, lifecycle_status="ready", last_heartbeat=now)
+            for i in range(max(nodes, agents))
+        )
+        vendor, broker = connection.vendor, "Redis" if settings.REDIS_URL else "ORM"
+        agent_headers = {"X-API-Key": agent_key, "Content-Type": "application/json"}
+        client_headers = {"X-API-Key": client_key, "Content-Type": "application/json"}
+
+        def serve_app(app: str, path: str):
+            port = free_port()
+            proc = env.script(f"floor-{app}", ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                               f"bench.floor_asgi:{app}"], port)
+            wait_for(lambda: requests.get(f"{proc.url}{path}", timeout=1).ok, what=f"{app}\n{proc.log()}")
+            return proc
+
+        bare_server = serve_app("bare", "/")
+        floor_server = serve_app("application", "/async")
+        web = env.daphne()
+        accepted: list[str] = []
+        paths = {
+            "bare": (bare_server.url, _get("/"), {}),
+            "async": (floor_server.url, _get("/async"), {}),
+            "sync": (floor_server.url, _get("/sync-select"), {}),
+            "health": (web.url, _get("/health"), {}),
+            "heartbeat": (web.url, _heartbeat(nodes), agent_headers),
+            "submit": (web.url, _submit(), client_headers),
+            "read": (web.url, _read(accepted), client_headers),
+        }
+        runs = {name: Run() for name in paths}
+        # Rounds, each path in turn: load from the neighbours on this machine changes
+        # over a run, and it then weighs on every row alike.
+        for round_ in range(rounds):
+            for name, (base, calls, headers) in paths.items():
+                if round_ == 0:
+                    asyncio.run(_hammer(base, calls, headers, clients, 1.0, keep=name == "submit"))
+                run = asyncio.run(_hammer(base, calls, headers, clients, seconds / rounds, keep=name == "submit"))
+                accepted.extend(doc["execution_id"] for doc in run.bodies)
+                runs[name].merge(run)
+                runs[name].elapsed += run.elapsed
+            # No worker runs here: stand in for one, so the queue submits count stays short.
+            Execution.objects.filter(status="queued").update(status="cancelled")
+        for proc in (web, floor_server, bare_server):
+            proc.stop()
+        bare, floor_async, floor_sync = runs["bare"], runs["async"], runs["sync"]
+        heartbeat, submit = runs["heartbeat"], runs["submit"]
+        rows = [("bare ASGI app under daphne (the server's limit)", bare),
+                ("minimal Django async view, no middleware", floor_async),
+                ("minimal Django sync view, `SELECT 1`, no middleware", floor_sync),
+                ("this project's `/health`", runs["health"]),
+                ("node heartbeat (`POST /api/v1/nodes/{id}/heartbeat`)", heartbeat),
+                ("async submit (`POST /api/v1/execute/async/...`)", submit),
+                ("execution read (`GET /api/v1/executions/{id}`)", runs["read"])]
+
+        fleet = None
+        if agents:
+            from executions import nodes as node_registry
+
+            serve, base = _serve_web_tier(env, 2)
+            try:
+                AgentNode.objects.update(last_heartbeat=timezone.now())
+                beats, api = asyncio.run(_fleet(base, agents, clients, fleet_seconds, agent_key, client_key))
+            finally:
+                _stop_serve(serve)
+            settings.NODE_OFFLINE_AFTER = 6.0
+            would_go_offline = AgentNode.objects.filter(
+                pk__in=[f"bench-{n}" for n in range(agents)], health_status=AgentNode.ACTIVE,
+                last_heartbeat__lt=timezone.now() - node_registry.offline_cutoff_delta(),
+            ).count()
+            fleet = (beats, api, would_go_offline)
+
+    print(f"database: {vendor}, broker: {broker}; {clients} concurrent keep-alive clients, {seconds:g} s per row "
+          f"in {rounds} rounds after a 1 s warm-up; one web process (MAX_CONCURRENT_REQUESTS={settings.MAX_CONCURRENT_REQUESTS}); "
+          f"heartbeats cycle through {nodes:,} nodes; {os.cpu_count()} cores\n")
+    print("| path | req/s | p50 (ms) | p99 (ms) | 5xx | errors | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    heartbeat_ratio = heartbeat.per_s / floor_async.per_s if floor_async.per_s else float("nan")
+    submit_ratio = submit.per_s / floor_sync.per_s if floor_sync.per_s else float("nan")
+    for name, run in rows:
+        ratio = ""
+        if run is heartbeat:
+            ratio = f"{heartbeat_ratio:.2f} x async floor (target 0.5)"
+        elif run is submit:
+            ratio = f"{submit_ratio:.2f} x sync floor (target 0.5)"
+        print(_row(name, run, ratio))
+    if fleet is not None:
+        beats, api, offline = fleet
+        print(f"\nfleet: `serve --web-processes 2`, {agents:,} agents heartbeating every 2 s and {clients} clients "
+              f"submitting and reading for {fleet_seconds:g} s\n")
+        print("| traffic | req/s | p50 (ms) | p99 (ms) | 5xx | errors | |")
+        print("|---|---:|---:|---:|---:|---:|---|")
+        both = Run(elapsed=beats.elapsed)
+        both.merge(beats)
+        both.merge(api)
+        print(_row("heartbeats", beats))
+        print(_row("submits and reads", api))
+        print(_row("all API calls (target p99 < 250 ms, no 5xx)", both))
+        print(f"\nnodes the liveness check would mark offline after the run: **{offline}** of {agents:,}")
+    print(f"\nheartbeat_per_s={heartbeat.per_s:.0f} floor_async_per_s={floor_async.per_s:.0f} "
+          f"submit_per_s={submit.per_s:.0f} floor_sync_per_s={floor_sync.per_s:.0f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,93 @@
+"""Under ASGI, Django's middleware runs as its on-the-loop subclasses and still does its job.
+
+Driven through the real ASGI application (as daphne calls it), not the test client,
+which runs Django's own classes.
+"""
+
+import asyncio
+
+import pytest
+
+from agentfield_site import asgi
+from agentfield_site.lib import loop_middleware
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _get(path: str) -> dict:
+    """One GET through the ASGI application: {status, headers, body}."""
+
+    async def run() -> dict:
+        sent: list[dict] = []
+        requested = False
+
+        async def receive() -> dict:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.sleep(30)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                 "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await asyncio.wait_for(asgi.application(scope, receive, send), timeout=10)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return {"status": start["status"], "headers": start["headers"], "body": body}
+
+    return asyncio.run(run())
+
+
+def _headers(response: dict) -> dict[bytes, list[bytes]]:
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in response["headers"]:
+        found.setdefault(name.lower(), []).append(value)
+    return found
+
+
+def test_the_asgi_handler_loads_the_loop_subclasses_and_the_names_stay_djangos(settings):
+    assert "django.middleware.security.SecurityMiddleware" in settings.MIDDLEWARE
+    chain, handler = [], asgi.django_asgi_app._middleware_chain
+    # convert_exception_to_response wraps each instance; walk its closure to list them.
+    while handler is not None:
+        instance = next((c.cell_contents for c in (handler.__closure__ or ()) if hasattr(c.cell_contents, "get_response")),
+                        None)
+        if instance is None:
+            break
+        chain.append(type(instance))
+        handler = instance.get_response
+    assert set(loop_middleware.ON_THE_LOOP.values()) <= set(chain), chain
+
+
+def test_security_headers_and_the_health_answer():
+    response = _get("/health")
+    assert response["status"] == 200
+    headers = _headers(response)
+    assert headers[b"x-content-type-options"] == [b"nosniff"]
+    assert headers[b"x-frame-options"] == [b"DENY"]
+    assert headers[b"referrer-policy"] == [b"same-origin"]
+
+
+def test_the_admin_page_gets_its_csrf_cookie_and_content_security_policy():
+    response = _get("/admin/login/")
+    assert response["status"] == 200
+    headers = _headers(response)
+    assert any(cookie.startswith(b"csrftoken=") for cookie in headers[b"set-cookie"])
+    assert headers[b"content-security-policy"]
+
+
+def test_a_static_file_is_still_served():
+    response = _get("/static/admin/css/base.css")
+    assert response["status"] == 200
+    assert b"body" in response["body"]
+
+
+def test_an_unknown_api_route_is_a_json_404():
+    response = _get("/api/v1/nope")
+    assert response["status"] == 404
+    assert _headers(response)[b"content-type"] == [b"application/json"]
