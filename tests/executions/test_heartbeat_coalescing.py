@@ -10,6 +10,7 @@ from django.utils import timezone
 from agentfield_site.auth import Caller
 from agentfield_site.models import ApiKey
 from executions import nodes
+from executions.errors import UnknownNode
 from executions.models import AgentNode
 from observability.models import PlatformEvent
 
@@ -77,7 +78,7 @@ def test_after_the_interval_the_beat_is_written_again(node, owner, monkeypatch):
 def test_another_keys_beat_is_never_answered_from_memory(node, owner):
     nodes.heartbeat("writer", "ready", owner)
     other, _ = ApiKey.create("agent-b", ApiKey.AGENT)
-    with pytest.raises(AgentNode.DoesNotExist):
+    with pytest.raises(UnknownNode):
         nodes.heartbeat("writer", "ready", Caller(ApiKey.AGENT, other.pk, other.name))
 
 
