@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bench.environment import parse_options
+
 # A request: method, path, JSON body (or None).
 Call = tuple[str, str, bytes | None]
 
@@ -205,7 +207,7 @@ def _row(name: str, run: Run, ratio: str = "") -> str:
 
 
 def main(argv: list[str]) -> None:
-    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    options = parse_options(argv)
     clients = int(options.get("clients", 32))
     seconds = float(options.get("seconds", 6))
     rounds = int(options.get("rounds", 3))

@@ -25,3 +25,8 @@ def setup_django(suite: str) -> None:
 
     django.setup()
 
+
+
+def parse_options(argv: list[str]) -> dict[str, str]:
+    """`--name=value` arguments as a dict (bare flags are left out)."""
+    return dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)

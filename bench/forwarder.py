@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 
-from bench.environment import setup_django
+from bench.environment import parse_options, setup_django
 from devtools.loopback import LoopbackProcess, Reply
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -20,7 +20,7 @@ CASES = [(10, 1), (10, 4), (10, 8), (100, 1), (100, 4)]  # (batch size, batches 
 
 
 def main(argv: list[str]) -> None:
-    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    options = parse_options(argv)
     total = int(options.get("events", 20000))
     repeat = int(options.get("repeat", 3))
 

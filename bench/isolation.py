@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.environment import setup_django
+from bench.environment import parse_options, setup_django
 from bench.webhooks import ROOT, SECRET, _payload, _percentile
 from devtools.loopback import Blackhole, LoopbackProcess, Reply
 from devtools.processes import database_url, free_port
@@ -85,7 +85,7 @@ def _healthy(receiver: LoopbackProcess, count: int, rate: float, tag: str) -> li
 
 
 def main(argv: list[str]) -> None:
-    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    options = parse_options(argv)
     healthy_n = int(options.get("healthy", 100))
     rate = float(options.get("rate", 20))
     backlogs = [int(n) for n in options.get("backlogs", "300,5000").split(",")]

@@ -18,6 +18,8 @@ from collections import Counter
 
 import aiohttp
 
+from bench.environment import parse_options
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -69,7 +71,7 @@ def _wait_terminal(accepted: set[str], timeout: float) -> tuple[int, float]:
 
 
 def main(argv: list[str]) -> None:
-    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    options = parse_options(argv)
     clients = int(options.get("clients", 200))
     seconds = float(options.get("seconds", 60))
     workers = options.get("workers", "3")

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.environment import setup_django
+from bench.environment import parse_options, setup_django
 from devtools.processes import database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ async def _run_case(port: int, daphne_pid: int, clients_n: int, events_n: int, i
 
 
 def main(argv: list[str]) -> None:
-    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    options = parse_options(argv)
     counts = [int(n) for n in options.get("clients", "100,1000").split(",")]
     events_n = int(options.get("events", 20))
     interval = float(options.get("interval", 0.25))

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.environment import setup_django
+from bench.environment import parse_options, setup_django
 from devtools.loopback import LoopbackProcess
 from devtools.processes import database_url
 from devtools.waiting import wait_for
@@ -175,7 +175,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str]) -> None:
-    options = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    options = parse_options(argv)
     total = int(options.get("n", 3000))
     repeat = int(options.get("repeat", 3))
     latency_n = int(options.get("latency-n", 100))
