@@ -33,11 +33,11 @@ from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from agentfield_site.jobs import kicks
 from agentfield_site.lib import outbound, tasks
 from agentfield_site.lib.backoff import delay_for, honour_retry_after
 from observability.events import build, publish_many
@@ -65,15 +65,9 @@ IDLE_CLAIM_EVERY = 0.1
 _CLAIM_LOCK_KEY = 0x4146_434C  # "AFCL"
 
 
-def _kick_key() -> str | None:
-    """The shared "a send task is queued and has not started" flag, when the cache is shared.
-
-    A per-process cache (the embedded default) cannot tell a web process that a
-    worker started the task, so there every commit enqueues its own.
-    """
-    if "locmem" in settings.CACHES["default"]["BACKEND"].lower():
-        return None
-    return f"webhooks:send-due-queued:{settings.Q_CLUSTER['name']}"
+# The wake-up's coalescing lease: held from a kick until the woken task starts (or a second passes).
+KICK = "webhooks-send-due-queued"
+KICK_WINDOW = 1.0
 
 
 def kick() -> None:
@@ -81,15 +75,16 @@ def kick() -> None:
 
     Under load many transactions commit while one send task waits in the queue;
     that task will see all their rows, so they add no second one. The task clears
-    the flag before its first claim, so a row committed later always gets a task.
+    the wake-up before its first claim, so a row committed later always gets a task.
     """
-    key = _kick_key()
     try:
-        if key and not cache.add(key, 1, timeout=1.0):
-            return
-        tasks.enqueue(TASK, cluster=settings.DELIVERY_CLUSTER, name="webhooks.send_due")
+        kicks.coalesced(KICK, _enqueue, KICK_WINDOW)
     except Exception:  # the sweeper tick picks the rows up anyway
         log.exception("could not enqueue %s", TASK)
+
+
+def _enqueue() -> None:
+    tasks.enqueue(TASK, cluster=settings.DELIVERY_CLUSTER, name="webhooks.send_due")
 
 
 @dataclass(slots=True)
@@ -540,9 +535,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     groups. Leases of requests still alive are renewed; a sender that stops early
     hands its unsent rows back.
     """
-    key = _kick_key()
-    if key:
-        cache.delete(key)
+    kicks.clear(KICK)
     capacity = max(1, settings.WEBHOOK_CONCURRENCY)
     batch = max(1, min(settings.WEBHOOK_BATCH_SIZE, capacity))
     # Claim again once this many places came free (or CLAIM_EVERY passed): often

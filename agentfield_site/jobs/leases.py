@@ -32,5 +32,10 @@ def release(name: str, holder: str) -> None:
     Lease.objects.filter(name=name, holder=holder).update(expires_at=timezone.now())
 
 
+def expire(name: str) -> None:
+    """End the lease whoever holds it: the next `acquire` takes it."""
+    Lease.objects.filter(name=name).update(expires_at=timezone.now())
+
+
 def is_held(name: str) -> bool:
     return Lease.objects.filter(name=name, expires_at__gte=timezone.now()).exists()
