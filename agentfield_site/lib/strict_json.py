@@ -105,6 +105,27 @@ def _walk(value: Any, max_depth: int, chars: re.Pattern = _BAD_CHAR) -> str | No
     return None
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(text: str, max_depth: int) -> bool:
+    """True when arrays and objects nest deeper than `max_depth` (checked before the parser recurses).
+
+    Refusing such a body before `json.loads` keeps the parser from recursing to
+    Python's limit, where a finalizer running at that depth fails too. Only a body
+    with more brackets than `max_depth` is scanned.
+    """
+    if text.count("[") + text.count("{") <= max_depth:
+        return False
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > max_depth:
+            return True
+    return False
+
+
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     """Decode strict JSON; InvalidJson says what is wrong and where."""
     if isinstance(data, bytes | bytearray):
@@ -116,6 +137,8 @@ def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
         text = data
     if text.startswith("\ufeff"):
         raise InvalidJson("a byte order mark at character 0")
+    if _too_deep(text, max_depth):
+        raise InvalidJson(f"nesting deeper than {max_depth}")
     try:
         value = json.loads(text, parse_float=_float, parse_int=_int, parse_constant=_OutOfRange)
     except RecursionError:

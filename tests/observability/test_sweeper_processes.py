@@ -1,5 +1,6 @@
 """The sweeper in a real qcluster: it stops promptly and comes back after a crash."""
 
+import signal
 import time
 
 import pytest
@@ -21,8 +22,11 @@ def test_sigterm_ends_the_sweeper_at_once_and_releases_its_lease(proc_env):
     worker = proc_env.worker()
     wait_for(_holder, timeout=30, what="a sweeper holding the lease")
     started = time.monotonic()
-    worker.stop()
-    assert time.monotonic() - started < 8, worker.log()[-2000:]
+    worker.stop(grace=30)
+    # A sweeper that kept to its minute-long run would hold the stop for most of a
+    # minute; two django-q clusters wind down in a few seconds on their own.
+    assert time.monotonic() - started < 15, worker.log()[-2000:]
+    assert worker.popen.returncode != -signal.SIGKILL, "the worker ended on its own"
     assert _holder() is None, "a graceful stop releases the lease"
 
 
