@@ -26,8 +26,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Iterable
-from concurrent.futures import Future
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
@@ -40,6 +39,7 @@ from django.utils import timezone
 from agentfield_site.jobs import kicks
 from agentfield_site.lib import outbound, tasks
 from agentfield_site.lib.backoff import delay_for, honour_retry_after
+from agentfield_site.lib.sqlite_writer import one_writer
 from observability.events import build, publish_many
 
 from . import destinations
@@ -156,8 +156,13 @@ def _pick(candidates: list[tuple[int, str]], room: dict[str, int], limit: int) -
     return picked
 
 
-def _room(now: datetime) -> tuple[destinations.Gates, dict[str, int]]:
-    """The breakers' gates, and how many more requests each destination may have in flight."""
+def _room(now: datetime, answered: Mapping[str, int] = {}) -> tuple[destinations.Gates, dict[str, int]]:
+    """The breakers' gates, and how many more requests each destination may have in flight.
+
+    `answered` counts, per destination, the caller's own rows whose requests have
+    ended but whose results are not written yet: in flight in the table, no
+    longer on the wire, so their places are free.
+    """
     cap = max(1, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION)
     gates = destinations.gates(now)
     with connection.cursor() as cursor:
@@ -168,9 +173,9 @@ def _room(now: datetime) -> tuple[destinations.Gates, dict[str, int]]:
         busy = dict(cursor.fetchall())
     room: dict[str, int] = defaultdict(lambda: cap)
     for destination, n in busy.items():
-        room[destination] = cap - n
+        room[destination] = cap - n + answered.get(destination, 0)
     for destination in gates.probing:
-        room[destination] = 1 - busy.get(destination, 0)
+        room[destination] = 1 - busy.get(destination, 0) + answered.get(destination, 0)
     for destination in gates.blocked:
         room[destination] = 0
     return gates, room
@@ -201,48 +206,48 @@ def _due(now: datetime, skip: set[str], limit: int) -> list[tuple[int, str]]:
         return cursor.fetchall()
 
 
-def claim(limit: int) -> tuple[str, list[Claimed]]:
+def _choose(now: datetime, room: dict[str, int], limit: int) -> list[int]:
+    """Up to `limit` due row ids, round-robin across destinations, within each one's `room` (used up here).
+
+    The oldest due rows may all belong to one destination; once it is full, look
+    past it (a few rounds at most), so its backlog hides no one else's rows.
+    """
+    full = {d for d, r in room.items() if r <= 0}
+    chosen: list[int] = []
+    for _ in range(3):
+        candidates = _due(now, full, limit)
+        if chosen:
+            taken = set(chosen)
+            candidates = [c for c in candidates if c[0] not in taken]
+        chosen += _pick(candidates, room, limit - len(chosen))
+        filled = {d for _, d in candidates if room[d] <= 0} - full
+        if len(chosen) >= limit or len(candidates) < limit or not filled:
+            break
+        full |= filled
+    return chosen
+
+
+def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claimed]]:
     """Lease up to `limit` due deliveries that may be sent now; returns the lease token and rows.
 
-    Candidates are chosen first, without a lock: round-robin across destinations,
-    leaving out those that are open, paused or at their in-flight cap, so a
-    backlog behind a dead receiver never hides anyone else's due rows. Then, in a
-    short serialized transaction (an advisory lock on PostgreSQL; SQLite's
-    IMMEDIATE transactions already are), the gates and in-flight counts are read
-    again and the choice is trimmed to them before the rows are leased: the caps
-    hold exactly across every worker, and the write lock is held for three
-    small statements.
+    One short, serialized transaction (an advisory lock on PostgreSQL; SQLite's
+    IMMEDIATE transactions already are) reads the breakers' gates and the
+    in-flight counts, chooses round-robin across destinations, leaving out those
+    that are open, paused or at their cap, so a backlog behind a dead receiver
+    never hides anyone else's due rows, and leases the choice: the caps hold
+    exactly across every worker. `answered` is as for `_room`: the caller's
+    requests that have ended while their results wait to be written.
     """
     table = Delivery._meta.db_table
     ops = connection.ops
     token = uuid.uuid4().hex
     now = timezone.now()
-    _, room = _room(now)
-    full = {d for d, r in room.items() if r <= 0}
-    chosen: dict[int, str] = {}
-    # The oldest due rows may all belong to one destination; once it is full,
-    # look past it (a few rounds at most), so its backlog hides no one else.
-    for _ in range(3):
-        window = limit * 4
-        candidates = _due(now, full, window)
-        where = dict(candidates)
-        chosen.update((i, where[i]) for i in _pick(candidates, room, limit - len(chosen)))
-        filled = {d for _, d in candidates if room[d] <= 0} - full
-        if len(chosen) >= limit or len(candidates) < window or not filled:
-            break
-        full |= filled
-    if not chosen:
-        return token, []
-    with transaction.atomic():
+    with one_writer(), transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
-        gates, room = _room(now)
-        ids = []
-        for row_id, destination in chosen.items():
-            if room[destination] > 0:
-                room[destination] -= 1
-                ids.append(row_id)
+        gates, room = _room(now, answered)
+        ids = _choose(now, room, limit)
         if not ids:
             return token, []
         lease_until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
@@ -327,22 +332,19 @@ def _jobs(token: str, rows: list[Claimed]) -> list[_Job]:
 
 # --- sending ---------------------------------------------------------------------
 
-def _start(job: _Job, done: "SimpleQueue[_Result]") -> None:
-    """Send the job's attempt on the asyncio client; its `_Result` lands in `done`."""
+def _start(jobs: list[_Job], done: "SimpleQueue[_Result]") -> None:
+    """Send the jobs' attempts on the asyncio client; each one's `_Result` lands in `done`."""
     started = timezone.now()
-    if job.skip_reason:
-        done.put(_Result(job, started, outbound.Outcome(error=job.skip_reason)))
-        return
-
-    def finished(future: Future) -> None:
-        try:
-            outcome = future.result()
-        except Exception as exc:  # noqa: BLE001 - a bug in the client is this attempt's failure, not the loop's
-            log.exception("outbound attempt failed")
-            outcome = outbound.Outcome(error=f"internal error: {exc!r}")
-        done.put(_Result(job, started, outcome))
-
-    outbound.client().submit(job.request).add_done_callback(finished)
+    sending = []
+    for job in jobs:
+        if job.skip_reason:
+            done.put(_Result(job, started, outbound.Outcome(error=job.skip_reason)))
+        else:
+            sending.append(job)
+    outbound.client().start(
+        [job.request for job in sending],
+        lambda index, outcome: done.put(_Result(sending[index], started, outcome)),
+    )
 
 
 # --- recording -------------------------------------------------------------------
@@ -384,16 +386,17 @@ def _event(row: Claimed, event_type: str, status: str, outcome: outbound.Outcome
     )
 
 
-def record(token: str, results: list[_Result]) -> None:
+def record(results: list[_Result]) -> None:
     """Write attempts in bulk and outcomes with targeted updates, in one transaction.
 
-    Every update is conditional on the row still being leased to `token`. A sender
+    Every update is conditional on the row still being leased to the token of the
+    claim that leased it to this sender (`_Job.token`). A sender
     whose lease lapsed (it stalled and the row was sent again) logs its attempt
     but decides nothing and announces nothing.
     """
     now = timezone.now()
     attempts: list[tuple] = []  # in _ATTEMPT_COLUMNS order
-    delivered: dict[int | None, list[_Result]] = defaultdict(list)
+    delivered: dict[tuple[str, int | None], list[_Result]] = defaultdict(list)
     singles: list[tuple[_Result, str, dict]] = []
     for result in results:
         row, outcome = result.job.delivery, result.outcome
@@ -404,7 +407,7 @@ def record(token: str, results: list[_Result]) -> None:
             outcome.headers, outcome.body, error, verdict,
         ))
         if verdict == Attempt.DELIVERED:
-            delivered[outcome.status].append(result)
+            delivered[result.job.token, outcome.status].append(result)
             continue
         fields = {"last_status": outcome.status, "last_error": error[:4000]}
         if verdict == Attempt.RETRY:
@@ -425,7 +428,7 @@ def record(token: str, results: list[_Result]) -> None:
     sub_gone: set[str] = set()
     with transaction.atomic():
         _insert_attempts(attempts)
-        for http_status, group in delivered.items():
+        for (token, http_status), group in delivered.items():
             live = _mark_delivered(token, [r.job.delivery.id for r in group], http_status, now)
             for result in group:
                 row = result.job.delivery
@@ -433,11 +436,11 @@ def record(token: str, results: list[_Result]) -> None:
                     events.append(_event(row, "webhook.delivered", "delivered", result.outcome, "", result.job.request.url))
                     if row.subscription_id:
                         sub_ok.add(row.subscription_id)
-        mine = Delivery.objects.filter(lease_token=token, status=Delivery.IN_FLIGHT)
+        leased = Delivery.objects.filter(status=Delivery.IN_FLIGHT)
         lease_free = {"lease_token": "", "lease_until": None, "attempts": F("attempts") + 1}
         for result, verdict, fields in singles:
             row = result.job.delivery
-            if not mine.filter(id=row.id).update(**fields, **lease_free):
+            if not leased.filter(id=row.id, lease_token=result.job.token).update(**fields, **lease_free):
                 continue
             if row.subscription_id and not result.job.skip_reason:
                 (sub_gone if result.outcome.status == 410 else sub_failing).add(row.subscription_id)
@@ -511,16 +514,16 @@ def _note_failures(failing: set[str], gone: set[str], now: datetime) -> None:
     )
 
 
-def _record_surviving(token: str, results: list[_Result]) -> int:
+def _record_surviving(results: list[_Result]) -> int:
     """`record`, tolerating deliveries deleted while in flight (their subscription was deleted)."""
     try:
-        record(token, results)
+        record(results)
     except IntegrityError:
         existing = set(
             Delivery.objects.filter(id__in=[r.job.delivery.id for r in results]).values_list("id", flat=True)
         )
         results = [r for r in results if r.job.delivery.id in existing]
-        record(token, results)
+        record(results)
     return len(results)
 
 
@@ -545,8 +548,9 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     deadline = time.monotonic() + run_seconds
     done: SimpleQueue[_Result] = SimpleQueue()
     inflight: dict[int, _Job] = {}
-    finished: dict[str, list[_Result]] = defaultdict(list)
-    unrecorded = freed = recorded = 0
+    finished: list[_Result] = []  # ended, not recorded yet
+    answered: dict[str, int] = defaultdict(int)  # finished, per destination
+    freed = recorded = 0
     last_flush = last_renew = time.monotonic()
     last_claim = 0.0
     helped = False
@@ -560,11 +564,12 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 or clock - last_claim >= (IDLE_CLAIM_EVERY if drained else CLAIM_EVERY)
             ):
                 want = min(free, batch)
-                token, rows = claim(want)
+                token, rows = claim(want, answered)
                 last_claim, freed, drained = clock, 0, not rows
-                for job in _jobs(token, rows):
+                jobs = _jobs(token, rows)
+                for job in jobs:
                     inflight[job.delivery.id] = job
-                    _start(job, done)
+                _start(jobs, done)
                 if len(rows) == want and not helped:
                     # A backlog: wake one more worker process to share it (it claims
                     # other rows); each helper may call one more while the backlog lasts.
@@ -572,7 +577,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     kick()
             elif clock >= deadline:
                 drained = True
-            if not inflight and not unrecorded and drained:
+            if not inflight and not finished and drained:
                 break
             if inflight:
                 results: list[_Result] = []
@@ -584,23 +589,24 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     pass
                 for result in results:
                     del inflight[result.job.delivery.id]
-                    finished[result.job.token].append(result)
+                    finished.append(result)
+                    if not result.job.skip_reason:
+                        answered[result.job.delivery.destination] += 1
                 freed += len(results)
-                unrecorded += len(results)
             clock = time.monotonic()
             # Refilling the pipe comes first: an empty pipe is flushed only once nothing more is due.
-            if unrecorded and (
-                unrecorded >= batch // 2 or clock - last_flush >= FLUSH_EVERY or (not inflight and drained)
+            if finished and (
+                len(finished) >= batch // 2 or clock - last_flush >= FLUSH_EVERY or (not inflight and drained)
             ):
-                for token, group in finished.items():
-                    recorded += _record_surviving(token, group)
-                finished.clear()
-                unrecorded, last_flush = 0, clock
+                recorded += _record_surviving(finished)
+                finished = []
+                answered.clear()
+                last_flush = clock
             if inflight and clock - last_renew >= renew_every:
                 renew({job.token for job in inflight.values()})
                 last_renew = clock
     finally:
-        unsent = {job.token for job in inflight.values()} | set(finished)
+        unsent = {job.token for job in inflight.values()} | {result.job.token for result in finished}
         if unsent:
             release(unsent)
     if time.monotonic() > deadline and sendable_now():

@@ -18,10 +18,11 @@ bodies are capped.
 import asyncio
 import enum
 import ipaddress
+import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -31,6 +32,8 @@ from aiohttp.resolver import ThreadedResolver
 from django.conf import settings
 
 from . import safe_http, signing
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = "AgentField-Webhooks/0.1.0"
 MAX_URL_LENGTH = 2048
@@ -281,6 +284,27 @@ class Client:
     def submit(self, request: Request) -> "Future[Outcome]":
         """Start the attempt on the client's loop; the future never raises for HTTP trouble."""
         return asyncio.run_coroutine_threadsafe(self.attempt(request), self._loop)
+
+    def start(self, requests: Sequence[Request], on_done: "Callable[[int, Outcome], None]") -> None:
+        """Start attempts without waiting: `on_done(index, outcome)` runs on the client's loop as each ends.
+
+        One hand-over for the whole group (a sender starts dozens at once): one
+        wake-up of the loop instead of one future and one wake-up per request.
+        """
+        if requests:
+            self._loop.call_soon_threadsafe(self._start, list(requests), on_done)
+
+    def _start(self, requests: list[Request], on_done: "Callable[[int, Outcome], None]") -> None:
+        for index, request in enumerate(requests):
+            self._loop.create_task(self._attempt_reporting(index, request, on_done))
+
+    async def _attempt_reporting(self, index: int, request: Request, on_done) -> None:
+        try:
+            outcome = await self.attempt(request)
+        except Exception as exc:  # noqa: BLE001 - a bug here is this attempt's failure, not the loop's
+            log.exception("outbound attempt failed")
+            outcome = Outcome(error=f"internal error: {exc!r}")
+        on_done(index, outcome)
 
     def send(self, request: Request) -> Outcome:
         """One attempt, waiting for it."""

@@ -60,6 +60,5 @@ def send_now(token: str, rows: list[Delivery]) -> list:
     """Send claimed rows and wait for every result, as the engine's loop would (for `record`)."""
     jobs = delivery._jobs(token, rows)
     done = SimpleQueue()
-    for job in jobs:
-        delivery._start(job, done)
+    delivery._start(jobs, done)
     return [done.get(timeout=30) for _ in jobs]

@@ -36,7 +36,7 @@ def test_lapsed_lease_reclaimed_by_the_sweeper_tick_and_stale_result_ignored():
         assert row.status == Delivery.PENDING and row.lease_token == ""
         assert delivery.send_due() == 1
         # The first sender wakes up late: its result is logged but cannot overwrite.
-        delivery.record(stale_token, send_now(stale_token, [claimed]))
+        delivery.record(send_now(stale_token, [claimed]))
     row.refresh_from_db()
     assert row.status == Delivery.DELIVERED and row.attempts == 1
     assert row.attempt_log.count() == 2
