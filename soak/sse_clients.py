@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import aiohttp
 
+from devtools.sse import FrameParser
+
 
 class ReconnectingSseClient:
     """Reads an SSE stream for the whole soak, reconnecting after each random lifetime.
@@ -54,7 +56,7 @@ class ReconnectingSseClient:
                 self.errors += 1
                 return
             self.connections += 1
-            buffer = b""
+            parser = FrameParser(keep=False)
             while not stop.is_set() and (remaining := deadline - loop.time()) > 0:
                 try:
                     chunk = await asyncio.wait_for(response.content.readany(), timeout=min(remaining, 0.5))
@@ -62,9 +64,6 @@ class ReconnectingSseClient:
                     continue
                 if not chunk:
                     return  # the server went away
-                buffer += chunk
-                *frames, buffer = buffer.split(b"\n\n")
-                for frame in frames:
-                    for line in frame.split(b"\n"):
-                        if line.startswith(b"id:"):
-                            self._record(int(line[3:].strip()))
+                for frame in parser.feed(chunk):
+                    if frame.id is not None:
+                        self._record(int(frame.id))

@@ -71,10 +71,11 @@ class Delivery(models.Model):
     KINDS = [(k, k) for k in (COMPLETION, SUBSCRIPTION, TEST)]
 
     id = models.BigAutoField(primary_key=True)
-    webhook_id = models.CharField(max_length=64, unique=True, default=new_webhook_id, editable=False)
+    # Unique by a constraint below, not `unique=True` (see Meta).
+    webhook_id = models.CharField(max_length=64, default=new_webhook_id, editable=False)
     kind = models.CharField(max_length=16, choices=KINDS)
     event_type = models.CharField(max_length=64)
-    execution_id = models.CharField(max_length=64, blank=True, db_index=True)
+    execution_id = models.CharField(max_length=64, blank=True)
     subscription = models.ForeignKey(
         Subscription,
         null=True,
@@ -85,6 +86,7 @@ class Delivery(models.Model):
         # subscriptions, and a subscription deleted meanwhile by another process
         # must not make the event's own transaction fail. The engine drops orphans.
         db_constraint=False,
+        db_index=False,  # indexed in Meta
     )
     event_id = models.BigIntegerField(null=True, blank=True)
     url = models.URLField(max_length=2048)
@@ -132,8 +134,15 @@ class Delivery(models.Model):
                 name="webhooks_queued_by_destination",
             ),
             models.Index(fields=["dead_lettered_at"], condition=Q(status="dead"), name="webhooks_dead"),
+            # Plain indexes declared here rather than with `unique=True`/`db_index=True`,
+            # which on PostgreSQL add a `varchar_pattern_ops` twin per column for LIKE
+            # queries that nothing makes. A row is updated twice on its way (leased,
+            # then delivered), and each update writes every index.
+            models.Index(fields=["execution_id"], name="webhooks_by_execution"),
+            models.Index(fields=["subscription"], name="webhooks_by_subscription"),
         ]
         constraints = [
+            models.UniqueConstraint(fields=["webhook_id"], name="webhooks_one_webhook_id"),
             # Exactly one completion webhook per execution, however often it ends.
             models.UniqueConstraint(
                 fields=["execution_id"], condition=Q(kind="completion"), name="webhooks_one_completion"

@@ -17,9 +17,9 @@ from agentfield.async_config import AsyncConfig
 from agentfield.client import AgentFieldClient
 from django.db import connections
 
+from devtools.sse import SocketSse, events_only
 from devtools.waiting import wait_for, wait_for_async
 from observability.models import PlatformEvent
-from tests.support.sse import SocketSse, events_only
 
 pytestmark = pytest.mark.processes
 

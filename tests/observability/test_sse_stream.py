@@ -9,9 +9,9 @@ from django.db import connections
 from django.test import Client
 
 from agentfield_site.asgi import application
+from devtools.sse import AsgiSse
 from observability import events, tail
 from observability.models import PlatformEvent
-from tests.support.sse import AsgiSse
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("poll_without_channel_layer")]
 

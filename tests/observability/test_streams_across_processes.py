@@ -13,8 +13,8 @@ import pytest
 import websockets
 from django.db import connections
 
+from devtools.sse import SocketSse, events_only
 from observability.models import PlatformEvent
-from tests.support.sse import SocketSse, events_only
 
 pytestmark = pytest.mark.processes
 

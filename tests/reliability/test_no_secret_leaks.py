@@ -19,8 +19,8 @@ import requests
 
 from agentfield_site.models import ApiKey
 from devtools.loopback import LoopbackServer, Reply
+from devtools.sse import SocketSse, events_only
 from devtools.waiting import wait_for
-from tests.support.sse import SocketSse, events_only
 from webhooks.models import Delivery
 
 pytestmark = pytest.mark.processes

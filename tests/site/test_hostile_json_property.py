@@ -22,12 +22,12 @@ from rest_framework.test import APIClient
 from agentfield_site.asgi import application
 from agentfield_site.lib import strict_json
 from devtools.loopback import LoopbackServer
+from devtools.sse import AsgiSse, events_only
 from executions import lifecycle, nodes, submission
 from executions.models import AgentNode, Execution
 from observability import events, tail
 from observability.forwarder import configuration, runner
 from observability.models import PlatformEvent
-from tests.support.sse import AsgiSse, events_only
 from webhooks.models import Subscription
 
 pytestmark = [

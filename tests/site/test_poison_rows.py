@@ -19,12 +19,12 @@ from rest_framework.test import APIClient
 from agentfield_site.asgi import application
 from agentfield_site.lib import strict_json
 from devtools.loopback import LoopbackServer
+from devtools.sse import AsgiSse, events_only
 from executions import nodes, submission
 from executions.models import AgentNode, Execution
 from observability import events, tail
 from observability.forwarder import configuration, runner
 from observability.models import ForwarderDeadLetter, PlatformEvent
-from tests.support.sse import AsgiSse, events_only
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("poll_without_channel_layer")]
 

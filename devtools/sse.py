@@ -1,4 +1,4 @@
-"""Read Server-Sent Events in tests: a frame parser, an in-process ASGI client, a socket client."""
+"""Read Server-Sent Events: a frame parser, an in-process ASGI client and a socket client (tests), used by the soak too."""
 
 import asyncio
 import contextlib
@@ -28,16 +28,18 @@ class Frame:
 class FrameParser:
     """Incremental parser: feed bytes, take complete frames."""
 
-    buffer: str = ""
+    buffer: bytes = b""
     frames: list[Frame] = field(default_factory=list)
+    keep: bool = True  # keep every frame in `frames` (a long-lived reader sets False)
 
     def feed(self, chunk: bytes) -> list[Frame]:
-        self.buffer += chunk.decode()
+        """Add bytes (frames may span chunks, characters too); returns the frames they completed."""
+        self.buffer += chunk
+        *complete, self.buffer = self.buffer.split(b"\n\n")
         new: list[Frame] = []
-        while "\n\n" in self.buffer:
-            raw, self.buffer = self.buffer.split("\n\n", 1)
+        for raw in complete:
             frame = Frame()
-            for line in raw.split("\n"):
+            for line in raw.decode().split("\n"):
                 if line.startswith(":"):
                     frame.comment = line[1:].strip()
                     continue
@@ -48,7 +50,8 @@ class FrameParser:
                 elif name in ("id", "event", "retry"):
                     setattr(frame, name, value)
             new.append(frame)
-        self.frames.extend(new)
+        if self.keep:
+            self.frames.extend(new)
         return new
 
 
