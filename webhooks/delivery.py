@@ -206,48 +206,57 @@ def _due(now: datetime, skip: set[str], limit: int) -> list[tuple[int, str]]:
         return cursor.fetchall()
 
 
-def _choose(now: datetime, room: dict[str, int], limit: int) -> list[int]:
-    """Up to `limit` due row ids, round-robin across destinations, within each one's `room` (used up here).
+def _choose(now: datetime, room: dict[str, int], limit: int) -> list[tuple[int, str]]:
+    """Up to `limit` due (id, destination), round-robin across destinations, within each one's `room` (used up here).
 
     The oldest due rows may all belong to one destination; once it is full, look
     past it (a few rounds at most), so its backlog hides no one else's rows.
     """
     full = {d for d, r in room.items() if r <= 0}
-    chosen: list[int] = []
+    chosen: dict[int, str] = {}
     for _ in range(3):
-        candidates = _due(now, full, limit)
-        if chosen:
-            taken = set(chosen)
-            candidates = [c for c in candidates if c[0] not in taken]
-        chosen += _pick(candidates, room, limit - len(chosen))
+        candidates = [c for c in _due(now, full, limit) if c[0] not in chosen]
+        where = dict(candidates)
+        chosen.update((i, where[i]) for i in _pick(candidates, room, limit - len(chosen)))
         filled = {d for _, d in candidates if room[d] <= 0} - full
         if len(chosen) >= limit or len(candidates) < limit or not filled:
             break
         full |= filled
-    return chosen
+    return list(chosen.items())
 
 
 def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claimed]]:
     """Lease up to `limit` due deliveries that may be sent now; returns the lease token and rows.
 
-    One short, serialized transaction (an advisory lock on PostgreSQL; SQLite's
-    IMMEDIATE transactions already are) reads the breakers' gates and the
-    in-flight counts, chooses round-robin across destinations, leaving out those
-    that are open, paused or at their cap, so a backlog behind a dead receiver
-    never hides anyone else's due rows, and leases the choice: the caps hold
-    exactly across every worker. `answered` is as for `_room`: the caller's
-    requests that have ended while their results wait to be written.
+    Candidates are chosen first, without a lock: round-robin across destinations,
+    leaving out those that are open, paused or at their in-flight cap, so a
+    backlog behind a dead receiver never hides anyone else's due rows. Then, in a
+    short serialized transaction (an advisory lock on PostgreSQL; SQLite's
+    IMMEDIATE transactions already are, and hold every writer back meanwhile),
+    the gates and in-flight counts are read again and the choice is trimmed to
+    them before the rows are leased: the caps hold exactly across every worker,
+    and the write lock is held for three small statements. `answered` is as for
+    `_room`: the caller's requests that have ended while their results wait to
+    be written.
     """
     table = Delivery._meta.db_table
     ops = connection.ops
     token = uuid.uuid4().hex
     now = timezone.now()
+    _, room = _room(now, answered)
+    chosen = _choose(now, room, limit)
+    if not chosen:
+        return token, []
     with one_writer(), transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
         gates, room = _room(now, answered)
-        ids = _choose(now, room, limit)
+        ids = []
+        for row_id, destination in chosen:
+            if room[destination] > 0:
+                room[destination] -= 1
+                ids.append(row_id)
         if not ids:
             return token, []
         lease_until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
@@ -426,7 +435,7 @@ def record(results: list[_Result]) -> None:
     sub_ok: set[str] = set()
     sub_failing: set[str] = set()
     sub_gone: set[str] = set()
-    with transaction.atomic():
+    with one_writer(), transaction.atomic():
         _insert_attempts(attempts)
         for (token, http_status), group in delivered.items():
             live = _mark_delivered(token, [r.job.delivery.id for r in group], http_status, now)
