@@ -1,9 +1,11 @@
-"""`make soak` / `python -m soak [--executions=N] [--rate=R] [--outage=S] [--ci]`.
+"""`make soak` / `python -m soak [--executions=N] [--rate=R] [--outage=S] [--web-processes=N] [--ci]`.
 
 Runs the soak on the database that DATABASE_URL names (SQLite by default; with
 REDIS_URL, Redis as broker and channel layer), in a throwaway database created
 beside it the way the tests do, prints the table, and exits non-zero when
-anything was lost.
+anything was lost. `--web-processes=2` serves the API from `manage.py serve
+--web-processes 2` and SIGKILLs one of its daphne processes mid-run instead of
+restarting a lone daphne.
 """
 
 import signal
@@ -11,7 +13,7 @@ import sys
 
 from soak.standalone import throwaway_database
 
-KNOWN = {"executions", "rate", "outage"}
+KNOWN = {"executions", "rate", "outage", "web-processes"}
 
 
 def main(argv: list[str]) -> int:
@@ -33,8 +35,10 @@ def main(argv: list[str]) -> int:
         config.executions = int(options.get("executions", config.executions))
         config.rate = float(options.get("rate", config.rate))
         config.outage_seconds = float(options.get("outage", config.outage_seconds))
+        config.web_processes = int(options.get("web-processes", config.web_processes))
         print(f"soak: {config.executions} executions at {config.rate:g}/s, receiver failing "
-              f"{config.fail_rate:.0%}, outages of {config.outage_seconds:g}s; logs in {env.tmp}", flush=True)
+              f"{config.fail_rate:.0%}, outages of {config.outage_seconds:g}s, {config.web_processes} web process(es); "
+              f"logs in {env.tmp}", flush=True)
         report = run_soak(env, config)
     print(report.table())
     problems = report.problems()

@@ -4,7 +4,10 @@ One orchestrator (this module, on one asyncio loop) drives real daphne, qcluster
 and demo-agent processes (`devtools.processes.ProcessEnv`) and owns the
 loopback ends (`devtools.loopback`): a webhook receiver that fails 30 % of requests at random and goes
 down twice, an observability collector, SSE clients that hang up and resume with
-`Last-Event-ID`. Meanwhile the worker is SIGKILLed twice and daphne restarted once.
+`Last-Event-ID`. Meanwhile the worker is SIGKILLed twice and daphne restarted once
+(with `web_processes` above 1, the web tier is `manage.py serve --web-processes N`
+and one of its daphne processes is SIGKILLed instead: the others keep serving,
+the supervisor starts it again).
 When the submissions are in, it waits for everything to settle, redrives the dead
 letter queue, and checks that nothing was lost: every execution terminal, every
 completion webhook acknowledged by the receiver, every event id seen by every
@@ -13,6 +16,8 @@ SSE client and by the collector.
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,11 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import requests
 from django.db import connections
 
 from devtools.loopback import LoopbackServer, Reply
-from devtools.processes import Proc, ProcessEnv
-from devtools.waiting import wait_for_async
+from devtools.processes import Proc, ProcessEnv, children_of, free_port
+from devtools.waiting import wait_for, wait_for_async
 from soak.sse_clients import ReconnectingSseClient
 
 WEBHOOK_SECRET = "whsec_c29hay1yZWNlaXZlci1zZWNyZXQtMzItYnl0ZXMhIQ=="
@@ -47,6 +53,9 @@ class SoakConfig:
     sse_lifetime: tuple[float, float] = (2.0, 8.0)
     settle_timeout: float = 900.0
     seed: int = 6
+    # 1: one daphne, restarted (SIGTERM, start) mid-run. More: `serve --web-processes N`
+    # on one port, and one of its daphne processes SIGKILLed mid-run.
+    web_processes: int = 1
     process_env: dict[str, str] = field(
         default_factory=lambda: {
             "WEBHOOK_RETRY_SCHEDULE": "0.5,1,2,4",
@@ -200,7 +209,7 @@ class Soak:
         self.env.env.update(self.config.process_env)
         await self.receiver.start()
         await self.collector.start()
-        self.web = await asyncio.to_thread(self.env.daphne)
+        self.web = await asyncio.to_thread(self._start_web)
         async with session.post(f"{self.base}{OBS}", json={"url": self.collector.url, "secret": COLLECTOR_SECRET}) as r:
             assert r.status == 200, await r.text()
         baseline = await _db(lambda: PlatformEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0)
@@ -271,14 +280,39 @@ class Soak:
         await wait_for_async(lambda: _db(lambda: not leases.is_held(sweeper.LEASE)), 20, 0.2, "the sweeper lease to lapse")
         self.worker = self.env.worker()
 
-    async def _restart_daphne(self) -> None:
-        port = self.web.port
-        await asyncio.to_thread(self.web.stop)
-        self.web = await asyncio.to_thread(self.env.daphne, None, port)
+    def _start_web(self) -> Proc:
+        if self.config.web_processes == 1:
+            return self.env.daphne()
+        port = free_port()
+        args = ["manage.py", "serve", "--web-processes", str(self.config.web_processes), "--no-worker", "--no-agent"]
+        web = self.env.script("serve", args, port, {"PORT": str(port)})
+        wait_for(lambda: len(self._daphnes(web)) == self.config.web_processes, timeout=60,
+                 what=f"{self.config.web_processes} daphne processes\n{web.log()}")
+        wait_for(lambda: requests.get(f"{web.url}/health", timeout=1).ok, what=f"serve on {port}\n{web.log()}")
+        return web
+
+    @staticmethod
+    def _daphnes(web: Proc) -> list[int]:
+        return sorted(pid for pid, cmd in children_of(web.popen.pid).items() if "daphne" in cmd)
+
+    async def _restart_daphne(self) -> str:
+        """One daphne: stopped and started on its port. Several: one SIGKILLed, the supervisor restarts it."""
+        if self.config.web_processes == 1:
+            port = self.web.port
+            await asyncio.to_thread(self.web.stop)
+            self.web = await asyncio.to_thread(self.env.daphne, None, port)
+            return "daphne restart"
+        victim = self._daphnes(self.web)[0]
+        os.kill(victim, signal.SIGKILL)
+        await wait_for_async(
+            lambda: asyncio.to_thread(lambda: victim not in (d := self._daphnes(self.web)) and len(d) == self.config.web_processes),
+            30, 0.2, f"the supervisor to start the killed web process again\n{self.web.log()}",
+        )
+        return f"web process SIGKILL (1 of {self.config.web_processes}; restarted by serve)"
 
     async def _faults(self) -> None:
         outages = []
-        plan = [(0.10, "receiver down"), (0.25, "worker SIGKILL"), (0.45, "daphne restart"),
+        plan = [(0.10, "receiver down"), (0.25, "worker SIGKILL"), (0.45, "web"),
                 (0.60, "receiver down"), (0.75, "worker SIGKILL")]
         for fraction, fault in plan:
             await self._at(fraction)
@@ -289,7 +323,7 @@ class Soak:
             elif fault == "worker SIGKILL":
                 await self._kill_worker()
             else:
-                await self._restart_daphne()
+                at = f"{await self._restart_daphne()} at {self.submitted}"
             self.report.faults.append(at)
         await asyncio.gather(*outages)
 
