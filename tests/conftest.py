@@ -10,7 +10,7 @@ def proc_env(request, transactional_db, tmp_path) -> ProcessEnv:
     """Environment for real child processes that share this test's database."""
     env = ProcessEnv.for_current_database(tmp_path)
     yield env
-    env.stop_all()
+    env.kill_all()
     # `make test-fast` deselects by this marker: a test that starts processes without
     # it would slow the inner loop down unseen.
     if env.procs and request.node.get_closest_marker("processes") is None:
