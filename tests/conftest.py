@@ -1,8 +1,16 @@
 """Shared fixtures: real processes (daphne, qcluster, agents) and loopback servers."""
 
 import pytest
+from django.test import override_settings
 
 from devtools.processes import ProcessEnv
+
+
+@pytest.fixture(autouse=True, scope="session")
+def few_password_hash_iterations():
+    """Users made in tests hash their passwords quickly (tests.support.passwords)."""
+    with override_settings(PASSWORD_HASHERS=["tests.support.passwords.FewIterationsPBKDF2PasswordHasher"]):
+        yield
 
 
 @pytest.fixture
