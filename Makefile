@@ -30,13 +30,17 @@ run: $(VENV)/.installed .env
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py serve
 
+## Two pytest-xdist workers: much of the suite waits on the processes it starts.
+## `make test XDIST=` runs it in one process.
+XDIST ?= -n 2 --dist worksteal
+
 ## The whole suite; on PostgreSQL + Redis when DATABASE_URL and REDIS_URL are set.
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 ## The inner loop: everything but the tests that start processes or a browser.
 test-fast: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m "not processes and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not processes and not browser" $(PYTEST_ARGS)
 
 ## Throughput and latency figures, printed as tables (README, "Numbers").
 bench: $(VENV)/.installed-dev

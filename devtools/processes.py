@@ -46,10 +46,14 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
     def kill(self) -> None:
-        """SIGKILL the whole process group: no cleanup, as in a crash."""
-        if self.popen.poll() is None:
+        """SIGKILL the whole process group: no cleanup, as in a crash.
+
+        The group outlives a leader that has exited: children it left behind
+        (daemonized workers) go too.
+        """
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
+        self.popen.wait(timeout=10)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM to the leader, as a supervisor stops a service, then SIGKILL after `grace`.
@@ -61,12 +65,7 @@ class Proc:
             self.popen.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=grace)
-        if self.popen.poll() is None:
-            self.kill()
-        else:
-            # Children the leader left behind (daemonized workers) go too.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.kill()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -159,6 +158,15 @@ class ProcessEnv:
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+    def kill_all(self) -> None:
+        """SIGKILL every process: the end of a test, where a graceful stop proves nothing.
+
+        A worker's graceful stop takes seconds (django-q2 winds down two clusters);
+        the tests that are about stopping call `stop` themselves.
+        """
+        for proc in reversed(self.procs):
+            proc.kill()
 
 
 def children_of(pid: int) -> dict[int, str]:

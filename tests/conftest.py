@@ -1,8 +1,16 @@
 """Shared fixtures: real processes (daphne, qcluster, agents) and loopback servers."""
 
 import pytest
+from django.test import override_settings
 
 from devtools.processes import ProcessEnv
+
+
+@pytest.fixture(autouse=True, scope="session")
+def few_password_hash_iterations():
+    """Users made in tests hash their passwords quickly (tests.support.passwords)."""
+    with override_settings(PASSWORD_HASHERS=["tests.support.passwords.FewIterationsPBKDF2PasswordHasher"]):
+        yield
 
 
 @pytest.fixture
@@ -10,7 +18,7 @@ def proc_env(request, transactional_db, tmp_path) -> ProcessEnv:
     """Environment for real child processes that share this test's database."""
     env = ProcessEnv.for_current_database(tmp_path)
     yield env
-    env.stop_all()
+    env.kill_all()
     # `make test-fast` deselects by this marker: a test that starts processes without
     # it would slow the inner loop down unseen.
     if env.procs and request.node.get_closest_marker("processes") is None:

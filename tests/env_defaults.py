@@ -17,3 +17,8 @@ if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
     os.environ.setdefault(
         "TEST_DB_NAME", os.path.join(tempfile.gettempdir(), f"agentfield-{_session}.sqlite3")
     )
+# A pytest-xdist worker inherits the values above from the session that started it:
+# each takes its own queue and channel prefix (pytest-django suffixes its database).
+if _worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    for _key in ("Q_NAME", "CHANNEL_PREFIX"):
+        os.environ[_key] = f"{os.environ[_key]}-{_worker}"

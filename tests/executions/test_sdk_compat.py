@@ -47,7 +47,7 @@ def test_sdk_agent_and_client_round_trip(proc_env):
     client_key = ApiKey.create("sdk-client", ApiKey.CLIENT)[1]
     with LoopbackServer() as receiver:
         web = proc_env.daphne()
-        worker = proc_env.worker()
+        proc_env.worker()
         port = free_port()
         agent = proc_env.script("sdk-agent", ["tests/executions/sdk_agent_app.py", str(port), "sdk-node", web.url], port,
                                 extra_env={"AGENTFIELD_API_KEY": agent_key})
@@ -87,5 +87,3 @@ def test_sdk_agent_and_client_round_trip(proc_env):
         agent.stop()
         wait_for(lambda: AgentNode.objects.get(pk="sdk-node").health_status == "inactive", timeout=10,
                  what="the SDK's graceful shutdown notice")
-        # A graceful stop would wait for the worker's sweeper task (a 20 s run).
-        worker.kill()

@@ -38,4 +38,3 @@ def test_sigkilled_worker_mid_dispatch_loses_nothing(proc_env, node, agent):
     assert [r.headers["X-Execution-ID"] for r in agent.requests] == [execution.id] * 2
     assert PlatformEvent.objects.filter(execution_id=execution.id, type="execution.started").count() == 1
     assert PlatformEvent.objects.filter(execution_id=execution.id, type="execution.completed").count() == 1
-    second.kill()  # a graceful stop would wait for its sweeper task (a 20 s run)

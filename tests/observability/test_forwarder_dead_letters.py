@@ -85,6 +85,9 @@ def test_429_and_5xx_are_retried_and_then_delivered(fast, api):
 @pytest.mark.django_db
 def test_redrive_delivers_every_entry_across_pages_and_empties_the_queue(fast, api):
     fast.OBSERVABILITY_BATCH_SIZE = 3  # several redrive batches and chunks
+    # 69 batches, three attempts each, one at a time: the pauses between attempts
+    # are what this test does not look at (the other tests here do).
+    fast.OBSERVABILITY_RETRY_SCHEDULE = [0.01, 0.01]
     with LoopbackServer.collector(status=503) as collector:
         configure(api, collector.url)
         ids = publish(205)

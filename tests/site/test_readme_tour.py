@@ -3,12 +3,16 @@
 `manage.py serve` starts daphne, a worker and the demo agent (what `make run`
 does), on the default retry schedule and with an API key. Every `sh` block of
 the tour runs in bash, in order, and every `python` block in Python; the only
-changes are the ports (8080 and 9000 become free ones) and longer `sleep`s. A line that starts the
+changes are the ports (8080 and 9000 become free ones) and the `sleep`s: a
+`sleep N` waits until nothing is in flight (every execution ended, every
+delivery sent or dead-lettered, the collector caught up), for at most five
+times N, and the block goes on from there as the reader's would. A line that starts the
 development receiver (`manage.py listen ...`) is run here as a process with the
 same arguments, replacing the one before, as a reader would in another
 terminal. `shell` blocks (exports, endless streams) are for reading only.
 """
 
+import contextlib
 import json
 import re
 import shlex
@@ -20,10 +24,22 @@ import requests
 
 from devtools.processes import ROOT, free_port, serving
 from devtools.waiting import wait_for
+from executions.models import TERMINAL, Execution
+from observability.forwarder import configuration
+from webhooks.models import Delivery
 
 pytestmark = pytest.mark.processes
 KEY = "tour-api-key"
 SLOWER = 5
+
+
+def settled() -> bool:
+    """Nothing in flight: what a reader's `sleep` in the tour waits for."""
+    return (
+        not Execution.objects.exclude(status__in=TERMINAL).exists()
+        and not Delivery.objects.filter(status__in=[Delivery.PENDING, Delivery.IN_FLIGHT]).exists()
+        and configuration.status()["backlog"] == 0
+    )
 
 
 def tour_blocks() -> list[tuple[str, str]]:
@@ -39,13 +55,22 @@ class Tour:
         self.outputs: list[str] = []
 
     def local(self, text: str) -> str:
-        text = (
+        return (
             text.replace("localhost:8080", f"localhost:{self.port}")
             .replace("localhost:9000", f"localhost:{self.listen_port}")
             .replace("--port 9000", f"--port {self.listen_port}")
         )
-        # The waits are for a person on an idle laptop; the suite shares two cores with its processes.
-        return re.sub(r"\bsleep (\d+)", lambda m: f"sleep {int(m.group(1)) * SLOWER}", text)
+
+    @staticmethod
+    def sleep(seconds: int) -> None:
+        """A reader's `sleep`: until the stack is idle, for at most SLOWER times as long.
+
+        The waits are for a person on an idle laptop; the suite shares two cores with
+        its processes. Past the bound the block goes on, as after the sleep it replaces:
+        the checks on what it printed tell whether the wait was long enough.
+        """
+        with contextlib.suppress(TimeoutError):
+            wait_for(settled, timeout=seconds * SLOWER, interval=0.2, what="the stack to be idle")
 
     def listen(self, line: str) -> None:
         if self.listener is not None:
@@ -58,12 +83,21 @@ class Tour:
         if "manage.py listen" in block:
             self.listen(block.strip())
             return ""
-        env = {**self.proc_env.env, "AGENTFIELD_API_KEY": KEY}
         command = ["bash", "-euo", "pipefail", "-c"] if kind == "sh" else [sys.executable, "-c"]
-        done = subprocess.run([*command, self.local(block)], cwd=ROOT, env=env, capture_output=True, text=True,
+        # `sleep N` lines split a block: its parts run in order, a reader's sleep between them.
+        pieces = re.split(r"^sleep (\d+)$", block, flags=re.M) if kind == "sh" else [block]
+        output = self.execute(command, pieces[0])
+        for seconds, part in zip(pieces[1::2], pieces[2::2], strict=True):
+            self.sleep(int(seconds))
+            output += self.execute(command, part)
+        self.outputs.append(output)
+        return output
+
+    def execute(self, command: list[str], text: str) -> str:
+        env = {**self.proc_env.env, "AGENTFIELD_API_KEY": KEY}
+        done = subprocess.run([*command, self.local(text)], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
-        assert done.returncode == 0, f"{block}\n{done.stdout}\n{done.stderr}"
-        self.outputs.append(done.stdout)
+        assert done.returncode == 0, f"{text}\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
     def heard(self, text: str, times: int = 1) -> str:
