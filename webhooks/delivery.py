@@ -228,35 +228,41 @@ def _choose(now: datetime, room: dict[str, int], limit: int) -> list[tuple[int, 
 def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claimed]]:
     """Lease up to `limit` due deliveries that may be sent now; returns the lease token and rows.
 
-    Candidates are chosen first, without a lock: round-robin across destinations,
-    leaving out those that are open, paused or at their in-flight cap, so a
-    backlog behind a dead receiver never hides anyone else's due rows. Then, in a
-    short serialized transaction (an advisory lock on PostgreSQL; SQLite's
-    IMMEDIATE transactions already are, and hold every writer back meanwhile),
-    the gates and in-flight counts are read again and the choice is trimmed to
-    them before the rows are leased: the caps hold exactly across every worker,
-    and the write lock is held for three small statements. `answered` is as for
-    `_room`: the caller's requests that have ended while their results wait to
-    be written.
+    The choice is round-robin across destinations, leaving out those that are
+    open, paused or at their in-flight cap, so a backlog behind a dead receiver
+    never hides anyone else's due rows. It is leased in a short, serialized
+    transaction that reads the gates and the in-flight counts first, so the caps
+    hold exactly across every worker. On PostgreSQL an advisory lock serializes
+    claims and holds back nothing else, and the choice is made under it: claimers
+    in other processes never pick the same rows. On SQLite the transaction holds
+    every writer back, so the candidates are chosen before it and only trimmed
+    under it, and the write lock is held for three small statements.
+    `answered` is as for `_room`: the caller's requests that have ended while
+    their results wait to be written.
     """
     table = Delivery._meta.db_table
     ops = connection.ops
     token = uuid.uuid4().hex
     now = timezone.now()
-    _, room = _room(now, answered)
-    chosen = _choose(now, room, limit)
-    if not chosen:
-        return token, []
+    locked_choice = connection.vendor == "postgresql"
+    if not locked_choice:
+        chosen = _choose(now, _room(now, answered)[1], limit)
+        if not chosen:
+            return token, []
     with one_writer(), transaction.atomic():
-        if connection.vendor == "postgresql":
+        if locked_choice:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
         gates, room = _room(now, answered)
-        ids = []
-        for row_id, destination in chosen:
-            if room[destination] > 0:
-                room[destination] -= 1
-                ids.append(row_id)
+        if locked_choice:
+            chosen = _choose(now, room, limit)
+            ids = [row_id for row_id, _ in chosen]
+        else:
+            ids = []
+            for row_id, destination in chosen:
+                if room[destination] > 0:
+                    room[destination] -= 1
+                    ids.append(row_id)
         if not ids:
             return token, []
         lease_until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
