@@ -20,7 +20,7 @@ from rest_framework import authentication, exceptions, permissions
 
 from .models import ApiKey, hash_key
 
-ADMIN, CLIENT, AGENT = ApiKey.ADMIN, ApiKey.CLIENT, ApiKey.AGENT
+ADMIN, CLIENT, AGENT = ApiKey.Scope.ADMIN, ApiKey.Scope.CLIENT, ApiKey.Scope.AGENT
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,13 @@ class ApiKey(models.Model):
     the key that made them, and a deleted key would orphan them.
     """
 
-    ADMIN, CLIENT, AGENT = "admin", "client", "agent"
-    SCOPES = [
-        (ADMIN, "admin: everything"),
-        (CLIENT, "client: its own executions, subscriptions and dead letters"),
-        (AGENT, "agent: its own nodes and the executions dispatched to them"),
-    ]
+    class Scope(models.TextChoices):
+        ADMIN = "admin", "admin: everything"
+        CLIENT = "client", "client: its own executions, subscriptions and dead letters"
+        AGENT = "agent", "agent: its own nodes and the executions dispatched to them"
 
     name = models.CharField(max_length=100)
-    scope = models.CharField(max_length=16, choices=SCOPES, default=CLIENT)
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.CLIENT)
     prefix = models.CharField(max_length=12, help_text="First characters, to tell keys apart.")
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
@@ -43,9 +41,9 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.scope}, {self.prefix}…)"
 
     @classmethod
-    def create(cls, name: str, scope: str = CLIENT) -> tuple["ApiKey", str]:
+    def create(cls, name: str, scope: str = Scope.CLIENT) -> tuple["ApiKey", str]:
         """Make a key; the raw key is returned once and never stored."""
-        if scope not in dict(cls.SCOPES):
+        if scope not in cls.Scope.values:
             raise ValueError(f"unknown scope {scope!r}")
         raw = new_raw_key()
         key = cls.objects.create(name=name, scope=scope, prefix=raw[:10], key_hash=hash_key(raw))

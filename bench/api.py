@@ -229,12 +229,12 @@ def main(argv: list[str]) -> None:
         from executions.models import AgentNode, Execution
 
         env.env.update({"LOG_LEVEL": "WARNING", "EXECUTION_QUEUE_LIMIT": "1000000"})
-        agent_row, agent_key = ApiKey.create("bench-agent", ApiKey.AGENT)
-        _, client_key = ApiKey.create("bench-client", ApiKey.CLIENT)
+        agent_row, agent_key = ApiKey.create("bench-agent", ApiKey.Scope.AGENT)
+        _, client_key = ApiKey.create("bench-client", ApiKey.Scope.CLIENT)
         now = timezone.now()
         AgentNode.objects.bulk_create(
             AgentNode(id=f"bench-{i}", base_url="http://127.0.0.1:9", reasoners=[{"id": "work"}], owner=agent_row,
-                      health_status=AgentNode.ACTIVE, lifecycle_status="ready", last_heartbeat=now)
+                      health_status=AgentNode.Health.ACTIVE, lifecycle_status="ready", last_heartbeat=now)
             for i in range(max(nodes, agents))
         )
         vendor, broker = connection.vendor, "Redis" if settings.REDIS_URL else "ORM"
@@ -298,7 +298,7 @@ def main(argv: list[str]) -> None:
                 _stop_serve(serve)
             settings.NODE_OFFLINE_AFTER = 6.0
             would_go_offline = AgentNode.objects.filter(
-                pk__in=[f"bench-{n}" for n in range(agents)], health_status=AgentNode.ACTIVE,
+                pk__in=[f"bench-{n}" for n in range(agents)], health_status=AgentNode.Health.ACTIVE,
                 last_heartbeat__lt=timezone.now() - node_registry.offline_cutoff_delta(),
             ).count()
             fleet = (beats, api, would_go_offline)

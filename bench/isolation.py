@@ -55,7 +55,7 @@ def _backlog(url: str, count: int, tag: str) -> None:
     for start in range(0, count, 1000):
         Delivery.objects.bulk_create(
             Delivery(
-                kind=Delivery.COMPLETION, event_type="execution.completed", execution_id=f"{tag}_{i}",
+                kind=Delivery.Kind.COMPLETION, event_type="execution.completed", execution_id=f"{tag}_{i}",
                 url=url, destination=destination, secret=SECRET, body=encode_body(_payload(f"{tag}_{i}")),
             )
             for i in range(start, min(count, start + 1000))
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
 
                 kick()
                 # The backlog is being worked on: its requests are out and hanging.
-                wait_for(lambda: Delivery.objects.filter(status=Delivery.IN_FLIGHT).exists(), timeout=30,
+                wait_for(lambda: Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT).exists(), timeout=30,
                          what="the backlog to start")
                 time.sleep(1.0)
             latencies = _healthy(receiver, healthy_n, rate, f"healthy{index}")
@@ -148,8 +148,8 @@ def main(argv: list[str]) -> None:
                 destination = f"http://127.0.0.1:{bad_port}"
                 # Stop the backlog, then let the requests still out end: they opened
                 # connections but are not recorded as attempts yet.
-                Delivery.objects.filter(destination=destination, status=Delivery.PENDING).update(status=Delivery.DEAD)
-                wait_for(lambda d=destination: not Delivery.objects.filter(destination=d, status=Delivery.IN_FLIGHT).exists(),
+                Delivery.objects.filter(destination=destination, status=Delivery.Status.PENDING).update(status=Delivery.Status.DEAD)
+                wait_for(lambda d=destination: not Delivery.objects.filter(destination=d, status=Delivery.Status.IN_FLIGHT).exists(),
                          timeout=60, what="the bad destination's requests to end")
                 row["sends"] = sends()
                 row["attempts"] = Attempt.objects.filter(delivery__destination=destination).count()

@@ -97,7 +97,7 @@ def _engine_process(database_url: str, barrier, results) -> None:
     sent = 0
     # Another process may hold every in-flight place of the one destination for a
     # moment; a worker would be kicked again, this one just looks again.
-    while Delivery.objects.filter(status__in=[Delivery.PENDING, Delivery.IN_FLIGHT]).exists():
+    while Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT]).exists():
         sent += delivery.send_due(run_seconds=600)
         time.sleep(0.001)
     results.put(sent)
@@ -110,7 +110,7 @@ def _engine(url: str, total: int, run: int, processes: int) -> float:
 
     Delivery.objects.all().delete()
     rows = [
-        Delivery(kind=Delivery.COMPLETION, event_type="execution.completed", execution_id=f"exec_{run}_{i}",
+        Delivery(kind=Delivery.Kind.COMPLETION, event_type="execution.completed", execution_id=f"exec_{run}_{i}",
                  url=url, destination=destination_of(url), secret=SECRET, body=encode_body(_payload(f"exec_{run}_{i}")))
         for i in range(total)
     ]
@@ -127,7 +127,7 @@ def _engine(url: str, total: int, run: int, processes: int) -> float:
     elapsed = time.perf_counter() - started
     for proc in procs:
         proc.join(timeout=30)
-    delivered = Delivery.objects.filter(status=Delivery.DELIVERED).count()
+    delivered = Delivery.objects.filter(status=Delivery.Status.DELIVERED).count()
     attempts = Attempt.objects.filter(delivery__execution_id__startswith=f"exec_{run}_").count()
     if delivered != total or attempts != total or sent != total:
         raise SystemExit(f"engine run failed: {delivered}/{total} delivered, {attempts} attempts, {sent} sent")

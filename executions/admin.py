@@ -48,7 +48,7 @@ def webhook_state(execution: Execution, delivery_status: str | None, attempts: i
         return "—"
     if delivery_status is None:
         return "waiting" if execution.status not in TERMINAL else "not sent"
-    if delivery_status == Delivery.PENDING and attempts:
+    if delivery_status == Delivery.Status.PENDING and attempts:
         return "retrying"
     return delivery_status
 
@@ -96,7 +96,7 @@ class ExecutionAdmin(EscapedJSONAdmin):
         return masked_headers(obj.webhook_headers)
 
     def get_queryset(self, request) -> QuerySet:
-        latest = Delivery.objects.filter(execution_id=OuterRef("id"), kind=Delivery.COMPLETION).order_by("-id")
+        latest = Delivery.objects.filter(execution_id=OuterRef("id"), kind=Delivery.Kind.COMPLETION).order_by("-id")
         return super().get_queryset(request).annotate(
             webhook_status=Subquery(latest.values("status")[:1]),
             webhook_attempts=Subquery(latest.values("attempts")[:1]),
@@ -121,7 +121,7 @@ class ExecutionAdmin(EscapedJSONAdmin):
                     '<td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>',
                     reverse("admin:webhooks_delivery_change", args=[quote(row.pk)]), row.webhook_id, row.kind,
                     row.status, row.attempts, row.last_status or "—", row.last_error[:200] or "—",
-                    row.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S") if row.status == Delivery.PENDING else "—",
+                    row.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S") if row.status == Delivery.Status.PENDING else "—",
                 )
                 for row in rows
             ),

@@ -15,8 +15,23 @@ from django.utils import timezone
 
 from agentfield_site.models import ApiKey
 
-STATUSES = ("pending", "queued", "waiting", "running", "paused", "succeeded", "failed", "cancelled", "timeout")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timeout"})
+
+class ExecutionStatus(models.TextChoices):
+    """An execution's status, as CONTRACT.md names them; the terminal ones never change again."""
+
+    PENDING = "pending", "pending"
+    QUEUED = "queued", "queued"
+    WAITING = "waiting", "waiting"
+    RUNNING = "running", "running"
+    PAUSED = "paused", "paused"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+    TIMEOUT = "timeout", "timeout"
+
+
+STATUSES = tuple(ExecutionStatus.values)
+TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED, ExecutionStatus.TIMEOUT})
 ACTIVE = tuple(s for s in STATUSES if s not in TERMINAL)
 # Node, reasoner and skill ids: they become path segments of the agent's URL
 # (`{base_url}/reasoners/{id}`), so nothing that could change the path or query.
@@ -34,8 +49,9 @@ def new_run_id() -> str:
 class AgentNode(models.Model):
     """An agent process that registered itself; reached at `base_url`."""
 
-    ACTIVE = "active"
-    INACTIVE = "inactive"
+    class Health(models.TextChoices):
+        ACTIVE = "active", "active"
+        INACTIVE = "inactive", "inactive"
 
     id = models.CharField(max_length=128, primary_key=True, help_text="The node id agents register with.")
     base_url = models.CharField(max_length=500)
@@ -45,7 +61,7 @@ class AgentNode(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     instance_id = models.CharField(max_length=128, blank=True)
     health_status = models.CharField(
-        max_length=16, default=ACTIVE, choices=[(ACTIVE, "active"), (INACTIVE, "inactive")], db_index=True
+        max_length=16, default=Health.ACTIVE, choices=Health.choices, db_index=True
     )
     lifecycle_status = models.CharField(max_length=32, blank=True)
     registered_at = models.DateTimeField(default=timezone.now)
@@ -104,7 +120,7 @@ class Execution(models.Model):
     input = models.JSONField(default=dict, blank=True)
     context = models.JSONField(default=dict, blank=True)
 
-    status = models.CharField(max_length=16, default="queued", choices=[(s, s) for s in STATUSES])
+    status = models.CharField(max_length=16, default=ExecutionStatus.QUEUED, choices=ExecutionStatus.choices)
     status_reason = models.CharField(max_length=500, blank=True)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)

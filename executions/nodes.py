@@ -56,7 +56,7 @@ def _register(data: dict[str, Any], caller: Caller) -> tuple[AgentNode, bool]:
         node = AgentNode.objects.select_for_update().filter(pk=data["id"]).first()
         check_registration(caller, node)
         created = node is None
-        was_inactive = node is not None and node.health_status == AgentNode.INACTIVE
+        was_inactive = node is not None and node.health_status == AgentNode.Health.INACTIVE
         if node is None:
             node = AgentNode(id=data["id"], registered_at=now)
         node.owner_id = caller.key_id
@@ -67,7 +67,7 @@ def _register(data: dict[str, Any], caller: Caller) -> tuple[AgentNode, bool]:
         node.metadata = data.get("metadata") or {}
         node.instance_id = data.get("instance_id") or ""
         node.lifecycle_status = data.get("lifecycle_status") or "ready"
-        node.health_status = AgentNode.ACTIVE
+        node.health_status = AgentNode.Health.ACTIVE
         node.last_heartbeat = now
         # A new id is inserted, never saved over: two keys racing for the same new
         # id must not both win (the loser's UPDATE would take the node over).
@@ -122,7 +122,7 @@ def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -
     # An online node of this caller's: one statement, which also checks ownership. A
     # heartbeat lost in a database crash is rewritten by the next one: no flush awaited.
     with one_writer(durable=False):
-        written = nodes_of(caller).filter(pk=node_id, health_status=AgentNode.ACTIVE).update(**fields)
+        written = nodes_of(caller).filter(pk=node_id, health_status=AgentNode.Health.ACTIVE).update(**fields)
     if written:
         if len(_written) >= _WRITTEN_MAX:
             _written.clear()
@@ -132,8 +132,8 @@ def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -
     if not caller.is_admin and not nodes_of(caller).filter(pk=node_id).exists():
         raise UnknownNode(node_id, "; register first")
     with transaction.atomic():
-        back = AgentNode.objects.filter(pk=node_id, health_status=AgentNode.INACTIVE).update(
-            health_status=AgentNode.ACTIVE, **fields
+        back = AgentNode.objects.filter(pk=node_id, health_status=AgentNode.Health.INACTIVE).update(
+            health_status=AgentNode.Health.ACTIVE, **fields
         )
         if back:
             _node_event("node.online", AgentNode.objects.get(pk=node_id))
@@ -154,11 +154,11 @@ def shutdown(node_id: str, caller: Caller = OPEN) -> AgentNode:
 
 def _mark_offline(node: AgentNode, reason: str) -> bool:
     _forget(node.pk)
-    changed = AgentNode.objects.filter(pk=node.pk, health_status=AgentNode.ACTIVE).update(
-        health_status=AgentNode.INACTIVE, lifecycle_status="offline"
+    changed = AgentNode.objects.filter(pk=node.pk, health_status=AgentNode.Health.ACTIVE).update(
+        health_status=AgentNode.Health.INACTIVE, lifecycle_status="offline"
     )
     if changed:
-        node.health_status = AgentNode.INACTIVE
+        node.health_status = AgentNode.Health.INACTIVE
         node.lifecycle_status = "offline"
         _node_event("node.offline", node, reason=reason)
     return bool(changed)
@@ -168,15 +168,15 @@ def mark_silent_nodes_offline() -> int:
     """Sweeper tick: nodes without a heartbeat for NODE_OFFLINE_AFTER go offline."""
     cutoff = timezone.now() - offline_cutoff_delta()
     count = 0
-    for node in AgentNode.objects.filter(health_status=AgentNode.ACTIVE, last_heartbeat__lt=cutoff)[:200]:
+    for node in AgentNode.objects.filter(health_status=AgentNode.Health.ACTIVE, last_heartbeat__lt=cutoff)[:200]:
         with transaction.atomic():
             # The conditional update re-checks the heartbeat so a beat that lands
             # between the read and the write keeps the node online.
             changed = AgentNode.objects.filter(
-                pk=node.pk, health_status=AgentNode.ACTIVE, last_heartbeat__lt=cutoff
-            ).update(health_status=AgentNode.INACTIVE, lifecycle_status="offline")
+                pk=node.pk, health_status=AgentNode.Health.ACTIVE, last_heartbeat__lt=cutoff
+            ).update(health_status=AgentNode.Health.INACTIVE, lifecycle_status="offline")
             if changed:
-                node.health_status = AgentNode.INACTIVE
+                node.health_status = AgentNode.Health.INACTIVE
                 _node_event("node.offline", node, reason="heartbeat_missed")
                 count += 1
     return count

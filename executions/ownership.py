@@ -44,7 +44,7 @@ def check_registration(caller: Caller, node: AgentNode | None) -> None:
     """
     if node is None or caller.is_admin or node.owner_id == caller.key_id:
         return
-    if node.owner_id is None and node.health_status == AgentNode.INACTIVE:
+    if node.owner_id is None and node.health_status == AgentNode.Health.INACTIVE:
         return
     raise NodeTaken(node.id)
 

@@ -354,8 +354,8 @@ class Soak:
             self.report.faults.append(str(exc))
 
         def deliveries_settled() -> bool:
-            rows = Delivery.objects.filter(kind=Delivery.COMPLETION)
-            return rows.count() >= len(ids) and not rows.exclude(status__in=[Delivery.DELIVERED, Delivery.DEAD]).exists()
+            rows = Delivery.objects.filter(kind=Delivery.Kind.COMPLETION)
+            return rows.count() >= len(ids) and not rows.exclude(status__in=[Delivery.Status.DELIVERED, Delivery.Status.DEAD]).exists()
 
         try:
             await wait_for_async(lambda: _db(deliveries_settled), timeout(), 0.5, "every delivery to be delivered or dead")
@@ -371,7 +371,7 @@ class Soak:
             self.report.redriven = (await r.json())["processed"]
 
         def all_delivered() -> bool:
-            return not Delivery.objects.filter(kind=Delivery.COMPLETION).exclude(status=Delivery.DELIVERED).exists()
+            return not Delivery.objects.filter(kind=Delivery.Kind.COMPLETION).exclude(status=Delivery.Status.DELIVERED).exists()
 
         with contextlib.suppress(TimeoutError):  # counted below as a non-empty DLQ or lost webhooks
             await wait_for_async(lambda: _db(all_delivered), timeout(), 0.5, "the redriven deliveries")
@@ -380,12 +380,12 @@ class Soak:
 
         def count() -> dict:
             found = dict(Execution.objects.filter(pk__in=ids).values_list("id", "status"))
-            rows = Delivery.objects.filter(kind=Delivery.COMPLETION)
+            rows = Delivery.objects.filter(kind=Delivery.Kind.COMPLETION)
             return {
                 "statuses": Counter(found.values()),
                 "missing": len(ids - {k for k, v in found.items() if v in TERMINAL}),
                 "deliveries": rows.count(),
-                "attempts": Attempt.objects.filter(delivery__kind=Delivery.COMPLETION).count(),
+                "attempts": Attempt.objects.filter(delivery__kind=Delivery.Kind.COMPLETION).count(),
             }
 
         counted = await _db(count)

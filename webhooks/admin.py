@@ -22,7 +22,7 @@ from .api.serializers import SubscriptionSerializer
 from .masking import masked_headers
 from .models import Attempt, DeadLetter, Delivery, Destination, Subscription, SubscriptionSecret
 
-REDRIVABLE = (Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED)
+REDRIVABLE = (Delivery.Status.DEAD, Delivery.Status.FAILED, Delivery.Status.DELIVERED)
 
 
 class AttemptInline(admin.TabularInline):
@@ -77,7 +77,7 @@ class DeliveryAdmin(EscapedJSONAdmin):
 
     @admin.display(description="next attempt", ordering="next_attempt_at")
     def next_attempt(self, obj: Delivery):
-        return obj.next_attempt_at if obj.status == Delivery.PENDING else "—"
+        return obj.next_attempt_at if obj.status == Delivery.Status.PENDING else "—"
 
     @admin.display(description="custom headers")
     def header_names(self, obj: Delivery) -> dict:
@@ -113,7 +113,7 @@ class DeadLetterAdmin(DeliveryAdmin):
     change_form_template = "admin/webhooks/deadletter/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).filter(status=Delivery.DEAD)
+        return super().get_queryset(request).filter(status=Delivery.Status.DEAD)
 
     @admin.display(description="last error", ordering="last_error")
     def error(self, obj: Delivery) -> str:

@@ -55,7 +55,7 @@ def enqueue_completion(
     for the same execution (a repeated terminal callback) changes nothing.
     """
     row = Delivery(
-        kind=Delivery.COMPLETION,
+        kind=Delivery.Kind.COMPLETION,
         event_type=str(payload.get("event") or "execution.completed"),
         execution_id=execution_id,
         url=url,
@@ -73,7 +73,7 @@ def enqueue_completion(
 
 # An attempt as the status document reports it: the last attempt of a dead-lettered
 # delivery says `dead`, so a reader (the dashboard after a reload) tells it from a retry.
-ATTEMPT_STATUS = {Attempt.DELIVERED: "delivered", Attempt.DEAD: "dead"}
+ATTEMPT_STATUS = {Attempt.Outcome.DELIVERED: "delivered", Attempt.Outcome.DEAD: "dead"}
 
 
 def webhook_events(execution_ids: Sequence[str]) -> dict[str, list[dict]]:
@@ -86,7 +86,7 @@ def webhook_events(execution_ids: Sequence[str]) -> dict[str, list[dict]]:
     if not ids:
         return result
     rows = (
-        Delivery.objects.filter(kind=Delivery.COMPLETION, execution_id__in=ids)
+        Delivery.objects.filter(kind=Delivery.Kind.COMPLETION, execution_id__in=ids)
         .values("id", "execution_id", "event_type", "status", "created_at", "attempt_log__id",
                 "attempt_log__number", "attempt_log__status_code", "attempt_log__error",
                 "attempt_log__outcome", "attempt_log__started_at")

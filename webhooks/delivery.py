@@ -168,7 +168,7 @@ def _room(now: datetime, answered: Mapping[str, int] = {}) -> tuple[destinations
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT destination, COUNT(*) FROM {Delivery._meta.db_table} WHERE status = %s GROUP BY destination",
-            [Delivery.IN_FLIGHT],
+            [Delivery.Status.IN_FLIGHT],
         )
         busy = dict(cursor.fetchall())
     room: dict[str, int] = defaultdict(lambda: cap)
@@ -189,7 +189,7 @@ def sendable_now() -> bool:
     now = timezone.now()
     _, room = _room(now)
     full = [d for d, r in room.items() if r <= 0]
-    return Delivery.objects.filter(status=Delivery.PENDING, next_attempt_at__lte=now).exclude(
+    return Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exclude(
         destination__in=full
     ).exists()
 
@@ -197,7 +197,7 @@ def sendable_now() -> bool:
 def _due(now: datetime, skip: set[str], limit: int) -> list[tuple[int, str]]:
     """(id, destination) of the oldest due deliveries, leaving out the `skip` destinations."""
     sql = f"SELECT id, destination FROM {Delivery._meta.db_table} WHERE status = %s AND next_attempt_at <= %s"
-    params: list = [Delivery.PENDING, connection.ops.adapt_datetimefield_value(now)]
+    params: list = [Delivery.Status.PENDING, connection.ops.adapt_datetimefield_value(now)]
     if skip:
         sql += f" AND destination NOT IN ({', '.join(['%s'] * len(skip))})"
         params += sorted(skip)
@@ -272,13 +272,13 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claim
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, [
-                Delivery.IN_FLIGHT, token, ops.adapt_datetimefield_value(lease_until), Delivery.PENDING, *ids,
+                Delivery.Status.IN_FLIGHT, token, ops.adapt_datetimefield_value(lease_until), Delivery.Status.PENDING, *ids,
             ])
             returned = cursor.fetchall()
         headers = Delivery._meta.get_field("headers")
         rows = []
         for values in returned:
-            row = Claimed(*values, Delivery.IN_FLIGHT, token, lease_until)
+            row = Claimed(*values, Delivery.Status.IN_FLIGHT, token, lease_until)
             row.headers = headers.from_db_value(row.headers, None, connection) or {}
             row.body = bytes(row.body)  # PostgreSQL hands back a memoryview
             rows.append(row)
@@ -291,7 +291,7 @@ def renew(tokens: Iterable[str]) -> None:
     tokens = list(tokens)
     if tokens:
         until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
-        Delivery.objects.filter(lease_token__in=tokens, status=Delivery.IN_FLIGHT).update(lease_until=until)
+        Delivery.objects.filter(lease_token__in=tokens, status=Delivery.Status.IN_FLIGHT).update(lease_until=until)
 
 
 def release(tokens: Iterable[str]) -> int:
@@ -299,19 +299,19 @@ def release(tokens: Iterable[str]) -> int:
     tokens = list(tokens)
     if not tokens:
         return 0
-    return Delivery.objects.filter(lease_token__in=tokens, status=Delivery.IN_FLIGHT).update(
-        status=Delivery.PENDING, next_attempt_at=timezone.now(), lease_token="", lease_until=None
+    return Delivery.objects.filter(lease_token__in=tokens, status=Delivery.Status.IN_FLIGHT).update(
+        status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), lease_token="", lease_until=None
     )
 
 
 def reclaim_expired() -> int:
     """Make deliveries whose sender died (lease lapsed) due again."""
     now = timezone.now()
-    lapsed = Delivery.objects.filter(status=Delivery.IN_FLIGHT, lease_until__lt=now)
+    lapsed = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT, lease_until__lt=now)
     # Read first: the sweeper asks every tick, and on SQLite even a no-op UPDATE takes the write lock.
     if not lapsed.exists():
         return 0
-    return lapsed.update(status=Delivery.PENDING, next_attempt_at=now, lease_token="", lease_until=None)
+    return lapsed.update(status=Delivery.Status.PENDING, next_attempt_at=now, lease_token="", lease_until=None)
 
 
 def _jobs(token: str, rows: list[Claimed]) -> list[_Job]:
@@ -336,7 +336,7 @@ def _jobs(token: str, rows: list[Claimed]) -> list[_Job]:
             sub = subs.get(row.subscription_id)
             if sub is None:
                 skip = "the subscription was deleted"
-            elif not sub.enabled and row.kind != Delivery.TEST:
+            elif not sub.enabled and row.kind != Delivery.Kind.TEST:
                 skip = f"the subscription is disabled: {sub.disabled_reason}"
             else:
                 url, headers, keys = sub.url, dict(sub.headers or {}), secrets[sub.id]
@@ -372,15 +372,15 @@ def _verdict(row: Claimed, result: _Result) -> tuple[str, float | None]:
     """
     verdict = outbound.classify(result.outcome)
     if verdict == outbound.Verdict.DELIVERED:
-        return Attempt.DELIVERED, None
+        return Attempt.Outcome.DELIVERED, None
     if result.job.skip_reason or verdict == outbound.Verdict.GONE:
-        return Attempt.DEAD, None
+        return Attempt.Outcome.DEAD, None
     if not row.retries:
-        return Attempt.FAILED, None
+        return Attempt.Outcome.FAILED, None
     delay = delay_for(row.attempts + 1 - row.budget_base, settings.WEBHOOK_RETRY_SCHEDULE)
     if delay is None:
-        return Attempt.DEAD, None
-    return Attempt.RETRY, honour_retry_after(result.outcome.retry_after, delay)
+        return Attempt.Outcome.DEAD, None
+    return Attempt.Outcome.RETRY, honour_retry_after(result.outcome.retry_after, delay)
 
 
 def _event(row: Claimed, event_type: str, status: str, outcome: outbound.Outcome, error: str, url: str):
@@ -421,16 +421,16 @@ def record(results: list[_Result]) -> None:
             row.id, row.attempts + 1, result.started_at, outcome.duration_ms, outcome.status,
             outcome.headers, outcome.body, error, verdict,
         ))
-        if verdict == Attempt.DELIVERED:
+        if verdict == Attempt.Outcome.DELIVERED:
             delivered[result.job.token, outcome.status].append(result)
             continue
         fields = {"last_status": outcome.status, "last_error": error[:4000]}
-        if verdict == Attempt.RETRY:
-            fields.update(status=Delivery.PENDING, next_attempt_at=now + timedelta(seconds=delay))
-        elif verdict == Attempt.FAILED:
-            fields.update(status=Delivery.FAILED)
+        if verdict == Attempt.Outcome.RETRY:
+            fields.update(status=Delivery.Status.PENDING, next_attempt_at=now + timedelta(seconds=delay))
+        elif verdict == Attempt.Outcome.FAILED:
+            fields.update(status=Delivery.Status.FAILED)
         else:
-            fields.update(status=Delivery.DEAD, dead_lettered_at=now)
+            fields.update(status=Delivery.Status.DEAD, dead_lettered_at=now)
         singles.append((result, verdict, fields))
 
     breakers: dict[str, list[outbound.Outcome]] = defaultdict(list)
@@ -451,7 +451,7 @@ def record(results: list[_Result]) -> None:
                     events.append(_event(row, "webhook.delivered", "delivered", result.outcome, "", result.job.request.url))
                     if row.subscription_id:
                         sub_ok.add(row.subscription_id)
-        leased = Delivery.objects.filter(status=Delivery.IN_FLIGHT)
+        leased = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
         lease_free = {"lease_token": "", "lease_until": None, "attempts": F("attempts") + 1}
         for result, verdict, fields in singles:
             row = result.job.delivery
@@ -460,10 +460,10 @@ def record(results: list[_Result]) -> None:
             if row.subscription_id and not result.job.skip_reason:
                 (sub_gone if result.outcome.status == 410 else sub_failing).add(row.subscription_id)
             error = fields["last_error"]
-            if verdict == Attempt.RETRY:
+            if verdict == Attempt.Outcome.RETRY:
                 if row.attempts == row.budget_base:  # first failure of this budget: once, not per retry
                     events.append(_event(row, "webhook.failed", "retrying", result.outcome, error, result.job.request.url))
-            elif verdict == Attempt.FAILED:
+            elif verdict == Attempt.Outcome.FAILED:
                 events.append(_event(row, "webhook.failed", "failed", result.outcome, error, result.job.request.url))
             else:
                 events.append(_event(row, "webhook.dead_lettered", "dead", result.outcome, error, result.job.request.url))
@@ -509,7 +509,7 @@ def _mark_delivered(token: str, ids: list[int], http_status: int | None, now: da
         f"lease_token = '', lease_until = NULL, attempts = attempts + 1 "
         f"WHERE lease_token = %s AND status = %s AND id IN ({marks}) RETURNING id"
     )
-    params = [Delivery.DELIVERED, connection.ops.adapt_datetimefield_value(now), http_status, token, Delivery.IN_FLIGHT, *ids]
+    params = [Delivery.Status.DELIVERED, connection.ops.adapt_datetimefield_value(now), http_status, token, Delivery.Status.IN_FLIGHT, *ids]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {row[0] for row in cursor.fetchall()}
@@ -648,7 +648,7 @@ def tick() -> None:
 
 # --- redrive ---------------------------------------------------------------------
 
-def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.DEAD,)) -> int:
+def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.Status.DEAD,)) -> int:
     """Give deliveries in `statuses` a fresh retry budget under the same webhook-id; returns how many."""
     statuses = list(statuses)
     now = timezone.now()
@@ -659,7 +659,7 @@ def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.DEAD,)) ->
         if not rows:
             return 0
         queued = Delivery.objects.filter(id__in=[r["id"] for r in rows], status__in=statuses).update(
-            status=Delivery.PENDING,
+            status=Delivery.Status.PENDING,
             next_attempt_at=now,
             budget_base=F("attempts"),
             budget_started_at=now,

@@ -59,7 +59,7 @@ def gates(now: datetime) -> Gates:
         " WHERE state IN (%s, %s) OR paused_until > %s"
     )
     at = connection.ops.adapt_datetimefield_value(now)
-    opened, probing_state = Destination.OPEN, Destination.HALF_OPEN
+    opened, probing_state = Destination.State.OPEN, Destination.State.HALF_OPEN
     with connection.cursor() as cursor:
         cursor.execute(sql, [at, opened, at, probing_state, at, opened, probing_state, at])
         rows = cursor.fetchall()
@@ -73,8 +73,8 @@ def start_probes(destinations: set[str], now: datetime) -> None:
     """Mark the destinations whose probe a claim just took as half-open for the probe's lease."""
     if destinations:
         until = now + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
-        Destination.objects.filter(destination__in=destinations).exclude(state=Destination.CLOSED).update(
-            state=Destination.HALF_OPEN, probe_until=until
+        Destination.objects.filter(destination__in=destinations).exclude(state=Destination.State.CLOSED).update(
+            state=Destination.State.HALF_OPEN, probe_until=until
         )
 
 
@@ -132,7 +132,7 @@ def _close(destinations: set[str], now: datetime) -> list:
         cursor.execute(
             f"SELECT destination FROM {Destination._meta.db_table} WHERE destination IN ({marks})"
             " AND (consecutive_failures > 0 OR state <> %s)",
-            [*destinations, Destination.CLOSED],
+            [*destinations, Destination.State.CLOSED],
         )
         names = [name for (name,) in cursor.fetchall()]
     if not names:
@@ -140,13 +140,13 @@ def _close(destinations: set[str], now: datetime) -> list:
     troubled = Destination.objects.filter(destination__in=names).values_list("destination", "state", "opened_at")
     events = []
     for destination, state, opened_at in troubled:
-        if state == Destination.CLOSED:
-            Destination.objects.filter(destination=destination, state=Destination.CLOSED).update(
+        if state == Destination.State.CLOSED:
+            Destination.objects.filter(destination=destination, state=Destination.State.CLOSED).update(
                 consecutive_failures=0
             )
             continue
-        closed = Destination.objects.filter(destination=destination).exclude(state=Destination.CLOSED).update(
-            state=Destination.CLOSED, consecutive_failures=0, opened_at=None, cooldown_seconds=0,
+        closed = Destination.objects.filter(destination=destination).exclude(state=Destination.State.CLOSED).update(
+            state=Destination.State.CLOSED, consecutive_failures=0, opened_at=None, cooldown_seconds=0,
             next_probe_at=None, probe_until=None, last_error="",
         )
         if closed:
@@ -165,17 +165,17 @@ def _fail(failing: dict[str, tuple[bool, int, str]], now: datetime) -> list:
             consecutive_failures=base + tail, last_error=error[:2000]
         )
         row = Destination.objects.get(destination=destination)
-        if row.state == Destination.CLOSED and row.consecutive_failures >= threshold:
+        if row.state == Destination.State.CLOSED and row.consecutive_failures >= threshold:
             cooldown = settings.WEBHOOK_BREAKER_COOLDOWN
-            opened = Destination.objects.filter(destination=destination, state=Destination.CLOSED).update(
-                state=Destination.OPEN, opened_at=now, cooldown_seconds=cooldown,
+            opened = Destination.objects.filter(destination=destination, state=Destination.State.CLOSED).update(
+                state=Destination.State.OPEN, opened_at=now, cooldown_seconds=cooldown,
                 next_probe_at=now + timedelta(seconds=cooldown), probe_until=None,
             )
-        elif row.state == Destination.HALF_OPEN and not answered:
+        elif row.state == Destination.State.HALF_OPEN and not answered:
             first, most = settings.WEBHOOK_BREAKER_COOLDOWN, settings.WEBHOOK_BREAKER_MAX_COOLDOWN
             cooldown = min(max(row.cooldown_seconds, first) * 2, most)
-            opened = Destination.objects.filter(destination=destination, state=Destination.HALF_OPEN).update(
-                state=Destination.OPEN, cooldown_seconds=cooldown,
+            opened = Destination.objects.filter(destination=destination, state=Destination.State.HALF_OPEN).update(
+                state=Destination.State.OPEN, cooldown_seconds=cooldown,
                 next_probe_at=now + timedelta(seconds=cooldown), probe_until=None,
             )
         else:
@@ -201,7 +201,7 @@ def expire_deferred(now: datetime | None = None) -> int:
     """Dead-letter due deliveries kept waiting by an open breaker past their schedule's span."""
     now = now or timezone.now()
     down = dict(
-        Destination.objects.exclude(state=Destination.CLOSED).values_list("destination", "opened_at")
+        Destination.objects.exclude(state=Destination.State.CLOSED).values_list("destination", "opened_at")
     )
     if not down:
         return 0
@@ -215,14 +215,14 @@ def expire_deferred(now: datetime | None = None) -> int:
                 # Only rows that are due: one whose last retry (jitter, Retry-After) falls
                 # after the span still gets that attempt if the destination recovers.
                 Delivery.objects.filter(
-                    destination=destination, status=Delivery.PENDING, retries=True,
+                    destination=destination, status=Delivery.Status.PENDING, retries=True,
                     budget_started_at__lt=cutoff, next_attempt_at__lte=now,
                 ).values("id", "webhook_id", "execution_id", "event_type", "subscription_id", "attempts", "url")[:1000]
             )
             if not rows:
                 continue
-            expired += Delivery.objects.filter(id__in=[r["id"] for r in rows], status=Delivery.PENDING).update(
-                status=Delivery.DEAD, dead_lettered_at=now, last_error=error
+            expired += Delivery.objects.filter(id__in=[r["id"] for r in rows], status=Delivery.Status.PENDING).update(
+                status=Delivery.Status.DEAD, dead_lettered_at=now, last_error=error
             )
             publish_many(
                 build(
@@ -246,8 +246,8 @@ def expire_deferred(now: datetime | None = None) -> int:
 def probe_now(destinations) -> int:
     """Let the next claim send a probe to these open destinations at once."""
     return Destination.objects.filter(destination__in=list(destinations)).exclude(
-        state=Destination.CLOSED
-    ).update(state=Destination.OPEN, next_probe_at=timezone.now(), probe_until=None, paused_until=None)
+        state=Destination.State.CLOSED
+    ).update(state=Destination.State.OPEN, next_probe_at=timezone.now(), probe_until=None, paused_until=None)
 
 
 def close(destinations) -> int:
@@ -272,10 +272,10 @@ def with_stats(rows: QuerySet) -> QuerySet:
     """Destinations annotated with `pending`, `in_flight`, `attempts_1h` and `delivered_1h`."""
     recent = Attempt.objects.filter(started_at__gte=timezone.now() - timedelta(hours=1))
     return rows.annotate(
-        pending=_count(Delivery.objects.filter(status=Delivery.PENDING), "destination"),
-        in_flight=_count(Delivery.objects.filter(status=Delivery.IN_FLIGHT), "destination"),
+        pending=_count(Delivery.objects.filter(status=Delivery.Status.PENDING), "destination"),
+        in_flight=_count(Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT), "destination"),
         attempts_1h=_count(recent, "delivery__destination"),
-        delivered_1h=_count(recent.filter(outcome=Attempt.DELIVERED), "delivery__destination"),
+        delivered_1h=_count(recent.filter(outcome=Attempt.Outcome.DELIVERED), "delivery__destination"),
     )
 
 
@@ -283,7 +283,7 @@ def overview() -> list[dict]:
     """Every known destination, and every address with deliveries waiting, with breaker and queue."""
     now = timezone.now()
     _ensure(
-        Delivery.objects.filter(status__in=[Delivery.PENDING, Delivery.IN_FLIGHT])
+        Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT])
         .exclude(destination="")
         .values_list("destination", flat=True)
         .distinct()
@@ -295,7 +295,7 @@ def overview() -> list[dict]:
             "state": row.state,
             "consecutive_failures": row.consecutive_failures,
             "opened_at": row.opened_at,
-            "next_probe_at": row.next_probe_at if row.state != Destination.CLOSED else None,
+            "next_probe_at": row.next_probe_at if row.state != Destination.State.CLOSED else None,
             "paused_until": row.paused_until if row.paused_until and row.paused_until > now else None,
             "last_error": row.last_error,
             "pending": row.pending,

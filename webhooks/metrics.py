@@ -36,24 +36,24 @@ class WebhookCollector:
         )
 
         states = dict(
-            Delivery.objects.filter(status__in=(Delivery.PENDING, Delivery.IN_FLIGHT, Delivery.DEAD))
+            Delivery.objects.filter(status__in=(Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT, Delivery.Status.DEAD))
             .values_list("status")
             .annotate(n=Count("id"))
         )
         yield GaugeMetricFamily(
             "agentfield_webhook_pending",
             "Deliveries waiting for their next attempt or in flight.",
-            value=states.get(Delivery.PENDING, 0) + states.get(Delivery.IN_FLIGHT, 0),
+            value=states.get(Delivery.Status.PENDING, 0) + states.get(Delivery.Status.IN_FLIGHT, 0),
         )
         yield GaugeMetricFamily(
-            "agentfield_webhook_dead_letters", "Deliveries in the dead letter queue.", value=states.get(Delivery.DEAD, 0)
+            "agentfield_webhook_dead_letters", "Deliveries in the dead letter queue.", value=states.get(Delivery.Status.DEAD, 0)
         )
 
         by_state = dict(Destination.objects.values_list("state").annotate(n=Count("destination")).order_by())
         states_family = GaugeMetricFamily(
             "agentfield_destinations", "Receiver addresses by circuit breaker state.", labels=["state"]
         )
-        for state, _ in Destination.STATES:
+        for state, _ in Destination.State.choices:
             states_family.add_metric([state], by_state.get(state, 0))
         yield states_family
         # One series per destination whose breaker is not closed: bounded by the trouble, not the table.
@@ -62,7 +62,7 @@ class WebhookCollector:
             "1 while a destination's breaker is open or half-open (its deliveries wait).",
             labels=["destination"],
         )
-        for destination in Destination.objects.exclude(state=Destination.CLOSED).values_list("destination", flat=True):
+        for destination in Destination.objects.exclude(state=Destination.State.CLOSED).values_list("destination", flat=True):
             breaker.add_metric([destination], 1)
         yield breaker
 

@@ -65,15 +65,22 @@ class SubscriptionSecret(models.Model):
 
 
 class Delivery(models.Model):
-    PENDING, IN_FLIGHT, DELIVERED, FAILED, DEAD = "pending", "in_flight", "delivered", "failed", "dead"
-    STATUSES = [(s, s) for s in (PENDING, IN_FLIGHT, DELIVERED, FAILED, DEAD)]
-    COMPLETION, SUBSCRIPTION, TEST = "completion", "subscription", "test"
-    KINDS = [(k, k) for k in (COMPLETION, SUBSCRIPTION, TEST)]
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        IN_FLIGHT = "in_flight", "in_flight"
+        DELIVERED = "delivered", "delivered"
+        FAILED = "failed", "failed"
+        DEAD = "dead", "dead"
+
+    class Kind(models.TextChoices):
+        COMPLETION = "completion", "completion"
+        SUBSCRIPTION = "subscription", "subscription"
+        TEST = "test", "test"
 
     id = models.BigAutoField(primary_key=True)
     # Unique by a constraint below, not `unique=True` (see Meta).
     webhook_id = models.CharField(max_length=64, default=new_webhook_id, editable=False)
-    kind = models.CharField(max_length=16, choices=KINDS)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
     event_type = models.CharField(max_length=64)
     execution_id = models.CharField(max_length=64, blank=True)
     subscription = models.ForeignKey(
@@ -104,7 +111,7 @@ class Delivery(models.Model):
         db_index=False,
     )
 
-    status = models.CharField(max_length=16, choices=STATUSES, default=PENDING)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     lease_token = models.CharField(max_length=32, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
@@ -163,11 +170,13 @@ class Destination(models.Model):
     Retry-After pauses a destination until `paused_until` whatever its state.
     """
 
-    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-    STATES = [(s, s) for s in (CLOSED, OPEN, HALF_OPEN)]
+    class State(models.TextChoices):
+        CLOSED = "closed", "closed"
+        OPEN = "open", "open"
+        HALF_OPEN = "half_open", "half_open"
 
     destination = models.CharField(max_length=255, primary_key=True)
-    state = models.CharField(max_length=16, choices=STATES, default=CLOSED, db_index=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CLOSED, db_index=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     opened_at = models.DateTimeField(null=True, blank=True)
     cooldown_seconds = models.FloatField(default=0)
@@ -187,7 +196,11 @@ class Destination(models.Model):
 class Attempt(models.Model):
     """One HTTP attempt of a delivery, as the receiver answered it."""
 
-    DELIVERED, RETRY, DEAD, FAILED = "delivered", "retry", "dead", "failed"
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered", "delivered"
+        RETRY = "retry", "retry"
+        DEAD = "dead", "dead"
+        FAILED = "failed", "failed"
 
     id = models.BigAutoField(primary_key=True)
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
@@ -198,8 +211,8 @@ class Attempt(models.Model):
     response_headers = models.JSONField(default=dict, blank=True)
     response_body = models.TextField(blank=True)
     error = models.TextField(blank=True)
-    # What the engine made of it: delivered, retry, dead, failed.
-    outcome = models.CharField(max_length=16)
+    # What the engine made of it.
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
 
     class Meta:
         ordering = ["delivery_id", "number"]

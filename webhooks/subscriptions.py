@@ -56,7 +56,7 @@ def _enabled() -> list[_Row]:
         )
         _cache = (
             now + CACHE_SECONDS,
-            [(i, u, tuple(t or ()), o, scope == ApiKey.CLIENT) for i, u, t, o, scope in rows],
+            [(i, u, tuple(t or ()), o, scope == ApiKey.Scope.CLIENT) for i, u, t, o, scope in rows],
         )
     return _cache[1]
 
@@ -95,7 +95,7 @@ def on_events(events: list[PlatformEvent]) -> None:
             body = body or encode_body(event.as_document())
             rows.append(
                 Delivery(
-                    kind=Delivery.SUBSCRIPTION,
+                    kind=Delivery.Kind.SUBSCRIPTION,
                     subscription_id=sub_id,
                     event_type=event.type,
                     event_id=event.id,
@@ -129,7 +129,7 @@ def create(
 def retarget(sub: Subscription) -> int:
     """Point the subscription's deliveries not yet delivered at its current URL (after a change)."""
     return Delivery.objects.filter(
-        subscription=sub, status__in=[Delivery.PENDING, Delivery.FAILED, Delivery.DEAD]
+        subscription=sub, status__in=[Delivery.Status.PENDING, Delivery.Status.FAILED, Delivery.Status.DEAD]
     ).update(url=sub.url, destination=outbound.destination_of(sub.url))
 
 
@@ -156,7 +156,7 @@ def send_test(sub: Subscription) -> Delivery:
     }
     with transaction.atomic():
         row = Delivery.objects.create(
-            kind=Delivery.TEST,
+            kind=Delivery.Kind.TEST,
             subscription=sub,
             event_type="webhook.test",
             url=sub.url,

@@ -108,7 +108,7 @@ def test_execution_page_in_fieldsets_with_deliveries_and_events(staff, node, set
         execution = _submit({"url": receiver.url})
         _finish(execution)
         row = drain(Delivery.objects.get(execution_id=execution.id))
-    assert row.status == Delivery.DEAD
+    assert row.status == Delivery.Status.DEAD
     page = staff.get(reverse("admin:executions_execution_change", args=[quote(execution.id)])).content.decode()
     for legend in ("Webhook", "Input and result", "Events", "Times", "Workflow", "Dispatch"):
         assert f">{legend}<" in page, legend

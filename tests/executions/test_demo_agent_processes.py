@@ -52,11 +52,11 @@ def test_with_keys_the_demo_agent_runs_on_its_own_agent_key(proc_env):
     from agentfield_site.models import ApiKey
 
     assert Command()._demo_agent_key() == {}, "no key configured: the API stays open, no key is made"
-    client_key = ApiKey.create("tour", ApiKey.CLIENT)[1]
+    client_key = ApiKey.create("tour", ApiKey.Scope.CLIENT)[1]
     stale = Command()._demo_agent_key()["AGENTFIELD_API_KEY"]
     agent_key = Command()._demo_agent_key()["AGENTFIELD_API_KEY"]
     assert check_key(stale) is None, "each run reissues the same row with a fresh secret"
-    assert ApiKey.objects.filter(name="demo-agent", scope=ApiKey.AGENT).count() == 1
+    assert ApiKey.objects.filter(name="demo-agent", scope=ApiKey.Scope.AGENT).count() == 1
     web = proc_env.daphne()
     proc_env.worker()
     agent = proc_env.demo_agent(web.url, extra_env={"AGENTFIELD_API_KEY": agent_key})

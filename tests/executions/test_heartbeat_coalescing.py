@@ -26,8 +26,8 @@ def fresh_memory():
 
 @pytest.fixture
 def owner() -> Caller:
-    key, _ = ApiKey.create("agent-a", ApiKey.AGENT)
-    return Caller(ApiKey.AGENT, key.pk, key.name)
+    key, _ = ApiKey.create("agent-a", ApiKey.Scope.AGENT)
+    return Caller(ApiKey.Scope.AGENT, key.pk, key.name)
 
 
 @pytest.fixture
@@ -77,16 +77,16 @@ def test_after_the_interval_the_beat_is_written_again(node, owner, monkeypatch):
 
 def test_another_keys_beat_is_never_answered_from_memory(node, owner):
     nodes.heartbeat("writer", "ready", owner)
-    other, _ = ApiKey.create("agent-b", ApiKey.AGENT)
+    other, _ = ApiKey.create("agent-b", ApiKey.Scope.AGENT)
     with pytest.raises(UnknownNode):
-        nodes.heartbeat("writer", "ready", Caller(ApiKey.AGENT, other.pk, other.name))
+        nodes.heartbeat("writer", "ready", Caller(ApiKey.Scope.AGENT, other.pk, other.name))
 
 
 def test_a_beat_right_after_shutdown_brings_the_node_back(node, owner):
     nodes.heartbeat("writer", "ready", owner)
     nodes.shutdown("writer", owner)
     nodes.heartbeat("writer", "ready", owner)
-    assert _stored().health_status == AgentNode.ACTIVE
+    assert _stored().health_status == AgentNode.Health.ACTIVE
     assert list(PlatformEvent.objects.filter(agent_node_id="writer").values_list("type", flat=True)) == [
         "node.registered", "node.offline", "node.online",
     ]

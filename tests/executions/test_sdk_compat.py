@@ -43,8 +43,8 @@ async def _run_client(base_url: str, target: str, webhook_url: str, api_key: str
 
 
 def test_sdk_agent_and_client_round_trip(proc_env):
-    agent_key = ApiKey.create("sdk-agent", ApiKey.AGENT)[1]
-    client_key = ApiKey.create("sdk-client", ApiKey.CLIENT)[1]
+    agent_key = ApiKey.create("sdk-agent", ApiKey.Scope.AGENT)[1]
+    client_key = ApiKey.create("sdk-client", ApiKey.Scope.CLIENT)[1]
     with LoopbackServer() as receiver:
         web = proc_env.daphne()
         proc_env.worker()

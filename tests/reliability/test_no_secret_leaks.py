@@ -40,7 +40,7 @@ def _get(session: requests.Session, url: str, **params) -> requests.Response:
 
 
 def test_no_secret_in_any_response_stream_body_or_log(proc_env):
-    admin_key = ApiKey.create("leak-check", ApiKey.ADMIN)[1]
+    admin_key = ApiKey.create("leak-check", ApiKey.Scope.ADMIN)[1]
     debug = {"LOG_LEVEL": "DEBUG", "API_KEYS": ENV_KEY}
     web = proc_env.daphne(debug)
     worker = proc_env.worker(debug)
@@ -102,7 +102,7 @@ def test_no_secret_in_any_response_stream_body_or_log(proc_env):
         keep("observability redrive", api.post(f"{web.url}{OBS}/redrive", timeout=30))
         keep("webhook retry", api.post(f"{web.url}/api/v1/executions/{execution_id}/webhook/retry", timeout=10))
         wait_for(lambda: collector.accepted() and Delivery.objects.filter(
-            kind=Delivery.COMPLETION, execution_id=execution_id, status=Delivery.DELIVERED).exists(),
+            kind=Delivery.Kind.COMPLETION, execution_id=execution_id, status=Delivery.Status.DELIVERED).exists(),
             timeout=30, what="deliveries after the fixes")
         wait_for(lambda: sub_receiver.requests, timeout=30, what="a subscription delivery")
 

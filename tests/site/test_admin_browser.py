@@ -130,4 +130,4 @@ def test_admin_pages_at_1280px(live_server, scene):
             expect(page.locator(".messagelist")).to_contain_text("whsec_")
         finally:
             browser.close()
-    assert Delivery.objects.get(pk=dead.pk).status == Delivery.PENDING
+    assert Delivery.objects.get(pk=dead.pk).status == Delivery.Status.PENDING

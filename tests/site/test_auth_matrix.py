@@ -135,8 +135,8 @@ def _side(tag: str, agent: LoopbackServer, client_key: ApiKey, agent_key: ApiKey
         headers={"Authorization": f"Bearer secret-{tag}"}, owner_id=client_key.pk,
     )
     dead = Delivery.objects.create(
-        kind=Delivery.COMPLETION, event_type="execution.completed", execution_id=execution.id,
-        url="https://hooks.example.com/h", body=b"{}", status=Delivery.DEAD, attempts=6,
+        kind=Delivery.Kind.COMPLETION, event_type="execution.completed", execution_id=execution.id,
+        url="https://hooks.example.com/h", body=b"{}", status=Delivery.Status.DEAD, attempts=6,
         dead_lettered_at=timezone.now(), owner_id=client_key.pk,
     )
     return {"node": node.id, "exec": execution.id, "sub": sub.id, "dead": dead.id}
@@ -192,7 +192,7 @@ def batch_check(actor: str, body: dict, world: World) -> None:
 
 def redrive_check(actor: str, body: dict, world: World) -> None:
     assert body["queued"] == (0 if actor == "client_other" else 1)
-    moved = Delivery.objects.get(pk=world.ids["dead_a"]).status != Delivery.DEAD
+    moved = Delivery.objects.get(pk=world.ids["dead_a"]).status != Delivery.Status.DEAD
     assert moved == (actor != "client_other")
 
 
@@ -382,7 +382,7 @@ def test_the_completion_webhook_is_owned_by_the_submitting_key(world):
     execution = Execution.objects.get(pk=world.ids["exec_b"])
     Execution.objects.filter(pk=execution.pk).update(webhook_registered=True, webhook_url="https://hooks.example.com/c")
     lifecycle.transition(execution.id, "failed", error="x")
-    row = Delivery.objects.get(kind=Delivery.COMPLETION, execution_id=execution.id)
+    row = Delivery.objects.get(kind=Delivery.Kind.COMPLETION, execution_id=execution.id)
     assert row.owner.name == "client_other"
 
 

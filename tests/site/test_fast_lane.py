@@ -19,11 +19,11 @@ STABLE_HEADERS = ("Content-Type", "Allow", "Vary", "X-Content-Type-Options", "X-
 
 @pytest.fixture
 def keys() -> dict[str, str]:
-    agent, agent_raw = ApiKey.create("agent", ApiKey.AGENT)
-    _, client_raw = ApiKey.create("client", ApiKey.CLIENT)
+    agent, agent_raw = ApiKey.create("agent", ApiKey.Scope.AGENT)
+    _, client_raw = ApiKey.create("client", ApiKey.Scope.CLIENT)
     nodes.register(
         {"id": "writer", "base_url": "http://localhost:8001", "reasoners": [{"id": "draft"}]},
-        Caller(ApiKey.AGENT, agent.pk, agent.name),
+        Caller(ApiKey.Scope.AGENT, agent.pk, agent.name),
     )
     return {"agent": agent_raw, "client": client_raw}
 

@@ -31,10 +31,10 @@ def test_token_or_key_required_once_configured(client, settings):
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").json()["error"] == "unauthorized"
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
-    _, raw = ApiKey.create("ops", ApiKey.ADMIN)
+    _, raw = ApiKey.create("ops", ApiKey.Scope.ADMIN)
     assert client.get("/metrics", HTTP_X_API_KEY=raw).status_code == 200
     # A client or agent key is not an operator's: the platform's figures are not theirs.
-    for scope in (ApiKey.CLIENT, ApiKey.AGENT):
+    for scope in (ApiKey.Scope.CLIENT, ApiKey.Scope.AGENT):
         _, raw = ApiKey.create(f"not-ops-{scope}", scope)
         assert client.get("/metrics", HTTP_X_API_KEY=raw).status_code == 401
 
@@ -71,7 +71,7 @@ def test_alert_rules_use_only_exposed_metrics(client):
     from webhooks.models import Destination
 
     # A breaker series exists only while one is open.
-    Destination.objects.create(destination="http://127.0.0.1:9", state=Destination.OPEN)
+    Destination.objects.create(destination="http://127.0.0.1:9", state=Destination.State.OPEN)
     rules = yaml.safe_load((ROOT / "docs" / "prometheus" / "agentfield-alerts.yml").read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     used = {name for expr in exprs for name in re.findall(r"agentfield_[a-z_]+", expr)}

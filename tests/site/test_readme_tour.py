@@ -37,7 +37,7 @@ def settled() -> bool:
     """Nothing in flight: what a reader's `sleep` in the tour waits for."""
     return (
         not Execution.objects.exclude(status__in=TERMINAL).exists()
-        and not Delivery.objects.filter(status__in=[Delivery.PENDING, Delivery.IN_FLIGHT]).exists()
+        and not Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT]).exists()
         and configuration.status()["backlog"] == 0
     )
 

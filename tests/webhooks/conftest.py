@@ -42,7 +42,7 @@ def enqueue(url: str, secret: str = "", execution_id: str = "exec_1", headers: d
     enqueue_completion(
         execution_id=execution_id, url=url, secret=secret, headers=headers or {}, payload=completion_payload(execution_id)
     )
-    return Delivery.objects.get(execution_id=execution_id, kind=Delivery.COMPLETION)
+    return Delivery.objects.get(execution_id=execution_id, kind=Delivery.Kind.COMPLETION)
 
 
 def drain(row: Delivery, timeout: float = 10.0) -> Delivery:
@@ -51,7 +51,7 @@ def drain(row: Delivery, timeout: float = 10.0) -> Delivery:
     def sent() -> Delivery | None:
         delivery.send_due()
         row.refresh_from_db()
-        return row if row.status not in (Delivery.PENDING, Delivery.IN_FLIGHT) else None
+        return row if row.status not in (Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT) else None
 
     return wait_for(sent, timeout=timeout, interval=0.02, what=f"delivery {row.id} to leave the queue")
 

@@ -42,7 +42,7 @@ def test_delivery_pages_search_and_redrive_action(staff):
             "/admin/webhooks/deadletter/", {"action": "redrive_selected", "_selected_action": [row.id]}, follow=True
         )
         assert "Queued 1 deliveries" in response.content.decode()
-        assert drain(row).status == Delivery.DELIVERED
+        assert drain(row).status == Delivery.Status.DELIVERED
     assert staff.get("/admin/webhooks/deadletter/").content.decode().count(row.webhook_id) == 0
 
 
@@ -62,7 +62,7 @@ def test_delivery_list_columns_and_read_only_page(staff):
 
         delivery.send_due()
     row.refresh_from_db()
-    assert row.status == Delivery.PENDING and row.attempts == 1
+    assert row.status == Delivery.Status.PENDING and row.attempts == 1
     page = staff.get("/admin/webhooks/delivery/").content.decode()
     for column in ("column-execution_id", "column-destination", "column-attempts", "column-last_status",
                    "column-next_attempt"):
@@ -81,7 +81,7 @@ def test_delivery_list_columns_and_read_only_page(staff):
 def test_redrive_button_on_the_dead_letter_page(staff):
     with LoopbackServer(default=Reply(410)) as receiver:
         row = drain(enqueue(receiver.url, execution_id="exec_button"))
-        assert row.status == Delivery.DEAD
+        assert row.status == Delivery.Status.DEAD
         page_url = reverse("admin:webhooks_deadletter_change", args=[quote(row.pk)])
         page = staff.get(page_url).content.decode()
         button_url = reverse("admin:webhooks_deadletter_redrive", args=[quote(row.pk)])
@@ -89,7 +89,7 @@ def test_redrive_button_on_the_dead_letter_page(staff):
         receiver.default = Reply(200)
         response = staff.post(button_url, follow=True)
         assert "is queued again" in response.content.decode()
-        assert drain(row).status == Delivery.DELIVERED
+        assert drain(row).status == Delivery.Status.DELIVERED
         assert {r.headers["webhook-id"] for r in receiver.requests} == {row.webhook_id}
 
 
@@ -155,7 +155,7 @@ def test_destinations_page_shows_breakers_and_its_actions_work(staff):
         drain(enqueue(receiver.url, execution_id="exec_ok"))
         destination = Delivery.objects.get().destination
     Destination.objects.create(
-        destination="http://127.0.0.1:9", state=Destination.OPEN, consecutive_failures=5,
+        destination="http://127.0.0.1:9", state=Destination.State.OPEN, consecutive_failures=5,
         opened_at=timezone.now(), next_probe_at=timezone.now() + timedelta(minutes=5),
     )
     page = staff.get("/admin/webhooks/destination/")
@@ -164,10 +164,10 @@ def test_destinations_page_shows_breakers_and_its_actions_work(staff):
     assert destination in text and "http://127.0.0.1:9" in text and "100%" in text  # last hour's success rate
     staff.post("/admin/webhooks/destination/", {"action": "probe_now", "_selected_action": ["http://127.0.0.1:9"]})
     probed = Destination.objects.get(destination="http://127.0.0.1:9")
-    assert probed.state == Destination.OPEN and probed.next_probe_at <= timezone.now()
+    assert probed.state == Destination.State.OPEN and probed.next_probe_at <= timezone.now()
     response = staff.post(
         "/admin/webhooks/destination/", {"action": "close_breaker", "_selected_action": ["http://127.0.0.1:9"]},
         follow=True,
     )
     assert "Closed 1 breakers" in response.content.decode()
-    assert Destination.objects.get(destination="http://127.0.0.1:9").state == Destination.CLOSED
+    assert Destination.objects.get(destination="http://127.0.0.1:9").state == Destination.State.CLOSED

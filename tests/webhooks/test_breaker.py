@@ -46,13 +46,13 @@ def run_until_quiet(seconds: float = 3.0, until=None) -> None:
 
 
 def is_open() -> bool:
-    return Destination.objects.filter(state=Destination.OPEN).exists()
+    return Destination.objects.filter(state=Destination.State.OPEN).exists()
 
 
 def make_rows(url: str, n: int, prefix: str) -> None:
     Delivery.objects.bulk_create(
         Delivery(
-            kind=Delivery.COMPLETION, event_type="execution.completed", execution_id=f"{prefix}_{i}",
+            kind=Delivery.Kind.COMPLETION, event_type="execution.completed", execution_id=f"{prefix}_{i}",
             url=url, destination=destination_of(url), body=encode_body(completion_payload(f"{prefix}_{i}")),
         )
         for i in range(n)
@@ -66,10 +66,10 @@ def test_opens_after_n_failures_and_defers_without_spending_attempts(breaker):
         dest = Destination.objects.get(destination=rows[0].destination)
         # Both deliveries may be in flight when the breaker opens: at most one more attempt each.
         spent = Attempt.objects.count()
-        assert dest.state == Destination.OPEN and FAILURES <= dest.consecutive_failures == spent < FAILURES + 2
+        assert dest.state == Destination.State.OPEN and FAILURES <= dest.consecutive_failures == spent < FAILURES + 2
         assert dest.next_probe_at > timezone.now() + timedelta(seconds=20)
         assert len(receiver.requests) == spent
-        assert Delivery.objects.filter(status=Delivery.PENDING).count() == 2  # waiting, not dead
+        assert Delivery.objects.filter(status=Delivery.Status.PENDING).count() == 2  # waiting, not dead
         [opened] = events("webhook.destination_opened")
         assert opened.data["destination"] == rows[0].destination and opened.status == "open"
         run_until_quiet(1.0)  # retries are due, but the breaker holds them
@@ -84,12 +84,12 @@ def test_probe_closes_it_and_the_rest_follow(breaker):
         sent_before = len(receiver.requests)
         receiver.default = Reply(200, delay=0.3)
         assert destinations.probe_now(Destination.objects.values_list("destination", flat=True)) == 1
-        run_until_quiet(until=lambda: Delivery.objects.filter(status=Delivery.DELIVERED).count() == 4)
+        run_until_quiet(until=lambda: Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 4)
         later = receiver.requests[sent_before:]
-    assert len(later) == 4 and Delivery.objects.filter(status=Delivery.DELIVERED).count() == 4
+    assert len(later) == 4 and Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 4
     # One probe alone first, then the others once it succeeded.
     assert all(r.at >= later[0].at + 0.25 for r in later[1:])
-    assert Destination.objects.get().state == Destination.CLOSED
+    assert Destination.objects.get().state == Destination.State.CLOSED
     assert len(events("webhook.destination_closed")) == 1
 
 
@@ -104,7 +104,7 @@ def test_failed_probe_reopens_for_twice_the_cooldown(breaker):
         run_until_quiet(0.3)
         assert len(receiver.requests) == sent + 1  # exactly one probe
     again = Destination.objects.get()
-    assert again.state == Destination.OPEN and again.cooldown_seconds == 2 * first.cooldown_seconds
+    assert again.state == Destination.State.OPEN and again.cooldown_seconds == 2 * first.cooldown_seconds
     assert len(events("webhook.destination_opened")) == 2
 
 
@@ -113,10 +113,10 @@ def test_a_refused_connection_counts_and_a_4xx_does_not(breaker):
     enqueue(dead, execution_id="exec_dead")
     with LoopbackServer(default=Reply(404)) as misdeployed:
         enqueue(misdeployed.url, execution_id="exec_404")
-        run_until_quiet(until=lambda: Delivery.objects.filter(status=Delivery.DEAD).count() == 1 and is_open())
+        run_until_quiet(until=lambda: Delivery.objects.filter(status=Delivery.Status.DEAD).count() == 1 and is_open())
         assert len(misdeployed.requests) == 9  # the whole schedule: the receiver is up
-    assert Destination.objects.get(destination=destination_of(dead)).state == Destination.OPEN
-    assert Destination.objects.get(destination=destination_of(misdeployed.url)).state == Destination.CLOSED
+    assert Destination.objects.get(destination=destination_of(dead)).state == Destination.State.OPEN
+    assert Destination.objects.get(destination=destination_of(misdeployed.url)).state == Destination.State.CLOSED
 
 
 def test_deferred_delivery_dead_letters_after_its_schedules_span(breaker):
@@ -124,15 +124,15 @@ def test_deferred_delivery_dead_letters_after_its_schedules_span(breaker):
         row = enqueue(receiver.url)
         run_until_quiet(until=is_open)
     dest = Destination.objects.get()
-    assert dest.state == Destination.OPEN
+    assert dest.state == Destination.State.OPEN
     row.refresh_from_db()
-    assert row.status == Delivery.PENDING
+    assert row.status == Delivery.Status.PENDING
     # Its span is over and its next retry is due.
     Delivery.objects.filter(id=row.id).update(budget_started_at=timezone.now() - timedelta(seconds=1),
                                               next_attempt_at=timezone.now())
     delivery.tick()
     row.refresh_from_db()
-    assert row.status == Delivery.DEAD and row.attempts == FAILURES == row.attempt_log.count()
+    assert row.status == Delivery.Status.DEAD and row.attempts == FAILURES == row.attempt_log.count()
     assert "unavailable since" in row.last_error and dest.opened_at.isoformat()[:19] in row.last_error
     [dead] = events("webhook.dead_lettered")
     assert dead.data["delivery_id"] == row.id
@@ -149,8 +149,8 @@ def test_429_with_retry_after_pauses_the_destination(breaker):
         run_until_quiet(0.5)
         assert len(receiver.requests) == sent  # paused: nothing goes out
         destinations.close([dest.destination])
-        run_until_quiet(until=lambda: Delivery.objects.filter(status=Delivery.DELIVERED).count() == 2)
-    assert Delivery.objects.filter(status=Delivery.DELIVERED).count() == 2
+        run_until_quiet(until=lambda: Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 2)
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 2
 
 
 def test_claims_are_fair_and_capped_per_destination(webhook_settings):
@@ -166,13 +166,13 @@ def test_claims_are_fair_and_capped_per_destination(webhook_settings):
     # The 32 in flight fill the blackhole's cap for every other claim too.
     assert delivery.claim(200)[1] == []
     delivery.release([token])
-    assert Delivery.objects.filter(status=Delivery.IN_FLIGHT).count() == 0
+    assert Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT).count() == 0
 
 
 def test_open_destinations_are_skipped_by_claims(webhook_settings):
     make_rows("http://127.0.0.1:9/down", 50, "down")
     Destination.objects.create(
-        destination="http://127.0.0.1:9", state=Destination.OPEN, next_probe_at=timezone.now() + timedelta(minutes=1)
+        destination="http://127.0.0.1:9", state=Destination.State.OPEN, next_probe_at=timezone.now() + timedelta(minutes=1)
     )
     healthy = enqueue("http://127.0.0.1:10/up", execution_id="exec_up")
     assert [r.id for r in delivery.claim(100)[1]] == [healthy.id]
@@ -180,7 +180,7 @@ def test_open_destinations_are_skipped_by_claims(webhook_settings):
     Destination.objects.update(next_probe_at=timezone.now())
     [probe] = delivery.claim(100)[1]
     assert probe.destination == "http://127.0.0.1:9"
-    assert Destination.objects.get().state == Destination.HALF_OPEN
+    assert Destination.objects.get().state == Destination.State.HALF_OPEN
     assert delivery.claim(100)[1] == []
 
 
@@ -217,7 +217,7 @@ def test_no_duplicate_from_a_lapsed_lease_while_a_slow_send_is_alive(webhook_set
             time.sleep(0.05)
         first.join()
     row.refresh_from_db()
-    assert row.status == Delivery.DELIVERED and row.attempts == 1
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == 1
     assert len(receiver.requests) == 1
 
 

@@ -23,7 +23,7 @@ def test_claim_is_exclusive_and_bounded():
     assert len(first) == 3 and len(second) == 2 and token_a != token_b
     assert not {r.id for r in first} & {r.id for r in second}
     assert delivery.claim(3)[1] == []
-    assert all(r.status == Delivery.IN_FLIGHT and r.lease_until for r in first)
+    assert all(r.status == Delivery.Status.IN_FLIGHT and r.lease_until for r in first)
 
 
 def test_lapsed_lease_reclaimed_by_the_sweeper_tick_and_stale_result_ignored():
@@ -33,12 +33,12 @@ def test_lapsed_lease_reclaimed_by_the_sweeper_tick_and_stale_result_ignored():
         Delivery.objects.filter(id=row.id).update(lease_until=timezone.now() - timedelta(seconds=1))
         sweeper.tick_once()  # the webhooks tick is registered by WebhooksConfig.ready
         row.refresh_from_db()
-        assert row.status == Delivery.PENDING and row.lease_token == ""
+        assert row.status == Delivery.Status.PENDING and row.lease_token == ""
         assert delivery.send_due() == 1
         # The first sender wakes up late: its result is logged but cannot overwrite.
         delivery.record(send_now(stale_token, [claimed]))
     row.refresh_from_db()
-    assert row.status == Delivery.DELIVERED and row.attempts == 1
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == 1
     assert row.attempt_log.count() == 2
     assert PlatformEvent.objects.filter(type="webhook.delivered").count() == 1
     assert {r.headers["webhook-id"] for r in receiver.requests} == {row.webhook_id}

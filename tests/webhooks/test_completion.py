@@ -78,7 +78,7 @@ def test_one_delivery_per_execution_for_every_terminal_status(status):
             )
     row = Delivery.objects.get(execution_id="exec_t")
     assert row.event_type == ("execution.completed" if status == "succeeded" else "execution.failed")
-    assert row.kind == Delivery.COMPLETION and row.status == Delivery.PENDING
+    assert row.kind == Delivery.Kind.COMPLETION and row.status == Delivery.Status.PENDING
 
 
 def test_enqueue_rolls_back_with_the_transaction():
@@ -109,6 +109,6 @@ def test_webhook_events_lists_attempts():
 def test_webhook_events_say_dead_for_a_dead_letter():
     with LoopbackServer(default=Reply(410, body=b"gone")) as receiver:
         row = drain(enqueue(receiver.url, execution_id="exec_dead"))
-    assert row.status == Delivery.DEAD
+    assert row.status == Delivery.Status.DEAD
     [dead] = webhook_events(["exec_dead"])["exec_dead"]
     assert dead["status"] == "dead" and dead["http_status"] == 410

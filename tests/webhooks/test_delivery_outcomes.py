@@ -23,7 +23,7 @@ def events(kind: str) -> list[PlatformEvent]:
 def test_delivered_at_once_signed_and_verified():
     with LoopbackServer() as receiver:
         row = drain(enqueue(receiver.url, SECRET, headers={"X-Tenant": "acme"}))
-    assert row.status == Delivery.DELIVERED and row.attempts == 1 and row.last_status == 200
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == 1 and row.last_status == 200
     [req] = receiver.requests
     assert req.body == bytes(row.body)
     payload = Webhook(SECRET).verify(req.body, req.headers)
@@ -34,7 +34,7 @@ def test_delivered_at_once_signed_and_verified():
     assert req.headers["User-Agent"].startswith("AgentField-Webhooks/")
     assert req.headers["X-Tenant"] == "acme"
     [attempt] = row.attempt_log.all()
-    assert attempt.status_code == 200 and attempt.outcome == Attempt.DELIVERED and attempt.response_body == "ok"
+    assert attempt.status_code == 200 and attempt.outcome == Attempt.Outcome.DELIVERED and attempt.response_body == "ok"
     assert "Content-Length" in attempt.response_headers
     [event] = events("webhook.delivered")
     assert event.execution_id == "exec_1" and event.data["webhook_id"] == row.webhook_id
@@ -51,7 +51,7 @@ def test_no_secret_sends_id_and_timestamp_only():
 def test_500_then_200_on_schedule_resigned_each_attempt():
     with LoopbackServer(Reply(500, body=b"boom")) as receiver:
         row = drain(enqueue(receiver.url, SECRET))
-    assert row.status == Delivery.DELIVERED and row.attempts == 2
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == 2
     first, second = receiver.requests
     gap = second.at - first.at
     assert SCHEDULE[0] * 0.8 - 0.05 <= gap <= SCHEDULE[0] * 1.2 + 1.0
@@ -61,7 +61,7 @@ def test_500_then_200_on_schedule_resigned_each_attempt():
         Webhook(SECRET).verify(req.body, req.headers)
     attempts = list(row.attempt_log.all())
     assert [a.status_code for a in attempts] == [500, 200]
-    assert attempts[0].outcome == Attempt.RETRY and attempts[0].response_body == "boom"
+    assert attempts[0].outcome == Attempt.Outcome.RETRY and attempts[0].response_body == "boom"
     assert attempts[0].error == "HTTP 500"
     assert len(events("webhook.failed")) == 1 and len(events("webhook.delivered")) == 1
 
@@ -69,13 +69,13 @@ def test_500_then_200_on_schedule_resigned_each_attempt():
 def test_always_500_dead_after_1_plus_n_then_redrive_delivers_same_id():
     with LoopbackServer(default=Reply(500)) as receiver:
         row = drain(enqueue(receiver.url, SECRET))
-        assert row.status == Delivery.DEAD and row.dead_lettered_at is not None
+        assert row.status == Delivery.Status.DEAD and row.dead_lettered_at is not None
         assert row.attempts == 1 + len(SCHEDULE) == len(receiver.requests)
         assert len(events("webhook.failed")) == 1 and len(events("webhook.dead_lettered")) == 1
         receiver.default = Reply(200)
         assert delivery.redrive(Delivery.objects.filter(id=row.id)) == 1
         row = drain(row)
-    assert row.status == Delivery.DELIVERED and row.attempts == len(SCHEDULE) + 2
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == len(SCHEDULE) + 2
     assert {r.headers["webhook-id"] for r in receiver.requests} == {row.webhook_id}
     assert len(events("webhook.redriven")) == 1 and len(events("webhook.delivered")) == 1
 
@@ -85,30 +85,30 @@ def test_redrive_gives_a_fresh_budget():
         row = drain(enqueue(receiver.url))
         delivery.redrive(Delivery.objects.filter(id=row.id))
         row = drain(row)
-    assert row.status == Delivery.DEAD and row.attempts == 2 * (1 + len(SCHEDULE))
+    assert row.status == Delivery.Status.DEAD and row.attempts == 2 * (1 + len(SCHEDULE))
 
 
 def test_410_dead_at_once():
     with LoopbackServer(default=Reply(410)) as receiver:
         row = drain(enqueue(receiver.url))
-    assert row.status == Delivery.DEAD and row.attempts == 1 and len(receiver.requests) == 1
-    assert row.last_status == 410 and row.attempt_log.get().outcome == Attempt.DEAD
+    assert row.status == Delivery.Status.DEAD and row.attempts == 1 and len(receiver.requests) == 1
+    assert row.last_status == 410 and row.attempt_log.get().outcome == Attempt.Outcome.DEAD
 
 
 def test_receiver_slower_than_timeout(webhook_settings):
     webhook_settings.WEBHOOK_TIMEOUT = 0.3
     with LoopbackServer(Reply(200, delay=3.0)) as receiver:
         row = drain(enqueue(receiver.url))
-    assert row.status == Delivery.DELIVERED and row.attempts == 2
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == 2
     slow = row.attempt_log.first()
-    assert slow.status_code is None and "timeout" in slow.error and slow.outcome == Attempt.RETRY
+    assert slow.status_code is None and "timeout" in slow.error and slow.outcome == Attempt.Outcome.RETRY
     assert 250 <= slow.duration_ms < 2500  # gave up long before the receiver answered
 
 
 def test_retry_after_is_honoured_within_twice_the_schedule():
     with LoopbackServer(Reply(429, {"Retry-After": "0.35"}), Reply(503, {"Retry-After": "100"})) as receiver:
         row = drain(enqueue(receiver.url))
-    assert row.status == Delivery.DELIVERED
+    assert row.status == Delivery.Status.DELIVERED
     first, second, third = (r.at for r in receiver.requests)
     assert 0.3 <= second - first <= 0.4 + 1.0  # 0.35 asked, under 2 x 0.2
     assert 0.6 <= third - second <= 0.8 + 1.0  # 100 asked, clamped to 2 x 0.4
@@ -118,7 +118,7 @@ def test_302_recorded_not_followed():
     with LoopbackServer(Reply(302, {"Location": "http://169.254.169.254/"}, b"moved"), Reply(200)) as receiver:
         row = drain(enqueue(receiver.url))
     redirect = row.attempt_log.first()
-    assert redirect.status_code == 302 and redirect.outcome == Attempt.RETRY
+    assert redirect.status_code == 302 and redirect.outcome == Attempt.Outcome.RETRY
     assert redirect.response_headers["Location"] == "http://169.254.169.254/"
     assert "not followed" in redirect.error
     assert [r.path for r in receiver.requests] == ["/hook", "/hook"]
@@ -135,7 +135,7 @@ def test_many_deliveries_one_flush(webhook_settings):
     with LoopbackServer() as receiver:
         rows = [enqueue(receiver.url, SECRET, execution_id=f"exec_{i}") for i in range(60)]
         assert delivery.send_due() == 60
-    assert Delivery.objects.filter(status=Delivery.DELIVERED).count() == 60
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 60
     assert len({r.headers["webhook-id"] for r in receiver.requests}) == 60
     assert Attempt.objects.count() == 60 == len(events("webhook.delivered"))
     assert rows

@@ -16,7 +16,7 @@ django.setup()
 from webhooks import delivery
 from webhooks.models import Delivery
 recorded, deadline = 0, time.monotonic() + 30
-while time.monotonic() < deadline and Delivery.objects.exclude(status=Delivery.DELIVERED).exists():
+while time.monotonic() < deadline and Delivery.objects.exclude(status=Delivery.Status.DELIVERED).exists():
     recorded += delivery.send_due(run_seconds=1)
     time.sleep(0.02)
 print("recorded", recorded, flush=True)
@@ -33,7 +33,7 @@ def test_cap_held_across_two_sender_processes(proc_env):
         senders = [proc_env.script(f"sender{i}", ["-c", SENDER], extra_env=env) for i in range(2)]
         started = time.monotonic()
         wait_for(
-            lambda: Delivery.objects.filter(status=Delivery.DELIVERED).count() == 60,
+            lambda: Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 60,
             timeout=60, what="every delivery",
         )
         elapsed = time.monotonic() - started

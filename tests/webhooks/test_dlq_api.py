@@ -47,7 +47,7 @@ def test_redrive_by_ids_all_and_filter(api):
         assert api.get("/api/v1/webhooks/dlq").json()["total_count"] == 1  # redriven ones left the queue
         assert api.post("/api/v1/webhooks/dlq/redrive", {"all": True}, format="json").json()["queued"] == 1
         rows = [drain(r) for r in (a, b, c)]
-    assert all(r.status == Delivery.DELIVERED for r in rows)
+    assert all(r.status == Delivery.Status.DELIVERED for r in rows)
     assert {r.headers["webhook-id"] for r in receiver.requests} == {r.webhook_id for r in rows}
     assert PlatformEvent.objects.filter(type="webhook.redriven").count() == 3
 
@@ -67,7 +67,7 @@ def test_execution_webhook_retry(api):
         response = api.post("/api/v1/executions/exec_r/webhook/retry")
         assert response.status_code == 202 and response.json()["status"] == "queued"
         row = drain(row)
-        assert row.status == Delivery.DELIVERED
+        assert row.status == Delivery.Status.DELIVERED
         # Also for one that was delivered already: sent again, same webhook-id.
         assert api.post("/api/v1/executions/exec_r/webhook/retry").status_code == 202
         row = drain(row)

@@ -28,7 +28,7 @@ def _url(proc) -> str:
 def test_prints_a_verified_delivery_and_answers_200(proc_env):
     listener = _listen(proc_env, "--secret", SECRET)
     row = drain(enqueue(_url(listener), SECRET))
-    assert row.status == Delivery.DELIVERED and row.last_status == 200
+    assert row.status == Delivery.Status.DELIVERED and row.last_status == 200
     out = wait_for(lambda: "<- 200" in listener.log() and listener.log(), timeout=10, what="the printed reply")
     assert "-> POST /hook" in out
     assert f"webhook-id: {row.webhook_id}" in out
@@ -43,7 +43,7 @@ def test_prints_a_verified_delivery_and_answers_200(proc_env):
 def test_a_wrong_secret_is_reported_but_still_answered(proc_env):
     listener = _listen(proc_env, "--secret", signing.generate_secret())
     row = drain(enqueue(_url(listener), SECRET))
-    assert row.status == Delivery.DELIVERED
+    assert row.status == Delivery.Status.DELIVERED
     out = wait_for(lambda: "<- 200" in listener.log() and listener.log(), timeout=10, what="the printed reply")
     assert "signature: INVALID (no matching webhook-signature)" in out
 
@@ -58,14 +58,14 @@ def test_unsigned_and_unchecked(proc_env):
 def test_fail_410_dead_letters_at_once(proc_env):
     listener = _listen(proc_env, "--secret", SECRET, "--fail", "410")
     row = drain(enqueue(_url(listener), SECRET))
-    assert row.status == Delivery.DEAD and row.attempts == 1 and row.last_status == 410
+    assert row.status == Delivery.Status.DEAD and row.attempts == 1 and row.last_status == 410
     assert "<- 410" in wait_for(lambda: listener.log(), timeout=10)
 
 
 def test_fail_500_is_retried(proc_env):
     listener = _listen(proc_env, "--fail", "500")
     row = drain(enqueue(_url(listener), SECRET))
-    assert row.status == Delivery.DEAD and row.last_status == 500
+    assert row.status == Delivery.Status.DEAD and row.last_status == 500
     assert row.attempts > 1
     assert wait_for(lambda: listener.log().count("<- 500") == row.attempts or None, timeout=10)
 

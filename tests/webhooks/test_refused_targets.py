@@ -33,7 +33,7 @@ def test_name_resolving_to_loopback_refused_at_connect_time(webhook_settings):
         webhook_settings.WEBHOOK_ALLOWED_HOSTS = []
         row = drain(row)
     assert receiver.requests == []
-    assert row.status == Delivery.DEAD
+    assert row.status == Delivery.Status.DEAD
     assert all("blocked" in a.error and "loopback" in a.error for a in row.attempt_log.all())
 
 
@@ -43,4 +43,4 @@ def test_allow_list_exempts_listed_names(webhook_settings):
         port = receiver.port
         assert validate_webhook({"url": f"http://localhost:{port}/hook"})[1] is None
         row = drain(enqueue(f"http://localhost:{port}/hook"))
-    assert row.status == Delivery.DELIVERED and len(receiver.requests) == 1
+    assert row.status == Delivery.Status.DELIVERED and len(receiver.requests) == 1

@@ -118,8 +118,8 @@ def test_test_send_has_no_retries(api):
         api.post(f"{BASE}/{sub['id']}/test")
         for _ in range(3):
             delivery.send_due()
-    row = Delivery.objects.get(kind=Delivery.TEST)
-    assert row.status == Delivery.FAILED and row.attempts == 1 and len(receiver.requests) == 1
+    row = Delivery.objects.get(kind=Delivery.Kind.TEST)
+    assert row.status == Delivery.Status.FAILED and row.attempts == 1 and len(receiver.requests) == 1
 
 
 def test_410_disables_the_subscription(api):
@@ -130,7 +130,7 @@ def test_410_disables_the_subscription(api):
         delivery.send_due()
         detail = api.get(f"{BASE}/{sub['id']}").json()
         assert detail["enabled"] is False and "410" in detail["disabled_reason"]
-        assert Delivery.objects.get().status == Delivery.DEAD
+        assert Delivery.objects.get().status == Delivery.Status.DEAD
         subscriptions.invalidate_cache()
         with transaction.atomic():
             publish("node.online", agent_node_id="a")

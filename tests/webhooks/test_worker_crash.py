@@ -23,13 +23,13 @@ def test_sigkilled_worker_mid_delivery_then_restart(proc_env):
                 payload=completion_payload("exec_crash"),
             )
         wait_for(lambda: receiver.requests, timeout=30, what=f"first request\n{worker.log()}")
-        assert Delivery.objects.get(execution_id="exec_crash").status == Delivery.IN_FLIGHT
+        assert Delivery.objects.get(execution_id="exec_crash").status == Delivery.Status.IN_FLIGHT
         worker.kill()
         # Let the dead worker's sweeper lease lapse so the new worker's start-up kick runs one.
         wait_for(lambda: not leases.is_held(sweeper.LEASE), timeout=10, what="sweeper lease to lapse")
         worker = proc_env.worker()
         row = wait_for(
-            lambda: Delivery.objects.filter(execution_id="exec_crash", status=Delivery.DELIVERED).first(),
+            lambda: Delivery.objects.filter(execution_id="exec_crash", status=Delivery.Status.DELIVERED).first(),
             timeout=40,
             what=f"delivery after restart\n{worker.log()}",
         )

@@ -133,7 +133,7 @@ class DestinationSerializer(serializers.Serializer):
     """A receiver address with its circuit breaker and queue (`destinations.overview`)."""
 
     destination = serializers.CharField()
-    state = serializers.ChoiceField(choices=Destination.STATES)
+    state = serializers.ChoiceField(choices=Destination.State.choices)
     consecutive_failures = serializers.IntegerField()
     opened_at = serializers.DateTimeField(allow_null=True)
     next_probe_at = serializers.DateTimeField(allow_null=True)

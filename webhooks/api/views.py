@@ -75,7 +75,7 @@ class SubscriptionViewSet(viewsets.ModelViewSet):
 
 
 def _dead_letters(request: Request, params) -> QuerySet:
-    rows = deliveries_of(caller_of(request)).filter(status=Delivery.DEAD)
+    rows = deliveries_of(caller_of(request)).filter(status=Delivery.Status.DEAD)
     if params.get("execution_id"):
         rows = rows.filter(execution_id=params["execution_id"])
     if params.get("subscription"):
@@ -128,13 +128,13 @@ class ExecutionWebhookRetryView(APIView):
     def post(self, request: Request, execution_id: str) -> Response:
         with transaction.atomic():
             row = deliveries_of(caller_of(request)).filter(
-                kind=Delivery.COMPLETION, execution_id=execution_id
+                kind=Delivery.Kind.COMPLETION, execution_id=execution_id
             ).first()
             if row is None:
                 raise ApiError(404, "not_found", f"Execution {execution_id} has no completion webhook.")
             delivery.redrive(
                 Delivery.objects.filter(id=row.id),
-                statuses=(Delivery.DEAD, Delivery.FAILED, Delivery.DELIVERED),
+                statuses=(Delivery.Status.DEAD, Delivery.Status.FAILED, Delivery.Status.DELIVERED),
             )
         queued = {"status": "queued", "execution_id": execution_id, "webhook_id": row.webhook_id}
         return Response(RetryQueuedSerializer(queued).data, status=status.HTTP_202_ACCEPTED)

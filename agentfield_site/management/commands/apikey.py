@@ -18,7 +18,7 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         create = sub.add_parser("create", help="Make a key and print it once.")
         create.add_argument("--name", required=True)
-        create.add_argument("--scope", required=True, choices=[s for s, _ in ApiKey.SCOPES])
+        create.add_argument("--scope", required=True, choices=[s for s, _ in ApiKey.Scope.choices])
         sub.add_parser("list", help="List keys (never the keys themselves).")
         revoke = sub.add_parser("revoke", help="Revoke a key by id or prefix.")
         revoke.add_argument("key", help="The key's id (from `apikey list`) or its prefix (afk_…).")

@@ -222,8 +222,8 @@ class Command(BaseCommand):
         """
         if not keys_required():
             return {}
-        key = ApiKey.objects.filter(name="demo-agent", scope=ApiKey.AGENT).order_by("pk").first()
-        raw = key.reissue() if key is not None else ApiKey.create("demo-agent", ApiKey.AGENT)[1]
+        key = ApiKey.objects.filter(name="demo-agent", scope=ApiKey.Scope.AGENT).order_by("pk").first()
+        raw = key.reissue() if key is not None else ApiKey.create("demo-agent", ApiKey.Scope.AGENT)[1]
         return {"AGENTFIELD_API_KEY": raw}
 
     def _ensure_admin(self) -> None:
