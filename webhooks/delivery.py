@@ -206,11 +206,36 @@ def _due(now: datetime, skip: set[str], limit: int) -> list[tuple[int, str]]:
         return cursor.fetchall()
 
 
+def _others_queued(full: set[str]) -> bool:
+    """Whether any destination outside `full` has rows queued (pending, due or not, or in flight).
+
+    Asked before looking past full destinations: finding the oldest rows of the
+    others by due time means reading past every due row of the full ones, while
+    this reads the ends of the ranges between them in the by-destination index.
+    """
+    table = Delivery._meta.db_table
+    bounds = sorted(full)
+    ranges = [("destination < %s", [bounds[0]])]
+    ranges += [("destination > %s AND destination < %s", [a, b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    ranges.append(("destination > %s", [bounds[-1]]))
+    # The by-destination index's own condition, as literals: SQLite uses a partial index only for a query that repeats it.
+    queued = f"status IN ('{Delivery.Status.PENDING}', '{Delivery.Status.IN_FLIGHT}')"
+    sql = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT 1 FROM {table} WHERE {queued} AND {where} LIMIT 1) AS r{i}"
+        for i, (where, _) in enumerate(ranges)
+    )
+    params = [p for _, values in ranges for p in values]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS ({sql})", params)
+        return bool(cursor.fetchone()[0])
+
+
 def _choose(now: datetime, room: dict[str, int], limit: int) -> list[tuple[int, str]]:
     """Up to `limit` due (id, destination), round-robin across destinations, within each one's `room` (used up here).
 
     The oldest due rows may all belong to one destination; once it is full, look
-    past it (a few rounds at most), so its backlog hides no one else's rows.
+    past it (a few rounds at most, and only if another destination has rows
+    queued), so its backlog hides no one else's rows.
     """
     full = {d for d, r in room.items() if r <= 0}
     chosen: dict[int, str] = {}
@@ -222,6 +247,8 @@ def _choose(now: datetime, room: dict[str, int], limit: int) -> list[tuple[int, 
         if len(chosen) >= limit or len(candidates) < limit or not filled:
             break
         full |= filled
+        if not _others_queued(full):
+            break
     return list(chosen.items())
 
 
@@ -252,7 +279,14 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claim
     with one_writer(), transaction.atomic():
         if locked_choice:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
+                # The queue's statistics lag a burst (a thousand rows inserted a
+                # moment ago are estimated at a handful), and the planner then
+                # reads every due row into a bitmap and sorts it to return the
+                # oldest few. An index scan in due order stops after the few it
+                # returns, whatever the estimate: bitmap scans are off for the claim.
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true)", [_CLAIM_LOCK_KEY]
+                )
         gates, room = _room(now, answered)
         if locked_choice:
             chosen = _choose(now, room, limit)

@@ -169,6 +169,19 @@ def test_claims_are_fair_and_capped_per_destination(webhook_settings):
     assert Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT).count() == 0
 
 
+def test_a_claim_looks_past_full_destinations_only_when_another_has_rows_queued():
+    # Rows queued for three destinations; the ranges between full ones are what is read.
+    for port in (7, 8, 9):
+        enqueue(f"http://127.0.0.1:{port}/", execution_id=f"exec_{port}")
+    a, b, c = "http://127.0.0.1:7", "http://127.0.0.1:8", "http://127.0.0.1:9"
+    assert delivery._others_queued({a, c})  # b, between them
+    assert delivery._others_queued({b})  # a below, c above
+    assert delivery._others_queued({a, b})  # c above
+    assert not delivery._others_queued({a, b, c})
+    Delivery.objects.filter(destination=b).update(status=Delivery.Status.DELIVERED)
+    assert not delivery._others_queued({a, c})
+
+
 def test_open_destinations_are_skipped_by_claims(webhook_settings):
     make_rows("http://127.0.0.1:9/down", 50, "down")
     Destination.objects.create(

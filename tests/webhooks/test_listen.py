@@ -59,7 +59,7 @@ def test_fail_410_dead_letters_at_once(proc_env):
     listener = _listen(proc_env, "--secret", SECRET, "--fail", "410")
     row = drain(enqueue(_url(listener), SECRET))
     assert row.status == Delivery.Status.DEAD and row.attempts == 1 and row.last_status == 410
-    assert "<- 410" in wait_for(lambda: listener.log(), timeout=10)
+    wait_for(lambda: "<- 410" in listener.log(), timeout=10, what="the printed reply")
 
 
 def test_fail_500_is_retried(proc_env):
