@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from .auth import forget_keys
 from .models import ApiKey
 
 # The app list beside every page costs 300 px that the delivery and execution lists need at 1,280 px;
@@ -37,4 +38,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset) -> None:
         n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        forget_keys()
         self.message_user(request, f"Revoked {n} key(s).")

@@ -1,7 +1,7 @@
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 from .lib.loopback import is_loopback
 
@@ -19,12 +19,21 @@ class AgentfieldSiteConfig(AppConfig):
         # The sweeper (agentfield_site.jobs): a worker that starts kicks it; migrate schedules it.
         post_spawn.connect(_on_worker_start, dispatch_uid="agentfield_site.jobs.sweeper.kick")
         post_migrate.connect(_on_migrate, sender=self)
+        # A key edited or reissued here is looked up afresh (revocations by update call forget_keys).
+        post_save.connect(_forget_keys, sender="agentfield_site.ApiKey", dispatch_uid="agentfield_site.auth.forget")
+        post_delete.connect(_forget_keys, sender="agentfield_site.ApiKey", dispatch_uid="agentfield_site.auth.forget")
 
 
 def _on_worker_start(sender, proc_name: str, **kwargs) -> None:
     from .jobs import sweeper
 
     sweeper.kick(after_restart=True)
+
+
+def _forget_keys(sender, **kwargs) -> None:
+    from .auth import forget_keys
+
+    forget_keys()
 
 
 def _on_migrate(sender, **kwargs) -> None:

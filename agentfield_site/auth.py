@@ -10,6 +10,7 @@ an admin (local development).
 """
 
 import hmac
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -74,16 +75,49 @@ def raw_key_from(headers: dict[str, str], query: dict[str, str]) -> str:
     return (query.get("api_key") or "").strip()
 
 
-def check_key(raw: str) -> ApiKeyPrincipal | None:
-    """The principal for a valid key, else None."""
-    if not raw:
-        return None
+# Valid keys this process has looked up: key hash -> (caller, monotonic time to look again).
+# Only keys found valid are kept, so a stream of made-up keys cannot grow it.
+_remembered: dict[str, tuple[Caller, float]] = {}
+
+
+def forget_keys() -> None:
+    """Drop what this process remembers of keys (a key was revoked, reissued or changed here)."""
+    _remembered.clear()
+
+
+def _env_key(raw: str) -> Caller | None:
     for configured in settings.API_KEYS:
         if hmac.compare_digest(configured.encode(), raw.encode()):
-            return ApiKeyPrincipal(Caller(ADMIN, None, "env-key"))
-    # Every API call asks this; values, not a model instance, keep it one cheap query.
+            return Caller(ADMIN, None, "env-key")
+    return None
+
+
+def remembered_key(raw: str) -> Caller | None:
+    """The caller for `raw` if it is known without a query (an `API_KEYS` key, or one looked up lately)."""
+    if not raw:
+        return None
+    caller = _env_key(raw)
+    if caller is not None:
+        return caller
+    known = _remembered.get(hash_key(raw))
+    return known[0] if known is not None and known[1] > time.monotonic() else None
+
+
+def check_key(raw: str) -> ApiKeyPrincipal | None:
+    """The principal for a valid key, else None.
+
+    A key found valid is remembered for API_KEY_CACHE_SECONDS: every API call asks
+    this, and a fleet of agents sharing a key would otherwise cost a query per beat.
+    """
+    if not raw:
+        return None
+    caller = remembered_key(raw)
+    if caller is not None:
+        return ApiKeyPrincipal(caller)
+    digest = hash_key(raw)
+    # Values, not a model instance, keep it one cheap query.
     row = (
-        ApiKey.objects.filter(key_hash=hash_key(raw), revoked_at__isnull=True)
+        ApiKey.objects.filter(key_hash=digest, revoked_at__isnull=True)
         .values_list("pk", "scope", "name", "last_used_at")
         .first()
     )
@@ -93,7 +127,12 @@ def check_key(raw: str) -> ApiKeyPrincipal | None:
     now = timezone.now()
     if last_used_at is None or now - last_used_at > timedelta(minutes=1):
         ApiKey.objects.filter(pk=pk).update(last_used_at=now)
-    return ApiKeyPrincipal(Caller(scope, pk, name))
+    caller = Caller(scope, pk, name)
+    if settings.API_KEY_CACHE_SECONDS > 0:
+        if len(_remembered) >= 10_000:
+            _remembered.clear()
+        _remembered[digest] = (caller, time.monotonic() + settings.API_KEY_CACHE_SECONDS)
+    return ApiKeyPrincipal(caller)
 
 
 def _is_staff(user) -> bool:

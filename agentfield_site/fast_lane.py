@@ -10,6 +10,11 @@ POST a JSON object body that parses strictly.
 `answer(request, caller, body, **kwargs)` returns `(status, data)`, or None to
 leave the request to `view`.
 
+`remembered(request, caller, body, **kwargs)`, if given, is tried first, on the
+event loop under daphne, for a caller whose key this process remembers
+(`auth.remembered_key`): an answer made from memory, with no statement and no
+thread hop, or None to go on as above.
+
 Everything else goes to the DRF `view` as before: no key or a session, a bad key,
 another scope, a body that does not parse, and any input the service refuses
 (`answer` returns None, or the service refuses before it writes: `ApiError` or a
@@ -22,11 +27,12 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.http.request import RawPostDataException, UnreadablePostError
 
-from .auth import Caller, check_key, raw_key_from, scopes_of
+from .auth import Caller, check_key, raw_key_from, remembered_key, scopes_of
 from .lib import strict_json
 from .lib.api import is_refusal
 from .lib.db_threads import copy_view_attributes, on_request_thread, respond
@@ -63,11 +69,20 @@ def _plain_request(request: HttpRequest, method: str) -> tuple[str, object] | No
     return (raw, body) if isinstance(body, dict) else None
 
 
-def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer) -> Callable:
+def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer, remembered: Answer | None = None) -> Callable:
     """`view` (a DRF view), with `answer` taking its plain `method` requests from callers in its scopes."""
     instance = view.cls(**view.initkwargs)
     instance.setup(None)  # as as_view() does per request: a GET view answers HEAD too
     allow = ", ".join(instance.allowed_methods)
+
+    def in_scope(caller: Caller | None, request: HttpRequest) -> bool:
+        return caller is not None and (caller.is_admin or caller.scope in scopes_of(view.cls, request.method))
+
+    def render(result: tuple[int, Any]) -> HttpResponse:
+        status, data = result
+        response = HttpResponse(_RENDERER.render(data), status=status, content_type="application/json")
+        response["Allow"] = allow  # as DRF's view sets it (and no Vary: it has one renderer)
+        return response
 
     def serve(request: HttpRequest, plain: tuple[str, object] | None, kwargs: dict) -> HttpResponse:
         result = None
@@ -75,21 +90,23 @@ def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer) ->
             raw, body = plain
             principal = check_key(raw)
             caller: Caller | None = principal.caller if principal is not None else None
-            if caller is not None and (caller.is_admin or caller.scope in scopes_of(view.cls, request.method)):
+            if in_scope(caller, request):
                 try:
                     result = answer(request, caller, body, **kwargs)
                 except Exception as exc:
                     if not (is_refusal(exc) or isinstance(exc, OperationalError)):
                         raise
                     result = None  # nothing was written: DRF's view answers, as it always has
-        if result is None:
-            return respond(view, request, (), kwargs)
-        status, data = result
-        response = HttpResponse(_RENDERER.render(data), status=status, content_type="application/json")
-        response["Allow"] = allow  # as DRF's view sets it (and no Vary: it has one renderer)
-        return response
+        return respond(view, request, (), kwargs) if result is None else render(result)
 
     async def lane(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        return await on_request_thread(request, serve, request, _plain_request(request, method), kwargs)
+        plain = _plain_request(request, method)
+        if remembered is not None and plain is not None and isinstance(request, ASGIRequest):
+            caller = remembered_key(plain[0])
+            if in_scope(caller, request):
+                result = remembered(request, caller, plain[1], **kwargs)
+                if result is not None:
+                    return render(result)
+        return await on_request_thread(request, serve, request, plain, kwargs)
 
     return copy_view_attributes(view, lane)

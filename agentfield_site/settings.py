@@ -210,6 +210,10 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "admin:login"
 # Keys from the environment, comma separated; more are created in the admin.
 API_KEYS = env.list("API_KEYS", default=[])
+# How long a web process may answer from memory that a key is valid, and in which
+# scope, before asking the database again: a key revoked in another process (the
+# `apikey` command, another web process's admin) is refused everywhere within this.
+API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=2.0)
 # A bearer token for Prometheus on /metrics (besides API keys and staff sessions).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 MAX_BODY_BYTES = env.int("MAX_BODY_BYTES", default=1024 * 1024)

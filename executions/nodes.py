@@ -9,9 +9,24 @@ per HEARTBEAT_WRITE_INTERVAL by each web process, unless its status changes (a
 faster beat is acknowledged with no statement at all). The stored time may then
 trail the last beat by up to that interval, so the liveness check allows for it:
 a node is never marked offline before NODE_OFFLINE_AFTER of silence.
+
+Under daphne a beat costs no statement and no thread at all when this process
+has lately seen the node online and owned by the beating key, and its status is
+unchanged (`beat_from_memory`, on the event loop): its time is queued and the
+queued beats are written together every BEAT_FLUSH_EVERY (`flush_beats`, one
+UPDATE per key), with the batch's start as their time, so the stored time never
+runs ahead of a beat and trails it by less than the interval above. A queued
+node found offline by then comes back online as a written beat would bring it;
+one found gone or taken is forgotten, and its next beat is answered 404. A beat
+queued when its process dies is lost, like a beat not sent: the next one counts.
 """
 
+import asyncio
+import contextlib
+import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +35,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agentfield_site.auth import OPEN, Caller
+from agentfield_site.lib.db_threads import run_in
 from agentfield_site.lib.sqlite_writer import one_writer
 from observability.events import publish
 
@@ -27,6 +43,7 @@ from .errors import NodeTaken, UnknownNode
 from .models import AgentNode
 from .ownership import check_registration, nodes_of
 
+log = logging.getLogger(__name__)
 
 def _node_event(event_type: str, node: AgentNode, **data: Any) -> None:
     publish(
@@ -140,6 +157,91 @@ def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -
         elif not AgentNode.objects.filter(pk=node_id).update(**fields):
             raise UnknownNode(node_id, "; register first")
     return now
+
+
+# Beats acknowledged from memory, waiting to be written: (key id, scope) -> {node id: status}.
+BEAT_FLUSH_EVERY = 0.25
+_queued: dict[tuple[int | None, str], dict[str, str]] = {}
+_queued_since: datetime | None = None  # when the oldest queued beat came
+_queue_lock = threading.Lock()
+_flusher: "asyncio.Task | None" = None
+# Its own thread: a flush never waits for a request thread, nor holds one.
+_flush_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="beats")
+
+
+def beat_from_memory(node_id: str, lifecycle_status: str, caller: Caller) -> datetime | None:
+    """On the event loop: acknowledge a beat with no statement, or None when it must go to the database.
+
+    Only for a node whose last write here (or last flush) found it online and
+    owned by this same key, no longer ago than half the offline window, and a
+    status that is empty or unchanged.
+    """
+    global _queued_since
+    seen = _written.get(node_id)
+    status = lifecycle_status[:32]
+    if (
+        seen is None
+        or (seen[2], seen[3]) != (caller.key_id, caller.scope)
+        or status not in ("", seen[1])
+        or time.monotonic() - seen[0] > settings.NODE_OFFLINE_AFTER / 2
+    ):
+        return None
+    now = timezone.now()
+    with _queue_lock:
+        if _queued_since is None:
+            _queued_since = now
+        _queued.setdefault((caller.key_id, caller.scope), {})[node_id] = seen[1]
+    _ensure_flusher()
+    return now
+
+
+def _ensure_flusher() -> None:
+    global _flusher
+    if _flusher is None or _flusher.done():
+        _flusher = asyncio.get_running_loop().create_task(_flush_forever())
+
+
+async def _flush_forever() -> None:
+    while True:
+        await asyncio.sleep(BEAT_FLUSH_EVERY)
+        if _queued:
+            try:
+                await run_in(_flush_thread, flush_beats)
+            except Exception:  # the next flush writes newer beats; liveness allows for a miss
+                log.exception("could not write queued heartbeats")
+
+
+def flush_beats() -> int:
+    """Write the queued beats, one UPDATE per key; returns how many nodes were written."""
+    global _queued_since
+    with _queue_lock:
+        batch, since = dict(_queued), _queued_since
+        _queued.clear()
+        _queued_since = None
+    if since is None:
+        return 0
+    written = 0
+    for (key_id, scope), beats in batch.items():
+        caller = Caller(scope, key_id)
+        ids = list(beats)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            online = nodes_of(caller).filter(pk__in=chunk, health_status=AgentNode.Health.ACTIVE)
+            with one_writer(durable=False):
+                count = online.update(last_heartbeat=since)
+            confirmed = set(chunk) if count == len(chunk) else set(online.values_list("pk", flat=True))
+            beat_at = time.monotonic()
+            for node_id in confirmed:
+                seen = _written.get(node_id)  # a request thread may forget it meanwhile
+                if seen is not None:
+                    _written[node_id] = (beat_at, *seen[1:])
+            for node_id in set(chunk) - confirmed:
+                # Offline now (the sweeper, a shutdown elsewhere), or gone: as a written beat would find it.
+                _forget(node_id)
+                with contextlib.suppress(UnknownNode):  # gone or taken: forgotten, its next beat is a 404
+                    heartbeat(node_id, beats[node_id], caller)
+            written += len(chunk)
+    return written
 
 
 def shutdown(node_id: str, caller: Caller = OPEN) -> AgentNode:

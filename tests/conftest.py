@@ -13,6 +13,16 @@ def few_password_hash_iterations():
         yield
 
 
+@pytest.fixture(autouse=True)
+def keys_looked_up_afresh():
+    """Each test starts with no key remembered: a row it revokes by UPDATE is refused at once."""
+    from agentfield_site.auth import forget_keys
+
+    forget_keys()
+    yield
+    forget_keys()
+
+
 @pytest.fixture
 def proc_env(request, transactional_db, tmp_path) -> ProcessEnv:
     """Environment for real child processes that share this test's database."""

@@ -22,6 +22,8 @@ from django.core.handlers.asgi import ASGIHandler
 from django.middleware import clickjacking, common, csrf, security
 from whitenoise import middleware as whitenoise
 
+from .db_threads import on_request_thread, respond
+
 
 class HooksOnTheLoop:
     """Mixin for a `MiddlewareMixin` whose hooks never block: run them inline when async."""
@@ -129,7 +131,33 @@ ON_THE_LOOP = {
 
 
 class LoopASGIHandler(ASGIHandler):
-    """Django's ASGI handler, loading `settings.MIDDLEWARE` with the subclasses above in place."""
+    """Django's ASGI handler, loading `settings.MIDDLEWARE` with the subclasses above in place.
+
+    And without a thread made and joined for every request. Django's handler
+    enters a `ThreadSensitiveContext` per request, so the first thread-sensitive
+    hop of each request (sending `request_started`, at the latest) starts a new
+    thread, and the request's end waits for it to stop: a third of a web
+    process's time under a stream of small API calls. Here a synchronous view
+    runs on the request pool (`db_threads`, which opens and closes its
+    connections itself), as the API's views already do, and the few thread-sensitive
+    hops left (the request signals, `response.close`, a session being saved) share
+    asgiref's one thread, where `request_finished` closes what they opened.
+    """
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        await self.handle(scope, receive, send)
+
+    def make_view_atomic(self, view):
+        view = super().make_view_atomic(view)
+        if iscoroutinefunction(view):
+            return view
+
+        async def on_pool(request, *args, **kwargs):
+            return await on_request_thread(request, respond, view, request, args, kwargs)
+
+        return on_pool
 
     def load_middleware(self, is_async: bool = False) -> None:
         configured = settings.MIDDLEWARE

@@ -2,6 +2,7 @@
 
 import re
 import time
+from datetime import datetime
 
 import django_filters
 from django.conf import settings
@@ -89,8 +90,7 @@ class NodeDetailView(APIView):
         return Response(s.NodeSerializer(node).data)
 
 
-def _heartbeat_ack(node_id: str, status: str, caller) -> dict:
-    beat = nodes.heartbeat(node_id, status, caller)
+def _heartbeat_ack(beat: datetime) -> dict:
     return {"success": True, "message": "heartbeat received", "timestamp": iso(beat)}
 
 
@@ -100,25 +100,38 @@ class NodeHeartbeatView(APIView):
     @extend_schema(request=s.HeartbeatSerializer, responses={200: s.HeartbeatAckSerializer})
     def post(self, request: Request, node_id: str) -> Response:
         data = _body(request, s.HeartbeatSerializer)
-        return Response(_heartbeat_ack(node_id, data.get("status") or "", caller_of(request)))
+        return Response(_heartbeat_ack(nodes.heartbeat(node_id, data.get("status") or "", caller_of(request))))
 
 
 _HEARTBEAT_FIELDS = s.HeartbeatSerializer._declared_fields
 _STATUS_MAX = _HEARTBEAT_FIELDS["status"].max_length
 
 
-def heartbeat_answer(request: HttpRequest, caller, body: dict, node_id: str) -> tuple[int, dict] | None:
-    """The fast lane's heartbeat: a body of plain strings (else the serializer judges it), a known node."""
+def _plain_status(body: dict) -> str | None:
+    """The status of a heartbeat body made of plain strings; None leaves the body to the serializer."""
     for name in _HEARTBEAT_FIELDS:
         if name in body and (not isinstance(body[name], str) or "\x00" in body[name]):
             return None
     status = body.get("status", "").strip()
-    if len(status) > _STATUS_MAX:
+    return status if len(status) <= _STATUS_MAX else None
+
+
+def heartbeat_answer(request: HttpRequest, caller, body: dict, node_id: str) -> tuple[int, dict] | None:
+    """The fast lane's heartbeat: a body of plain strings (else the serializer judges it), a known node."""
+    status = _plain_status(body)
+    if status is None:
         return None
     try:
-        return 200, _heartbeat_ack(node_id, status, caller)
+        return 200, _heartbeat_ack(nodes.heartbeat(node_id, status, caller))
     except UnknownNode:
         return None
+
+
+def heartbeat_from_memory(request: HttpRequest, caller, body: dict, node_id: str) -> tuple[int, dict] | None:
+    """On the event loop, no statement: a beat of a node this process lately found online (`nodes.beat_from_memory`)."""
+    status = _plain_status(body)
+    beat = None if status is None else nodes.beat_from_memory(node_id, status, caller)
+    return None if beat is None else (200, _heartbeat_ack(beat))
 
 
 class NodeShutdownView(APIView):

@@ -1,5 +1,9 @@
-"""Heartbeats: one statement for an online node, coalesced to one write a second, liveness still exact."""
+"""Heartbeats: one statement for an online node, coalesced to one write a second, liveness still exact.
 
+Under daphne, a beat of a node lately seen online is answered from memory and written in a batch.
+"""
+
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -100,3 +104,72 @@ def test_liveness_allows_for_the_coalescing_and_no_more(node, settings):
     assert nodes.mark_silent_nodes_offline() == 0
     AgentNode.objects.update(last_heartbeat=timezone.now() - timedelta(seconds=30 + allowance + 0.5))
     assert nodes.mark_silent_nodes_offline() == 1
+
+
+# --- Beats acknowledged from memory (under daphne) and written in batches -----------------
+
+
+def _from_memory(node_id: str, status: str, caller: Caller):
+    """`beat_from_memory` as the fast lane calls it: on an event loop (whose flusher task ends with it)."""
+
+    async def beat():
+        return nodes.beat_from_memory(node_id, status, caller)
+
+    return asyncio.run(beat())
+
+
+@pytest.fixture
+def nothing_queued():
+    nodes.flush_beats()
+    yield
+    nodes._queued.clear()
+    nodes._queued_since = None
+
+
+def test_a_known_node_beats_from_memory_and_the_batch_writes_its_time(node, owner, nothing_queued,
+                                                                       django_assert_num_queries):
+    nodes.heartbeat("writer", "ready", owner)
+    before = timezone.now()
+    with django_assert_num_queries(0):
+        beat = _from_memory("writer", "ready", owner)
+        assert _from_memory("writer", "", owner) is not None
+    assert beat >= before
+    with CaptureQueriesContext(connection) as queries:
+        assert nodes.flush_beats() == 1
+    assert [q for q in _statements(queries) if q.startswith("UPDATE")], queries.captured_queries
+    # The batch's time is its first beat's: never ahead of a beat, never behind it by more than a flush.
+    assert before <= _stored().last_heartbeat <= beat
+    assert nodes.flush_beats() == 0  # nothing queued since
+
+
+def test_memory_answers_only_the_same_key_an_unchanged_status_and_a_node_seen_lately(node, owner, nothing_queued,
+                                                                                     monkeypatch):
+    assert _from_memory("writer", "ready", owner) is None  # not seen by this process yet
+    nodes.heartbeat("writer", "ready", owner)
+    other, _ = ApiKey.create("agent-b", ApiKey.Scope.AGENT)
+    assert _from_memory("writer", "ready", Caller(ApiKey.Scope.AGENT, other.pk, other.name)) is None
+    assert _from_memory("writer", "busy", owner) is None  # a new status is written at once
+    monkeypatch.setattr(nodes, "_written", {k: (v[0] - 3600, *v[1:]) for k, v in nodes._written.items()})
+    assert _from_memory("writer", "ready", owner) is None  # seen too long ago: ask the database
+
+
+def test_a_queued_beat_of_a_node_gone_offline_brings_it_back(node, owner, nothing_queued):
+    nodes.heartbeat("writer", "ready", owner)
+    assert _from_memory("writer", "ready", owner) is not None
+    # Meanwhile another process (the sweeper, a shutdown) marked it offline.
+    AgentNode.objects.update(health_status=AgentNode.Health.INACTIVE, lifecycle_status="offline")
+    nodes.flush_beats()
+    stored = _stored()
+    assert stored.health_status == AgentNode.Health.ACTIVE and stored.lifecycle_status == "ready"
+    assert PlatformEvent.objects.filter(agent_node_id="writer", type="node.online").count() == 1
+
+
+def test_a_queued_beat_of_a_deleted_node_is_dropped_and_the_next_beat_is_unknown(node, owner, nothing_queued):
+    nodes.heartbeat("writer", "ready", owner)
+    assert _from_memory("writer", "ready", owner) is not None
+    AgentNode.objects.filter(pk="writer").delete()
+    nodes.flush_beats()
+    assert not AgentNode.objects.filter(pk="writer").exists()
+    assert _from_memory("writer", "ready", owner) is None
+    with pytest.raises(UnknownNode):
+        nodes.heartbeat("writer", "ready", owner)
