@@ -80,18 +80,29 @@ class AgentNode(models.Model):
         return self.id
 
     def reasoner_ids(self) -> list[str]:
-        return [str(r.get("id")) for r in self.reasoners if isinstance(r, dict) and r.get("id")]
+        return _ids(self.reasoners)
 
     def skill_ids(self) -> list[str]:
-        return [str(s.get("id")) for s in self.skills if isinstance(s, dict) and s.get("id")]
+        return _ids(self.skills)
 
     def kind_of(self, name: str) -> str | None:
         """'reasoner' or 'skill' when the node offers `name`, else None."""
-        if name in self.reasoner_ids():
-            return "reasoner"
-        if name in self.skill_ids():
-            return "skill"
-        return None
+        return offered_kind(self.reasoners, self.skills, name)
+
+
+def _ids(components: object) -> list[str]:
+    if not isinstance(components, list):
+        return []
+    return [str(c.get("id")) for c in components if isinstance(c, dict) and c.get("id")]
+
+
+def offered_kind(reasoners: object, skills: object, name: str) -> str | None:
+    """'reasoner' or 'skill' when a node with these `reasoners` and `skills` offers `name`, else None."""
+    if name in _ids(reasoners):
+        return "reasoner"
+    if name in _ids(skills):
+        return "skill"
+    return None
 
 
 class Execution(models.Model):

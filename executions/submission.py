@@ -23,7 +23,7 @@ from webhooks.completion import validate_webhook
 
 from . import dispatch, lifecycle
 from .errors import IdempotencyKeyTaken, InvalidTarget, QueueFull, UnknownNode, UnknownTarget
-from .models import COMPONENT_ID, AgentNode, Execution, new_run_id
+from .models import COMPONENT_ID, AgentNode, Execution, new_run_id, offered_kind
 
 T = TypeVar("T")
 
@@ -53,15 +53,17 @@ def parse_target(target: str) -> tuple[str, str]:
     return node_id, name
 
 
-def _resolve(target: str) -> tuple[AgentNode, str, str]:
+def _resolve(target: str) -> tuple[str, str, str]:
+    """(node id, reasoner or skill, its kind) of a target the node offers."""
     node_id, name = parse_target(target)
-    node = AgentNode.objects.only("id", "reasoners", "skills").filter(pk=node_id).first()
-    if node is None:
+    # Values, not a model instance: every submit asks.
+    offered = AgentNode.objects.filter(pk=node_id).values_list("reasoners", "skills").first()
+    if offered is None:
         raise UnknownNode(node_id)
-    kind = node.kind_of(name)
+    kind = offered_kind(*offered, name)
     if kind is None:
         raise UnknownTarget(node_id, name)
-    return node, name, kind
+    return node_id, name, kind
 
 
 def _same_owner(existing: Execution, owner_id: int | None) -> Execution:
@@ -110,7 +112,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     With `enqueue`, a django-q2 task dispatches it after commit; the sync API
     dispatches in its own thread instead.
     """
-    node, name, kind = _resolve(request.target)
+    node_id, name, kind = _resolve(request.target)
     if request.idempotency_key:
         existing = _existing_for_key(request.idempotency_key, request.owner_id)
         if existing is not None:
@@ -131,7 +133,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         actor_id=request.actor_id,
         target=request.target,
         type=kind,
-        agent_node_id=node.id,
+        agent_node_id=node_id,
         reasoner_id=name,
         input=request.input,
         context=request.context,

@@ -27,3 +27,10 @@ def enqueue(task: str, *args, cluster: str, name: str, timeout: float | None = N
     if timeout is not None:
         options["timeout"] = timeout
     async_task(task, *args, q_options=options)
+
+
+def in_database(cluster: str) -> bool:
+    """Whether `cluster`'s broker is this database (django-q2's ORM broker): a task row then commits with its transaction."""
+    from django_q.brokers.orm import ORM
+
+    return isinstance(_broker(cluster), ORM)

@@ -1,7 +1,10 @@
 """Async submission: the 202 document, headers carried through, events, webhook registration."""
 
 import pytest
+from django.conf import settings
+from django_q.models import OrmQ
 
+from agentfield_site.lib import tasks
 from executions.models import Execution
 from observability.models import PlatformEvent
 
@@ -26,7 +29,10 @@ def test_async_submit_answers_202_with_the_contract_document(api, node, django_c
     assert body["created_at"] and body["enqueued_at"]
     assert body["webhook_registered"] is False
     enqueued = [cb for cb in callbacks if cb.__module__ == "executions.dispatch"]
-    assert len(enqueued) == 1, "dispatch is enqueued once, after commit"
+    if tasks.in_database(settings.DISPATCH_CLUSTER):
+        assert not enqueued and OrmQ.objects.count() == 1, "dispatch is queued once, in the execution's transaction"
+    else:
+        assert len(enqueued) == 1, "dispatch is enqueued once, after commit"
     row = Execution.objects.get(pk=body["execution_id"])
     assert (row.session_id, row.actor_id, row.parent_execution_id) == ("s1", "a1", "p1")
     assert row.input == {"document": "hello"}
