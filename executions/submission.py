@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agentfield_site.lib.db_threads import run_in
@@ -56,11 +56,15 @@ def parse_target(target: str) -> tuple[str, str]:
 def _resolve(target: str) -> tuple[str, str, str]:
     """(node id, reasoner or skill, its kind) of a target the node offers."""
     node_id, name = parse_target(target)
-    # Values, not a model instance: every submit asks.
-    offered = AgentNode.objects.filter(pk=node_id).values_list("reasoners", "skills").first()
+    # Every submit asks: one plain statement, not a queryset compiled each time.
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT reasoners, skills FROM {AgentNode._meta.db_table} WHERE id = %s", [node_id])
+        offered = cursor.fetchone()
     if offered is None:
         raise UnknownNode(node_id)
-    kind = offered_kind(*offered, name)
+    reasoners, skills = (AgentNode._meta.get_field(f).from_db_value(v, None, connection) for f, v in
+                         zip(("reasoners", "skills"), offered, strict=True))
+    kind = offered_kind(reasoners, skills, name)
     if kind is None:
         raise UnknownTarget(node_id, name)
     return node_id, name, kind

@@ -18,6 +18,7 @@ a thousand open streams hold a handful of connections, not a thousand.
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import connections
 from django.db.models import Max, Min
@@ -358,17 +358,68 @@ def open_streams() -> int:
     return len(_tailer.subscribers) if _tailer is not None else 0
 
 
+class _Wakeups:
+    """This process's sender of wake-ups: one event loop thread, at most one send in flight.
+
+    A wake-up is sent after every commit that wrote events, from whatever thread
+    committed. `async_to_sync` would start a thread and an event loop for each, and
+    the Redis layer a connection per loop: milliseconds that every submit and
+    every batch of delivery results waited for. Here the commit only notes the
+    newest id and hands over; commits that come while a send is out are folded
+    into one more send with the newest id (a tailer reads the log from its own
+    cursor, so one wake-up for many commits misses nothing).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pid = 0
+        self.newest = 0
+        self.sending = False
+
+    def note(self, last_id: int) -> None:
+        with self.lock:
+            self.newest = max(self.newest, last_id)
+            if self.sending:
+                return
+            self.sending = True
+            loop = self._loop()
+        try:
+            asyncio.run_coroutine_threadsafe(self._send(), loop)
+        except RuntimeError:  # the loop is gone (interpreter shutdown): the tailers poll
+            with self.lock:
+                self.sending = False
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None or self.pid != os.getpid():  # a forked worker starts its own
+            self.loop, self.pid = asyncio.new_event_loop(), os.getpid()
+            threading.Thread(target=self.loop.run_forever, name="event-wakeups", daemon=True).start()
+        return self.loop
+
+    async def _send(self) -> None:
+        from channels.layers import get_channel_layer
+
+        while True:
+            with self.lock:
+                sent = self.newest
+            try:
+                await get_channel_layer().group_send(WAKE_GROUP, {"type": "events.wake", "last_id": sent})
+            except Exception:  # noqa: BLE001 - a lost wake-up costs latency only
+                log.warning("could not send the event wake-up; streams will poll", exc_info=True)
+            with self.lock:
+                if self.newest == sent:
+                    self.sending = False
+                    return
+
+
+_wakeups = _Wakeups()
+
+
 def send_wakeup(last_id: int) -> None:
     """`events.after_commit` listener: tell every tailer that the log grew.
 
-    Best effort by design: the tailers poll anyway, so a failure here is logged and
-    swallowed rather than failing the transaction's caller.
+    Best effort by design: the tailers poll anyway, so a failure is logged and
+    swallowed, and the caller never waits for it (`_Wakeups`).
     """
-    if not settings.CHANNEL_LAYERS:
-        return
-    from channels.layers import get_channel_layer
-
-    try:
-        async_to_sync(get_channel_layer().group_send)(WAKE_GROUP, {"type": "events.wake", "last_id": last_id})
-    except Exception:  # noqa: BLE001 - a lost wake-up costs latency only
-        log.warning("could not send the event wake-up; streams will poll", exc_info=True)
+    if settings.CHANNEL_LAYERS:
+        _wakeups.note(last_id)

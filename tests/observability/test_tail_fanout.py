@@ -1,11 +1,12 @@
 """The per-process tail: one reader fans out to many subscriptions; slow ones stay bounded."""
 
 import asyncio
+import time
 
 import pytest
 from django.db import connections
 
-from devtools.waiting import wait_for_async
+from devtools.waiting import wait_for, wait_for_async
 from observability import events, tail
 from observability.stream_filters import EventFilter
 
@@ -87,3 +88,27 @@ def test_one_reader_for_many_subscriptions_and_it_stops_when_they_leave():
 
 def test_wakeup_listener_is_registered_after_commit():
     assert tail.send_wakeup in events.after_commit
+
+
+def test_wakeups_never_hold_up_the_committer_and_a_burst_folds_into_few_sends(settings, monkeypatch):
+    """Commits only note the newest id; one send is out at a time, and the last carries the newest id."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    sent: list[int] = []
+
+    class SlowLayer:
+        async def group_send(self, group, message):
+            assert group == tail.WAKE_GROUP and message["type"] == "events.wake"
+            await asyncio.sleep(0.05)
+            sent.append(message["last_id"])
+
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *a, **k: SlowLayer())
+    wakeups = tail._Wakeups()
+    monkeypatch.setattr(tail, "_wakeups", wakeups)
+    started = time.monotonic()
+    for last_id in range(1, 101):
+        tail.send_wakeup(last_id)
+    assert time.monotonic() - started < 0.05, "a commit never waits for the send"
+    wait_for(lambda: not wakeups.sending, timeout=5, interval=0.01, what="the sends to end")
+    assert sent[-1] == 100 and 1 <= len(sent) <= 3, sent
+    tail.send_wakeup(101)
+    wait_for(lambda: sent[-1] == 101, timeout=5, interval=0.01, what="a later wake-up")
