@@ -45,6 +45,7 @@ from .ownership import check_registration, nodes_of
 
 log = logging.getLogger(__name__)
 
+
 def _node_event(event_type: str, node: AgentNode, **data: Any) -> None:
     publish(
         event_type,
