@@ -22,7 +22,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.middleware import clickjacking, common, csrf, security
 from whitenoise import middleware as whitenoise
 
-from .db_threads import on_request_thread, respond
+from .db_threads import on_request_pool, on_request_thread, respond
 
 
 class HooksOnTheLoop:
@@ -50,7 +50,8 @@ class HooksOnTheLoop:
         response = response or await self.get_response(request)
         if hasattr(self, "process_response"):
             if self.needs_thread(request, response):
-                return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+                # On the request pool, which hands back the connection it used.
+                return await on_request_thread(request, self.process_response, request, response)
             response = self.process_response(request, response)
         return response
 
@@ -133,21 +134,18 @@ ON_THE_LOOP = {
 class LoopASGIHandler(ASGIHandler):
     """Django's ASGI handler, loading `settings.MIDDLEWARE` with the subclasses above in place.
 
-    And without a thread made and joined for every request. Django's handler
-    enters a `ThreadSensitiveContext` per request, so the first thread-sensitive
-    hop of each request (sending `request_started`, at the latest) starts a new
-    thread, and the request's end waits for it to stop: a third of a web
-    process's time under a stream of small API calls. Here a synchronous view
-    runs on the request pool (`db_threads`, which opens and closes its
-    connections itself), as the API's views already do, and the few thread-sensitive
-    hops left (the request signals, `response.close`, a session being saved) share
-    asgiref's one thread, where `request_finished` closes what they opened.
+    And without a thread made and joined for every request: each request's
+    thread-sensitive calls (the request signals, `response.close`) run on the
+    request pool (`db_threads.on_request_pool`). A synchronous view runs there
+    too, through `on_request_thread`, which opens and closes its connections
+    itself, as the API's views already do; so does a session or message save.
     """
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        await self.handle(scope, receive, send)
+        async with on_request_pool():
+            await self.handle(scope, receive, send)
 
     def make_view_atomic(self, view):
         view = super().make_view_atomic(view)
