@@ -46,8 +46,14 @@ def on_request_pool() -> ThreadSensitiveContext:
     thread started at the request's first thread-sensitive call (sending
     `request_started`) and joined at its end. Under a stream of small API calls
     that is a third of a web process's time. In this context such calls take a
-    thread of the pool instead; one that blocks (a session being saved to a slow
-    database) holds that thread, not anyone else's request.
+    thread of the pool instead; one that blocks holds that thread, not anyone
+    else's request (on asgiref's one shared thread, a session saved to a slow
+    database held up every request of the process).
+
+    asgiref asks for an executor of one thread, so that a request's
+    thread-sensitive calls all share one. The ones left here keep nothing between
+    them (the request signals, `response.close`): views, session and message
+    saves go through `on_request_thread`, which opens and closes its connection.
     """
     return ThreadSensitiveContext(executor=_request_pool)
 
