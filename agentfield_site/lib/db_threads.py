@@ -39,14 +39,20 @@ async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> 
 _request_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="request")
 
 
-def on_request_pool() -> ThreadSensitiveContext:
-    """A request's context in which Django's thread-sensitive calls run on the request pool.
+# Django's own thread-sensitive calls of a request (the request signals,
+# `response.close`): quick ones, kept apart from the request pool, whose threads
+# may all be busy (on SQLite, waiting for this process's write turn).
+_hop_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="request-hop")
+
+
+def request_hops() -> ThreadSensitiveContext:
+    """A request's context in which Django's thread-sensitive calls run on long-lived threads.
 
     Django's ASGI handler gives each request a context of its own, and with it a
     thread started at the request's first thread-sensitive call (sending
     `request_started`) and joined at its end. Under a stream of small API calls
     that is a third of a web process's time. In this context such calls take a
-    thread of the pool instead; one that blocks holds that thread, not anyone
+    thread of a pool instead; one that blocks holds that thread, not anyone
     else's request (on asgiref's one shared thread, a session saved to a slow
     database held up every request of the process).
 
@@ -55,7 +61,7 @@ def on_request_pool() -> ThreadSensitiveContext:
     them (the request signals, `response.close`): views, session and message
     saves go through `on_request_thread`, which opens and closes its connection.
     """
-    return ThreadSensitiveContext(executor=_request_pool)
+    return ThreadSensitiveContext(executor=_hop_pool)
 
 
 def respond(view: Callable[..., HttpResponse], request: HttpRequest, args: tuple, kwargs: dict) -> HttpResponse:

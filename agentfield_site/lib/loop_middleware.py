@@ -22,7 +22,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.middleware import clickjacking, common, csrf, security
 from whitenoise import middleware as whitenoise
 
-from .db_threads import on_request_pool, on_request_thread, respond
+from .db_threads import on_request_thread, request_hops, respond
 
 
 class HooksOnTheLoop:
@@ -135,16 +135,17 @@ class LoopASGIHandler(ASGIHandler):
     """Django's ASGI handler, loading `settings.MIDDLEWARE` with the subclasses above in place.
 
     And without a thread made and joined for every request: each request's
-    thread-sensitive calls (the request signals, `response.close`) run on the
-    request pool (`db_threads.on_request_pool`). A synchronous view runs there
-    too, through `on_request_thread`, which opens and closes its connections
-    itself, as the API's views already do; so does a session or message save.
+    thread-sensitive calls (the request signals, `response.close`) run on
+    long-lived threads (`db_threads.request_hops`). A synchronous view runs on the
+    request pool, through `on_request_thread`, which opens and closes its
+    connections itself, as the API's views already do; so does a session or
+    message save.
     """
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        async with on_request_pool():
+        async with request_hops():
             await self.handle(scope, receive, send)
 
     def make_view_atomic(self, view):
