@@ -1,6 +1,7 @@
 """API capacity: the request paths agents and clients hit most, against Django's own floors.
 
-`python -m bench api [--clients=32] [--seconds=6] [--rounds=3] [--nodes=1000] [--agents=1000] [--fleet-seconds=20]`.
+`python -m bench api [--clients=32] [--seconds=6] [--rounds=3] [--nodes=1000] [--agents=1000] [--fleet-seconds=20]
+[--only=submit,read,fleet,...]`.
 Everything runs on a throwaway database beside DATABASE_URL's (SQLite by default;
 PostgreSQL + Redis when DATABASE_URL and REDIS_URL say so), on real daphne
 processes, driven by `--clients` concurrent keep-alive clients (asyncio + aiohttp)
@@ -18,8 +19,13 @@ one-second warm-up:
 
 Then the fleet: `manage.py serve --web-processes 2` (the web tier only), `--agents`
 simulated SDK agents heartbeating every 2 s while `--clients` clients submit and
-read; it reports the API's p99, the 5xx, and whether the sweeper's liveness check
+read, measured after a warm-up of one heartbeat period (every agent connects and
+beats once; its calls get a row of their own, outside the p99); it reports the API's p99, the 5xx, and whether the sweeper's liveness check
 (run with NODE_OFFLINE_AFTER=6 s, three missed beats) would mark any node offline.
+
+`--only` runs the rows (and `fleet`) it names and no others, to look at one
+path (a profiler attached to its daphne, say); `read` brings `submit` along,
+which makes what it reads. The targets need the full run.
 
 Targets: heartbeat/s at least 0.5 x the minimal async view, submit/s at least
 0.5 x the minimal sync view with `SELECT 1`; the fleet's p99 under 250 ms with no
@@ -135,9 +141,14 @@ def _read(execution_ids: list[str]) -> Callable[[], Call]:
 # --- The fleet: many agents beating every 2 s, clients submitting and reading ---------
 
 
+# Before the measured window: one heartbeat period, in which every agent connects
+# and beats once and the clients connect and start, as in a fleet already running.
+FLEET_WARM_UP = 2.0
+
+
 async def _fleet(base: str, agents: int, clients: int, seconds: float, agent_key: str, client_key: str,
-                 ) -> tuple[Run, Run]:
-    beats, api = Run(), Run()
+                 ) -> tuple[Run, Run, Run]:
+    beats, api, warm_up = Run(), Run(), Run()
     agent_headers = {"X-API-Key": agent_key, "Content-Type": "application/json"}
     client_headers = {"X-API-Key": client_key, "Content-Type": "application/json"}
     body = json.dumps({"status": "ready", "version": "1.0.0"}).encode()
@@ -146,7 +157,11 @@ async def _fleet(base: str, agents: int, clients: int, seconds: float, agent_key
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         started = time.monotonic()
-        until = started + seconds
+        measured = started + FLEET_WARM_UP
+        until = measured + seconds
+
+        def into(run: Run) -> Run:
+            return run if time.monotonic() >= measured else warm_up
 
         async def agent(n: int) -> None:
             # Spread over the 2 s period, as agents started at different times are.
@@ -154,7 +169,7 @@ async def _fleet(base: str, agents: int, clients: int, seconds: float, agent_key
             while next_beat < until:
                 await asyncio.sleep(max(0.0, next_beat - time.monotonic()))
                 await _call(session, base, ("POST", f"/api/v1/nodes/bench-{n}/heartbeat", body), agent_headers,
-                            beats, False)
+                            into(beats), False)
                 next_beat += 2.0
 
         async def client(n: int) -> None:
@@ -162,19 +177,20 @@ async def _fleet(base: str, agents: int, clients: int, seconds: float, agent_key
                 if time.monotonic() >= until:
                     return
                 if i % 2 == 0 or not accepted:
-                    run = Run()
+                    run, out = Run(), into(api)
                     await _call(session, base, ("POST", "/api/v1/execute/async/bench-0.work",
                                                 json.dumps({"input": {"client": n, "i": i}}).encode()),
                                 client_headers, run, True)
                     accepted.extend(doc["execution_id"] for doc in run.bodies)
-                    api.merge(run)
+                    out.merge(run)
                 else:
                     await _call(session, base, ("GET", f"/api/v1/executions/{accepted[-1 - (i % len(accepted))]}",
-                                                None), client_headers, api, False)
+                                                None), client_headers, into(api), False)
 
         await asyncio.gather(*(agent(n) for n in range(agents)), *(client(n) for n in range(clients)))
-        beats.elapsed = api.elapsed = time.monotonic() - started
-    return beats, api
+        beats.elapsed = api.elapsed = time.monotonic() - measured
+        warm_up.elapsed = FLEET_WARM_UP
+    return beats, api, warm_up
 
 
 def _serve_web_tier(env, processes: int):
@@ -214,6 +230,9 @@ def main(argv: list[str]) -> None:
     nodes = int(options.get("nodes", 1000))
     agents = int(options.get("agents", 1000))
     fleet_seconds = float(options.get("fleet-seconds", 20))
+    only = set(filter(None, options.get("only", "").split(",")))
+    if "read" in only:
+        only.add("submit")
 
     from soak.standalone import throwaway_database
 
@@ -261,7 +280,8 @@ def main(argv: list[str]) -> None:
             "submit": (web.url, _submit(), client_headers),
             "read": (web.url, _read(accepted), client_headers),
         }
-        runs = {name: Run() for name in paths}
+        paths = {name: path for name, path in paths.items() if not only or name in only}
+        runs = {name: Run() for name in ("bare", "async", "sync", "health", "heartbeat", "submit", "read")}
         # Rounds, each path in turn: load from the neighbours on this machine changes
         # over a run, and it then weighs on every row alike.
         for round_ in range(rounds):
@@ -287,13 +307,13 @@ def main(argv: list[str]) -> None:
                 ("execution read (`GET /api/v1/executions/{id}`)", runs["read"])]
 
         fleet = None
-        if agents:
+        if agents and (not only or "fleet" in only):
             from executions import nodes as node_registry
 
             serve, base = _serve_web_tier(env, 2)
             try:
                 AgentNode.objects.update(last_heartbeat=timezone.now())
-                beats, api = asyncio.run(_fleet(base, agents, clients, fleet_seconds, agent_key, client_key))
+                beats, api, warm_up = asyncio.run(_fleet(base, agents, clients, fleet_seconds, agent_key, client_key))
             finally:
                 _stop_serve(serve)
             settings.NODE_OFFLINE_AFTER = 6.0
@@ -301,7 +321,7 @@ def main(argv: list[str]) -> None:
                 pk__in=[f"bench-{n}" for n in range(agents)], health_status=AgentNode.Health.ACTIVE,
                 last_heartbeat__lt=timezone.now() - node_registry.offline_cutoff_delta(),
             ).count()
-            fleet = (beats, api, would_go_offline)
+            fleet = (beats, api, warm_up, would_go_offline)
 
     print(f"database: {vendor}, broker: {broker}; {clients} concurrent keep-alive clients, {seconds:g} s per row "
           f"in {rounds} rounds after a 1 s warm-up; one web process (MAX_CONCURRENT_REQUESTS={settings.MAX_CONCURRENT_REQUESTS}); "
@@ -311,6 +331,8 @@ def main(argv: list[str]) -> None:
     heartbeat_ratio = heartbeat.per_s / floor_async.per_s if floor_async.per_s else float("nan")
     submit_ratio = submit.per_s / floor_sync.per_s if floor_sync.per_s else float("nan")
     for name, run in rows:
+        if not run.latency_ms:
+            continue  # not in --only
         ratio = ""
         if run is heartbeat:
             ratio = f"{heartbeat_ratio:.2f} x async floor (target 0.5)"
@@ -318,9 +340,10 @@ def main(argv: list[str]) -> None:
             ratio = f"{submit_ratio:.2f} x sync floor (target 0.5)"
         print(_row(name, run, ratio))
     if fleet is not None:
-        beats, api, offline = fleet
+        beats, api, warm_up, offline = fleet
         print(f"\nfleet: `serve --web-processes 2`, {agents:,} agents heartbeating every 2 s and {clients} clients "
-              f"submitting and reading for {fleet_seconds:g} s\n")
+              f"submitting and reading for {fleet_seconds:g} s, after {FLEET_WARM_UP:g} s in which every agent "
+              f"connects and beats once\n")
         print("| traffic | req/s | p50 (ms) | p99 (ms) | 5xx | errors | |")
         print("|---|---:|---:|---:|---:|---:|---|")
         both = Run(elapsed=beats.elapsed)
@@ -329,6 +352,7 @@ def main(argv: list[str]) -> None:
         print(_row("heartbeats", beats))
         print(_row("submits and reads", api))
         print(_row("all API calls (target p99 < 250 ms, no 5xx)", both))
+        print(_row(f"warm-up, the first {FLEET_WARM_UP:g} s (all calls; not in the rows above)", warm_up))
         print(f"\nnodes the liveness check would mark offline after the run: **{offline}** of {agents:,}")
     print(f"\nheartbeat_per_s={heartbeat.per_s:.0f} floor_async_per_s={floor_async.per_s:.0f} "
           f"submit_per_s={submit.per_s:.0f} floor_sync_per_s={floor_sync.per_s:.0f}")

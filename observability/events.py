@@ -66,9 +66,7 @@ def publish_many(events: Iterable[PlatformEvent]) -> list[PlatformEvent]:
     # Inside the caller's transaction, no savepoint: a failure here fails the change too.
     with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ORDER_LOCK_KEY])
-            saved = _copy_in(events)
+            saved = _insert_in_order(events)
         elif connection.features.can_return_rows_from_bulk_insert:
             saved = PlatformEvent.objects.bulk_create(events)
         else:
@@ -82,32 +80,50 @@ def publish_many(events: Iterable[PlatformEvent]) -> list[PlatformEvent]:
     return saved
 
 
-_COLUMNS = ("id", "type", "source", "timestamp", "execution_id", "workflow_id", "agent_node_id", "status", "data")
+_COLUMNS = ("type", "source", "timestamp", "execution_id", "workflow_id", "agent_node_id", "status", "data")
+_ROW = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+_LOCK = "SELECT pg_advisory_xact_lock(%s); "
+# Past this many rows, COPY's cheaper encoding outweighs its two extra round trips
+# (measured: 1 row 0.17 vs 0.28 ms of client CPU, 200 rows 4.0 vs 2.1 ms).
+_VALUES_MAX_ROWS = 8
 
 
-def _copy_in(events: list[PlatformEvent]) -> list[PlatformEvent]:
-    """PostgreSQL: take ids from the sequence, then COPY the rows in.
+def _insert_in_order(events: list[PlatformEvent]) -> list[PlatformEvent]:
+    """PostgreSQL: take the order lock, then ids from the sequence in the order given, and insert.
 
-    Several times cheaper in client CPU than `bulk_create`, whose UNNEST arrays
-    psycopg quotes in Python; the ids are still the sequence's, in order, and the
-    order lock (held by the caller) keeps commits in id order.
+    The lock is held from here to the commit, and every event-writing transaction
+    waits for it: the shorter that stretch, the more of them commit per second.
+    So the lock goes in the same request as the statement after it (Django's
+    client-side binding cursor takes several statements at once): for a few
+    events, an INSERT whose VALUES rows take their ids in order (as `bulk_create`
+    relies on too), one round trip in all; for many, the ids first and then COPY,
+    several times cheaper in client CPU than quoting every value into the SQL.
     """
     from psycopg.types.json import Jsonb
 
     table = PlatformEvent._meta.db_table
+    rows = [(e.type, e.source, e.timestamp, e.execution_id, e.workflow_id, e.agent_node_id, e.status, Jsonb(e.data))
+            for e in events]
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, len(events)]
-        )
-        for event, (event_id,) in zip(events, cursor.fetchall(), strict=True):
-            event.id = event_id
-        with cursor.cursor.copy(f"COPY {table} ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
-            for e in events:
-                copy.write_row((
-                    e.id, e.type, e.source, e.timestamp, e.execution_id, e.workflow_id, e.agent_node_id,
-                    e.status, Jsonb(e.data),
-                ))
-    for event in events:
+        if len(events) <= _VALUES_MAX_ROWS:
+            cursor.execute(
+                f"{_LOCK}INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES {', '.join([_ROW] * len(rows))} RETURNING id",
+                [_ORDER_LOCK_KEY, *(value for row in rows for value in row)],
+            )
+            cursor.nextset()
+            ids = [event_id for (event_id,) in cursor.fetchall()]
+        else:
+            cursor.execute(
+                f"{_LOCK}SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                [_ORDER_LOCK_KEY, table, len(rows)],
+            )
+            cursor.nextset()
+            ids = [event_id for (event_id,) in cursor.fetchall()]
+            with cursor.cursor.copy(f"COPY {table} (id, {', '.join(_COLUMNS)}) FROM STDIN") as copy:
+                for event_id, row in zip(ids, rows, strict=True):
+                    copy.write_row((event_id, *row))
+    for event, event_id in zip(events, ids, strict=True):
+        event.id = event_id
         event._state.adding = False
         event._state.db = connection.alias
     return events

@@ -8,7 +8,7 @@ connection pool at every call; on SQLite, kept open by each thread).
 """
 
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -39,27 +39,57 @@ async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> 
 _request_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="request")
 
 
-# Django's own thread-sensitive calls of a request (the request signals,
-# `response.close`): quick ones, kept apart from the request pool, whose threads
-# may all be busy (on SQLite, waiting for this process's write turn).
+# The thread-sensitive calls views and middleware make (`request_hops`): quick
+# ones, kept apart from the request pool, whose threads may all be busy (on
+# SQLite, waiting for this process's write turn).
 _hop_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="request-hop")
 
 
+class _Inline(Executor):
+    """Runs each call at once, in the thread that submits it (the event loop's)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the awaiting coroutine, as a pool thread would
+            future.set_exception(exc)
+        return future
+
+
+_inline = _Inline()
+
+
+def handler_hops() -> ThreadSensitiveContext:
+    """A request's context in which the ASGI handler's own thread-sensitive calls run inline on the loop.
+
+    Those are Django's bookkeeping around a request: the `request_started` and
+    `request_finished` receivers (closing this thread's old database connections
+    and caches, resetting its query log and urlconf) and `response.close`. The
+    loop's thread holds no connection and no cache (every view, hook and save
+    that may touch one runs on the request pool, which closes its own), so they
+    find nothing to do; a thread hop each would cost more than all of it.
+    Views and middleware run inside `request_hops()`, which `LoopASGIHandler`
+    enters around them, so none of their calls lands here.
+    """
+    return ThreadSensitiveContext(executor=_inline)
+
+
 def request_hops() -> ThreadSensitiveContext:
-    """A request's context in which Django's thread-sensitive calls run on long-lived threads.
+    """The context of a request's views and middleware: their thread-sensitive calls on long-lived threads.
 
     Django's ASGI handler gives each request a context of its own, and with it a
-    thread started at the request's first thread-sensitive call (sending
-    `request_started`) and joined at its end. Under a stream of small API calls
-    that is a third of a web process's time. In this context such calls take a
-    thread of a pool instead; one that blocks holds that thread, not anyone
-    else's request (on asgiref's one shared thread, a session saved to a slow
-    database held up every request of the process).
+    thread started at the request's first thread-sensitive call and joined at its
+    end. Under a stream of small API calls that was a third of a web process's
+    time. In this context such calls take a thread of a pool instead; one that
+    blocks holds that thread, not anyone else's request (on asgiref's one shared
+    thread, a session saved to a slow database held up every request of the
+    process). Few are left: views, session and message saves go through
+    `on_request_thread`; WhiteNoise's file serving and `request.auser()` land here.
 
     asgiref asks for an executor of one thread, so that a request's
     thread-sensitive calls all share one. The ones left here keep nothing between
-    them (the request signals, `response.close`): views, session and message
-    saves go through `on_request_thread`, which opens and closes its connection.
+    them: each opens and closes what it uses.
     """
     return ThreadSensitiveContext(executor=_hop_pool)
 

@@ -22,7 +22,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.middleware import clickjacking, common, csrf, security
 from whitenoise import middleware as whitenoise
 
-from .db_threads import on_request_thread, request_hops, respond
+from .db_threads import handler_hops, on_request_thread, request_hops, respond
 
 
 class HooksOnTheLoop:
@@ -134,19 +134,24 @@ ON_THE_LOOP = {
 class LoopASGIHandler(ASGIHandler):
     """Django's ASGI handler, loading `settings.MIDDLEWARE` with the subclasses above in place.
 
-    And without a thread made and joined for every request: each request's
-    thread-sensitive calls (the request signals, `response.close`) run on
-    long-lived threads (`db_threads.request_hops`). A synchronous view runs on the
-    request pool, through `on_request_thread`, which opens and closes its
-    connections itself, as the API's views already do; so does a session or
-    message save.
+    And without a thread made and joined for every request: the handler's own
+    bookkeeping (the request signals, `response.close`) runs inline on the loop
+    (`db_threads.handler_hops`), and the thread-sensitive calls of views and
+    middleware on long-lived threads (`db_threads.request_hops`). A synchronous
+    view runs on the request pool, through `on_request_thread`, which opens and
+    closes its connections itself, as the API's views already do; so does a
+    session or message save.
     """
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        async with request_hops():
+        async with handler_hops():
             await self.handle(scope, receive, send)
+
+    async def get_response_async(self, request):
+        async with request_hops():
+            return await super().get_response_async(request)
 
     def make_view_atomic(self, view):
         view = super().make_view_atomic(view)

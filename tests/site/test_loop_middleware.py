@@ -91,3 +91,36 @@ def test_an_unknown_api_route_is_a_json_404():
     response = _get("/api/v1/nope")
     assert response["status"] == 404
     assert _headers(response)[b"content-type"] == [b"application/json"]
+
+
+def test_the_handlers_bookkeeping_runs_on_the_loop_and_a_views_thread_sensitive_call_on_a_pool(monkeypatch):
+    """The request signals and `response.close` inline (no hop); what a view or hook hands over, on a hop thread."""
+    import threading
+
+    from django.core.signals import request_finished, request_started
+
+    seen: dict[str, str] = {}
+
+    def started(**kwargs) -> None:
+        seen["request_started"] = threading.current_thread().name
+
+    def finished(**kwargs) -> None:
+        seen["request_finished"] = threading.current_thread().name
+
+    serve = loop_middleware.WhiteNoiseMiddleware.serve
+
+    def serving(static_file, request):
+        seen["static file"] = threading.current_thread().name
+        return serve(static_file, request)
+
+    monkeypatch.setattr(loop_middleware.WhiteNoiseMiddleware, "serve", staticmethod(serving))
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        assert _get("/static/admin/css/base.css")["status"] == 200
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop in this thread
+    assert seen["request_started"] == seen["request_finished"] == loop_thread
+    assert seen["static file"].startswith("request-hop"), seen
