@@ -30,3 +30,19 @@ def throwaway_database(name: str) -> Iterator["ProcessEnv"]:  # noqa: F821 - imp
         env.stop_all()
         connection.close()
         connection.creation.destroy_test_db(test_db, verbosity=0)
+        _drop_queues()
+
+
+def _drop_queues() -> None:
+    """With Redis, drop this run's task queues too: tasks no worker took would stay there for good."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        try:
+            for key in client.scan_iter(match=f"django_q:{os.environ['Q_NAME']}*"):
+                client.delete(key)
+        finally:
+            client.close()
