@@ -112,3 +112,43 @@ def test_wakeups_never_hold_up_the_committer_and_a_burst_folds_into_few_sends(se
     assert sent[-1] == 100 and 1 <= len(sent) <= 3, sent
     tail.send_wakeup(101)
     wait_for(lambda: sent[-1] == 101, timeout=5, interval=0.01, what="a later wake-up")
+
+
+def test_a_steady_stream_of_commits_sends_at_most_one_wakeup_per_interval(settings, monkeypatch):
+    """Sends quicker than the commits still fold: no more than one per WAKE_INTERVAL, the newest id last."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    sent: list[tuple[float, int]] = []
+
+    class QuickLayer:
+        async def group_send(self, group, message):
+            sent.append((time.monotonic(), message["last_id"]))
+
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *a, **k: QuickLayer())
+    wakeups = tail._Wakeups()
+    monkeypatch.setattr(tail, "_wakeups", wakeups)
+    started = time.monotonic()
+    for last_id in range(1, 41):  # a commit every 5 ms or so
+        tail.send_wakeup(last_id)
+        time.sleep(0.005)
+    elapsed = time.monotonic() - started
+    wait_for(lambda: not wakeups.sending, timeout=5, interval=0.01, what="the sends to end")
+    assert sent[-1][1] == 40
+    assert len(sent) <= elapsed / tail.WAKE_INTERVAL + 2, (len(sent), elapsed)
+    assert all(b[0] - a[0] >= tail.WAKE_INTERVAL * 0.9 for a, b in zip(sent, sent[1:], strict=False)), sent
+
+
+def test_a_wakeup_after_a_quiet_spell_goes_at_once(settings, monkeypatch):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    sent: list[float] = []
+
+    class QuickLayer:
+        async def group_send(self, group, message):
+            sent.append(time.monotonic())
+
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda *a, **k: QuickLayer())
+    monkeypatch.setattr(tail, "WAKE_INTERVAL", 2.0)
+    monkeypatch.setattr(tail, "_wakeups", tail._Wakeups())
+    committed = time.monotonic()
+    tail.send_wakeup(1)
+    wait_for(lambda: sent, timeout=5, interval=0.001, what="the wake-up")
+    assert sent[0] - committed < 1.0, "the interval holds back only a send that follows another"
