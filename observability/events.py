@@ -82,7 +82,6 @@ def publish_many(events: Iterable[PlatformEvent]) -> list[PlatformEvent]:
 
 _COLUMNS = ("type", "source", "timestamp", "execution_id", "workflow_id", "agent_node_id", "status", "data")
 _ROW = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-_LOCK = "SELECT pg_advisory_xact_lock(%s); "
 # Past this many rows, COPY's cheaper encoding outweighs its two extra round trips
 # (measured: 1 row 0.17 vs 0.28 ms of client CPU, 200 rows 4.0 vs 2.1 ms).
 _VALUES_MAX_ROWS = 8
@@ -106,18 +105,12 @@ def _insert_in_order(events: list[PlatformEvent]) -> list[PlatformEvent]:
             for e in events]
     with connection.cursor() as cursor:
         if len(events) <= _VALUES_MAX_ROWS:
-            cursor.execute(
-                f"{_LOCK}INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES {', '.join([_ROW] * len(rows))} RETURNING id",
-                [_ORDER_LOCK_KEY, *(value for row in rows for value in row)],
-            )
-            cursor.nextset()
+            _locked(cursor, f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES {', '.join([_ROW] * len(rows))} "
+                            "RETURNING id", [value for row in rows for value in row])
             ids = [event_id for (event_id,) in cursor.fetchall()]
         else:
-            cursor.execute(
-                f"{_LOCK}SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-                [_ORDER_LOCK_KEY, table, len(rows)],
-            )
-            cursor.nextset()
+            _locked(cursor, "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                    [table, len(rows)])
             ids = [event_id for (event_id,) in cursor.fetchall()]
             with cursor.cursor.copy(f"COPY {table} (id, {', '.join(_COLUMNS)}) FROM STDIN") as copy:
                 for event_id, row in zip(ids, rows, strict=True):
@@ -127,6 +120,21 @@ def _insert_in_order(events: list[PlatformEvent]) -> list[PlatformEvent]:
         event._state.adding = False
         event._state.db = connection.alias
     return events
+
+
+def _locked(cursor, sql: str, params: list[Any]) -> None:
+    """Take the order lock, then run `sql`: in one request, unless the cursor binds on the server.
+
+    A server-side binding cursor (`server_side_binding` in the database OPTIONS)
+    takes one statement at a time, so there it costs a round trip more.
+    """
+    lock = "SELECT pg_advisory_xact_lock(%s)"
+    if connection.settings_dict["OPTIONS"].get("server_side_binding"):
+        cursor.execute(lock, [_ORDER_LOCK_KEY])
+        cursor.execute(sql, params)
+    else:
+        cursor.execute(f"{lock}; {sql}", [_ORDER_LOCK_KEY, *params])
+        cursor.nextset()
 
 
 def _after_commit(last_id: int) -> None:
