@@ -20,8 +20,9 @@ one-second warm-up:
 Then the fleet: `manage.py serve --web-processes 2` (the web tier only), `--agents`
 simulated SDK agents heartbeating every 2 s while `--clients` clients submit and
 read, measured after a warm-up of one heartbeat period (every agent connects and
-beats once; its calls get a row of their own, outside the p99); it reports the API's p99, the 5xx, and whether the sweeper's liveness check
-(run with NODE_OFFLINE_AFTER=6 s, three missed beats) would mark any node offline.
+beats once; its calls get a row of their own, outside the p99); it reports the
+API's p99, the 5xx, and whether the sweeper's liveness check (run with
+NODE_OFFLINE_AFTER=6 s, three missed beats) would mark any node offline.
 
 `--only` runs the rows (and `fleet`) it names and no others, to look at one
 path (a profiler attached to its daphne, say); `read` brings `submit` along,
@@ -280,12 +281,12 @@ def main(argv: list[str]) -> None:
             "submit": (web.url, _submit(), client_headers),
             "read": (web.url, _read(accepted), client_headers),
         }
-        paths = {name: path for name, path in paths.items() if not only or name in only}
-        runs = {name: Run() for name in ("bare", "async", "sync", "health", "heartbeat", "submit", "read")}
+        runs = {name: Run() for name in paths}
+        selected = {name: path for name, path in paths.items() if not only or name in only}
         # Rounds, each path in turn: load from the neighbours on this machine changes
         # over a run, and it then weighs on every row alike.
         for round_ in range(rounds):
-            for name, (base, calls, headers) in paths.items():
+            for name, (base, calls, headers) in selected.items():
                 if round_ == 0:
                     asyncio.run(_hammer(base, calls, headers, clients, 1.0, keep=name == "submit"))
                 run = asyncio.run(_hammer(base, calls, headers, clients, seconds / rounds, keep=name == "submit"))
