@@ -69,8 +69,10 @@ def handler_hops() -> ThreadSensitiveContext:
     loop's thread holds no connection and no cache (every view, hook and save
     that may touch one runs on the request pool, which closes its own), so they
     find nothing to do; a thread hop each would cost more than all of it.
-    Views and middleware run inside `request_hops()`, which `LoopASGIHandler`
-    enters around them, so none of their calls lands here.
+    Views, middleware and the sending of the response run inside
+    `request_hops()`, which `LoopASGIHandler` enters around them, so none of
+    their calls lands here (a static file's body, for one, is read through a
+    thread-sensitive call while it is sent).
     """
     return ThreadSensitiveContext(executor=_inline)
 
@@ -85,7 +87,8 @@ def request_hops() -> ThreadSensitiveContext:
     blocks holds that thread, not anyone else's request (on asgiref's one shared
     thread, a session saved to a slow database held up every request of the
     process). Few are left: views, session and message saves go through
-    `on_request_thread`; WhiteNoise's file serving and `request.auser()` land here.
+    `on_request_thread`; WhiteNoise's file serving, the reading of a static
+    file's body while it is sent, and `request.auser()` land here.
 
     asgiref asks for an executor of one thread, so that a request's
     thread-sensitive calls all share one. The ones left here keep nothing between

@@ -136,8 +136,9 @@ class LoopASGIHandler(ASGIHandler):
 
     And without a thread made and joined for every request: the handler's own
     bookkeeping (the request signals, `response.close`) runs inline on the loop
-    (`db_threads.handler_hops`), and the thread-sensitive calls of views and
-    middleware on long-lived threads (`db_threads.request_hops`). A synchronous
+    (`db_threads.handler_hops`), and the thread-sensitive calls of views,
+    middleware and the sending of a streaming body on long-lived threads
+    (`db_threads.request_hops`). A synchronous
     view runs on the request pool, through `on_request_thread`, which opens and
     closes its connections itself, as the API's views already do; so does a
     session or message save.
@@ -152,6 +153,12 @@ class LoopASGIHandler(ASGIHandler):
     async def get_response_async(self, request):
         async with request_hops():
             return await super().get_response_async(request)
+
+    async def send_response(self, response, send):
+        # Django reads a streaming body from a synchronous iterator (a static
+        # file) through a thread-sensitive call: a pool thread, not the loop.
+        async with request_hops():
+            await super().send_response(response, send)
 
     def make_view_atomic(self, view):
         view = super().make_view_atomic(view)

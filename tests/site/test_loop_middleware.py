@@ -94,7 +94,7 @@ def test_an_unknown_api_route_is_a_json_404():
 
 
 def test_the_handlers_bookkeeping_runs_on_the_loop_and_a_views_thread_sensitive_call_on_a_pool(monkeypatch):
-    """The request signals and `response.close` inline (no hop); what a view or hook hands over, on a hop thread."""
+    """The request signals and `response.close` inline (no hop); what a view, a hook or the sending hands over, on a hop thread."""
     import threading
 
     from django.core.signals import request_finished, request_started
@@ -111,7 +111,15 @@ def test_the_handlers_bookkeeping_runs_on_the_loop_and_a_views_thread_sensitive_
 
     def serving(static_file, request):
         seen["static file"] = threading.current_thread().name
-        return serve(static_file, request)
+        response = serve(static_file, request)
+        content = response.streaming_content
+
+        def body():
+            seen["static body"] = threading.current_thread().name
+            yield from content
+
+        response.streaming_content = body()
+        return response
 
     monkeypatch.setattr(loop_middleware.WhiteNoiseMiddleware, "serve", staticmethod(serving))
     request_started.connect(started)
@@ -124,3 +132,4 @@ def test_the_handlers_bookkeeping_runs_on_the_loop_and_a_views_thread_sensitive_
     loop_thread = threading.current_thread().name  # asyncio.run runs the loop in this thread
     assert seen["request_started"] == seen["request_finished"] == loop_thread
     assert seen["static file"].startswith("request-hop"), seen
+    assert seen["static body"].startswith("request-hop"), seen  # read while sent: still off the loop
