@@ -113,8 +113,9 @@ def _queue_depth(limit: int) -> int:
 def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     """Store a new execution (or find the idempotent twin); returns (execution, created).
 
-    With `enqueue`, a django-q2 task dispatches it after commit; the sync API
-    dispatches in its own thread instead.
+    With `enqueue`, a django-q2 task dispatches it (`dispatch.enqueue`: sent after
+    commit, or written in the same transaction when the broker is this database);
+    the sync API dispatches in its own thread instead.
     """
     node_id, name, kind = _resolve(request.target)
     if request.idempotency_key:
