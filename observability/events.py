@@ -16,6 +16,8 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from agentfield_site.lib.batched_sql import together
+
 from .models import SOURCES, PlatformEvent
 
 in_transaction: list[Callable[[list[PlatformEvent]], None]] = []
@@ -105,13 +107,13 @@ def _insert_in_order(events: list[PlatformEvent]) -> list[PlatformEvent]:
             for e in events]
     with connection.cursor() as cursor:
         if len(events) <= _VALUES_MAX_ROWS:
-            _locked(cursor, f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES {', '.join([_ROW] * len(rows))} "
-                            "RETURNING id", [value for row in rows for value in row])
-            ids = [event_id for (event_id,) in cursor.fetchall()]
+            returned = _locked(cursor, f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES "
+                               f"{', '.join([_ROW] * len(rows))} RETURNING id", [value for row in rows for value in row])
+            ids = [event_id for (event_id,) in returned]
         else:
-            _locked(cursor, "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-                    [table, len(rows)])
-            ids = [event_id for (event_id,) in cursor.fetchall()]
+            returned = _locked(cursor, "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                               [table, len(rows)])
+            ids = [event_id for (event_id,) in returned]
             with cursor.cursor.copy(f"COPY {table} (id, {', '.join(_COLUMNS)}) FROM STDIN") as copy:
                 for event_id, row in zip(ids, rows, strict=True):
                     copy.write_row((event_id, *row))
@@ -122,19 +124,9 @@ def _insert_in_order(events: list[PlatformEvent]) -> list[PlatformEvent]:
     return events
 
 
-def _locked(cursor, sql: str, params: list[Any]) -> None:
-    """Take the order lock, then run `sql`: in one request, unless the cursor binds on the server.
-
-    A server-side binding cursor (`server_side_binding` in the database OPTIONS)
-    takes one statement at a time, so there it costs a round trip more.
-    """
-    lock = "SELECT pg_advisory_xact_lock(%s)"
-    if connection.settings_dict["OPTIONS"].get("server_side_binding"):
-        cursor.execute(lock, [_ORDER_LOCK_KEY])
-        cursor.execute(sql, params)
-    else:
-        cursor.execute(f"{lock}; {sql}", [_ORDER_LOCK_KEY, *params])
-        cursor.nextset()
+def _locked(cursor, sql: str, params: list[Any]) -> list[tuple]:
+    """Take the order lock, then run `sql` (in one request where the driver allows); its rows."""
+    return together(cursor, [("SELECT pg_advisory_xact_lock(%s)", [_ORDER_LOCK_KEY]), (sql, params)])[1]
 
 
 def _after_commit(last_id: int) -> None:

@@ -39,6 +39,7 @@ from django.utils import timezone
 from agentfield_site.jobs import kicks
 from agentfield_site.lib import outbound, tasks
 from agentfield_site.lib.backoff import delay_for, honour_retry_after
+from agentfield_site.lib.batched_sql import together
 from agentfield_site.lib.sqlite_writer import one_writer
 from observability.events import build, publish_many
 
@@ -156,21 +157,23 @@ def _pick(candidates: list[tuple[int, str]], room: dict[str, int], limit: int) -
     return picked
 
 
-def _room(now: datetime, answered: Mapping[str, int] = {}) -> tuple[destinations.Gates, dict[str, int]]:
+def _busy_query() -> tuple[str, list]:
+    """How many rows each destination has in flight."""
+    table = Delivery._meta.db_table
+    return f"SELECT destination, COUNT(*) FROM {table} WHERE status = %s GROUP BY destination", [Delivery.Status.IN_FLIGHT]
+
+
+def _room(gate_rows: list[tuple], busy_rows: list[tuple], answered: Mapping[str, int] = {}) -> tuple[destinations.Gates, dict[str, int]]:
     """The breakers' gates, and how many more requests each destination may have in flight.
 
-    `answered` counts, per destination, the caller's own rows whose requests have
-    ended but whose results are not written yet: in flight in the table, no
-    longer on the wire, so their places are free.
+    From the rows of `destinations.gates_query` and `_busy_query`. `answered`
+    counts, per destination, the caller's own rows whose requests have ended but
+    whose results are not written yet: in flight in the table, no longer on the
+    wire, so their places are free.
     """
     cap = max(1, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION)
-    gates = destinations.gates(now)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT destination, COUNT(*) FROM {Delivery._meta.db_table} WHERE status = %s GROUP BY destination",
-            [Delivery.Status.IN_FLIGHT],
-        )
-        busy = dict(cursor.fetchall())
+    gates = destinations.gates_from(gate_rows)
+    busy = dict(busy_rows)
     room: dict[str, int] = defaultdict(lambda: cap)
     for destination, n in busy.items():
         room[destination] = cap - n + answered.get(destination, 0)
@@ -181,28 +184,39 @@ def _room(now: datetime, answered: Mapping[str, int] = {}) -> tuple[destinations
     return gates, room
 
 
+def _room_now(now: datetime, answered: Mapping[str, int] = {}) -> tuple[destinations.Gates, dict[str, int]]:
+    """`_room` as the database has it now."""
+    with connection.cursor() as cursor:
+        gate_rows, busy_rows = together(cursor, [destinations.gates_query(now), _busy_query()])
+    return _room(gate_rows, busy_rows, answered)
+
+
 def sendable_now() -> bool:
     """True when a claim would find something: a due row whose destination has room.
 
     Rows held back by an open breaker or a full destination wake no one.
     """
     now = timezone.now()
-    _, room = _room(now)
+    _, room = _room_now(now)
     full = [d for d, r in room.items() if r <= 0]
     return Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exclude(
         destination__in=full
     ).exists()
 
 
-def _due(now: datetime, skip: set[str], limit: int) -> list[tuple[int, str]]:
+def _due_query(now: datetime, skip: set[str], limit: int) -> tuple[str, list]:
     """(id, destination) of the oldest due deliveries, leaving out the `skip` destinations."""
     sql = f"SELECT id, destination FROM {Delivery._meta.db_table} WHERE status = %s AND next_attempt_at <= %s"
     params: list = [Delivery.Status.PENDING, connection.ops.adapt_datetimefield_value(now)]
     if skip:
         sql += f" AND destination NOT IN ({', '.join(['%s'] * len(skip))})"
         params += sorted(skip)
+    return sql + " ORDER BY next_attempt_at, id LIMIT %s", [*params, limit]
+
+
+def _due(now: datetime, skip: set[str], limit: int) -> list[tuple[int, str]]:
     with connection.cursor() as cursor:
-        cursor.execute(sql + " ORDER BY next_attempt_at, id LIMIT %s", [*params, limit])
+        cursor.execute(*_due_query(now, skip, limit))
         return cursor.fetchall()
 
 
@@ -230,25 +244,32 @@ def _others_queued(full: set[str]) -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def _choose(now: datetime, room: dict[str, int], limit: int) -> list[tuple[int, str]]:
+def _choose(now: datetime, room: dict[str, int], limit: int, due: list[tuple[int, str]] | None = None) -> list[tuple[int, str]]:
     """Up to `limit` due (id, destination), round-robin across destinations, within each one's `room` (used up here).
 
     The oldest due rows may all belong to one destination; once it is full, look
     past it (a few rounds at most, and only if another destination has rows
-    queued), so its backlog hides no one else's rows.
+    queued), so its backlog hides no one else's rows. `due` is the first round's
+    rows when the caller has read them already (`_due_query` with nothing skipped).
     """
     full = {d for d, r in room.items() if r <= 0}
+    if due is None:
+        due = _due(now, full, limit)
     chosen: dict[int, str] = {}
     for _ in range(3):
-        candidates = [c for c in _due(now, full, limit) if c[0] not in chosen]
+        candidates = [c for c in due if c[0] not in chosen]
         where = dict(candidates)
         chosen.update((i, where[i]) for i in _pick(candidates, room, limit - len(chosen)))
-        filled = {d for _, d in candidates if room[d] <= 0} - full
+        filled = {d for _, d in candidates if room[d] <= 0}
         if len(chosen) >= limit or len(candidates) < limit or not filled:
             break
-        full |= filled
-        if not _others_queued(full):
+        # Look past the full destinations (including any full from the start,
+        # when the caller read the rows without leaving them out) only if
+        # someone else has rows queued: reading past a long backlog is not free.
+        if not _others_queued(full | filled):
             break
+        full |= filled
+        due = _due(now, full, limit)
     return list(chosen.items())
 
 
@@ -273,25 +294,31 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claim
     now = timezone.now()
     locked_choice = connection.vendor == "postgresql"
     if not locked_choice:
-        chosen = _choose(now, _room(now, answered)[1], limit)
+        chosen = _choose(now, _room_now(now, answered)[1], limit)
         if not chosen:
             return token, []
     with one_writer(), transaction.atomic():
         if locked_choice:
+            # The lock, then what it protects, in one request: the gates, the
+            # in-flight counts and the oldest due rows (each statement sees
+            # every claim committed before the lock was granted).
+            # The queue's statistics lag a burst (a thousand rows inserted a
+            # moment ago are estimated at a handful), and the planner then
+            # reads every due row into a bitmap and sorts it to return the
+            # oldest few. An index scan in due order stops after the few it
+            # returns, whatever the estimate: bitmap scans are off for the claim.
             with connection.cursor() as cursor:
-                # The queue's statistics lag a burst (a thousand rows inserted a
-                # moment ago are estimated at a handful), and the planner then
-                # reads every due row into a bitmap and sorts it to return the
-                # oldest few. An index scan in due order stops after the few it
-                # returns, whatever the estimate: bitmap scans are off for the claim.
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true)", [_CLAIM_LOCK_KEY]
-                )
-        gates, room = _room(now, answered)
-        if locked_choice:
-            chosen = _choose(now, room, limit)
+                _, gate_rows, busy_rows, due = together(cursor, [
+                    ("SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true)", [_CLAIM_LOCK_KEY]),
+                    destinations.gates_query(now),
+                    _busy_query(),
+                    _due_query(now, set(), limit),
+                ])
+            gates, room = _room(gate_rows, busy_rows, answered)
+            chosen = _choose(now, room, limit, due)
             ids = [row_id for row_id, _ in chosen]
         else:
+            gates, room = _room_now(now, answered)
             ids = []
             for row_id, destination in chosen:
                 if room[destination] > 0:
@@ -300,9 +327,12 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claim
         if not ids:
             return token, []
         lease_until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
+        # `(status = %s) IS TRUE`, not `status = %s`: the rows are reached by their
+        # ids, and a bare status test lets the planner (misled by a burst the
+        # statistics have not seen) walk the whole due index instead, filtering on id.
         sql = (
             f"UPDATE {table} SET status = %s, lease_token = %s, lease_until = %s "
-            f"WHERE status = %s AND id IN ({', '.join(['%s'] * len(ids))}) RETURNING {', '.join(_CLAIMED_COLUMNS)}"
+            f"WHERE (status = %s) IS TRUE AND id IN ({', '.join(['%s'] * len(ids))}) RETURNING {', '.join(_CLAIMED_COLUMNS)}"
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, [
@@ -445,7 +475,7 @@ def record(results: list[_Result]) -> None:
     """
     now = timezone.now()
     attempts: list[tuple] = []  # in _ATTEMPT_COLUMNS order
-    delivered: dict[tuple[str, int | None], list[_Result]] = defaultdict(list)
+    delivered: list[_Result] = []
     singles: list[tuple[_Result, str, dict]] = []
     for result in results:
         row, outcome = result.job.delivery, result.outcome
@@ -456,7 +486,7 @@ def record(results: list[_Result]) -> None:
             outcome.headers, outcome.body, error, verdict,
         ))
         if verdict == Attempt.Outcome.DELIVERED:
-            delivered[result.job.token, outcome.status].append(result)
+            delivered.append(result)
             continue
         fields = {"last_status": outcome.status, "last_error": error[:4000]}
         if verdict == Attempt.Outcome.RETRY:
@@ -477,14 +507,13 @@ def record(results: list[_Result]) -> None:
     sub_gone: set[str] = set()
     with one_writer(), transaction.atomic():
         _insert_attempts(attempts)
-        for (token, http_status), group in delivered.items():
-            live = _mark_delivered(token, [r.job.delivery.id for r in group], http_status, now)
-            for result in group:
-                row = result.job.delivery
-                if row.id in live:
-                    events.append(_event(row, "webhook.delivered", "delivered", result.outcome, "", result.job.request.url))
-                    if row.subscription_id:
-                        sub_ok.add(row.subscription_id)
+        live = _mark_delivered([(r.job.delivery.id, r.job.token, r.outcome.status) for r in delivered], now)
+        for result in delivered:
+            row = result.job.delivery
+            if row.id in live:
+                events.append(_event(row, "webhook.delivered", "delivered", result.outcome, "", result.job.request.url))
+                if row.subscription_id:
+                    sub_ok.add(row.subscription_id)
         leased = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT)
         lease_free = {"lease_token": "", "lease_until": None, "attempts": F("attempts") + 1}
         for result, verdict, fields in singles:
@@ -534,19 +563,30 @@ def _insert_attempts(attempts: list[tuple]) -> None:
             copy.write_row((*a[:headers], Jsonb(a[headers]), *a[headers + 1 :]))
 
 
-def _mark_delivered(token: str, ids: list[int], http_status: int | None, now: datetime) -> set[int]:
-    """One UPDATE for a group of delivered rows still leased to `token`; returns the ids it changed."""
+def _mark_delivered(rows: list[tuple[int, str, int | None]], now: datetime) -> set[int]:
+    """One UPDATE for delivered rows, each (id, lease token, HTTP status), where still leased to that token.
+
+    Returns the ids it changed. The rows of several claims (tokens) go in one
+    statement, joined to a VALUES list (whose columns are `column1`... on both
+    databases).
+    """
+    if not rows:
+        return set()
     table = Delivery._meta.db_table
-    marks = ", ".join(["%s"] * len(ids))
+    values = ", ".join(["(%s, %s, %s)"] * len(rows))
     sql = (
-        f"UPDATE {table} SET status = %s, delivered_at = %s, last_status = %s, last_error = '', "
-        f"lease_token = '', lease_until = NULL, attempts = attempts + 1 "
-        f"WHERE lease_token = %s AND status = %s AND id IN ({marks}) RETURNING id"
+        f"UPDATE {table} SET status = %s, delivered_at = %s, last_status = v.column3, last_error = '', "
+        f"lease_token = '', lease_until = NULL, attempts = attempts + 1 FROM (VALUES {values}) AS v "
+        f"WHERE {table}.id = v.column1 AND {table}.lease_token = v.column2 AND {table}.status = %s "
+        f"RETURNING {table}.id"
     )
-    params = [Delivery.Status.DELIVERED, connection.ops.adapt_datetimefield_value(now), http_status, token, Delivery.Status.IN_FLIGHT, *ids]
+    params = [
+        Delivery.Status.DELIVERED, connection.ops.adapt_datetimefield_value(now),
+        *(value for row in rows for value in row), Delivery.Status.IN_FLIGHT,
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return {row[0] for row in cursor.fetchall()}
+        return {row_id for (row_id,) in cursor.fetchall()}
 
 
 def _note_failures(failing: set[str], gone: set[str], now: datetime) -> None:

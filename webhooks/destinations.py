@@ -49,9 +49,16 @@ def gates(now: datetime) -> Gates:
 
     Open: closed to claims until its probe is due. Half-open: while the probe's
     lease lasts (after that the probe's sender is taken for dead and another
-    probe may go). Paused: until its 429's Retry-After. Every claim asks, so
-    this is one plain statement rather than an ORM query.
+    probe may go). Paused: until its 429's Retry-After.
     """
+    sql, params = gates_query(now)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return gates_from(cursor.fetchall())
+
+
+def gates_query(now: datetime) -> tuple[str, list]:
+    """The statement `gates` runs, for a claim that sends it together with others: one plain statement."""
     sql = (
         "SELECT destination, CASE WHEN paused_until > %s"
         " OR (state = %s AND next_probe_at > %s) OR (state = %s AND probe_until > %s)"
@@ -60,9 +67,11 @@ def gates(now: datetime) -> Gates:
     )
     at = connection.ops.adapt_datetimefield_value(now)
     opened, probing_state = Destination.State.OPEN, Destination.State.HALF_OPEN
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [at, opened, at, probing_state, at, opened, probing_state, at])
-        rows = cursor.fetchall()
+    return sql, [at, opened, at, probing_state, at, opened, probing_state, at]
+
+
+def gates_from(rows: list[tuple]) -> Gates:
+    """`Gates` from the rows of `gates_query`."""
     blocked = frozenset(d for d, is_blocked in rows if is_blocked)
     # Not blocked but listed: an open breaker whose probe is due, or a probe whose sender died.
     probing = frozenset(d for d, is_blocked in rows if not is_blocked)

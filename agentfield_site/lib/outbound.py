@@ -6,11 +6,11 @@ go through here, so they share one set of rules for what a caller may configure
 the headers of an attempt, and one classification of what came back (`classify`).
 They differ only in what they send, where, and how often they retry.
 
-Requests go out on one asyncio client per process (aiohttp on a background event
-loop thread): a receiver that never answers costs a socket and a timer, not a
-thread. Synchronous callers (the delivery engine's claim loop, the forwarder's
-run loop) hand requests over with `submit` and keep their database work on
-their own thread. The address guard of `safe_http` applies when a connection is
+Requests go out on one asyncio client per process (`http1`, a small HTTP/1.1
+client, on a background event loop thread): a receiver that never answers costs
+a socket and a timer, not a thread. Synchronous callers (the delivery engine's
+claim loop, the forwarder's run loop) hand requests over with `submit` and keep
+their database work on their own thread. The address guard of `safe_http` applies when a connection is
 made, on the addresses resolved then; redirects are never followed; response
 bodies are capped.
 """
@@ -27,11 +27,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp.resolver import ThreadedResolver
 from django.conf import settings
 
-from . import safe_http, signing
+from . import http1, safe_http, signing
 
 log = logging.getLogger(__name__)
 
@@ -215,44 +213,26 @@ def destination_failed(outcome: Outcome) -> bool:
 # --- The client ------------------------------------------------------------------------
 
 
-class _GuardedResolver(ThreadedResolver):
-    """Resolve, then refuse the name if any address is blocked (checked on every new connection)."""
+def _guard(host: str, infos: list[tuple]) -> None:
+    """Refuse a connection to `host` if any address it resolved to is blocked (`safe_http`'s rules).
 
-    async def resolve(self, host, port=0, family=0):
-        results = await super().resolve(host, port, family)
-        if not safe_http.is_allowed_host(host):
-            for result in results:
-                ip = ipaddress.ip_address(result["host"].split("%", 1)[0])
-                reason = safe_http.blocked_reason(ip)
-                if reason and not safe_http.is_allowed_address(ip):
-                    raise safe_http.UnsafeURL(f"{host} resolves to a blocked {reason}")
-        return results
-
-
-def _literal_problem(url: str) -> str | None:
-    """aiohttp skips the resolver for IP literals: check those before the request."""
-    host = urlsplit(url).hostname or ""
+    Runs for every new connection, on the addresses the connection is then made
+    to: a name rebound to a private address since it was registered is caught.
+    """
     if safe_http.is_allowed_host(host):
-        return None
+        return
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return None
+        safe_http.check_resolved(host, infos)
+        return
     reason = safe_http.blocked_reason(ip)
-    return f"blocked: blocked {reason}" if reason and not safe_http.is_allowed_address(ip) else None
-
-
-def _root(exc: BaseException) -> BaseException:
-    seen = exc
-    while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__
-        if isinstance(seen, safe_http.UnsafeURL):
-            return seen
-    return exc
+    if reason and not safe_http.is_allowed_address(ip):
+        raise safe_http.UnsafeURL(f"blocked {reason}")
 
 
 class Client:
-    """One aiohttp session on a background event loop, shared by every thread of a process."""
+    """One HTTP/1.1 connection pool (`http1`) on a background event loop, shared by every thread of a process."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -263,23 +243,10 @@ class Client:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._open())
+        # No proxy from the environment: a proxy would resolve names itself, past the guard.
+        self._pool = http1.Pool(guard=_guard)
         self._ready.set()
         self._loop.run_forever()
-
-    async def _open(self) -> None:
-        connector = aiohttp.TCPConnector(
-            resolver=_GuardedResolver(),
-            # Resolve (and so check) on every new connection: DNS rebinding is caught.
-            use_dns_cache=False,
-            limit=0,
-            limit_per_host=0,
-            keepalive_timeout=30,
-        )
-        # trust_env stays False: an environment proxy would resolve names itself, past the guard.
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
-        )
 
     def submit(self, request: Request) -> "Future[Outcome]":
         """Start the attempt on the client's loop; the future never raises for HTTP trouble."""
@@ -314,46 +281,25 @@ class Client:
         limit = int(getattr(settings, "WEBHOOK_RESPONSE_BODY_LIMIT", 16 * 1024))
         started = time.monotonic()
         outcome = Outcome()
-        problem = _literal_problem(request.url)
-        if problem:
-            outcome.error = problem
-            return outcome
-        timeout = aiohttp.ClientTimeout(total=request.timeout)
         try:
-            async with self._session.post(
-                request.url,
-                data=request.body,
-                headers=request.wire_headers(),
-                allow_redirects=False,
-                timeout=timeout,
-                # The body is the caller's exact bytes; never add an Accept-Encoding it did not ask for.
-                skip_auto_headers=("Accept-Encoding",),
-            ) as response:
-                outcome.status = response.status
-                outcome.headers = dict(response.headers)
-                outcome.retry_after = response.headers.get("Retry-After")
-                try:
-                    received = await response.content.read(limit + 1)
-                    outcome.body = received[:limit].decode("utf-8", errors="replace")
-                    if len(received) > limit:
-                        response.close()  # drop the connection rather than drain the rest
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    outcome.error = f"error reading the response body: {exc or type(exc).__name__}"
-                    response.close()
+            async with asyncio.timeout(request.timeout):
+                response = await self._pool.post(request.url, request.wire_headers(), request.body, limit)
+            outcome.status = response.status
+            outcome.headers = response.headers
+            outcome.retry_after = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
+            outcome.body = response.body.decode("utf-8", errors="replace")
+            if response.error:
+                outcome.error = f"error reading the response body: {response.error}"
         except TimeoutError:
             outcome.error = f"timeout after {request.timeout:g}s"
             outcome.unreachable = True
         except safe_http.UnsafeURL as exc:
             outcome.error = f"blocked: {exc}"
-        except (aiohttp.InvalidURL, ValueError) as exc:
+        except http1.InvalidRequest as exc:
             outcome.error = f"invalid request: {exc}"
-        except (aiohttp.ClientError, OSError) as exc:
-            root = _root(exc)
-            if isinstance(root, safe_http.UnsafeURL):
-                outcome.error = f"blocked: {root}"
-            else:
-                outcome.error = f"connection error: {exc or type(exc).__name__}"
-                outcome.unreachable = True
+        except (OSError, UnicodeError) as exc:  # refused, reset, unresolvable, TLS, lost (http1.ConnectionLost)
+            outcome.error = f"connection error: {exc or type(exc).__name__}"
+            outcome.unreachable = True
         outcome.duration_ms = int((time.monotonic() - started) * 1000)
         return outcome
 

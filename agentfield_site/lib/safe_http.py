@@ -107,7 +107,7 @@ def _resolve(host: str, port: int) -> list[tuple]:
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
-def _check_resolved(host: str, infos: list[tuple], allowed_hosts: Iterable[str] | None = None) -> None:
+def check_resolved(host: str, infos: list[tuple], allowed_hosts: Iterable[str] | None = None) -> None:
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         reason = blocked_reason(ip)
@@ -149,7 +149,7 @@ def check_url(url: str, allowed_hosts: Iterable[str] | None = None) -> None:
         infos = _resolve(host, port or (443 if parts.scheme == "https" else 80))
     except (socket.gaierror, UnicodeError):
         return
-    _check_resolved(host, infos, allowed_hosts)
+    check_resolved(host, infos, allowed_hosts)
 
 
 class _GuardedConnectionMixin:
@@ -168,7 +168,7 @@ class _GuardedConnectionMixin:
                 infos = _resolve(host, self.port)
             except socket.gaierror as exc:
                 raise NameResolutionError(self.host, self, exc) from exc
-            _check_resolved(self.host, infos, self.allowed_hosts)
+            check_resolved(self.host, infos, self.allowed_hosts)
             candidates = [info[4][0] for info in infos]
         targets = candidates or [host]
         last_error: OSError | None = None

@@ -1,0 +1,310 @@
+"""A small HTTP/1.1 client on asyncio transports: one POST, one response, keep-alive pools.
+
+What the outbound client needs and nothing more, at a fraction of a general
+client's cost per request (the delivery engine sends thousands a second from one
+thread): requests go out as one write, responses are parsed by llhttp (through
+`httptools`, the parser uvicorn uses), idle connections are kept per origin.
+
+- Every new connection is resolved here and the resolved addresses go through
+  the caller's `guard` before any connection is made; the connection is then made
+  to a checked address, so DNS rebinding between check and connect is impossible.
+- HTTPS verifies the certificate against the URL's host name (SNI and Host kept).
+- Nothing is followed: a 3xx is an answer like any other.
+- A response body is read up to `body_limit` bytes; past that the connection is
+  dropped instead of drained. Response headers are capped too.
+- One timeout covers the whole exchange, connection included.
+- A connection reused from the pool that the server had closed meanwhile (its
+  keep-alive timeout) fails before any byte of a response: the request is sent
+  once more on a new connection. Webhooks are at-least-once, and receivers
+  de-duplicate on `webhook-id`.
+"""
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+import certifi
+import httptools
+
+MAX_HEADER_BYTES = 64 * 1024
+# Idle connections are closed after this long (servers commonly keep them 5 to 75 s).
+IDLE_SECONDS = 30.0
+# What a request target may hold unescaped (RFC 3986 reserved and unreserved, and %).
+_TARGET_SAFE = "/?:@!$&'()*+,;=-._~%"
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be written: a bad URL, or a header that would break the framing."""
+
+
+class ConnectionLost(ConnectionError):
+    """The server closed the connection, or sent something that is not HTTP."""
+
+    def __init__(self, reason: str, *, before_response: bool = False) -> None:
+        super().__init__(reason)
+        self.before_response = before_response  # not one byte of a response came
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    # Set when the body could not be read to its end (status and headers came).
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class _Origin:
+    scheme: str
+    host: str  # as in the URL, lower case, IPv6 without brackets
+    port: int
+
+
+def _head(url: str, headers: Mapping[str, str], length: int) -> tuple[_Origin, bytes]:
+    """The origin to connect to and the request's head (request line and headers)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if scheme not in ("http", "https") or not host:
+        raise InvalidRequest("the URL must be http(s) with a host")
+    default = 443 if scheme == "https" else 80
+    port = port or default
+    try:
+        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError as exc:
+        raise InvalidRequest(f"the host name cannot be encoded: {exc}") from None
+    shown = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
+    if port != default:
+        shown = f"{shown}:{port}"
+    target = quote(parts.path or "/", safe=_TARGET_SAFE)
+    if parts.query:
+        target += "?" + quote(parts.query, safe=_TARGET_SAFE)
+    lines = [f"POST {target} HTTP/1.1", f"Host: {shown}", f"Content-Length: {length}"]
+    for name, value in headers.items():
+        if not name or any(c in name for c in ":\r\n\0 \t") or any(c in value for c in "\r\n\0"):
+            raise InvalidRequest(f"header {name[:40]!r} cannot be sent")
+        lines.append(f"{name}: {value}")
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidRequest("a header holds a character HTTP/1.1 cannot carry") from None
+    return _Origin(scheme, ascii_host.lower(), port), head
+
+
+class _Connection(asyncio.Protocol):
+    """One connection; at most one request on it at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._exchange: _Exchange | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:  # bytes nobody asked for: the connection cannot be trusted
+            self.close()
+            return
+        exchange.feed(data)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self._exchange is not None:
+            self._exchange.lost(exc)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def send(self, head: bytes, body: bytes, body_limit: int) -> "tuple[Response, bool]":
+        """Write the request and wait for its response: (response, whether the connection can be reused)."""
+        exchange = self._exchange = _Exchange(body_limit)
+        try:
+            self.transport.write(head + body)
+            return await exchange.done, exchange.reusable
+        finally:
+            self._exchange = None
+
+
+class _Exchange:
+    """The response to one request, parsed as it arrives (httptools calls the on_* methods)."""
+
+    def __init__(self, body_limit: int) -> None:
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.parser = httptools.HttpResponseParser(self)
+        self.body_limit = body_limit
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.header_bytes = 0
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.started = False  # any byte of a response came
+        self.headers_done = False
+        self.until_close = False  # the body ends when the server closes
+        self.reusable = False
+
+    def feed(self, data: bytes) -> None:
+        self.started = True
+        if self.done.done():
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._finish()  # a 101 we never asked for: take it as the answer, drop the connection
+        except httptools.HttpParserError as exc:
+            raised = exc.__context__  # what a callback below raised, if one did
+            self._fail(raised if isinstance(raised, ConnectionLost) else ConnectionLost(f"not a valid HTTP response: {exc}"))
+
+    def lost(self, exc: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if self.headers_done and self.until_close:
+            self._finish()
+        else:
+            reason = f"the connection was lost: {exc}" if exc else "the server closed the connection"
+            self._fail(ConnectionLost(reason, before_response=not self.started))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.done.done():
+            return
+        if self.headers_done:  # the answer came; its body did not
+            body = b"".join(self.body)[: self.body_limit]
+            self.done.set_result(Response(self.status, self.headers, body, error=str(exc)))
+        else:
+            self.done.set_exception(exc)
+
+    def _finish(self, reusable: bool = False) -> None:
+        if not self.done.done():
+            self.reusable = reusable
+            self.done.set_result(Response(self.status, self.headers, b"".join(self.body)[: self.body_limit]))
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise ConnectionLost(f"response headers larger than {MAX_HEADER_BYTES} bytes")
+        self.headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200:
+            return  # interim (100 Continue, 103 Early Hints): the answer follows
+        self.headers_done = True
+        names = {name.lower() for name in self.headers}
+        self.until_close = self.status not in (204, 304) and not names & {"content-length", "transfer-encoding"}
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.body_bytes <= self.body_limit:
+            self.body.append(chunk)
+        self.body_bytes += len(chunk)
+        if self.body_bytes > self.body_limit:
+            self._finish()  # enough: the connection is dropped rather than drained
+
+    def on_message_complete(self) -> None:
+        if not self.headers_done:  # an interim response ended: wait for the real one
+            self.headers, self.header_bytes = {}, 0
+            return
+        self._finish(reusable=self.parser.should_keep_alive() and self.body_bytes <= self.body_limit)
+
+
+# Called with a host (as in the URL) and its getaddrinfo results before any
+# connection is made; raises to refuse.
+Guard = Callable[[str, list[tuple]], None]
+
+
+class Pool:
+    """Keep-alive connections per origin, on one event loop. Not thread-safe: use it from its loop."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._tls = ssl.create_default_context(cafile=certifi.where())
+        self._sweeping = False
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes, body_limit: int) -> Response:
+        """POST `body` to `url`; raises InvalidRequest, the guard's refusal, OSError or ConnectionLost."""
+        origin, head = _head(url, headers, len(body))
+        conn = self._take(origin)
+        if conn is not None:
+            try:
+                return await self._send(origin, conn, head, body, body_limit)
+            except ConnectionLost as exc:
+                if not exc.before_response:
+                    raise
+                # A kept-alive connection the server had closed: once more on a new one.
+        conn = await self._connect(origin)
+        return await self._send(origin, conn, head, body, body_limit)
+
+    async def _send(self, origin: _Origin, conn: _Connection, head: bytes, body: bytes, limit: int) -> Response:
+        reusable = False
+        try:
+            response, reusable = await conn.send(head, body, limit)
+            return response
+        finally:
+            if reusable and not conn.closed:
+                self._give_back(origin, conn)
+            else:
+                conn.close()
+
+    def _take(self, origin: _Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
+                return conn
+            conn.close()
+        return None
+
+    def _give_back(self, origin: _Origin, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(origin, []).append(conn)
+        if not self._sweeping:
+            self._sweeping = True
+            asyncio.get_running_loop().call_later(IDLE_SECONDS / 3, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle too long, so a quiet pool holds no sockets."""
+        now = time.monotonic()
+        for origin, idle in list(self._idle.items()):
+            keep = [c for c in idle if not c.closed and now - c.idle_since < IDLE_SECONDS]
+            for conn in idle:
+                if conn not in keep:
+                    conn.close()
+            if keep:
+                self._idle[origin] = keep
+            else:
+                del self._idle[origin]
+        self._sweeping = bool(self._idle)
+        if self._sweeping:
+            asyncio.get_running_loop().call_later(IDLE_SECONDS / 3, self._sweep)
+
+    async def _connect(self, origin: _Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+        self._guard(origin.host, infos)
+        tls = self._tls if origin.scheme == "https" else None
+        error: OSError | None = None
+        for family, _, proto, _, address in infos:
+            try:
+                _, conn = await loop.create_connection(
+                    _Connection, host=address[0], port=address[1], family=family, proto=proto,
+                    ssl=tls, server_hostname=origin.host if tls else None,
+                )
+                return conn
+            except OSError as exc:
+                error = exc
+        raise error or OSError(f"{origin.host} has no address")
