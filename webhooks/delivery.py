@@ -25,11 +25,12 @@ retries); its own retry is not the policy: the row's schedule is.
 import logging
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -55,6 +56,10 @@ RUN_SECONDS = 10.0
 # Recorded outcomes are flushed in groups: bulk writes, but a slow receiver in a
 # batch does not hold back the others' results for long.
 FLUSH_EVERY = 0.1
+# ... and sooner while another sender shares a destination: a row answered but
+# not written still counts against the destination's cap for everyone else.
+SHARED_FLUSH_ROWS = 16
+SHARED_FLUSH_EVERY = 0.02
 # While requests are in flight, look for newly due rows this often, and less
 # often after a claim that found nothing (new rows also wake a task through
 # `kick`; this is the fallback when every worker is busy). A claim holds the
@@ -163,8 +168,10 @@ def _busy_query() -> tuple[str, list]:
     return f"SELECT destination, COUNT(*) FROM {table} WHERE status = %s GROUP BY destination", [Delivery.Status.IN_FLIGHT]
 
 
-def _room(gate_rows: list[tuple], busy_rows: list[tuple], answered: Mapping[str, int] = {}) -> tuple[destinations.Gates, dict[str, int]]:
-    """The breakers' gates, and how many more requests each destination may have in flight.
+def _room(
+    gate_rows: list[tuple], busy_rows: list[tuple], answered: Mapping[str, int] = {}
+) -> tuple[destinations.Gates, dict[str, int], dict[str, int]]:
+    """The breakers' gates, how many more requests each destination may have in flight, and how many it has.
 
     From the rows of `destinations.gates_query` and `_busy_query`. `answered`
     counts, per destination, the caller's own rows whose requests have ended but
@@ -181,10 +188,10 @@ def _room(gate_rows: list[tuple], busy_rows: list[tuple], answered: Mapping[str,
         room[destination] = 1 - busy.get(destination, 0) + answered.get(destination, 0)
     for destination in gates.blocked:
         room[destination] = 0
-    return gates, room
+    return gates, room, busy
 
 
-def _room_now(now: datetime, answered: Mapping[str, int] = {}) -> tuple[destinations.Gates, dict[str, int]]:
+def _room_now(now: datetime, answered: Mapping[str, int] = {}) -> tuple[destinations.Gates, dict[str, int], dict[str, int]]:
     """`_room` as the database has it now."""
     with connection.cursor() as cursor:
         gate_rows, busy_rows = together(cursor, [destinations.gates_query(now), _busy_query()])
@@ -197,7 +204,7 @@ def sendable_now() -> bool:
     Rows held back by an open breaker or a full destination wake no one.
     """
     now = timezone.now()
-    _, room = _room_now(now)
+    _, room, _ = _room_now(now)
     full = [d for d, r in room.items() if r <= 0]
     return Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exclude(
         destination__in=full
@@ -273,8 +280,18 @@ def _choose(now: datetime, room: dict[str, int], limit: int, due: list[tuple[int
     return list(chosen.items())
 
 
-def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claimed]]:
-    """Lease up to `limit` due deliveries that may be sent now; returns the lease token and rows.
+class Lease(NamedTuple):
+    """What a claim leased, under one token, and what it saw in flight before it."""
+
+    token: str
+    rows: list[Claimed]
+    # Rows in flight per destination when the claim was made, every sender's:
+    # more than the caller's own means another sender shares that destination.
+    in_flight: dict[str, int]
+
+
+def claim(limit: int, answered: Mapping[str, int] = {}) -> Lease:
+    """Lease up to `limit` due deliveries that may be sent now.
 
     The choice is round-robin across destinations, leaving out those that are
     open, paused or at their in-flight cap, so a backlog behind a dead receiver
@@ -294,9 +311,10 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claim
     now = timezone.now()
     locked_choice = connection.vendor == "postgresql"
     if not locked_choice:
-        chosen = _choose(now, _room_now(now, answered)[1], limit)
+        _, room, busy = _room_now(now, answered)
+        chosen = _choose(now, room, limit)
         if not chosen:
-            return token, []
+            return Lease(token, [], busy)
     with one_writer(), transaction.atomic():
         if locked_choice:
             # The lock, then what it protects, in one request: the gates, the
@@ -314,18 +332,18 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claim
                     _busy_query(),
                     _due_query(now, set(), limit),
                 ])
-            gates, room = _room(gate_rows, busy_rows, answered)
+            gates, room, busy = _room(gate_rows, busy_rows, answered)
             chosen = _choose(now, room, limit, due)
             ids = [row_id for row_id, _ in chosen]
         else:
-            gates, room = _room_now(now, answered)
+            gates, room, busy = _room_now(now, answered)
             ids = []
             for row_id, destination in chosen:
                 if room[destination] > 0:
                     room[destination] -= 1
                     ids.append(row_id)
         if not ids:
-            return token, []
+            return Lease(token, [], busy)
         lease_until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
         # `(status = %s) IS TRUE`, not `status = %s`: the rows are reached by their
         # ids, and a bare status test lets the planner (misled by a burst the
@@ -347,7 +365,7 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> tuple[str, list[Claim
             row.body = bytes(row.body)  # PostgreSQL hands back a memoryview
             rows.append(row)
         destinations.start_probes({r.destination for r in rows} & gates.probing, now)
-    return token, rows
+    return Lease(token, rows, busy)
 
 
 def renew(tokens: Iterable[str]) -> None:
@@ -643,6 +661,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     last_flush = last_renew = time.monotonic()
     last_claim = 0.0
     helped = False
+    shared = False  # another sender shares a destination with this one
     drained = False  # the last claim found nothing to send
     try:
         while True:
@@ -653,8 +672,14 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 or clock - last_claim >= (IDLE_CLAIM_EVERY if drained else CLAIM_EVERY)
             ):
                 want = min(free, batch)
-                token, rows = claim(want, answered)
+                held = Counter(job.delivery.destination for job in inflight.values())
+                held.update(answered)
+                token, rows, in_flight = claim(want, answered)
                 last_claim, freed, drained = clock, 0, not rows
+                # Another sender has rows in flight to a destination this one
+                # holds places of: write results soon, its answered rows hold
+                # places the other cannot see are free.
+                shared = any(n > held[d] for d, n in in_flight.items() if d in held)
                 jobs = _jobs(token, rows)
                 for job in jobs:
                     inflight[job.delivery.id] = job
@@ -684,9 +709,8 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 freed += len(results)
             clock = time.monotonic()
             # Refilling the pipe comes first: an empty pipe is flushed only once nothing more is due.
-            if finished and (
-                len(finished) >= batch // 2 or clock - last_flush >= FLUSH_EVERY or (not inflight and drained)
-            ):
+            rows_due, every = (SHARED_FLUSH_ROWS, SHARED_FLUSH_EVERY) if shared else (batch // 2, FLUSH_EVERY)
+            if finished and (len(finished) >= rows_due or clock - last_flush >= every or (not inflight and drained)):
                 recorded += _record_surviving(finished)
                 finished = []
                 answered.clear()

@@ -157,7 +157,8 @@ class _Exchange:
 
     def feed(self, data: bytes) -> None:
         self.started = True
-        if self.done.done():
+        if self.done.done():  # bytes past the end of the answer: the connection is not clean
+            self.reusable = False
             return
         try:
             self.parser.feed_data(data)
