@@ -20,21 +20,32 @@ thread): requests go out as one write, responses are parsed by llhttp (through
 """
 
 import asyncio
+import ipaddress
+import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
 import certifi
 import httptools
+import idna
 
 MAX_HEADER_BYTES = 64 * 1024
+# Everything of a response that is not its body (status line, headers, chunk
+# sizes, trailers) may take at most this much: a hostile server cannot make the
+# parser buffer an endless header line or trailer.
+MAX_FRAMING_BYTES = 4 * MAX_HEADER_BYTES
 # Idle connections are closed after this long (servers commonly keep them 5 to 75 s).
 IDLE_SECONDS = 30.0
 # What a request target may hold unescaped (RFC 3986 reserved and unreserved, and %).
 _TARGET_SAFE = "/?:@!$&'()*+,;=-._~%"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Set here, from the request itself: a caller's header of the same name would break the framing.
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
 class InvalidRequest(ValueError):
@@ -58,14 +69,25 @@ class Response:
     error: str = ""
 
 
+def ascii_hostname(host: str) -> str:
+    """The host name as it goes on the wire and to DNS: IDNA 2008 with UTS #46 mapping, as browsers do.
+
+    Python's own "idna" codec follows IDNA 2003, which maps some names to a
+    different domain (straße.de to strasse.de).
+    """
+    return host if host.isascii() else idna.encode(host, uts46=True).decode("ascii")
+
+
 @dataclass(frozen=True)
 class _Origin:
     scheme: str
-    host: str  # as in the URL, lower case, IPv6 without brackets
+    host: str  # as on the wire, lower case, IPv6 without brackets
     port: int
+    # Connections made under one guard policy are not reused under another.
+    policy: Hashable = None
 
 
-def _head(url: str, headers: Mapping[str, str], length: int) -> tuple[_Origin, bytes]:
+def _head(url: str, headers: Mapping[str, str], length: int, policy: Hashable = None) -> tuple[_Origin, bytes]:
     """The origin to connect to and the request's head (request line and headers)."""
     try:
         parts = urlsplit(url)
@@ -78,8 +100,8 @@ def _head(url: str, headers: Mapping[str, str], length: int) -> tuple[_Origin, b
     default = 443 if scheme == "https" else 80
     port = port or default
     try:
-        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
-    except UnicodeError as exc:
+        ascii_host = ascii_hostname(host)
+    except idna.IDNAError as exc:
         raise InvalidRequest(f"the host name cannot be encoded: {exc}") from None
     shown = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
     if port != default:
@@ -89,14 +111,14 @@ def _head(url: str, headers: Mapping[str, str], length: int) -> tuple[_Origin, b
         target += "?" + quote(parts.query, safe=_TARGET_SAFE)
     lines = [f"POST {target} HTTP/1.1", f"Host: {shown}", f"Content-Length: {length}"]
     for name, value in headers.items():
-        if not name or any(c in name for c in ":\r\n\0 \t") or any(c in value for c in "\r\n\0"):
+        if not _TOKEN.fullmatch(name) or _CONTROL.search(value) or name.lower() in _FRAMING:
             raise InvalidRequest(f"header {name[:40]!r} cannot be sent")
         lines.append(f"{name}: {value}")
     try:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     except UnicodeEncodeError:
         raise InvalidRequest("a header holds a character HTTP/1.1 cannot carry") from None
-    return _Origin(scheme, ascii_host.lower(), port), head
+    return _Origin(scheme, ascii_host.lower(), port, policy), head
 
 
 class _Connection(asyncio.Protocol):
@@ -124,9 +146,11 @@ class _Connection(asyncio.Protocol):
             self._exchange.lost(exc)
 
     def close(self) -> None:
+        """Drop the connection now: `abort`, not `close`, which would wait to flush
+        what the peer does not read (or, with TLS, for its close_notify)."""
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     async def send(self, head: bytes, body: bytes, body_limit: int) -> "tuple[Response, bool]":
         """Write the request and wait for its response: (response, whether the connection can be reused)."""
@@ -147,10 +171,11 @@ class _Exchange:
         self.body_limit = body_limit
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.started = False  # any byte of a response came
+        self.fed = 0  # bytes of the response so far
+        self.header_bytes = 0
         self.headers_done = False
         self.until_close = False  # the body ends when the server closes
         self.reusable = False
@@ -160,13 +185,21 @@ class _Exchange:
         if self.done.done():  # bytes past the end of the answer: the connection is not clean
             self.reusable = False
             return
+        self.fed += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._finish()  # a 101 we never asked for: take it as the answer, drop the connection
         except httptools.HttpParserError as exc:
+            self.reusable = False
             raised = exc.__context__  # what a callback below raised, if one did
             self._fail(raised if isinstance(raised, ConnectionLost) else ConnectionLost(f"not a valid HTTP response: {exc}"))
+        # The parser buffers an unfinished header line or trailer whole: bound
+        # what it may hold by what has been fed.
+        if not self.headers_done and self.fed > MAX_HEADER_BYTES:
+            self._fail(ConnectionLost(f"response headers larger than {MAX_HEADER_BYTES} bytes"))
+        elif self.fed - self.body_bytes > MAX_FRAMING_BYTES:
+            self._fail(ConnectionLost(f"response framing (all but the body) larger than {MAX_FRAMING_BYTES} bytes"))
 
     def lost(self, exc: BaseException | None) -> None:
         if self.done.done():
@@ -191,23 +224,38 @@ class _Exchange:
             self.reusable = reusable
             self.done.set_result(Response(self.status, self.headers, b"".join(self.body)[: self.body_limit]))
 
-    # httptools callbacks
+    # httptools callbacks; once the answer is complete, what follows is not
+    # part of it (a second message on the same bytes): the connection goes.
+
+    def on_message_begin(self) -> None:
+        if self.done.done():
+            self.reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done or self.done.done():
+            return  # trailers, or another message: never merged into the answer's headers
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > MAX_HEADER_BYTES:
             raise ConnectionLost(f"response headers larger than {MAX_HEADER_BYTES} bytes")
         self.headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
+        if self.done.done():
+            return
         self.status = self.parser.get_status_code()
         if 100 <= self.status < 200:
             return  # interim (100 Continue, 103 Early Hints): the answer follows
         self.headers_done = True
-        names = {name.lower() for name in self.headers}
-        self.until_close = self.status not in (204, 304) and not names & {"content-length", "transfer-encoding"}
+        fields = {name.lower(): value for name, value in self.headers.items()}
+        # RFC 9112 6.3: without Content-Length, and unless chunked is the last
+        # transfer coding, a response's body runs until the server closes.
+        chunked = fields.get("transfer-encoding", "").split(",")[-1].strip().lower() == "chunked"
+        self.until_close = self.status not in (204, 304) and not chunked and "content-length" not in fields
 
     def on_body(self, chunk: bytes) -> None:
+        if self.done.done() and not self.body_bytes > self.body_limit:
+            self.reusable = False
+            return
         if self.body_bytes <= self.body_limit:
             self.body.append(chunk)
         self.body_bytes += len(chunk)
@@ -215,8 +263,10 @@ class _Exchange:
             self._finish()  # enough: the connection is dropped rather than drained
 
     def on_message_complete(self) -> None:
+        if self.done.done():
+            return
         if not self.headers_done:  # an interim response ended: wait for the real one
-            self.headers, self.header_bytes = {}, 0
+            self.headers = {}
             return
         self._finish(reusable=self.parser.should_keep_alive() and self.body_bytes <= self.body_limit)
 
@@ -235,9 +285,15 @@ class Pool:
         self._tls = ssl.create_default_context(cafile=certifi.where())
         self._sweeping = False
 
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes, body_limit: int) -> Response:
-        """POST `body` to `url`; raises InvalidRequest, the guard's refusal, OSError or ConnectionLost."""
-        origin, head = _head(url, headers, len(body))
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, body_limit: int, policy: Hashable = None
+    ) -> Response:
+        """POST `body` to `url`; raises InvalidRequest, the guard's refusal, OSError or ConnectionLost.
+
+        `policy` is whatever the guard's decisions depend on (an allow-list):
+        a connection is reused only under the policy it was checked under.
+        """
+        origin, head = _head(url, headers, len(body), policy)
         conn = self._take(origin)
         if conn is not None:
             try:
@@ -295,7 +351,12 @@ class Pool:
 
     async def _connect(self, origin: _Origin) -> _Connection:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+        try:  # an IP literal needs no lookup (and no thread of the loop's executor)
+            ip = ipaddress.ip_address(origin.host)
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (origin.host, origin.port))]
+        except ValueError:
+            infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
         self._guard(origin.host, infos)
         tls = self._tls if origin.scheme == "https" else None
         error: OSError | None = None

@@ -283,7 +283,10 @@ class Client:
         outcome = Outcome()
         try:
             async with asyncio.timeout(request.timeout):
-                response = await self._pool.post(request.url, request.wire_headers(), request.body, limit)
+                response = await self._pool.post(
+                    request.url, request.wire_headers(), request.body, limit,
+                    policy=tuple(settings.WEBHOOK_ALLOWED_HOSTS),
+                )
             outcome.status = response.status
             outcome.headers = response.headers
             outcome.retry_after = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)

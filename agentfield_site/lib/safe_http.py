@@ -31,6 +31,8 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util import connection as urllib3_connection
 from urllib3.util.retry import Retry
 
+from .http1 import ascii_hostname
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -104,7 +106,8 @@ def blocked_reason(ip: IPAddress) -> str | None:
 
 
 def _resolve(host: str, port: int) -> list[tuple]:
-    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # The name as the outbound client sends it (IDNA 2008), not as Python's codec would.
+    return socket.getaddrinfo(ascii_hostname(host), port, type=socket.SOCK_STREAM)
 
 
 def check_resolved(host: str, infos: list[tuple], allowed_hosts: Iterable[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 from cryptography import x509
@@ -87,21 +88,28 @@ def post(url: str, body: bytes = b"{}", limit: int = 1024, pool: http1.Pool | No
 def test_content_length_chunked_and_close_delimited_bodies():
     replies = {
         "/length": OK,
-        "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n",
+        "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n"
+                    b"Retry-After: 86400\r\n\r\n",
         "/close": b"HTTP/1.1 202 Accepted\r\nConnection: close\r\n\r\nuntil the end",
+        # Not chunked last: the body runs until the server closes (RFC 9112 6.3).
+        "/coded": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw bytes",
     }
 
     def answer(conn, n):
         path = server.requests[-1].split(b" ")[1].decode()
         conn.sendall(replies[path])
-        return path != "/close"
+        return path not in ("/close", "/coded")
 
     server = RawServer(answer)
     try:
         assert post(server.url("/length")).body == b"ok"
-        assert post(server.url("/chunked")).body == b"abcde"
+        chunked = post(server.url("/chunked"))
+        assert chunked.body == b"abcde"
+        assert "Retry-After" not in chunked.headers  # a trailer is not a header of the answer
         response = post(server.url("/close"))
         assert (response.status, response.body, response.error) == (202, b"until the end", "")
+        coded = post(server.url("/coded"))
+        assert (coded.status, coded.body, coded.error) == (200, b"raw bytes", "")
     finally:
         server.close()
 
@@ -119,7 +127,8 @@ def test_request_framing_host_and_target():
         assert f"Host: 127.0.0.1:{server.port}".encode() in lines
         assert b"Content-Length: 7" in lines and b"X-Custom: v" in lines
         assert body == b'{"a":1}'
-        for bad in ({"X-Evil": "a\r\nInjected: 1"}, {"X-Evil\r\nA": "b"}, {"X": "caf\u00e9\u20ac"}):
+        for bad in ({"X-Evil": "a\r\nInjected: 1"}, {"X-Evil\r\nA": "b"}, {"X": "caf\u00e9\u20ac"},
+                    {"X": "bell\x07"}, {"Transfer-Encoding": "chunked"}, {"Host": "elsewhere"}):
             with pytest.raises(http1.InvalidRequest):
                 post(server.url(), headers=bad)
         assert len(server.requests) == 1
@@ -169,6 +178,28 @@ def test_a_kept_alive_connection_closed_under_a_request_is_retried_once_on_a_new
         fresh.close()
 
 
+def test_bytes_past_the_answer_are_not_part_of_it_and_the_connection_is_dropped():
+    second = b"HTTP/1.1 201 Created\r\nRetry-After: 9999\r\nContent-Length: 0\r\n\r\n"
+    replies = [OK + second, b"HTTP/1.1 204 No Content\r\n\r\nbody of a 204", OK]
+
+    def answer(conn, n):
+        conn.sendall(replies[len(server.requests) - 1])
+
+    server = RawServer(answer)
+    pool = http1.Pool(guard=lambda host, infos: None)
+
+    async def run():
+        return [await pool.post(server.url(), {}, b"{}", 1024) for _ in range(3)]
+
+    try:
+        first, no_content, third = asyncio.run(run())
+        assert (first.status, first.headers) == (200, {"Content-Length": "2"})
+        assert (no_content.status, no_content.body, third.status) == (204, b"", 200)
+        assert server.connections == 3  # neither unclean connection was reused
+    finally:
+        server.close()
+
+
 def test_interim_responses_are_skipped():
     def answer(conn, n):
         conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
@@ -205,6 +236,73 @@ def test_caps_on_body_and_headers_and_garbage_refused():
         server.close()
 
 
+def test_an_endless_header_line_is_cut_off_at_the_cap_not_buffered():
+    sent = []
+
+    def answer(conn, n):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        total = 0
+        try:
+            while total < 50_000_000:
+                conn.sendall(b"v" * 65536)
+                total += 65536
+        except OSError:
+            pass
+        sent.append(total)
+        return False
+
+    server = RawServer(answer)
+    try:
+        with pytest.raises(http1.ConnectionLost, match="headers larger"):
+            post(server.url())
+        server.thread.join(0)
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sent and sent[0] < 10_000_000  # the client hung up long before 50 MB
+    finally:
+        server.close()
+
+
+def test_a_connection_not_kept_is_dropped_at_once_not_flushed():
+    """A receiver that answers early and never reads the rest: the unsent body is dropped with the socket."""
+    outcome = []
+
+    def answer(conn, n):
+        pass  # never called: this server answers before the body is in
+
+    server = RawServer(answer)
+
+    def early(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        conn.recv(1024)  # the request line and a little more, not the body
+        conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        time.sleep(0.5)  # long after the client has its answer
+        read = 0
+        try:
+            while data := conn.recv(65536):
+                read += len(data)
+            outcome.append(("closed", read))
+        except ConnectionResetError:
+            outcome.append(("reset", read))
+
+    server._serve = early
+    try:
+        body = b"x" * 32_000_000
+        response = post(server.url(), body=body)
+        assert response.status == 413
+        deadline = time.monotonic() + 10
+        while not outcome and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The socket was dropped with the answer: at most what the kernels had
+        # buffered arrived, never the whole body (as a flushing close would send).
+        assert outcome, "the client kept the connection to flush the body"
+        kind, read = outcome[0]
+        assert read < len(body), outcome
+    finally:
+        server.close()
+
+
 def test_a_body_cut_short_keeps_the_status_and_says_so():
     def answer(conn, n):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
@@ -232,6 +330,25 @@ def test_the_guard_sees_the_addresses_before_any_connection():
             post(server.url(host="localhost"), pool=http1.Pool(guard=guard))
         assert seen[0][0] == "localhost" and "127.0.0.1" in seen[0][1]
         assert server.connections == 0
+    finally:
+        server.close()
+
+
+def test_host_names_go_out_as_idna_2008_and_connections_stay_with_their_policy():
+    assert http1.ascii_hostname("straße.de") == "xn--strae-oqa.de"  # not strasse.de (IDNA 2003)
+    origin, head = http1._head("http://straße.de:8080/hook", {}, 0)
+    assert origin.host == "xn--strae-oqa.de" and b"\r\nHost: xn--strae-oqa.de:8080\r\n" in head
+
+    server = RawServer(lambda conn, n: conn.sendall(OK))
+    pool = http1.Pool(guard=lambda host, infos: None)
+
+    async def run():
+        for policy in ("a", "a", "b"):
+            await pool.post(server.url(), {}, b"{}", 1024, policy=policy)
+
+    try:
+        asyncio.run(run())
+        assert server.connections == 2  # the connection made under "a" was not reused under "b"
     finally:
         server.close()
 
