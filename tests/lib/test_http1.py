@@ -85,6 +85,15 @@ def post(url: str, body: bytes = b"{}", limit: int = 1024, pool: http1.Pool | No
     return asyncio.run(run())
 
 
+def post_in_turn(url: str, count: int) -> list[http1.Response]:
+    """`count` POSTs one after another on one pool, as a sender's keep-alive connections see them."""
+    pool = http1.Pool(guard=lambda host, infos: None)
+
+    async def run():
+        return [await pool.post(url, {}, b"{}", 1024) for _ in range(count)]
+    return asyncio.run(run())
+
+
 def test_content_length_chunked_and_close_delimited_bodies():
     replies = {
         "/length": OK,
@@ -138,13 +147,8 @@ def test_request_framing_host_and_target():
 
 def test_keep_alive_reuses_one_connection():
     server = RawServer(lambda conn, n: conn.sendall(OK))
-    pool = http1.Pool(guard=lambda host, infos: None)
-
-    async def run():
-        return [await pool.post(server.url(), {}, b"{}", 1024) for _ in range(5)]
-
     try:
-        assert [r.status for r in asyncio.run(run())] == [200] * 5
+        assert [r.status for r in post_in_turn(server.url(), 5)] == [200] * 5
         assert server.connections == 1 and len(server.requests) == 5
     finally:
         server.close()
@@ -158,13 +162,8 @@ def test_a_kept_alive_connection_closed_under_a_request_is_retried_once_on_a_new
         return False  # the second request on a connection: closed without an answer
 
     server = RawServer(answer)
-    pool = http1.Pool(guard=lambda host, infos: None)
-
-    async def run():
-        return [await pool.post(server.url(), {}, b"{}", 1024) for _ in range(3)]
-
     try:
-        assert [r.status for r in asyncio.run(run())] == [200] * 3
+        assert [r.status for r in post_in_turn(server.url(), 3)] == [200] * 3
         # Requests 2 and 3 each went out twice: on the stale connection, then on a new one.
         assert server.connections == 3 and len(server.requests) == 5
     finally:
@@ -186,13 +185,8 @@ def test_bytes_past_the_answer_are_not_part_of_it_and_the_connection_is_dropped(
         conn.sendall(replies[len(server.requests) - 1])
 
     server = RawServer(answer)
-    pool = http1.Pool(guard=lambda host, infos: None)
-
-    async def run():
-        return [await pool.post(server.url(), {}, b"{}", 1024) for _ in range(3)]
-
     try:
-        first, no_content, third = asyncio.run(run())
+        first, no_content, third = post_in_turn(server.url(), 3)
         assert (first.status, first.headers) == (200, {"Content-Length": "2"})
         assert (no_content.status, no_content.body, third.status) == (204, b"", 200)
         assert server.connections == 3  # neither unclean connection was reused
