@@ -44,21 +44,14 @@ class Gates:
     probing: frozenset[str]  # take at most one delivery from these: the probe
 
 
-def gates(now: datetime) -> Gates:
-    """Destinations that are open, paused or already probing, and those due a probe.
+def gates_query(now: datetime) -> tuple[str, list]:
+    """Destinations that are open, paused or already probing, and those due a probe (read with `gates_from`).
 
     Open: closed to claims until its probe is due. Half-open: while the probe's
     lease lasts (after that the probe's sender is taken for dead and another
-    probe may go). Paused: until its 429's Retry-After.
+    probe may go). Paused: until its 429's Retry-After. Every claim asks, in
+    the request that takes the claim lock, so this is one plain statement.
     """
-    sql, params = gates_query(now)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return gates_from(cursor.fetchall())
-
-
-def gates_query(now: datetime) -> tuple[str, list]:
-    """The statement `gates` runs, for a claim that sends it together with others: one plain statement."""
     sql = (
         "SELECT destination, CASE WHEN paused_until > %s"
         " OR (state = %s AND next_probe_at > %s) OR (state = %s AND probe_until > %s)"

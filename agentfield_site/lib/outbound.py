@@ -10,8 +10,9 @@ Requests go out on one asyncio client per process (`http1`, a small HTTP/1.1
 client, on a background event loop thread): a receiver that never answers costs
 a socket and a timer, not a thread. Synchronous callers (the delivery engine's
 claim loop, the forwarder's run loop) hand requests over with `submit` and keep
-their database work on their own thread. The address guard of `safe_http` applies when a connection is
-made, on the addresses resolved then; redirects are never followed; response
+their database work on their own thread. The address guard of `safe_http`
+applies when a connection is made, on the addresses resolved then, and the
+connection goes to a checked address; redirects are never followed; response
 bodies are capped.
 """
 
