@@ -585,23 +585,26 @@ def _mark_delivered(rows: list[tuple[int, str, int | None]], now: datetime) -> s
     """One UPDATE for delivered rows, each (id, lease token, HTTP status), where still leased to that token.
 
     Returns the ids it changed. The rows of several claims (tokens) go in one
-    statement, joined to a VALUES list (whose columns are `column1`... on both
-    databases).
+    statement, joined to their list: on PostgreSQL three arrays (a statement of
+    the same text whatever the number of rows, which the driver parses once),
+    elsewhere a VALUES list (whose columns are `column1`... on both databases).
     """
     if not rows:
         return set()
     table = Delivery._meta.db_table
-    values = ", ".join(["(%s, %s, %s)"] * len(rows))
+    if connection.vendor == "postgresql":
+        joined = "unnest(%s::bigint[], %s::text[], %s::integer[]) AS v(column1, column2, column3)"
+        values = [list(column) for column in zip(*rows, strict=True)]
+    else:
+        joined = f"(VALUES {', '.join(['(%s, %s, %s)'] * len(rows))}) AS v"
+        values = [value for row in rows for value in row]
     sql = (
         f"UPDATE {table} SET status = %s, delivered_at = %s, last_status = v.column3, last_error = '', "
-        f"lease_token = '', lease_until = NULL, attempts = attempts + 1 FROM (VALUES {values}) AS v "
+        f"lease_token = '', lease_until = NULL, attempts = attempts + 1 FROM {joined} "
         f"WHERE {table}.id = v.column1 AND {table}.lease_token = v.column2 AND {table}.status = %s "
         f"RETURNING {table}.id"
     )
-    params = [
-        Delivery.Status.DELIVERED, connection.ops.adapt_datetimefield_value(now),
-        *(value for row in rows for value in row), Delivery.Status.IN_FLIGHT,
-    ]
+    params = [Delivery.Status.DELIVERED, connection.ops.adapt_datetimefield_value(now), *values, Delivery.Status.IN_FLIGHT]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {row_id for (row_id,) in cursor.fetchall()}
