@@ -20,6 +20,7 @@ thread): requests go out as one write, responses are parsed by llhttp (through
 """
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
@@ -87,8 +88,9 @@ class _Origin:
     policy: Hashable = None
 
 
-def _head(url: str, headers: Mapping[str, str], length: int, policy: Hashable = None) -> tuple[_Origin, bytes]:
-    """The origin to connect to and the request's head (request line and headers)."""
+@functools.lru_cache(maxsize=1024)
+def _aimed(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host as on the wire, port, the head's first two lines) for `url`; the same for every request to it."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -109,7 +111,13 @@ def _head(url: str, headers: Mapping[str, str], length: int, policy: Hashable = 
     target = quote(parts.path or "/", safe=_TARGET_SAFE)
     if parts.query:
         target += "?" + quote(parts.query, safe=_TARGET_SAFE)
-    lines = [f"POST {target} HTTP/1.1", f"Host: {shown}", f"Content-Length: {length}"]
+    return scheme, ascii_host.lower(), port, f"POST {target} HTTP/1.1\r\nHost: {shown}"
+
+
+def _head(url: str, headers: Mapping[str, str], length: int, policy: Hashable = None) -> tuple[_Origin, bytes]:
+    """The origin to connect to and the request's head (request line and headers)."""
+    scheme, host, port, first = _aimed(url)
+    lines = [first, f"Content-Length: {length}"]
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name) or _CONTROL.search(value) or name.lower() in _FRAMING:
             raise InvalidRequest(f"header {name[:40]!r} cannot be sent")
@@ -118,7 +126,7 @@ def _head(url: str, headers: Mapping[str, str], length: int, policy: Hashable = 
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     except UnicodeEncodeError:
         raise InvalidRequest("a header holds a character HTTP/1.1 cannot carry") from None
-    return _Origin(scheme, ascii_host.lower(), port, policy), head
+    return _Origin(scheme, host, port, policy), head
 
 
 class _Connection(asyncio.Protocol):

@@ -6,6 +6,7 @@ bytes they put on the wire and never re-serialize them.
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets as _secrets
@@ -24,6 +25,7 @@ def generate_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(32)).decode("ascii")
 
 
+@functools.lru_cache(maxsize=1024)  # one decoding per secret, not one per attempt
 def standard_key(secret: str) -> bytes:
     """The HMAC key `standardwebhooks.Webhook(secret)` derives from a secret string.
 
