@@ -1,6 +1,7 @@
 """The engine against real receivers: outcomes, schedule, attempts log, events."""
 
 import json
+import time
 
 import pytest
 from standardwebhooks import Webhook
@@ -97,9 +98,21 @@ def test_410_dead_at_once():
 
 def test_receiver_slower_than_timeout(webhook_settings):
     webhook_settings.WEBHOOK_TIMEOUT = 0.3
-    with LoopbackServer(Reply(200, delay=3.0)) as receiver:
-        row = drain(enqueue(receiver.url))
-    assert row.status == Delivery.Status.DELIVERED and row.attempts == 2
+    seen: list[str] = []
+
+    def slow_the_first_time(received) -> None:
+        # Keyed on this delivery's webhook-id, not on the order of arrival: a stray
+        # request (an earlier test's, to a port this server has since taken) cannot
+        # take the slow answer from it.
+        if received.headers.get("webhook-id") == row.webhook_id:
+            seen.append(row.webhook_id)
+            if len(seen) == 1:
+                time.sleep(3.0)
+
+    with LoopbackServer(on_request=slow_the_first_time) as receiver:
+        row = enqueue(receiver.url)
+        row = drain(row)
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == 2, [r.headers.get("webhook-id") for r in receiver.requests]
     slow = row.attempt_log.first()
     assert slow.status_code is None and "timeout" in slow.error and slow.outcome == Attempt.Outcome.RETRY
     assert 250 <= slow.duration_ms < 2500  # gave up long before the receiver answered
