@@ -16,12 +16,13 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from agentfield_site import access_log  # noqa: E402
+from agentfield_site import access_log, content_type_cache  # noqa: E402
 from agentfield_site.lib.concurrency_limit import ConcurrencyLimit  # noqa: E402
 from observability.routing import origin_checked, websocket_urlpatterns  # noqa: E402
 from observability.streams import is_stream  # noqa: E402
 
 access_log.install()
+content_type_cache.install()
 
 application = ProtocolTypeRouter(
     {
