@@ -7,7 +7,9 @@ it with the `email` package: about 40 µs a request, for the same few values
 7 % of a web process's GIL time (py-spy). The parse is a pure function of the
 header's bytes and returns bytes, so `install()` (called from `asgi.py`, as
 `access_log.install()` is) puts a bounded cache in front of it: a caller sending
-ever-new values only misses the cache and pays the parse it paid before.
+ever-new values only misses the cache and pays the parse it paid before, and the
+cache holds at most 256 values of at most 16 KiB each (twisted's cap on a
+request's headers).
 """
 
 import functools
