@@ -89,7 +89,7 @@ class _Origin:
 
 
 @functools.lru_cache(maxsize=1024)
-def _aimed(url: str) -> tuple[str, str, int, str]:
+def _origin_and_first_lines(url: str) -> tuple[str, str, int, str]:
     """(scheme, host as on the wire, port, the head's first two lines) for `url`; the same for every request to it."""
     try:
         parts = urlsplit(url)
@@ -116,7 +116,7 @@ def _aimed(url: str) -> tuple[str, str, int, str]:
 
 def _head(url: str, headers: Mapping[str, str], length: int, policy: Hashable = None) -> tuple[_Origin, bytes]:
     """The origin to connect to and the request's head (request line and headers)."""
-    scheme, host, port, first = _aimed(url)
+    scheme, host, port, first = _origin_and_first_lines(url)
     lines = [first, f"Content-Length: {length}"]
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name) or _CONTROL.search(value) or name.lower() in _FRAMING:
