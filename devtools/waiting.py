@@ -5,8 +5,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; TimeoutError after `timeout` seconds."""
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+    what: str | Callable[[], str] = "condition",
+):
+    """Poll `predicate` until it returns something truthy; TimeoutError after `timeout` seconds.
+
+    `what` names the condition in the error; a callable is called then, to say how things stood at the end.
+    """
     deadline = time.monotonic() + timeout
     last_exc = None
     while time.monotonic() < deadline:
@@ -17,6 +23,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
         except Exception as exc:  # noqa: BLE001 - report the last one on timeout
             last_exc = exc
         time.sleep(interval)
+    if callable(what):
+        what = what()
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
 
 

@@ -16,8 +16,10 @@ unchanged (`beat_from_memory`, on the event loop): its time is queued and the
 queued beats are written together every BEAT_FLUSH_EVERY (`flush_beats`, one
 UPDATE per key), with the batch's start as their time, so the stored time never
 runs ahead of a beat and trails it by less than the interval above. A queued
-node found offline by then comes back online as a written beat would bring it;
-one found gone or taken is forgotten, and its next beat is answered 404. A beat
+node found offline by then comes back online as a written beat would bring it,
+unless it went offline after that beat came: a beat sent before a shutdown
+notice never undoes it (the agent's next beat, if it lives, brings it back). One
+found gone or taken is forgotten, and its next beat is answered 404. A beat
 queued when its process dies is lost, like a beat not sent: the next one counts.
 """
 
@@ -38,6 +40,7 @@ from agentfield_site.auth import OPEN, Caller
 from agentfield_site.lib.db_threads import run_in
 from agentfield_site.lib.sqlite_writer import one_writer
 from observability.events import publish
+from observability.models import PlatformEvent
 
 from .errors import NodeTaken, UnknownNode
 from .models import AgentNode
@@ -160,9 +163,10 @@ def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -
     return now
 
 
-# Beats acknowledged from memory, waiting to be written: (key id, scope) -> {node id: status}.
+# Beats acknowledged from memory, waiting to be written:
+# (key id, scope) -> {node id: (status, when its latest beat came)}.
 BEAT_FLUSH_EVERY = 0.25
-_queued: dict[tuple[int | None, str], dict[str, str]] = {}
+_queued: dict[tuple[int | None, str], dict[str, tuple[str, datetime]]] = {}
 _queued_since: datetime | None = None  # when the oldest queued beat came
 _queue_lock = threading.Lock()
 _flusher: "asyncio.Task | None" = None
@@ -191,7 +195,7 @@ def beat_from_memory(node_id: str, lifecycle_status: str, caller: Caller) -> dat
     with _queue_lock:
         if _queued_since is None:
             _queued_since = now
-        _queued.setdefault((caller.key_id, caller.scope), {})[node_id] = seen[1]
+        _queued.setdefault((caller.key_id, caller.scope), {})[node_id] = (seen[1], now)
     _ensure_flusher()
     return now
 
@@ -237,12 +241,21 @@ def flush_beats() -> int:
                 if seen is not None:
                     _written[node_id] = (beat_at, *seen[1:])
             for node_id in set(chunk) - confirmed:
-                # Offline now (the sweeper, a shutdown elsewhere), or gone: as a written beat would find it.
+                # Offline now (the sweeper, a shutdown elsewhere), or gone: as a written beat would find it,
+                # unless the node went offline after this beat came.
                 _forget(node_id)
+                status, came_at = beats[node_id]
+                if _went_offline_since(node_id, came_at):
+                    continue
                 with contextlib.suppress(UnknownNode):  # gone or taken: forgotten, its next beat is a 404
-                    heartbeat(node_id, beats[node_id], caller)
+                    heartbeat(node_id, status, caller)
             written += len(chunk)
     return written
+
+
+def _went_offline_since(node_id: str, moment: datetime) -> bool:
+    """Whether the node's `node.offline` event (a shutdown, the sweeper) came at or after `moment`."""
+    return PlatformEvent.objects.filter(agent_node_id=node_id, type="node.offline", timestamp__gte=moment).exists()
 
 
 def shutdown(node_id: str, caller: Caller = OPEN) -> AgentNode:

@@ -7,7 +7,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -153,15 +153,33 @@ def test_memory_answers_only_the_same_key_an_unchanged_status_and_a_node_seen_la
     assert _from_memory("writer", "ready", owner) is None  # seen too long ago: ask the database
 
 
-def test_a_queued_beat_of_a_node_gone_offline_brings_it_back(node, owner, nothing_queued):
+def test_a_queued_beat_of_a_node_gone_offline_before_it_came_brings_it_back(node, owner, nothing_queued):
     nodes.heartbeat("writer", "ready", owner)
+    # Another process (the sweeper, a shutdown there) marks it offline; this one has not heard.
+    with transaction.atomic():
+        nodes._node_event("node.offline", node, reason="heartbeat_missed")
+        AgentNode.objects.update(health_status=AgentNode.Health.INACTIVE, lifecycle_status="offline")
     assert _from_memory("writer", "ready", owner) is not None
-    # Meanwhile another process (the sweeper, a shutdown) marked it offline.
-    AgentNode.objects.update(health_status=AgentNode.Health.INACTIVE, lifecycle_status="offline")
     nodes.flush_beats()
     stored = _stored()
     assert stored.health_status == AgentNode.Health.ACTIVE and stored.lifecycle_status == "ready"
     assert PlatformEvent.objects.filter(agent_node_id="writer", type="node.online").count() == 1
+
+
+def test_a_beat_queued_before_a_shutdown_notice_does_not_undo_it(node, owner, nothing_queued):
+    """The SDK's last beat can still be queued when its shutdown notice lands: the notice is the newer news."""
+    nodes.heartbeat("writer", "ready", owner)
+    assert _from_memory("writer", "ready", owner) is not None
+    nodes.shutdown("writer", owner)
+    nodes.flush_beats()
+    assert _stored().health_status == AgentNode.Health.INACTIVE
+    assert list(PlatformEvent.objects.filter(agent_node_id="writer").values_list("type", flat=True)) == [
+        "node.registered", "node.offline",
+    ]
+    # An agent that lives on beats again, and that beat brings it back.
+    assert _from_memory("writer", "ready", owner) is None
+    nodes.heartbeat("writer", "ready", owner)
+    assert _stored().health_status == AgentNode.Health.ACTIVE
 
 
 def test_a_queued_beat_of_a_deleted_node_is_dropped_and_the_next_beat_is_unknown(node, owner, nothing_queued):

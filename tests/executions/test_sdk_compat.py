@@ -21,6 +21,7 @@ from devtools.loopback import LoopbackServer
 from devtools.processes import free_port
 from devtools.waiting import wait_for
 from executions.models import AgentNode, Execution
+from observability.models import PlatformEvent
 
 pytestmark = pytest.mark.processes
 
@@ -40,6 +41,10 @@ async def _run_client(base_url: str, target: str, webhook_url: str, api_key: str
         return execution_id, registered, result
     finally:
         await client.close_async_execution_manager()
+
+
+def _node_events(node_id: str) -> list[tuple]:
+    return list(PlatformEvent.objects.filter(agent_node_id=node_id).values_list("timestamp", "type", "data"))
 
 
 def test_sdk_agent_and_client_round_trip(proc_env):
@@ -86,4 +91,4 @@ def test_sdk_agent_and_client_round_trip(proc_env):
 
         agent.stop()
         wait_for(lambda: AgentNode.objects.get(pk="sdk-node").health_status == "inactive", timeout=10,
-                 what="the SDK's graceful shutdown notice")
+                 what=lambda: f"the SDK's graceful shutdown notice; node events {_node_events('sdk-node')}\n{agent.log()}")
