@@ -31,7 +31,8 @@ which makes what it reads. The targets need the full run.
 Targets: heartbeat/s at least 0.5 x the minimal async view, submit/s at least
 0.5 x the minimal sync view with `SELECT 1`; the fleet's p99 under 250 ms with no
 5xx and every node online. The last line is
-`heartbeat_per_s=<N> floor_async_per_s=<N> submit_per_s=<N> floor_sync_per_s=<N>`.
+`heartbeat_per_s=<N> floor_async_per_s=<N> submit_per_s=<N> floor_sync_per_s=<N>`
+(printed only when the four rows it is made of were measured: not a zero for a row `--only` left out).
 """
 
 import asyncio
@@ -361,6 +362,9 @@ def main(argv: list[str]) -> None:
         print(_row("all API calls (target p99 < 250 ms, no 5xx)", both))
         print(_row(f"warm-up, the first {FLEET_WARM_UP:g} s (all calls; not in the rows above)", warm_up))
         print(f"\nnodes the liveness check would mark offline after the run: **{offline}** of {agents:,}")
+    if not all(run.latency_ms for run in (heartbeat, floor_async, submit, floor_sync)):
+        print("\n(no summary line: --only left out a row it is made of)")
+        return
     print(f"\nheartbeat_per_s={heartbeat.per_s:.0f} floor_async_per_s={floor_async.per_s:.0f} "
           f"submit_per_s={submit.per_s:.0f} floor_sync_per_s={floor_sync.per_s:.0f}")
 
