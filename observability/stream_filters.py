@@ -4,17 +4,14 @@ The same filter narrows a replay (a database query) and the live fan-out (a test
 each event document), so both halves of a stream agree on what belongs to it.
 """
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from django.db.models import Q
 
 from .models import SOURCES
-from .type_patterns import matches, type_regex
+from .type_patterns import matches, pattern_problem, type_regex
 
-# A type pattern is a dotted event type where `*` matches any run of characters.
-_PATTERN_RE = re.compile(r"^[a-z0-9_.*]{1,64}$")
 _FIELDS = ("execution_id", "workflow_id", "agent_node_id", "status")
 _FIELD_MAX = 128
 
@@ -98,11 +95,8 @@ def parse_filters(params: Mapping[str, object], *, sources: Iterable[str] = ()) 
         raise FilterError("Filter 'types' must be a comma-separated string or a list of strings.")
     types = tuple(dict.fromkeys(p.strip().lower() for p in parts if p.strip()))
     for pattern in types:
-        if not _PATTERN_RE.match(pattern):
-            raise FilterError(
-                f"Event type pattern {pattern!r} is not valid: use dotted names such as "
-                "'execution.completed' or 'webhook.*'."
-            )
+        if problem := pattern_problem(pattern):
+            raise FilterError(problem[0].upper() + problem[1:])
     scope = tuple(sources)
     for source in scope:
         if source not in SOURCES:

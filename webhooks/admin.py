@@ -7,6 +7,9 @@ the API (`webhooks.subscriptions`, `SubscriptionSerializer`), so a subscription
 made here has a secret and a URL the API would accept.
 """
 
+import json
+from collections.abc import Iterable
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote
@@ -154,12 +157,34 @@ class SecretInline(admin.TabularInline):
         return False
 
 
+def _messages(problems) -> Iterable[str]:
+    """A serializer's errors for one field as flat messages (a list field's are keyed by item)."""
+    if isinstance(problems, dict):
+        for item, nested in problems.items():
+            yield from (f"Item {item}: {message}" for message in _messages(nested))
+    elif isinstance(problems, list):
+        for problem in problems:
+            yield from _messages(problem)
+    else:
+        yield str(problems)
+
+
+class _EscapedJSONField(forms.JSONField):
+    """Shows its JSON with non-ASCII escaped: a lone surrogate typed in (`"\\ud800"`) cannot break the page."""
+
+    def prepare_value(self, value):
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=True, cls=self.encoder)
+
+
 class SubscriptionForm(forms.ModelForm):
     """The admin form, validated by the API's serializer (URL, headers, event types)."""
 
     class Meta:
         model = Subscription
         fields = ("url", "description", "event_types", "enabled")
+        field_classes = {"event_types": _EscapedJSONField}
         help_texts = {"event_types": 'A JSON list of patterns, e.g. ["execution.*", "node.online"].'}
 
     def clean(self) -> dict:
@@ -177,7 +202,7 @@ class SubscriptionForm(forms.ModelForm):
             self.validated = serializer.validated_data
         else:
             for name, problems in serializer.errors.items():
-                self.add_error(name if name in self.fields else None, problems)
+                self.add_error(name if name in self.fields else None, list(_messages(problems)))
         return data
 
 

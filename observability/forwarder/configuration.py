@@ -1,6 +1,5 @@
 """The forwarder's configuration: validation, the one collector it sends to, and its status document."""
 
-import re
 import time
 from collections.abc import Sequence
 
@@ -11,12 +10,11 @@ from agentfield_site.lib import outbound
 from agentfield_site.lib.timefmt import iso
 
 from ..models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
-from ..type_patterns import type_regex
+from ..type_patterns import pattern_problem, type_regex
 
 # `on_commit` checks the configuration this long per process.
 CONFIG_CACHE_SECONDS = 1.0
 
-_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.*\-]{1,64}$")
 ALL_TYPES = ["*"]
 
 
@@ -45,10 +43,8 @@ def validate_event_types(value: object) -> list[str]:
             "event_types must list at least one pattern; omit it to forward every event."
         )
     for pattern in value:
-        if not _TYPE_PATTERN.match(pattern):
-            raise ConfigError(
-                f"event type pattern {pattern!r} may use only letters, digits, '.', '_', '-' and '*'."
-            )
+        if problem := pattern_problem(pattern):
+            raise ConfigError(problem)
     return list(dict.fromkeys(value))
 
 

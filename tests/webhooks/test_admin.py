@@ -119,6 +119,9 @@ def test_subscription_added_in_the_admin_gets_a_secret_shown_once(staff, setting
         ({"url": "http://user:pw@127.0.0.1/hook"}, "url"),
         ({"url": "http://10.0.0.1/hook"}, "url"),
         ({"event_types": "[]"}, "event_types"),
+        ({"event_types": '["\\ud800"]'}, "event_types"),
+        ({"event_types": json.dumps(["x" * 65])}, "event_types"),
+        ({"event_types": '["*a*b*c"]'}, "event_types"),
     ],
 )
 def test_subscription_admin_refuses_what_the_api_refuses(staff, settings, fields, problem):
@@ -129,9 +132,9 @@ def test_subscription_admin_refuses_what_the_api_refuses(staff, settings, fields
     assert not Subscription.objects.exists()
     api = APIClient().post(
         "/api/v1/webhooks/subscriptions",
-        {"url": fields.get("url", "http://127.0.0.1:9/hook"), "event_types": json.loads(fields.get("event_types", '["x"]')),
-         "headers": {}},
-        format="json",
+        json.dumps({"url": fields.get("url", "http://127.0.0.1:9/hook"),
+                    "event_types": json.loads(fields.get("event_types", '["x"]')), "headers": {}}),
+        content_type="application/json",
     )
     assert api.status_code == 400
 

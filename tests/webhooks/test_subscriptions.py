@@ -51,6 +51,9 @@ def test_crud_and_secret_shown_once(api):
         {"url": "http://127.0.0.1:9/", "event_types": []},
         {"url": "http://127.0.0.1:9/", "event_types": ["*"], "headers": {"Host": "x"}},
         {"event_types": ["*"]},
+        {"url": "http://127.0.0.1:9/", "event_types": ["*************zz"]},
+        {"url": "http://127.0.0.1:9/", "event_types": ["\u202e"]},
+        {"url": "http://127.0.0.1:9/", "event_types": ["x" * 65]},
     ],
 )
 def test_bad_subscription_is_a_clear_400(api, body):

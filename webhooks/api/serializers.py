@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from agentfield_site.lib import outbound
+from observability.type_patterns import pattern_problem
 
 from .. import subscriptions
 from ..masking import masked_headers, merge_masked
@@ -28,6 +29,12 @@ class SubscriptionSerializer(serializers.ModelSerializer):
             return outbound.clean_url(value)
         except outbound.InvalidTarget as exc:
             raise serializers.ValidationError(str(exc)) from exc
+
+    def validate_event_types(self, value: list[str]) -> list[str]:
+        for pattern in value:
+            if problem := pattern_problem(pattern):
+                raise serializers.ValidationError(problem)
+        return list(dict.fromkeys(value))
 
     def validate_headers(self, value: dict) -> dict:
         try:
