@@ -26,7 +26,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agentfield_site.lib import outbound
-from agentfield_site.lib.backoff import honour_retry_after
+from agentfield_site.lib.backoff import retry_after_seconds
 from agentfield_site.lib.timefmt import iso
 from observability.events import build, publish_many
 
@@ -96,8 +96,8 @@ def record(outcomes: dict[str, list[outbound.Outcome]], now: datetime) -> list:
                 tail += 1
             elif outcome.status is not None:
                 answered, tail = True, 0
-            if outcome.status == 429 and outcome.retry_after:
-                paused[destination] = honour_retry_after(outcome.retry_after, MAX_PAUSE / 2)
+            if outcome.status == 429 and (wanted := retry_after_seconds(outcome.retry_after)) is not None:
+                paused[destination] = min(wanted, MAX_PAUSE)
         if answered and not tail:
             recovered.add(destination)
         elif tail:

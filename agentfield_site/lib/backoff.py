@@ -20,15 +20,10 @@ def delay_for(attempt: int, schedule: Sequence[float], jitter: float = 0.2) -> f
     return max(0.0, base * (1 + random.uniform(-jitter, jitter)))
 
 
-def honour_retry_after(value: str | None, scheduled: float) -> float:
-    """The delay to use given a `Retry-After` header (seconds or HTTP date).
-
-    A receiver may ask for more time but never more than twice the scheduled
-    delay (so one bad header cannot park a delivery for days); an unparsable or
-    absent header keeps the schedule.
-    """
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header (seconds or HTTP date) asks for, or None when absent or unparsable."""
     if not value:
-        return scheduled
+        return None
     value = value.strip()
     try:
         wanted = float(value)
@@ -36,7 +31,21 @@ def honour_retry_after(value: str | None, scheduled: float) -> float:
         try:
             wanted = parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError, IndexError, OverflowError):
-            return scheduled
+            return None
     if wanted != wanted:  # NaN
+        return None
+    return max(wanted, 0.0)
+
+
+def honour_retry_after(value: str | None, scheduled: float) -> float:
+    """The delay to use given a `Retry-After` header: the scheduled delay, or longer if asked.
+
+    A receiver may ask for more time but never more than twice the scheduled
+    delay (so one bad header cannot park a delivery for days), and never for
+    less: a `Retry-After: 1` on every answer would otherwise spend the whole
+    retry budget in seconds. An unparsable or absent header keeps the schedule.
+    """
+    wanted = retry_after_seconds(value)
+    if wanted is None:
         return scheduled
-    return min(max(wanted, 0.0), 2 * scheduled)
+    return min(max(wanted, scheduled), 2 * scheduled)

@@ -1,9 +1,9 @@
-"""Retry delays: schedule as data with jitter; Retry-After honoured within 2x."""
+"""Retry delays: schedule as data with jitter; Retry-After honoured between the schedule and 2x."""
 
 import time
 from email.utils import formatdate
 
-from agentfield_site.lib.backoff import delay_for, honour_retry_after
+from agentfield_site.lib.backoff import delay_for, honour_retry_after, retry_after_seconds
 
 
 def test_schedule_with_jitter_and_exhaustion():
@@ -21,5 +21,22 @@ def test_retry_after_seconds_date_and_clamp():
     assert honour_retry_after("100", 5.0) == 10.0
     assert honour_retry_after(None, 5.0) == 5.0
     assert honour_retry_after("soon", 5.0) == 5.0
-    assert 2.0 <= honour_retry_after(formatdate(time.time() + 4, usegmt=True), 30.0) <= 4.5
+    assert 40.0 <= honour_retry_after(formatdate(time.time() + 45, usegmt=True), 30.0) <= 45.5
     assert honour_retry_after(formatdate(time.time() + 3600, usegmt=True), 30.0) == 60.0
+
+
+def test_retry_after_never_shortens_the_schedule():
+    """A receiver answering `Retry-After: 1` every time must not spend the retry budget in seconds."""
+    assert honour_retry_after("1", 5.0) == 5.0
+    assert honour_retry_after("0", 30.0) == 30.0
+    assert honour_retry_after("-50", 30.0) == 30.0
+    assert honour_retry_after(formatdate(time.time() - 3600, usegmt=True), 30.0) == 30.0
+
+
+def test_retry_after_seconds_parses_or_says_none():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds("nan") is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("") is None
+    assert 2.0 <= retry_after_seconds(formatdate(time.time() + 4, usegmt=True)) <= 4.5

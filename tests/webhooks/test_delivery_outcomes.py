@@ -127,6 +127,15 @@ def test_retry_after_is_honoured_within_twice_the_schedule():
     assert 0.6 <= third - second <= 0.8 + 1.0  # 100 asked, clamped to 2 x 0.4
 
 
+def test_retry_after_never_brings_a_retry_forward(webhook_settings):
+    webhook_settings.WEBHOOK_RETRY_SCHEDULE = [1.0, 1.0]
+    with LoopbackServer(Reply(429, {"Retry-After": "0"}), Reply(503, {"Retry-After": "0.01"})) as receiver:
+        row = drain(enqueue(receiver.url))
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == 3
+    first, second, third = (r.at for r in receiver.requests)
+    assert second - first >= 0.8 - 0.05 and third - second >= 0.8 - 0.05  # the schedule, not the 0 s asked
+
+
 def test_302_recorded_not_followed():
     with LoopbackServer(Reply(302, {"Location": "http://169.254.169.254/"}, b"moved"), Reply(200)) as receiver:
         row = drain(enqueue(receiver.url))
