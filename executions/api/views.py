@@ -6,6 +6,7 @@ from datetime import datetime
 
 import django_filters
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
@@ -21,7 +22,7 @@ from rest_framework.views import APIView
 from agentfield_site.auth import AGENT, CLIENT, caller_of
 from agentfield_site.lib.api import ApiError, ErrorSerializer, int_param, object_body, validated
 from agentfield_site.lib.concurrency_limit import lend_place
-from agentfield_site.lib.timefmt import iso
+from agentfield_site.lib.timefmt import fits_utc, iso
 
 from .. import cancellation, lifecycle, nodes, reports, submission
 from ..errors import UnknownExecution, UnknownNode
@@ -276,13 +277,27 @@ execute_sync.cls = ExecuteSyncView
 execute_sync.initkwargs = {}
 
 
+class _InstantField(django_filters.fields.IsoDateTimeField):
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is not None and not fits_utc(value):
+            raise ValidationError("Enter a time between the years 1 and 9999 in UTC.", code="invalid")
+        return value
+
+
+class _InstantFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 time that is also an instant the database can compare (`fits_utc`)."""
+
+    field_class = _InstantField
+
+
 class ExecutionFilter(django_filters.FilterSet):
     status = django_filters.CharFilter(method="filter_status", help_text=f"One of {', '.join(STATUSES)} or an alias.")
     agent_node_id = django_filters.CharFilter()
     workflow_id = django_filters.CharFilter()
     target = django_filters.CharFilter()
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = _InstantFilter(field_name="created_at", lookup_expr="gte")
+    until = _InstantFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Execution
@@ -329,9 +344,10 @@ class ExecutionCursor(CursorPagination):
         cursor = super().decode_cursor(request)
         if cursor is not None and cursor.position is not None:
             try:
-                valid = parse_datetime(cursor.position) is not None
+                position = parse_datetime(cursor.position)
             except ValueError:
-                valid = False
+                position = None
+            valid = position is not None and fits_utc(position)
             if not valid:
                 raise exceptions.NotFound("Invalid cursor")
         return cursor

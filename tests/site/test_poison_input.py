@@ -97,6 +97,9 @@ def test_a_number_the_field_cannot_hold_is_400(world):
         "/api/ui/v1/executions/events?last_event_id=%C2%B2",  # "²" passes str.isdigit()
         "/api/ui/v1/executions/events?last_event_id=9999999999999999999",
         "/api/v1/executions?workflow_id=%00",
+        "/api/v1/executions?since=9999-12-31T23:59:59-05:00",  # the year 10000 in UTC
+        "/api/v1/executions?until=0001-01-01T00:00:00%2B05:00",  # the year 0 in UTC
+        "/api/v1/executions?cursor=cD05OTk5LTEyLTMxVDIzOjU5OjU5LTA1OjAw",  # "p=9999-12-31T23:59:59-05:00"
     ],
 )
 def test_cursors_limits_and_ids_that_do_not_parse_are_400(world, url):
