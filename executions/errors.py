@@ -61,13 +61,6 @@ class NodeTaken(ExecutionError):
         )
 
 
-class IdempotencyKeyTaken(ExecutionError):
-    """Another key submitted with this Idempotency-Key inside the window."""
-
-    def __init__(self) -> None:
-        super().__init__("This Idempotency-Key is already in use by another API key; pick another.")
-
-
 class QueueFull(ExecutionError):
     """EXECUTION_QUEUE_LIMIT executions already wait for dispatch."""
 

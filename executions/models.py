@@ -10,7 +10,8 @@ import re
 import uuid
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agentfield_site.models import ApiKey
@@ -172,8 +173,10 @@ class Execution(models.Model):
             models.Index(fields=["dispatch_state", "dispatch_lease_until"], name="exec_dispatch_lease"),
         ]
         constraints = [
+            # One namespace of Idempotency-Keys per API key (no key: the open API's, one namespace).
             models.UniqueConstraint(
-                fields=["idempotency_key"], condition=~Q(idempotency_key=""), name="exec_idempotency_key_unique"
+                "idempotency_key", Coalesce("owner", Value(0)),
+                condition=~Q(idempotency_key=""), name="exec_idempotency_key_per_owner",
             ),
         ]
 

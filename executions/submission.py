@@ -22,7 +22,7 @@ from observability.tail import run_db
 from webhooks.completion import validate_webhook
 
 from . import dispatch, lifecycle
-from .errors import IdempotencyKeyTaken, InvalidTarget, QueueFull, UnknownNode, UnknownTarget
+from .errors import InvalidTarget, QueueFull, UnknownNode, UnknownTarget
 from .models import COMPONENT_ID, AgentNode, Execution, new_run_id, offered_kind
 
 T = TypeVar("T")
@@ -70,21 +70,18 @@ def _resolve(target: str) -> tuple[str, str, str]:
     return node_id, name, kind
 
 
-def _same_owner(existing: Execution, owner_id: int | None) -> Execution:
-    if existing.owner_id != owner_id:
-        # Never hand one key's execution to another through a shared Idempotency-Key.
-        raise IdempotencyKeyTaken()
-    return existing
-
-
 def _existing_for_key(key: str, owner_id: int | None) -> Execution | None:
-    """The execution created with `key` inside the idempotency window, if any."""
-    existing = Execution.objects.filter(idempotency_key=key).first()
+    """The execution this caller's key (`owner_id`) created with `key` inside the idempotency window, if any.
+
+    Each API key has its own namespace of Idempotency-Keys: another key's use of
+    the same string is neither found nor revealed, and cannot block this one.
+    """
+    existing = Execution.objects.filter(idempotency_key=key, owner_id=owner_id).first()
     if existing is None:
         return None
     window = timedelta(hours=settings.IDEMPOTENCY_WINDOW_HOURS)
     if existing.created_at >= timezone.now() - window:
-        return _same_owner(existing, owner_id)
+        return existing
     # Past the window the key is free again: release it from the old execution.
     Execution.objects.filter(pk=existing.pk, idempotency_key=key).update(idempotency_key="")
     return None
@@ -164,10 +161,13 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
             if enqueue:
                 dispatch.enqueue(execution.id)
     except IntegrityError:
-        # Two requests raced with one Idempotency-Key: the other one won.
-        existing = Execution.objects.filter(idempotency_key=request.idempotency_key).first()
-        if request.idempotency_key and existing is not None:
-            return _same_owner(existing, request.owner_id), False
+        # Two requests of one key raced with one Idempotency-Key: the other one won.
+        existing = (
+            Execution.objects.filter(idempotency_key=request.idempotency_key, owner_id=request.owner_id).first()
+            if request.idempotency_key else None
+        )
+        if existing is not None:
+            return existing, False
         raise
     _depth["count"] += 1
     return execution, True

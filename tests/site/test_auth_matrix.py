@@ -386,18 +386,22 @@ def test_the_completion_webhook_is_owned_by_the_submitting_key(world):
     assert row.owner.name == "client_other"
 
 
-def test_idempotency_key_of_another_key_is_a_409_not_its_execution(world):
+def test_each_key_has_its_own_idempotency_keys(world):
+    """Another key's Idempotency-Key is neither its execution nor a block: one tenant cannot squat another's keys."""
     api = APIClient()
     path = "/api/v1/execute/async/node_a.process"
-    first = api.post(path, {"input": {}}, format="json",
-                     headers={"X-API-Key": world.keys["client_own"], "Idempotency-Key": "k-1"})
-    again = api.post(path, {"input": {}}, format="json",
-                     headers={"X-API-Key": world.keys["client_own"], "Idempotency-Key": "k-1"})
-    other = api.post(path, {"input": {}}, format="json",
-                     headers={"X-API-Key": world.keys["client_other"], "Idempotency-Key": "k-1"})
-    assert first.status_code == again.status_code == 202
-    assert first.json()["execution_id"] == again.json()["execution_id"]
-    assert other.status_code == 409 and first.json()["execution_id"] not in other.content.decode()
+
+    def submit(key: str) -> dict:
+        response = api.post(path, {"input": {}}, format="json",
+                            headers={"X-API-Key": world.keys[key], "Idempotency-Key": "order-123"})
+        assert response.status_code == 202, response.content
+        return response.json()
+
+    squatter = submit("client_other")  # first, as an attacker guessing the key would be
+    first, again = submit("client_own"), submit("client_own")
+    assert first["execution_id"] == again["execution_id"] != squatter["execution_id"]
+    assert submit("client_other")["execution_id"] == squatter["execution_id"]
+    assert Execution.objects.filter(idempotency_key="order-123").count() == 2
 
 
 def test_an_ownerless_node_is_claimed_by_an_agent_key_only_once_offline(world):
