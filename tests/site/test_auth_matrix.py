@@ -191,7 +191,7 @@ def batch_check(actor: str, body: dict, world: World) -> None:
 
 
 def redrive_check(actor: str, body: dict, world: World) -> None:
-    assert body["queued"] == (0 if actor == "client_other" else 1)
+    assert body["queued"] == body["processed"] == (0 if actor == "client_other" else 1)
     moved = Delivery.objects.get(pk=world.ids["dead_a"]).status != Delivery.Status.DEAD
     assert moved == (actor != "client_other")
 

@@ -42,6 +42,8 @@ def test_redrive_by_ids_all_and_filter(api):
         receiver.default = Reply(200)
         by_ids = api.post("/api/v1/webhooks/dlq/redrive", {"ids": [a.id]}, format="json").json()
         assert by_ids == {"success": True, "processed": 1, "queued": 1}
+        unknown = api.post("/api/v1/webhooks/dlq/redrive", {"ids": [a.id, 999_999]}, format="json").json()
+        assert unknown == {"success": True, "processed": 0, "queued": 0}  # a is no longer dead; 999999 is nothing
         by_filter = api.post("/api/v1/webhooks/dlq/redrive", {"filter": {"execution_id": "exec_b"}}, format="json")
         assert by_filter.json()["queued"] == 1
         assert api.get("/api/v1/webhooks/dlq").json()["total_count"] == 1  # redriven ones left the queue
