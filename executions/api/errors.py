@@ -27,9 +27,10 @@ def _queue_full(exc: errors.QueueFull) -> ApiError:
 
 @translates(errors.InvalidTransition)
 def _invalid_transition(exc: errors.InvalidTransition) -> ApiError:
-    return ApiError(409, "invalid_transition", str(exc), status=exc.current, requested_status=exc.requested)
+    return ApiError(409, "invalid_transition", str(exc), error_category="bad_request", status=exc.current,
+                    requested_status=exc.requested)
 
 
 @translates(errors.NotCancellable)
 def _not_cancellable(exc: errors.NotCancellable) -> ApiError:
-    return ApiError(409, "invalid_state", str(exc), status=exc.current)
+    return ApiError(409, "invalid_state", str(exc), error_category="bad_request", status=exc.current)

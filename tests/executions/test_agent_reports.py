@@ -43,6 +43,7 @@ def test_conflicting_terminal_is_409(api, running):
     response = api.post(f"/api/v1/executions/{running.id}/status", {"status": "failed"}, format="json")
     assert response.status_code == 409
     assert response.json()["error"] == "invalid_transition" and response.json()["status"] == "succeeded"
+    assert response.json()["error_category"] == "bad_request"
 
 
 def test_loose_values_agents_send_are_tolerated(api, running):

@@ -36,6 +36,7 @@ def test_cancel_twice_is_409_invalid_state(api, node):
     assert api.post(f"/api/v1/executions/{execution.id}/cancel", {}, format="json").status_code == 200
     response = api.post(f"/api/v1/executions/{execution.id}/cancel", {}, format="json")
     assert response.status_code == 409 and response.json()["error"] == "invalid_state"
+    assert response.json()["error_category"] == "bad_request"
     assert api.post("/api/v1/executions/exec_nope/cancel", {}, format="json").status_code == 404
 
 
