@@ -61,6 +61,20 @@ class NodeTaken(ExecutionError):
         )
 
 
+class AgentCallRefused(ExecutionError):
+    """An agent key submitted other than from an execution running on one of its nodes."""
+
+    def __init__(self, parent_execution_id: str) -> None:
+        where = (
+            f"X-Parent-Execution-ID {parent_execution_id!r} is not an execution running on this key's nodes"
+            if parent_execution_id else "it sent no X-Parent-Execution-ID"
+        )
+        super().__init__(
+            "An agent key submits only calls made from an execution running on its nodes (as the SDK's "
+            f"app.call does); {where}. Submit other work with a client key."
+        )
+
+
 class QueueFull(ExecutionError):
     """EXECUTION_QUEUE_LIMIT executions already wait for dispatch."""
 

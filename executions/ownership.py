@@ -1,18 +1,20 @@
 """Who may see and touch which node and execution (the trust model in docs/security.md).
 
 An admin sees everything. A client key sees the executions it submitted. An agent
-key sees the nodes it registered and the executions dispatched to them. Anything
-else is answered as if it did not exist (404), so ids cannot be probed.
+key sees the nodes it registered and the executions dispatched to them; it may
+also call other agents from an execution running on its nodes (the SDK's
+`app.call`), and read those calls. Anything else is answered as if it did not
+exist (404), so ids cannot be probed.
 """
 
 from collections.abc import Collection
 
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from agentfield_site.auth import ADMIN, AGENT, CLIENT, Caller, owned_by
 
-from .errors import NodeTaken
-from .models import AgentNode, Execution
+from .errors import AgentCallRefused, NodeTaken
+from .models import TERMINAL, AgentNode, Execution
 
 
 def nodes_of(caller: Caller) -> QuerySet[AgentNode]:
@@ -29,6 +31,32 @@ def executions_of(caller: Caller) -> QuerySet[Execution]:
     if caller.scope == AGENT:
         return Execution.objects.filter(agent_node_id__in=nodes_of(caller).values("pk"))
     return Execution.objects.none()
+
+
+def executions_readable_by(caller: Caller) -> QuerySet[Execution]:
+    """What `caller` may read: `executions_of`, and for an agent key also the calls made from those."""
+    if caller.scope != AGENT:
+        return executions_of(caller)
+    theirs = executions_of(caller)
+    parent_is_theirs = Exists(theirs.filter(pk=OuterRef("parent_execution_id")))
+    return Execution.objects.filter(Q(pk__in=theirs.values("pk")) | parent_is_theirs)
+
+
+def call_owner(caller: Caller, parent_execution_id: str) -> int | None:
+    """The owner of an execution an agent key submits, or `AgentCallRefused`.
+
+    An agent key submits only calls made from an execution running on one of its
+    nodes (`X-Parent-Execution-ID`, which the SDK's `app.call` sends). The call
+    belongs to that execution's owner: the workflow stays one client's, who sees
+    and is billed for all of it, and the agent acts for it only while it runs.
+    """
+    parent = (
+        executions_of(caller).filter(pk=parent_execution_id).exclude(status__in=TERMINAL).values_list("owner_id")
+        if parent_execution_id else []
+    )
+    for (owner_id,) in parent:
+        return owner_id
+    raise AgentCallRefused(parent_execution_id)
 
 
 def execution_visible(caller: Caller, execution_id: str) -> bool:

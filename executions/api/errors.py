@@ -20,6 +20,11 @@ def _taken(exc: errors.NodeTaken) -> ApiError:
     return ApiError(409, "conflict", str(exc), error_category="bad_request")
 
 
+@translates(errors.AgentCallRefused)
+def _agent_call_refused(exc: errors.AgentCallRefused) -> ApiError:
+    return ApiError(403, "forbidden", str(exc), error_category="bad_request")
+
+
 @translates(errors.QueueFull)
 def _queue_full(exc: errors.QueueFull) -> ApiError:
     return ApiError(503, "concurrency_limit", str(exc), error_category="concurrency_limit")

@@ -27,7 +27,7 @@ from agentfield_site.lib.timefmt import fits_utc, iso
 from .. import cancellation, lifecycle, nodes, reports, submission
 from ..errors import UnknownExecution, UnknownNode
 from ..models import STATUSES, Execution
-from ..ownership import executions_of, nodes_of
+from ..ownership import call_owner, executions_of, executions_readable_by, nodes_of
 from . import serializers as s
 
 # Answers of their own; those every operation can give are added to the schema by
@@ -198,7 +198,8 @@ def _submission(headers, target: str, body: object, caller) -> submission.Reques
     fields = s.SubmitHeadersSerializer.data_from(headers)
     if any(fields.values()):  # most submissions send none: nothing to validate
         fields = validated(s.SubmitHeadersSerializer, fields, error_category="bad_request")
-    return submission.Request(target=target, owner_id=caller.key_id, **body, **fields)
+    owner_id = call_owner(caller, fields["parent_execution_id"]) if caller.scope == AGENT else caller.key_id
+    return submission.Request(target=target, owner_id=owner_id, **body, **fields)
 
 
 def _submitted(headers, target: str, body: object, caller) -> dict:
@@ -207,7 +208,7 @@ def _submitted(headers, target: str, body: object, caller) -> dict:
 
 
 class ExecuteAsyncView(APIView):
-    scopes = (CLIENT,)
+    scopes = (CLIENT, AGENT)  # agent keys: calls from their executions only (`ownership.call_owner`)
 
     @extend_schema(
         request=s.ExecuteRequestSerializer,
@@ -231,7 +232,7 @@ class ExecuteSyncView(APIView):
     waits for the agent without holding a request place, and answers.
     """
 
-    scopes = (CLIENT,)
+    scopes = (CLIENT, AGENT)  # agent keys: calls from their executions only (`ownership.call_owner`)
 
     @extend_schema(
         request=s.ExecuteRequestSerializer,
@@ -367,14 +368,14 @@ class ExecutionListView(generics.ListAPIView):
 def _status_of(caller, execution_id: str) -> dict | None:
     try:
         # get(), not first(): one row by its key needs no ORDER BY (compiling it was a fifth of a read).
-        execution = executions_of(caller).get(pk=execution_id)
+        execution = executions_readable_by(caller).get(pk=execution_id)
     except Execution.DoesNotExist:
         return None
     return s.ExecutionStatusSerializer(execution).data
 
 
 class ExecutionDetailView(APIView):
-    scopes = (CLIENT,)
+    scopes = (CLIENT, AGENT)  # agent keys: theirs and the calls made from them (`executions_readable_by`)
 
     @extend_schema(responses={200: s.ExecutionStatusSerializer})
     def get(self, request: Request, execution_id: str) -> Response:
@@ -391,7 +392,7 @@ def status_answer(request: HttpRequest, caller, body: None, execution_id: str) -
 
 
 class BatchStatusView(APIView):
-    scopes = (CLIENT,)
+    scopes = (CLIENT, AGENT)  # as the detail view
 
     @extend_schema(
         request=s.BatchStatusRequestSerializer,
@@ -400,7 +401,7 @@ class BatchStatusView(APIView):
     )
     def post(self, request: Request) -> Response:
         ids = _body(request, s.BatchStatusRequestSerializer)["execution_ids"]
-        mine = executions_of(caller_of(request)).filter(pk__in=ids)
+        mine = executions_readable_by(caller_of(request)).filter(pk__in=ids)
         found = {doc["execution_id"]: doc for doc in s.ExecutionStatusSerializer(mine, many=True).data}
         return Response({i: found.get(i, {"execution_id": i, "status": "not_found"}) for i in ids})
 

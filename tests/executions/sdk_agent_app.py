@@ -20,6 +20,16 @@ def build(node_id: str, server: str) -> Agent:
         """Count words and echo the text, as a stand-in for real work."""
         return {"echo": text * repeat, "words": len(text.split())}
 
+    @app.skill()
+    def upper(text: str) -> dict:
+        return {"upper": text.upper()}
+
+    @app.reasoner()
+    async def chain(text: str) -> dict:
+        """Call another agent's skill through the control plane (`app.call`), with this agent's own key."""
+        called = await app.call(f"{node_id}.upper", text=text)
+        return {"called": called}
+
     return app
 
 

@@ -3,8 +3,10 @@
 An `Agent` registers and heartbeats; `AgentFieldClient.execute_async` with a
 `WebhookConfig` gets an id with `webhook_registered: true`; the SDK's own polling
 (`wait_for_execution_result`) ends `succeeded` with the reasoner's result; the
-signed completion webhook reaches a receiver on loopback. Keys are enforced: the
-agent holds an agent key, the client a client key (the scoped-key trust model).
+signed completion webhook reaches a receiver on loopback. A reasoner's `app.call`
+to another agent goes through the control plane with the agent's own key. Keys
+are enforced: the agent holds an agent key, the client a client key (the
+scoped-key trust model).
 """
 
 import asyncio
@@ -88,6 +90,14 @@ def test_sdk_agent_and_client_round_trip(proc_env):
         response = AgentFieldClient(base_url=web.url, api_key=client_key).execute_sync(
             "sdk-node.summarize", {"text": "a b c"})
         assert response["status"] == "succeeded" and response["result"] == {"echo": "a b c", "words": 3}
+
+        # app.call from a reasoner, under the agent key: the call belongs to the client's workflow.
+        chained = AgentFieldClient(base_url=web.url, api_key=client_key).execute_sync("sdk-node.chain", {"text": "abc"})
+        assert chained["status"] == "succeeded", chained
+        assert chained["result"] == {"called": {"upper": "ABC"}}, chained
+        call = Execution.objects.get(target="sdk-node.upper")
+        assert call.parent_execution_id == chained["execution_id"] and call.owner.name == "sdk-client"
+        assert call.status == "succeeded"
 
         agent.stop()
         wait_for(lambda: AgentNode.objects.get(pk="sdk-node").health_status == "inactive", timeout=10,

@@ -167,6 +167,11 @@ def client_route(ok: int, other: int = 404) -> dict[str, int]:
     return {"admin": ok, "env_admin": ok, "client_own": ok, "client_other": other, "agent_own": 403, "agent_other": 403}
 
 
+def read_route(ok: int) -> dict[str, int]:
+    """A client's read that an agent key may make too, of the executions dispatched to its nodes (and their calls)."""
+    return {**client_route(ok), "agent_own": ok, "agent_other": 404}
+
+
 def agent_route(ok: int, other: int = 404) -> dict[str, int]:
     return {"admin": ok, "env_admin": ok, "client_own": 403, "client_other": 403, "agent_own": ok, "agent_other": other}
 
@@ -187,7 +192,7 @@ def listed_for(key: str, field: str, results: str) -> Callable[[str, dict, World
 
 def batch_check(actor: str, body: dict, world: World) -> None:
     status = body[world.ids["exec_a"]]["status"]
-    assert (status == "not_found") == (actor == "client_other")
+    assert (status == "not_found") == actor.endswith("_other")
 
 
 def redrive_check(actor: str, body: dict, world: World) -> None:
@@ -245,8 +250,8 @@ CASES = [
     ("post", "/api/v1/execute/async/{node_a}.process", {"input": {}}, client_route(202, 202), None, None),
     ("get", "/api/v1/executions", None, client_route(200, 200), listed_for("exec", "execution_id", "results"), None),
     ("post", "/api/v1/executions/batch-status", lambda w: {"execution_ids": [w.ids["exec_a"]]},
-     client_route(200, 200), batch_check, None),
-    ("get", "/api/v1/executions/{exec_a}", None, client_route(200), None, None),
+     read_route(200) | {"client_other": 200, "agent_other": 200}, batch_check, None),
+    ("get", "/api/v1/executions/{exec_a}", None, read_route(200), None, None),
     ("post", "/api/v1/executions/{exec_a}/cancel", {"reason": "test"}, client_route(200), None, not_forged),
     ("post", "/api/v1/executions/{exec_a}/webhook/retry", None, client_route(202), None, None),
     ("get", "/api/v1/webhooks/subscriptions", None, client_route(200, 200), None, None),
@@ -456,3 +461,36 @@ def test_the_event_socket_is_for_admins(settings, scope, code):
     finally:
         tail.close_pool_connections()
         asyncio.run(sync_to_async(connections.close_all)())
+
+
+def test_an_agent_key_calls_other_agents_only_from_its_running_executions(world):
+    """The SDK's `app.call`: an agent key submits with X-Parent-Execution-ID; the call is the client's."""
+    api = APIClient()
+
+    def submit(actor: str, parent: str | None) -> object:
+        headers = {"X-API-Key": world.keys[actor]}
+        if parent is not None:
+            headers["X-Parent-Execution-ID"] = parent
+        return api.post("/api/v1/execute/async/node_b.process", {"input": {}}, format="json", headers=headers)
+
+    parent = world.ids["exec_a"]  # running on node_a, the own agent's node; submitted by client_own
+    for actor, parent_id in (("agent_own", None), ("agent_own", "exec_unknown"), ("agent_other", parent),
+                             ("agent_own", world.ids["exec_b"])):
+        refused = submit(actor, parent_id)
+        assert refused.status_code == 403 and refused.json()["error"] == "forbidden", (actor, parent_id)
+    call = submit("agent_own", parent)
+    assert call.status_code == 202, call.content
+    child = Execution.objects.get(pk=call.json()["execution_id"])
+    assert child.owner.name == "client_own" and child.parent_execution_id == parent
+
+    def read(actor: str) -> int:
+        return api.get(f"/api/v1/executions/{child.id}", headers={"X-API-Key": world.keys[actor]}).status_code
+
+    # The caller, the agent it called (node_b's: the call is dispatched to it) and the workflow's client read it.
+    assert {actor: read(actor) for actor in ("agent_own", "agent_other", "client_own", "client_other")} == {
+        "agent_own": 200, "agent_other": 200, "client_own": 200, "client_other": 404}
+    unrelated = submission.submit(submission.Request(target="node_b.process", input={},
+                                                     owner_id=ApiKey.objects.get(name="client_other").pk), enqueue=False)[0]
+    assert api.get(f"/api/v1/executions/{unrelated.id}", headers={"X-API-Key": world.keys["agent_own"]}).status_code == 404
+    lifecycle.transition(parent, "succeeded", result={})
+    assert submit("agent_own", parent).status_code == 403  # a finished execution makes no more calls
