@@ -81,11 +81,7 @@ def append_logs(execution_id: str, entries: list[dict], caller: Caller = OPEN) -
             workflow_id=execution.workflow_id,
             agent_node_id=execution.agent_node_id,
             status=execution.status,
-            data={
-                "target": execution.target,
-                "reasoner_id": execution.reasoner_id,
-                "entry": entry,
-            },
+            data={**lifecycle.event_data(execution), "entry": entry},
         )
         for entry in entries
     ]

@@ -86,5 +86,7 @@ def test_logs_become_execution_log_events(api, running):
     logs = PlatformEvent.objects.filter(type="execution.log").order_by("id")
     assert [e.data["entry"]["message"] for e in logs] == ["one", "two"]
     assert all(e.execution_id == running.id and e.source == "execution" for e in logs)
+    # The data every execution event carries, as the contract lists it.
+    assert {"target", "reasoner_id", "duration_ms"} <= set(logs[0].data) and logs[0].data["target"] == running.target
     assert api.post(f"/api/v1/executions/{running.id}/logs", {"entries": "x"}, format="json").status_code == 400
     assert api.post("/api/v1/executions/exec_nope/logs", {"entries": []}, format="json").status_code == 404
