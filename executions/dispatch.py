@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 from urllib3.util.retry import Retry
 
-from agentfield_site.lib import safe_http, tasks
+from agentfield_site.lib import safe_http, strict_json, tasks
 
 from . import lifecycle
 from .models import ACTIVE, AgentNode, Execution
@@ -197,8 +197,11 @@ def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
 
 
 def _quoted(data: bytes) -> str:
-    """An agent's body as quoted back to callers: UTF-8, at most ERROR_BODY_LIMIT bytes."""
-    return data[:ERROR_BODY_LIMIT].decode("utf-8", errors="ignore")
+    """An agent's body as quoted back to callers: UTF-8, at most ERROR_BODY_LIMIT bytes.
+
+    A NUL becomes U+FFFD: PostgreSQL's text and jsonb refuse it, and the quote is stored.
+    """
+    return data[:ERROR_BODY_LIMIT].decode("utf-8", errors="ignore").replace("\x00", strict_json.REPLACEMENT)
 
 
 def _record_response(execution: Execution, token: str, response: requests.Response) -> str:
@@ -217,10 +220,13 @@ def _record_response(execution: Execution, token: str, response: requests.Respon
                   f"The agent's result is larger than {settings.MAX_BODY_BYTES} bytes.",
                   {"http_status": response.status_code})
             return "failed"
+        # Held to the API's rules too: a result the database or a reader cannot take
+        # (NaN, a lone surrogate, a NUL, deep nesting) would fail the write that
+        # finishes the execution, and leave it running to be dispatched again.
         try:
-            result = json.loads(data) if data else None
-        except ValueError:
-            _fail(execution, token, "bad_response", "The agent answered 200 with a body that is not JSON.",
+            result = strict_json.loads(data) if data else None
+        except strict_json.InvalidJson as exc:
+            _fail(execution, token, "bad_response", f"The agent answered 200 with a body that is not valid JSON: {exc}.",
                   {"http_status": response.status_code, "body": _quoted(data)})
             return "failed"
         _finish(execution.id, "succeeded", result=result)
@@ -234,8 +240,8 @@ def _record_response(execution: Execution, token: str, response: requests.Respon
 
 def _error_message(data: bytes, reason: str | None) -> str:
     try:
-        body = json.loads(data)
-    except ValueError:
+        body = strict_json.loads(data)
+    except strict_json.InvalidJson:
         return _quoted(data)[:300] or reason or "no body"
     if isinstance(body, dict):
         for key in ("error", "message", "detail"):
