@@ -158,28 +158,110 @@ def problem(value: Any) -> str | None:
     return _walk(value, max_depth=10_000, chars=_SURROGATE)
 
 
-def sanitized(value: Any) -> Any:
-    """`value` with lone surrogates replaced by U+FFFD and non-finite numbers by None.
+def _encodes(value: Any) -> bool:
+    """Whether `value` encodes as it is (UTF-8, finite numbers, not too deep for json.dumps)."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
-    Objects other than str, float, dict, list and tuple pass through (dates, ids):
-    the encoder that follows knows them.
-    """
+
+def _sanitized_leaf(value: Any) -> Any:
     if isinstance(value, str):
         return _SURROGATE.sub(REPLACEMENT, value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {sanitized(k) if isinstance(k, str) else k: sanitized(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [sanitized(v) for v in value]
     return value
+
+
+def sanitized(value: Any) -> Any:
+    """`value` with lone surrogates replaced by U+FFFD and non-finite numbers by None.
+
+    Objects other than str, float, dict, list and tuple pass through (dates, ids):
+    the encoder that follows knows them. A value with nothing to replace is returned
+    as it is, decided by one pass of the C encoder: nearly every value is clean, and
+    the copy is several times slower. The copy is made with a stack, not recursion:
+    a value stored before MAX_DEPTH was enforced may nest deeper than Python's limit.
+    """
+    if _encodes(value):
+        return value
+    if not isinstance(value, dict | list | tuple):
+        return _sanitized_leaf(value)
+    root: dict | list = {} if isinstance(value, dict) else []
+    # Copies by the id of their original: a container met twice is copied once
+    # (and a cycle stays a cycle, for the encoder to refuse, instead of looping here).
+    copies = {id(value): root}
+    stack: list[tuple[Any, dict | list]] = [(value, root)]
+    while stack:
+        source, copy = stack.pop()
+        pairs = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, child in pairs:
+            if isinstance(child, dict | list | tuple):
+                if id(child) not in copies:
+                    copies[id(child)] = {} if isinstance(child, dict) else []
+                    stack.append((child, copies[id(child)]))
+                child = copies[id(child)]
+            else:
+                child = _sanitized_leaf(child)
+            if isinstance(copy, dict):
+                copy[_sanitized_leaf(key) if isinstance(key, str) else key] = child
+            else:
+                copy.append(child)
+    return root
+
+
+def _deep_dumps(value: Any, **kwargs: Any) -> str:
+    """json.dumps for a value nested deeper than the C encoder's recursion allows.
+
+    Containers are written from a stack; each scalar (and each object the encoder's
+    `default` turns into JSON) by json.dumps itself. `separators` and `ensure_ascii`
+    are honoured, `indent` and `sort_keys` are not.
+    """
+    kwargs.pop("indent", None)
+    kwargs.pop("sort_keys", None)
+    item_separator, key_separator = kwargs.pop("separators", None) or (", ", ": ")
+    out: list[str] = []
+    # Per open container: its items still to write, its closing bracket, whether one was written.
+    stack: list[list] = []
+    pending = [value]
+    while pending or stack:
+        if pending:
+            item = pending.pop()
+            if isinstance(item, dict):
+                out.append("{")
+                stack.append([iter(item.items()), "}", False])
+            elif isinstance(item, list | tuple):
+                out.append("[")
+                stack.append([iter(item), "]", False])
+            else:
+                out.append(json.dumps(item, **kwargs))
+            continue
+        top = stack[-1]
+        child = next(top[0], _END)
+        if child is _END:
+            out.append(top[1])
+            stack.pop()
+            continue
+        if top[2]:
+            out.append(item_separator)
+        top[2] = True
+        if top[1] == "}":
+            key, child = child
+            out.append(json.dumps(key if isinstance(key, str) else json.dumps(key), **kwargs) + key_separator)
+        pending.append(child)
+    return "".join(out)
+
+
+_END = object()
 
 
 def dumps(value: Any, **kwargs: Any) -> str:
     """json.dumps that never raises on a stored bad value: see `sanitized`.
 
     The fast path is plain json.dumps; only a value that fails (or holds a
-    surrogate, which json.dumps would pass on unencodable) is sanitized.
+    surrogate, which json.dumps would pass on unencodable) is sanitized. A value
+    nested too deep for json.dumps is written by `_deep_dumps`.
     """
     kwargs.setdefault("allow_nan", False)
     try:
@@ -189,5 +271,9 @@ def dumps(value: Any, **kwargs: Any) -> str:
         elif "\\ud" in text and problem(value):
             raise ValueError("a lone surrogate")
         return text
-    except (ValueError, UnicodeEncodeError):
-        return json.dumps(sanitized(value), **kwargs)
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        clean = sanitized(value)
+    try:
+        return json.dumps(clean, **kwargs)
+    except RecursionError:
+        return _deep_dumps(clean, **kwargs)

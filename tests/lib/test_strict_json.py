@@ -50,3 +50,55 @@ def test_dumps_escapes_what_it_cannot_encode():
     assert strict_json.dumps({"emoji": "😀"}) == json.dumps({"emoji": "😀"})
     assert "surrogate" in strict_json.problem({"s": bad["s"]}) and "$.n" in strict_json.problem({"n": bad["n"]})
     assert strict_json.problem(bad["ok"]) is None
+
+
+def nested(depth: int, leaf: object) -> object:
+    """`leaf` under `depth` levels of alternating lists and objects."""
+    for level in range(depth):
+        leaf = [leaf] if level % 2 else {"k": leaf}
+    return leaf
+
+
+def nested_text(depth: int, leaf: str, key_separator: str = ":") -> str:
+    opening = "".join("[" if level % 2 else '{"k"' + key_separator for level in reversed(range(depth)))
+    closing = "".join("]" if level % 2 else "}" for level in range(depth))
+    return opening + leaf + closing
+
+
+@pytest.mark.parametrize("depth", [500, 5000])
+def test_sanitized_and_dumps_never_raise_on_deep_values(depth):
+    deep = nested(depth, {"\udfff": float("nan"), "s": ("c\ud800d",)})
+    clean = strict_json.sanitized(deep)
+    assert strict_json.problem(clean) is None
+    leaf = clean
+    for level in reversed(range(depth)):
+        leaf = leaf[0] if level % 2 else leaf["k"]
+    assert leaf == {"\ufffd": None, "s": ["c\ufffdd"]}
+    # As webhooks encode (compact, UTF-8) and as streams do (ASCII, default separators).
+    text = strict_json.dumps({"\udfff": 1, "x": deep}, separators=(",", ":"), ensure_ascii=False)
+    assert text == '{"\ufffd":1,"x":' + nested_text(depth, '{"\ufffd":null,"s":["c\ufffdd"]}') + "}"
+    text = strict_json.dumps(deep)
+    assert text == nested_text(depth, '{"\\ufffd": null, "s": ["c\\ufffdd"]}', key_separator=": ")
+
+
+def test_dumps_writes_a_clean_value_too_deep_for_json_dumps():
+    deep = nested(5000, "é")
+    with pytest.raises(RecursionError):
+        json.dumps(deep)
+    assert strict_json.dumps(deep, ensure_ascii=False) == nested_text(5000, '"é"', key_separator=": ")
+
+
+def test_sanitized_copies_a_shared_container_once_and_keeps_what_it_does_not_know():
+    shared = ["c\ud800d"]
+    when = object()
+    clean = strict_json.sanitized({"a": shared, "b": shared, 3: when})
+    assert clean == {"a": ["c\ufffdd"], "b": ["c\ufffdd"], 3: when} and clean["a"] is clean["b"]
+
+
+def test_sanitized_returns_a_clean_value_as_it_is():
+    clean = {"a": ["é", 1.5, None, {"b": True}]}
+    assert strict_json.sanitized(clean) is clean
+    for bad in ({"a": "c\ud800d"}, {"\udfff": 1}, [float("inf")]):
+        assert strict_json.sanitized(bad) is not bad
+    # Too deep for json.dumps to tell: copied, whole.
+    assert strict_json.dumps(strict_json.sanitized(nested(5000, 1))) == nested_text(5000, "1", key_separator=": ")

@@ -48,13 +48,18 @@ def staff(client, django_user_model):
     return client
 
 
-def store_huge_number(model, pk, field: str) -> None:
-    """Write `{"n": 1e999}` into a JSON column with SQL, as another path could."""
+def store_json(model, pk, field: str, text: str) -> None:
+    """Write the JSON `text` into a JSON column with SQL, as another path (or an older version) could."""
     table = model._meta.db_table
     column = model._meta.get_field(field).column
     cast = "json(%s)" if connection.vendor == "sqlite" else "%s::jsonb"
     with connection.cursor() as cursor:
-        cursor.execute(f'UPDATE "{table}" SET "{column}" = {cast} WHERE "id" = %s', ['{"n": 1e999}', pk])
+        cursor.execute(f'UPDATE "{table}" SET "{column}" = {cast} WHERE "id" = %s', [text, pk])
+
+
+def store_huge_number(model, pk, field: str) -> None:
+    """Write `{"n": 1e999}` into a JSON column."""
+    store_json(model, pk, field, '{"n": 1e999}')
 
 
 def poison(model, pk, field: str) -> None:
@@ -189,3 +194,55 @@ def test_a_subscription_body_escapes_the_stored_value(settings):
     assert strict_json.loads(encode_body({"result": {"n": float("inf"), "s": SURROGATE}})) == {
         "result": {"n": None, "s": "c\ufffdd"}
     }
+
+
+# Deeper than a recursive walk of the value gets (two frames a level: about 450),
+# shallow enough for Django's own json.loads when it reads the row back.
+DEEP = 600
+
+
+def deep_text(leaf: str) -> str:
+    return "[" * DEEP + leaf + "]" * DEEP
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")  # jsonb holds no lone surrogate: nothing there needs escaping
+def test_a_deep_value_beside_a_surrogate_breaks_no_page(staff):
+    nodes.register({"id": "analyzer", "base_url": "http://127.0.0.1:9", "reasoners": [{"id": "process"}]})
+    keyed, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
+    deep, _ = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
+    store_json(Execution, keyed.pk, "result", '{"\\udfff": 1}')
+    store_json(Execution, deep.pk, "result", deep_text('"c\\ud800d"'))
+    api = APIClient()
+    listed = {doc["execution_id"]: doc for doc in strict(api.get("/api/v1/executions"))["results"]}
+    assert listed[keyed.id]["result"] == {"\ufffd": 1}
+    assert json.dumps(listed[deep.id]["result"]) == deep_text('"c\\ufffdd"')
+    batch = strict(api.post("/api/v1/executions/batch-status", {"execution_ids": [keyed.id, deep.id]}, format="json"))
+    assert batch[keyed.id]["result"] == {"\ufffd": 1}
+    assert json.dumps(batch[deep.id]["result"]) == deep_text('"c\\ufffdd"')
+    for url in (
+        "/admin/executions/execution/",
+        f"/admin/executions/execution/{quote(keyed.pk)}/change/",
+        f"/admin/executions/execution/{quote(deep.pk)}/change/",
+    ):
+        page = staff.get(url)
+        assert page.status_code == 200, url
+        page.content.decode("utf-8")
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_a_completion_webhook_escapes_a_deep_result_with_a_surrogate_key(settings):
+    from executions import lifecycle
+    from webhooks.models import Delivery
+
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    nodes.register({"id": "analyzer", "base_url": "http://127.0.0.1:9", "reasoners": [{"id": "process"}]})
+    request = submission.Request(target="analyzer.process", input={}, webhook={"url": "http://127.0.0.1:9/hook"})
+    execution, _ = submission.submit(request, enqueue=False)
+    lifecycle.transition(execution.id, "running")
+    result = {"\udfff": 1, "x": json.loads(deep_text("1"))}
+    # Another path than the agent's answer (which strict_json now refuses) finishing it.
+    lifecycle.transition(execution.id, "succeeded", result=result)
+    assert Execution.objects.get(pk=execution.id).status == "succeeded"
+    body = json.loads(bytes(Delivery.objects.get(execution_id=execution.id).body))
+    assert body["result"]["\ufffd"] == 1 and json.dumps(body["result"]["x"]) == deep_text("1")
+    assert PlatformEvent.objects.filter(execution_id=execution.id, type="execution.completed").exists()
