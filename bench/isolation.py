@@ -47,8 +47,7 @@ def _listening(port: int) -> bool:
 
 
 def _backlog(url: str, count: int, tag: str) -> None:
-    from agentfield_site.lib.outbound import destination_of
-    from webhooks.completion import encode_body
+    from agentfield_site.lib.outbound import destination_of, encode_body
     from webhooks.models import Delivery
 
     destination = destination_of(url)

@@ -104,8 +104,7 @@ def _engine_process(database_url: str, barrier, results) -> None:
 
 
 def _engine(url: str, total: int, run: int, processes: int) -> float:
-    from agentfield_site.lib.outbound import destination_of
-    from webhooks.completion import encode_body
+    from agentfield_site.lib.outbound import destination_of, encode_body
     from webhooks.models import Attempt, Delivery
 
     Delivery.objects.all().delete()
@@ -192,7 +191,7 @@ def main(argv: list[str]) -> None:
 
     test_db = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
-        from webhooks.completion import encode_body
+        from agentfield_site.lib.outbound import encode_body
 
         bodies = [encode_body(_payload(f"bare_{i}")) for i in range(total)]
         bare, engine = [], {1: [], 2: []}

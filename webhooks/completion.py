@@ -7,10 +7,9 @@ the transaction that made it terminal), `webhook_events` reports the attempts.
 
 from collections.abc import Sequence
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
-from agentfield_site.lib import outbound, strict_json
+from agentfield_site.lib import outbound
 from agentfield_site.lib.timefmt import iso
 
 from . import delivery
@@ -36,16 +35,6 @@ def validate_webhook(value: object) -> tuple[dict | None, str | None]:
         return None, str(exc)
 
 
-def encode_body(document: dict) -> bytes:
-    """The bytes sent and signed: compact JSON, UTF-8, produced once and stored.
-
-    A bad value stored before the strict parser (a lone surrogate, an infinite
-    number) is escaped rather than raised on: the callback that finishes the
-    execution must not fail on it, retry after retry.
-    """
-    return strict_json.dumps(document, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def enqueue_completion(
     *, execution_id: str, url: str, secret: str, headers: dict, payload: dict, owner_id: int | None = None
 ) -> None:
@@ -62,7 +51,7 @@ def enqueue_completion(
         destination=outbound.destination_of(url),
         headers=headers or {},
         secret=secret or "",
-        body=encode_body(payload),
+        body=outbound.encode_body(payload),
         owner_id=owner_id,
     )
     with transaction.atomic():

@@ -26,7 +26,6 @@ from observability.models import PlatformEvent
 from observability.type_patterns import matches
 
 from . import delivery
-from .completion import encode_body
 from .models import Delivery, Subscription, SubscriptionSecret
 
 CACHE_SECONDS = 1.0
@@ -92,7 +91,7 @@ def on_events(events: list[PlatformEvent]) -> None:
                     owners = _owners_of(events)
                 if not event.execution_id or owners.get(event.execution_id) != owner_id:
                     continue
-            body = body or encode_body(event.as_document())
+            body = body or outbound.encode_body(event.as_document())
             rows.append(
                 Delivery(
                     kind=Delivery.Kind.SUBSCRIPTION,
@@ -161,7 +160,7 @@ def send_test(sub: Subscription) -> Delivery:
             event_type="webhook.test",
             url=sub.url,
             destination=outbound.destination_of(sub.url),
-            body=encode_body(document),
+            body=outbound.encode_body(document),
             retries=False,
             owner_id=sub.owner_id,
         )

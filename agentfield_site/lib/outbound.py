@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 
-from . import http1, safe_http, signing
+from . import http1, safe_http, signing, strict_json
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,17 @@ def clean_secret(value: object) -> str:
     if len(value) > MAX_SECRET_LENGTH:
         raise InvalidTarget(f"secret is longer than {MAX_SECRET_LENGTH} characters")
     return value
+
+
+def encode_body(document: object) -> bytes:
+    """The bytes sent and signed: compact JSON, UTF-8, produced once.
+
+    A bad value stored before the strict parser (a lone surrogate, an infinite
+    number) is escaped rather than raised on (see `strict_json.dumps`), the same for
+    every sender: one such value must not fail a completion, a subscription or a
+    forwarded batch, attempt after attempt.
+    """
+    return strict_json.dumps(document, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def destination_of(url: str) -> str:

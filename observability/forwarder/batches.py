@@ -1,7 +1,6 @@
 """What the forwarder sends: events as AgentField's envelope, in signed batches, with retries."""
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Mapping
@@ -11,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from agentfield_site.lib import backoff, outbound, strict_json
+from agentfield_site.lib import backoff, outbound
 from agentfield_site.lib.timefmt import iso
 
 from ..models import ForwarderConfig
@@ -50,14 +49,9 @@ class Batch:
             "events": entries,
             "timestamp": iso(timezone.now()),
         }
-        # Strict: an event that cannot be encoded raises here (see `runner._Run._batches`).
-        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-        return cls(batch_id=batch_id, entries=entries, body=body, end_id=end_id)
-
-    @classmethod
-    def unsendable(cls, entries: list[dict], end_id: int) -> "Batch":
-        """Events that cannot be encoded, kept (escaped) for the dead letter queue; never sent."""
-        return cls(batch_id="", entries=[strict_json.sanitized(e) for e in entries], body=b"", end_id=end_id)
+        # The same encoder as webhooks: a bad value stored before the strict parser
+        # goes out escaped, as it does there, instead of failing the batch.
+        return cls(batch_id=batch_id, entries=entries, body=outbound.encode_body(envelope), end_id=end_id)
 
 
 @dataclass

@@ -8,6 +8,8 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from agentfield_site.lib import strict_json
+
 from ..models import ForwarderConfig, ForwarderDeadLetter, ForwarderState
 from .batches import Batch, Result, Target, send
 
@@ -24,13 +26,17 @@ def record(failed: Iterable[tuple[Batch, Result]], now: datetime) -> None:
 
 
 def build(entry: dict, error: str, attempts: int, now: datetime) -> ForwarderDeadLetter:
-    """The dead letter of one event the collector would not take."""
+    """The dead letter of one event the collector would not take.
+
+    Its payload is escaped as the body was (see `outbound.encode_body`): a stored
+    infinite number would fail the JSON column's check, and the save with it.
+    """
     return ForwarderDeadLetter(
         event_id=entry["event_id"],
         event_type=entry["event_type"],
         event_source=entry["event_source"],
         event_timestamp=datetime.fromisoformat(entry["timestamp"]),
-        payload=entry,
+        payload=strict_json.sanitized(entry),
         error_message=error[:2000],
         retry_count=attempts,
         created_at=now,

@@ -21,7 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from agentfield_site.jobs import kicks, leases
-from agentfield_site.lib import strict_json, tasks
+from agentfield_site.lib import tasks
 
 from ..models import ForwarderConfig, ForwarderState, PlatformEvent
 from . import dead_letters
@@ -220,43 +220,12 @@ class _Run:
             entries = [
                 self.pending.popleft() for _ in range(min(self.batch_size, len(self.pending)))
             ]
-            for batch, outcome in self._batches(entries):
-                if outcome is None:
-                    outcome = pool.submit(send, self.target, batch, self.attempts, self.stop)
-                self.inflight.append((batch, outcome))
+            batch = Batch.of(entries, end_id=entries[-1]["event_id"])
+            self.inflight.append((batch, pool.submit(send, self.target, batch, self.attempts, self.stop)))
             if self.pending:
                 self.pending_since = datetime.fromisoformat(self.pending[0]["timestamp"])
             submitted = True
         return submitted
-
-    @staticmethod
-    def _batches(entries: list[dict]) -> list[tuple[Batch, Future | None]]:
-        """The batch to send, preceded by each event that cannot be encoded, already
-        failed with the reason (it goes to the dead letter queue).
-
-        A value stored before the strict parser (a lone surrogate, an infinite number)
-        would otherwise fail the whole batch on every run and hold the cursor forever.
-        The failed ones go first, ending before the batch, so the cursor still waits
-        for the batch.
-        """
-        end_id = entries[-1]["event_id"]
-        try:
-            return [(Batch.of(entries, end_id=end_id), None)]
-        except (ValueError, UnicodeEncodeError):
-            pass
-        good = [entry for entry in entries if strict_json.problem(entry) is None]
-        before = good[0]["event_id"] - 1 if good else end_id
-        batches: list[tuple[Batch, Future | None]] = []
-        for entry in entries:
-            why = strict_json.problem(entry)
-            if why is None:
-                continue
-            done: Future = Future()
-            done.set_result(Result(False, 0, error=f"the event cannot be encoded as JSON: {why}"))
-            batches.append((Batch.unsendable([entry], end_id=min(entry["event_id"], before)), done))
-        if good:
-            batches.append((Batch.of(good, end_id=end_id), None))
-        return batches
 
     def _wait_head(self) -> None:
         # Only the oldest batch can move the cursor, so that is the one worth waiting for.

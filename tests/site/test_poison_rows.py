@@ -11,6 +11,7 @@ import asyncio
 import json
 
 import pytest
+import standardwebhooks
 from channels.testing import WebsocketCommunicator
 from django.contrib.admin.utils import quote
 from django.db import connection
@@ -153,36 +154,69 @@ def test_sse_and_websocket_replay_send_the_event_escaped(bad_rows):
             assert doc["data"]["s"] == "c\ufffdd"
 
 
-@pytest.mark.skipif("connection.vendor != 'sqlite'")
-def test_the_forwarder_dead_letters_an_unencodable_event_and_delivers_the_rest(settings):
+COLLECTOR_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def forward_bad_events(settings, collector: LoopbackServer) -> tuple[list[PlatformEvent], APIClient]:
+    """Events around two bad stored values (a lone surrogate, in a value and a key; an
+    infinite number), forwarded to `collector` by one run."""
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     settings.OBSERVABILITY_FLUSH_INTERVAL = 0.05
     settings.OBSERVABILITY_RETRY_SCHEDULE = [0.05]
     api = APIClient()
-    with LoopbackServer.collector() as collector:
-        assert api.post("/api/v1/settings/observability-webhook", {"url": collector.url}, format="json").status_code == 200
-        before = events.publish("node.online", agent_node_id="before")
-        bad = events.publish("node.online", agent_node_id="bad", data={"s": SURROGATE})
-        infinite = events.publish("node.online", agent_node_id="inf")
-        store_huge_number(PlatformEvent, infinite.pk, "data")
-        after = events.publish("node.online", agent_node_id="after")
-        runner.run(seconds=10, linger=0)
-        sent = [e["event_id"] for r in collector.requests for e in json.loads(r.body)["events"]]
-    assert sent == [before.id, after.id]
-    letters = {d.event_id: d for d in ForwarderDeadLetter.objects.all()}
-    assert set(letters) == {bad.id, infinite.id}
-    assert "surrogate" in letters[bad.id].error_message and "$.data.payload.s" in letters[bad.id].error_message
-    assert "does not fit a double" in letters[infinite.id].error_message
-    assert letters[bad.id].payload["data"]["payload"] == {"s": "c\ufffdd"}
+    configured = api.post("/api/v1/settings/observability-webhook",
+                          {"url": collector.url, "secret": COLLECTOR_SECRET}, format="json")
+    assert configured.status_code == 200, configured.content
+    before = events.publish("node.online", agent_node_id="before")
+    bad = events.publish("node.online", agent_node_id="bad", data={"s": SURROGATE, "\udfff": 1})
+    infinite = events.publish("node.online", agent_node_id="inf")
+    store_huge_number(PlatformEvent, infinite.pk, "data")
+    after = events.publish("node.online", agent_node_id="after")
+    runner.run(seconds=10, linger=0)
+    return [before, bad, infinite, after], api
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_the_forwarder_sends_bad_stored_values_escaped_like_webhooks_do(settings):
+    collector = LoopbackServer.collector()
+    collector.secret = COLLECTOR_SECRET
+    with collector:
+        published, api = forward_bad_events(settings, collector)
+        requests = list(collector.requests)
+    sent = {e["event_id"]: e for r in requests for e in sendable(r.body)["events"]}
+    assert list(sent) == [e.id for e in published]
+    _, bad, infinite, _ = published
+    assert sent[bad.id]["data"]["payload"] == {"s": "c\ufffdd", "\ufffd": 1}
+    assert sent[infinite.id]["data"]["payload"] == {"n": None}
+    # Signed over the bytes sent, escaped as they are.
+    for request in requests:
+        standardwebhooks.Webhook(COLLECTOR_SECRET).verify(request.body, request.headers)
+    assert collector.bad_signatures == 0 and collector.unsigned == 0
+    assert not ForwarderDeadLetter.objects.exists()
     assert configuration.status()["backlog"] == 0
-    dlq = strict(api.get("/api/v1/settings/observability-webhook/dlq"))
-    assert dlq["total_count"] == 2
+    assert strict(api.get("/api/v1/settings/observability-webhook/dlq"))["total_count"] == 0
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_a_forwarder_dead_letter_keeps_the_event_escaped_as_it_was_sent(settings):
+    with LoopbackServer.collector(status=400) as collector:
+        published, api = forward_bad_events(settings, collector)
+        [request] = collector.requests
+    _, bad, infinite, _ = published
+    sent = {e["event_id"]: e for e in sendable(request.body)["events"]}
+    letters = {d.event_id: d for d in ForwarderDeadLetter.objects.all()}
+    assert set(letters) == set(sent) == {e.id for e in published}
+    for event_id, letter in letters.items():
+        assert letter.payload == sent[event_id] and letter.error_message.startswith("HTTP 400")
+    assert letters[infinite.id].payload["data"]["payload"] == {"n": None}
+    assert letters[bad.id].payload["data"]["payload"] == {"s": "c\ufffdd", "\ufffd": 1}
+    assert strict(api.get("/api/v1/settings/observability-webhook/dlq"))["total_count"] == 4
 
 
 @pytest.mark.skipif("connection.vendor != 'sqlite'")
 def test_a_subscription_body_escapes_the_stored_value(settings):
+    from agentfield_site.lib.outbound import encode_body
     from webhooks import subscriptions
-    from webhooks.completion import encode_body
     from webhooks.models import Delivery
 
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]

@@ -8,14 +8,13 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from agentfield_site.lib.outbound import destination_of
+from agentfield_site.lib.outbound import destination_of, encode_body
 from devtools.loopback import Blackhole, LoopbackServer, Reply
 from devtools.processes import free_port
 from devtools.waiting import wait_for
 from observability.models import PlatformEvent
 from tests.webhooks.conftest import completion_payload, enqueue
 from webhooks import delivery, destinations
-from webhooks.completion import encode_body
 from webhooks.models import Attempt, Delivery, Destination
 
 pytestmark = pytest.mark.django_db
