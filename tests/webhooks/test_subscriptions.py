@@ -106,6 +106,7 @@ def test_rotation_old_secret_signs_for_24h(api):
         [req] = receiver.requests
         for secret in (sub["secret"], rotated["secret"]):
             assert Webhook(secret).verify(req.body, req.headers)["type"] == "webhook.test"
+        assert json.loads(req.body)["id"] == 0  # an integer, as every event document's id
         Subscription.objects.get(id=sub["id"]).secrets.exclude(expires_at=None).update(
             expires_at=timezone.now() - timedelta(seconds=1)
         )
