@@ -183,6 +183,9 @@ def run(execution_id: str, *, or_oldest: bool = False) -> str:
     try:
         return _record_response(execution, token, response)
     finally:
+        # Read what is left of a short answer (a 202's body) first: a socket closed with
+        # bytes unread sends the agent a reset, which its server reports as an error.
+        _read_capped(response, ERROR_BODY_LIMIT)
         response.close()
 
 

@@ -1,9 +1,14 @@
 """The demo agent's side of the protocol against a live server: key, register, report."""
 
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+
 import pytest
 
-from demo_agent.server import ControlPlane, process, run_execution
-from executions import dispatch, submission
+from demo_agent.server import ControlPlane, Handler, process, run_execution
+from devtools.waiting import wait_for
+from executions import dispatch, nodes, submission
 from executions.models import AgentNode, Execution
 from observability.models import PlatformEvent
 
@@ -35,3 +40,34 @@ def test_reports_like_the_sdk_after_a_202(live_server, node, agent):
     assert execution.result == {"summary": "a b", "words": 2, "document": "a b"}
     types = list(PlatformEvent.objects.filter(execution_id=execution.id).values_list("type", flat=True))
     assert types == ["execution.created", "execution.started", "execution.completed", "execution.log"]
+
+
+def test_the_control_plane_reads_a_202_before_it_hangs_up(live_server):
+    """A connection closed with the 202's body unread is a reset, which the agent logs as an error."""
+    errors: list[BaseException] = []
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address) -> None:
+            errors.append(sys.exc_info()[1])
+
+    handler = type("BoundHandler", (Handler,), {"control_plane": ControlPlane(live_server.url, "analyzer")})
+    httpd = Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        nodes.register({"id": "analyzer", "base_url": base_url, "reasoners": [{"id": "process"}]})
+        ids = []
+        for n in range(3):
+            execution, _ = submission.submit(
+                submission.Request(target="analyzer.process", input={"document": f"doc {n}"}), enqueue=False
+            )
+            assert dispatch.run(execution.id) == "accepted"
+            ids.append(execution.id)
+        wait_for(lambda: Execution.objects.filter(pk__in=ids, status="succeeded").count() == 3, timeout=30,
+                 what="the agent's callbacks")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert errors == []
