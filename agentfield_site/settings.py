@@ -324,5 +324,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django_q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")}},
+    # django-q2 logs as "django-q", with a hyphen (not its package name).
+    "loggers": {"django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")}},
 }
