@@ -43,6 +43,7 @@ class Caller:
 
 OPEN = Caller(ADMIN, None, "open API")
 STAFF = Caller(ADMIN, None, "staff session")
+METRICS_TOKEN = Caller(ADMIN, None, "METRICS_TOKEN")
 
 
 class ApiKeyPrincipal:
@@ -168,15 +169,17 @@ def caller_of(request) -> Caller:
     return OPEN
 
 
-def may_scrape_metrics(user, raw_key: str) -> bool:
-    """/metrics: METRICS_TOKEN, a staff session or an admin key; open only while neither a key nor a token exists."""
+def metrics_caller(user, raw_key: str) -> Caller | None:
+    """Who scrapes /metrics, or None when nothing valid was sent (a 401).
+
+    METRICS_TOKEN, a staff session and admin keys may; any other caller is a 403. Open
+    only while neither a key nor a token exists.
+    """
     token = settings.METRICS_TOKEN
     if token and raw_key and hmac.compare_digest(token.encode(), raw_key.encode()):
-        return True
+        return METRICS_TOKEN
     caller = caller_for(user, raw_key)
-    if caller is None or (token and caller is OPEN):
-        return False
-    return caller.is_admin
+    return None if token and caller is OPEN else caller
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -225,7 +228,9 @@ class InScope(permissions.BasePermission):
         allowed = scopes_of(view, request.method)
         if caller.is_admin or caller.scope in allowed:
             return True
+        # Admin keys may call everything: the message says so, whatever the view declares.
+        others = [scope for scope in allowed if scope != ADMIN]
+        needed = f"one of: {', '.join([ADMIN, *others])}" if others else "an admin key"
         raise exceptions.PermissionDenied(
-            f"{request.method} {request.path} is not open to {caller.scope} keys "
-            f"(it needs one of: {', '.join(allowed)})."
+            f"{request.method} {request.path} is not open to {caller.scope} keys (it needs {needed})."
         )

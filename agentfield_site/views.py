@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .auth import may_scrape_metrics, raw_key_from
+from .auth import metrics_caller, raw_key_from
 from .lib.api import error_response
 from .lib.metrics import render as render_metrics
 
@@ -29,12 +29,17 @@ def health(request):
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
-    """GET /metrics: Prometheus text format; an API key, a staff session or METRICS_TOKEN."""
+    """GET /metrics: Prometheus text format; an admin key, a staff session or METRICS_TOKEN."""
     headers = {name.lower(): value for name, value in request.headers.items()}
-    if not may_scrape_metrics(getattr(request, "user", None), raw_key_from(headers, request.GET)):
-        response = error_response(401, "unauthorized", "Send an API key or METRICS_TOKEN as Authorization: Bearer.")
+    caller = metrics_caller(getattr(request, "user", None), raw_key_from(headers, request.GET))
+    if caller is None:
+        response = error_response(401, "unauthorized", "Send an admin key or METRICS_TOKEN as Authorization: Bearer.")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
+    if not caller.is_admin:
+        return error_response(
+            403, "forbidden", f"/metrics needs an admin key or METRICS_TOKEN; this key is {caller.scope}."
+        )
     return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -103,6 +103,17 @@ def test_api_refusal_is_json_with_error_and_message(client, settings):
     assert ok.status_code == 200
 
 
+@pytest.mark.django_db
+def test_a_refusal_for_scope_names_admin_among_the_keys_that_may(client):
+    _, raw = ApiKey.create("tourist", ApiKey.Scope.CLIENT)
+    nodes_list = client.get("/api/v1/nodes", HTTP_X_API_KEY=raw)
+    assert nodes_list.status_code == 403 and nodes_list.json()["error"] == "forbidden"
+    assert nodes_list.json()["message"].endswith("is not open to client keys (it needs one of: admin, agent).")
+    settings_page = client.get("/api/v1/settings/observability-webhook", HTTP_X_API_KEY=raw)
+    assert settings_page.status_code == 403
+    assert settings_page.json()["message"].endswith("(it needs an admin key).")
+
+
 ACTORS = ("admin", "env_admin", "client_own", "client_other", "agent_own", "agent_other")
 
 
