@@ -11,11 +11,11 @@ admin.site.enable_nav_sidebar = False
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_display = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at", "demo")
     list_filter = ("scope", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix")
-    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
-    fields = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at", "demo")
+    fields = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at", "demo")
     actions = ["revoke"]
 
     def get_readonly_fields(self, request, obj=None):

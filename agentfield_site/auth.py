@@ -1,7 +1,8 @@
 """API keys and scopes, shared by the REST API, SSE streams and WebSockets.
 
 A key comes as `X-API-Key`, `Authorization: Bearer`, or `?api_key=` (EventSource
-cannot set headers). Keys are enforced once any exists, from `API_KEYS` or the admin.
+cannot set headers). Keys are enforced once any exists, from `API_KEYS` or the admin;
+the demo agent's own key (`ApiKey.demo`, made by `manage.py serve`) does not count.
 
 Every authenticated call has a `Caller`: its scope (`admin`, `client`, `agent`) and
 the key row that owns what it creates. `API_KEYS` and staff sessions are admins
@@ -63,7 +64,14 @@ class ApiKeyPrincipal:
 
 
 def keys_required() -> bool:
-    return bool(settings.API_KEYS) or ApiKey.objects.filter(revoked_at__isnull=True).exists()
+    """Whether the API is closed: an `API_KEYS` key, or a live key that is not the demo agent's.
+
+    The demo agent always holds a key of its own, so it keeps working when the first
+    key is made while it runs; that key must not close the API it was made for. An open
+    API still listens on loopback only: `serve` refuses any other address (and the demo
+    agent's key does not make it accept one).
+    """
+    return bool(settings.API_KEYS) or ApiKey.objects.filter(revoked_at__isnull=True, demo=False).exists()
 
 
 def raw_key_from(headers: dict[str, str], query: dict[str, str]) -> str:

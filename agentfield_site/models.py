@@ -33,6 +33,13 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The demo agent must keep working when a reader makes the first key while `make run`
+    # is up, yet its own key must not end the open API for everyone else: it is left out
+    # of "does any key exist" (auth.keys_required).
+    demo = models.BooleanField(
+        default=False, editable=False,
+        help_text="The demo agent's key, made by `manage.py serve`: it does not end the open API.",
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -41,12 +48,12 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.scope}, {self.prefix}…)"
 
     @classmethod
-    def create(cls, name: str, scope: str = Scope.CLIENT) -> tuple["ApiKey", str]:
+    def create(cls, name: str, scope: str = Scope.CLIENT, *, demo: bool = False) -> tuple["ApiKey", str]:
         """Make a key; the raw key is returned once and never stored."""
         if scope not in cls.Scope.values:
             raise ValueError(f"unknown scope {scope!r}")
         raw = new_raw_key()
-        key = cls.objects.create(name=name, scope=scope, prefix=raw[:10], key_hash=hash_key(raw))
+        key = cls.objects.create(name=name, scope=scope, prefix=raw[:10], key_hash=hash_key(raw), demo=demo)
         return key, raw
 
     def reissue(self) -> str:

@@ -46,17 +46,17 @@ def test_curl_async_submit_succeeds_on_the_demo_agent(proc_env):
 
 
 def test_with_keys_the_demo_agent_runs_on_its_own_agent_key(proc_env):
-    """What `make run` does once keys exist: serve hands the demo agent an agent key; a client key submits."""
-    from agentfield_site.auth import check_key
+    """What `make run` does: serve hands the demo agent an agent key of its own; a client key submits."""
+    from agentfield_site.auth import check_key, keys_required
     from agentfield_site.management.commands.serve import Command
     from agentfield_site.models import ApiKey
 
-    assert Command()._demo_agent_key() == {}, "no key configured: the API stays open, no key is made"
-    client_key = ApiKey.create("tour", ApiKey.Scope.CLIENT)[1]
     stale = Command()._demo_agent_key()["AGENTFIELD_API_KEY"]
+    assert not keys_required(), "the demo agent's own key leaves the API open"
+    client_key = ApiKey.create("tour", ApiKey.Scope.CLIENT)[1]
     agent_key = Command()._demo_agent_key()["AGENTFIELD_API_KEY"]
     assert check_key(stale) is None, "each run reissues the same row with a fresh secret"
-    assert ApiKey.objects.filter(name="demo-agent", scope=ApiKey.Scope.AGENT).count() == 1
+    assert ApiKey.objects.filter(name="demo-agent", scope=ApiKey.Scope.AGENT, demo=True).count() == 1
     web = proc_env.daphne()
     proc_env.worker()
     agent = proc_env.demo_agent(web.url, extra_env={"AGENTFIELD_API_KEY": agent_key})

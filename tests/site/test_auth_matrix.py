@@ -114,6 +114,18 @@ def test_a_refusal_for_scope_names_admin_among_the_keys_that_may(client):
     assert settings_page.json()["message"].endswith("(it needs an admin key).")
 
 
+@pytest.mark.django_db
+def test_the_demo_agents_key_leaves_the_api_open_and_still_works(client):
+    _, demo = ApiKey.create("demo-agent", ApiKey.Scope.AGENT, demo=True)
+    # No key of anyone else's: the API stays open (on loopback; serve refuses any other address).
+    assert client.get("/api/v1/executions").status_code == 200
+    assert client.get("/api/v1/nodes", HTTP_X_API_KEY=demo).status_code == 200
+    assert client.get("/api/v1/nodes", HTTP_X_API_KEY="not-a-key").status_code == 401
+    ApiKey.create("first", ApiKey.Scope.ADMIN)
+    assert client.get("/api/v1/executions").status_code == 401
+    assert client.get("/api/v1/nodes", HTTP_X_API_KEY=demo).status_code == 200
+
+
 ACTORS = ("admin", "env_admin", "client_own", "client_other", "agent_own", "agent_other")
 
 

@@ -1,7 +1,8 @@
 """The README's tour, run as written against a `make run`-style stack.
 
 `manage.py serve` starts daphne, a worker and the demo agent (what `make run`
-does), on the default retry schedule and with an API key. Every `sh` block of
+does), on the default retry schedule and with the API open; the tour's admin key
+is then made with step 1's command, as the reader does. Every `sh` block of
 the tour runs in bash, in order, and every `python` block in Python; the only
 changes are the ports (8080 and 9000 become free ones) and the `sleep`s: a
 `sleep N` waits until nothing is in flight (every execution ended, every
@@ -29,7 +30,6 @@ from observability.forwarder import configuration
 from webhooks.models import Delivery
 
 pytestmark = pytest.mark.processes
-KEY = "tour-api-key"
 SLOWER = 5
 
 
@@ -42,15 +42,25 @@ def settled() -> bool:
     )
 
 
+def tour() -> str:
+    return (ROOT / "README.md").read_text().split("## A five-minute tour", 1)[1].split("\n## ", 1)[0]
+
+
 def tour_blocks() -> list[tuple[str, str]]:
-    readme = (ROOT / "README.md").read_text()
-    tour = readme.split("## A five-minute tour", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```(sh|python)\n(.*?)```", tour, re.S)
+    return re.findall(r"```(sh|python)\n(.*?)```", tour(), re.S)
+
+
+def make_key(env: dict[str, str]) -> str:
+    """Step 1's key, made by the command the tour gives (`export AGENTFIELD_API_KEY=$(...)`)."""
+    command = re.search(r"^export AGENTFIELD_API_KEY=\$\((.+)\)$", tour(), re.M).group(1)
+    done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=True)
+    return done.stdout.strip()
 
 
 class Tour:
-    def __init__(self, proc_env, port: int) -> None:
-        self.proc_env, self.port, self.listen_port = proc_env, port, free_port()
+    def __init__(self, proc_env, port: int, key: str) -> None:
+        self.proc_env, self.port, self.listen_port, self.key = proc_env, port, free_port(), key
         self.listener = None
         self.outputs: list[str] = []
 
@@ -94,7 +104,7 @@ class Tour:
         return output
 
     def execute(self, command: list[str], text: str) -> str:
-        env = {**self.proc_env.env, "AGENTFIELD_API_KEY": KEY}
+        env = {**self.proc_env.env, "AGENTFIELD_API_KEY": self.key}
         done = subprocess.run([*command, self.local(text)], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, f"{text}\n{done.stdout}\n{done.stderr}"
@@ -118,18 +128,19 @@ def test_the_readme_tour_works_as_written(proc_env):
     blocks = tour_blocks()
     assert len(blocks) >= 10, "the tour lost its runnable blocks"
     port = free_port()
-    env = {"API_KEYS": KEY, "WEBHOOK_ALLOWED_HOSTS": "localhost,127.0.0.1",
+    env = {"API_KEYS": "", "WEBHOOK_ALLOWED_HOSTS": "localhost,127.0.0.1",
            "WEBHOOK_RETRY_SCHEDULE": "5,30,120,600,1800"}
     with serving(proc_env, port, env) as (serve, _):
-        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/api/v1/nodes/analyzer", headers={"X-API-Key": KEY},
-                                      timeout=2).ok, timeout=60, what=f"the stack\n{serve.log()}")
+        api = f"http://127.0.0.1:{port}/api/v1"
+        wait_for(lambda: requests.get(f"{api}/nodes/analyzer", timeout=2).ok, timeout=60,
+                 what=f"the stack\n{serve.log()}")
         # "With `make run` up": the worker too, which starts after daphne (slower on PostgreSQL + Redis).
-        api, auth = f"http://127.0.0.1:{port}/api/v1", {"X-API-Key": KEY}
-        warm_up = requests.post(f"{api}/execute/async/analyzer.process", headers=auth,
+        warm_up = requests.post(f"{api}/execute/async/analyzer.process",
                                 json={"input": {"document": "warm up"}}, timeout=10).json()["execution_id"]
-        wait_for(lambda: requests.get(f"{api}/executions/{warm_up}", headers=auth, timeout=5).json()["status"]
+        wait_for(lambda: requests.get(f"{api}/executions/{warm_up}", timeout=5).json()["status"]
                  == "succeeded", timeout=60, what=f"the worker's first execution\n{serve.log()}")
-        tour = Tour(proc_env, port)
+        # The first key, made while the stack runs: the demo agent must go on working.
+        tour = Tour(proc_env, port, make_key({**proc_env.env, **env}))
         steps = iter(blocks)
 
         # 1. The key: the nodes list, with it (and a 401 without).

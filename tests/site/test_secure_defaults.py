@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from agentfield_site.apps import check_settings
+from agentfield_site.models import ApiKey
 from devtools.processes import free_port
 from devtools.waiting import wait_for
 
@@ -31,6 +32,8 @@ def _non_loopback_address() -> str | None:
 
 @pytest.mark.processes
 def test_serve_refuses_a_network_address_without_an_api_key(proc_env):
+    # The demo agent's key from an earlier `make run` is not a key that closes the API.
+    ApiKey.create("demo-agent", ApiKey.Scope.AGENT, demo=True)
     env = {**proc_env.env, "HOST": "0.0.0.0", "API_KEYS": ""}
     done = subprocess.run(
         [sys.executable, "manage.py", "serve", "--no-agent", "--port", str(free_port())],
@@ -98,6 +101,11 @@ def test_check_deploy_is_clean_in_the_documented_production_configuration(tmp_pa
     assert "no issues" in done.stdout
     without_https = _manage(["check", "--deploy"], **{**production, "HTTPS": "false"})
     assert "security.W004" in without_https.stdout + without_https.stderr  # HSTS is what HTTPS turns on
+    # HSTS without `preload` unless asked for: the preload list is hard to leave.
+    hsts = "from django.conf import settings as s; print(s.SECURE_HSTS_INCLUDE_SUBDOMAINS, s.SECURE_HSTS_PRELOAD)"
+    assert _manage(["shell", "-c", hsts], **production).stdout.split()[-2:] == ["True", "False"]
+    preloaded = _manage(["shell", "-c", hsts], **production, SECURE_HSTS_PRELOAD="true")
+    assert preloaded.stdout.split()[-2:] == ["True", "True"]
 
 
 @pytest.mark.django_db

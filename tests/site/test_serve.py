@@ -5,13 +5,17 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import requests
+from django.contrib.auth import get_user_model
 
+from agentfield_site.models import ApiKey
 from devtools.processes import ROOT, children_of, free_port, serving
 from devtools.waiting import wait_for
+from executions.models import AgentNode
 
 pytestmark = pytest.mark.processes
 
@@ -85,3 +89,51 @@ def test_make_run_leaves_port_to_the_environment_and_dot_env():
     serve_line = next(line for line in dry_run.stdout.splitlines() if "manage.py serve" in line)
     # A PORT set here would hide the one in .env (settings read .env; the environment wins).
     assert "PORT=" not in serve_line
+
+
+def test_the_first_key_made_while_it_runs_leaves_the_demo_agent_working(proc_env):
+    """README tour, step 1: with `make run` up, the reader makes the first key in the admin."""
+    port = free_port()
+    with serving(proc_env, port, {"API_KEYS": ""}) as (serve, _):
+        api = f"http://127.0.0.1:{port}/api/v1"
+        wait_for(lambda: _node(f"{api}/nodes/analyzer"), timeout=60, what=f"the demo agent\n{serve.log()}")
+        # The development stack made the tour's staff account; the API is still open.
+        assert "Created the staff account admin / " in serve.log()
+        assert get_user_model().objects.filter(username="admin", is_staff=True).exists()
+        assert requests.get(f"{api}/executions", timeout=5).status_code == 200
+
+        _, raw = ApiKey.create("tour", ApiKey.Scope.ADMIN)  # what the admin's "Add API key" does
+        assert requests.get(f"{api}/executions", timeout=5).status_code == 401
+        made = time.time()
+        # A sync execution: dispatch, the agent's 202, then its status callback on its own key.
+        done = requests.post(f"{api}/execute/analyzer.process", headers={"X-API-Key": raw},
+                             json={"input": {"document": "after the key"}}, timeout=60)
+        assert done.status_code == 200, done.text
+        assert done.json()["status"] == "succeeded" and done.json()["result"]["words"] == 3
+        wait_for(lambda: AgentNode.objects.get(pk="analyzer").last_heartbeat.timestamp() > made + 1,
+                 timeout=20, what=f"a heartbeat accepted after the key\n{serve.log()}")
+        assert AgentNode.objects.get(pk="analyzer").health_status == "active"
+
+
+def test_ctrl_c_stops_the_worker_as_it_stops_on_its_own(proc_env):
+    port = free_port()
+    with serving(proc_env, port, {"Q_LOG_LEVEL": "INFO"}, args=("--no-agent",)) as (serve, _):
+        wait_for(lambda: serve.log().count(" running.") >= 2, timeout=60,
+                 what=f"both clusters running\n{serve.log()}")
+        started = time.monotonic()
+        serve.popen.send_signal(signal.SIGINT)
+        code = serve.popen.wait(timeout=60)
+        took = time.monotonic() - started
+    assert code == 0, serve.log()
+    # Each cluster finished its own orderly stop, within the grace before a SIGKILL.
+    assert serve.log().count("has stopped.") == 2, serve.log()
+    assert took < 10, f"{took:.1f} s\n{serve.log()}"
+
+
+def test_the_production_web_tier_makes_no_staff_account(proc_env):
+    port = free_port()
+    with serving(proc_env, port, args=("--no-agent", "--no-worker")) as (serve, _):
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok, timeout=60,
+                 what=f"serve\n{serve.log()}")
+    assert not get_user_model().objects.exists()
+    assert "password" not in serve.log().lower() and "staff account" not in serve.log()

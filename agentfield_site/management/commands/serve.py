@@ -14,6 +14,7 @@ half-running. Production may run the same processes under a real supervisor
 instead (README, "Production").
 """
 
+import contextlib
 import errno
 import os
 import secrets
@@ -104,15 +105,22 @@ class Supervisor:
         return None
 
     def stop_all(self, grace: float = 10.0) -> None:
+        """Stop each child, the agent first: SIGTERM to its main process, SIGKILL to its group after `grace`.
+
+        The SIGTERM goes to the main process only, as a supervisor stops a service: the
+        worker stops its django-q2 clusters in order, and a SIGTERM to its whole group
+        would reach their own children too, leaving each cluster waiting on them until
+        the SIGKILL. The SIGKILL to the group after leaves no process behind.
+        """
         # The agent first, so it can still tell the control plane it is leaving.
         for _, child in reversed(self.children):
             if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-            try:
+                child.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+            child.wait()
 
 
 class Command(BaseCommand):
@@ -140,7 +148,8 @@ class Command(BaseCommand):
                 "on this machine only with HOST=127.0.0.1."
             )
         sock = listen(host, port)
-        self._ensure_admin()
+        if not no_agent:
+            self._ensure_admin()
         stopping = False
 
         def stop(*_):
@@ -216,18 +225,23 @@ class Command(BaseCommand):
         return None if stopping() else f"daphne did not answer {url} within {timeout:.0f} s"
 
     def _demo_agent_key(self) -> dict[str, str]:
-        """Once keys are enforced, the demo agent gets an agent key of its own (not an admin one).
+        """An agent key of the demo agent's own, whether or not the API is open yet.
 
-        The same key row each run, with a fresh secret: the nodes it registered stay its own.
+        The tour makes the first key while `make run` is up: an agent without a key
+        would then get 401 on every call. Its key is marked `demo`, so on its own it does
+        not close the open API (`auth.keys_required`). The same row each run, with a
+        fresh secret: the nodes it registered stay its own.
         """
-        if not keys_required():
-            return {}
-        key = ApiKey.objects.filter(name="demo-agent", scope=ApiKey.Scope.AGENT).order_by("pk").first()
-        raw = key.reissue() if key is not None else ApiKey.create("demo-agent", ApiKey.Scope.AGENT)[1]
+        key = ApiKey.objects.filter(demo=True).order_by("pk").first()
+        raw = key.reissue() if key is not None else ApiKey.create("demo-agent", ApiKey.Scope.AGENT, demo=True)[1]
         return {"AGENTFIELD_API_KEY": raw}
 
     def _ensure_admin(self) -> None:
-        """On a fresh database, make a staff account for the tour and say its password once."""
+        """On a fresh database, make a staff account for the tour and say its password once.
+
+        Only with the demo agent, the local development stack: the production web tier
+        (`--no-agent`) writes no password to its logs (README: `manage.py createsuperuser`).
+        """
         User = get_user_model()
         if User.objects.filter(is_superuser=True).exists():
             return
