@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 class ApiError(exceptions.APIException):
     """An error with a chosen HTTP status, machine word and optional extra fields."""
 
-    def __init__(self, status_code: int, error: str, message: str, **extra) -> None:
+    def __init__(self, status_code: int, error: str, message: str, *, headers: dict | None = None, **extra) -> None:
         self.status_code = status_code
         self.error = error
         self.extra = extra
+        self.headers = headers or {}
         super().__init__(detail=message, code=error)
 
 
@@ -207,7 +208,7 @@ def exception_handler(exc, context):
     if isinstance(exc, exceptions.ValidationError):
         exc = invalid(exc)
     if isinstance(exc, ApiError):
-        return Response(error_body(exc.error, str(exc.detail), **exc.extra), status=exc.status_code)
+        return Response(error_body(exc.error, str(exc.detail), **exc.extra), status=exc.status_code, headers=exc.headers)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

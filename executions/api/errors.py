@@ -27,7 +27,7 @@ def _agent_call_refused(exc: errors.AgentCallRefused) -> ApiError:
 
 @translates(errors.QueueFull)
 def _queue_full(exc: errors.QueueFull) -> ApiError:
-    return ApiError(503, "concurrency_limit", str(exc), error_category="concurrency_limit")
+    return ApiError(503, "concurrency_limit", str(exc), error_category="concurrency_limit", headers={"Retry-After": "1"})
 
 
 @translates(errors.InvalidTransition)

@@ -78,5 +78,5 @@ def test_queue_limit_answers_503_concurrency_limit(api, node, settings):
         assert api.post("/api/v1/execute/async/analyzer.process", {}, format="json").status_code == 202
     response = api.post("/api/v1/execute/async/analyzer.process", {}, format="json")
     assert response.status_code == 503
-    assert response.json()["error"] == "concurrency_limit"
+    assert response.json()["error"] == "concurrency_limit" and response["Retry-After"] == "1"
     assert Execution.objects.count() == 2
