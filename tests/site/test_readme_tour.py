@@ -53,6 +53,8 @@ def tour_blocks() -> list[tuple[str, str]]:
 def make_key(env: dict[str, str]) -> str:
     """Step 1's key, made by the command the tour gives (`export AGENTFIELD_API_KEY=$(...)`)."""
     command = re.search(r"^export AGENTFIELD_API_KEY=\$\((.+)\)$", tour(), re.M).group(1)
+    # The reader's checkout has its venv in .venv; CI's copy borrows one from elsewhere: this one.
+    command = command.replace(".venv/bin/python", shlex.quote(sys.executable), 1)
     done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
                           check=True)
     return done.stdout.strip()
