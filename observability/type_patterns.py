@@ -16,16 +16,17 @@ check cannot make a backtracking regex either.
 import re
 from collections.abc import Iterable
 
-_PATTERN = re.compile(r"^[A-Za-z0-9_.*\-]{1,64}$")
+# Event types are lower case; an upper-case pattern would match none of them.
+_PATTERN = re.compile(r"[a-z0-9_.*\-]{1,64}")
 # `node.*`, `*.failed`, `execution.*ed`: two stars are more than any real selection needs.
 MAX_WILDCARDS = 2
 
 
 def pattern_problem(pattern: object) -> str | None:
     """Why `pattern` is not a usable event type pattern, or None when it is."""
-    if not isinstance(pattern, str) or not _PATTERN.match(pattern):
+    if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
         return (
-            f"event type pattern {pattern!r} must be 1 to 64 letters, digits, '.', '_', '-' or '*' "
+            f"event type pattern {pattern!r} must be 1 to 64 lower-case letters, digits, '.', '_', '-' or '*' "
             '(e.g. "execution.completed" or "node.*").'
         )
     if pattern.count("*") > MAX_WILDCARDS:
