@@ -189,3 +189,18 @@ def test_moving_the_url_moves_deliveries_not_yet_made(api):
     assert response.status_code == 200, response.content
     row = Delivery.objects.get(subscription_id=sub["id"])
     assert (row.url, row.destination) == ("http://127.0.0.1:10/new", "http://127.0.0.1:10")
+
+
+def test_one_key_holds_at_most_the_configured_number_of_subscriptions(api, settings):
+    from agentfield_site.models import ApiKey
+
+    settings.WEBHOOK_MAX_SUBSCRIPTIONS_PER_KEY = 2
+    raw = ApiKey.create("subscriber", "client")[1]
+    other = ApiKey.create("another", "client")[1]
+    body = {"url": "http://127.0.0.1:9/a", "event_types": ["execution.*"]}
+    for _ in range(2):
+        assert api.post(BASE, body, format="json", HTTP_X_API_KEY=raw).status_code == 201
+    refused = api.post(BASE, body, format="json", HTTP_X_API_KEY=raw)
+    assert refused.status_code == 409 and "WEBHOOK_MAX_SUBSCRIPTIONS_PER_KEY" in refused.json()["message"]
+    assert api.post(BASE, body, format="json", HTTP_X_API_KEY=other).status_code == 201  # per key
+    assert Subscription.objects.count() == 3

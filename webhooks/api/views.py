@@ -1,5 +1,6 @@
 """Thin views over the subscription and delivery services."""
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
@@ -13,7 +14,7 @@ from agentfield_site.auth import CLIENT, caller_of
 from agentfield_site.lib.api import ApiError, int_param
 
 from .. import delivery, destinations, subscriptions
-from ..models import Delivery
+from ..models import Delivery, Subscription
 from ..ownership import deliveries_of, subscriptions_of
 from .serializers import (
     DeliveryDeadLetterPageSerializer,
@@ -45,13 +46,20 @@ class SubscriptionViewSet(viewsets.ModelViewSet):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        owner_id = caller_of(request).key_id
+        limit = settings.WEBHOOK_MAX_SUBSCRIPTIONS_PER_KEY
+        # Every event is matched against every enabled subscription while it is
+        # published: one key must not make that cost grow without bound for all.
+        if owner_id is not None and Subscription.objects.filter(owner_id=owner_id).count() >= limit:
+            raise ApiError(409, "conflict", f"This key already has {limit} subscriptions, the most one key may hold "
+                           "(WEBHOOK_MAX_SUBSCRIPTIONS_PER_KEY); delete one first.")
         sub, secret = subscriptions.create(
             url=data["url"],
             description=data.get("description", ""),
             event_types=data["event_types"],
             headers=data.get("headers", {}),
             enabled=data.get("enabled", True),
-            owner_id=caller_of(request).key_id,
+            owner_id=owner_id,
         )
         created = SubscriptionCreatedSerializer(sub, context={"secret": secret})
         return Response(created.data, status=status.HTTP_201_CREATED)
