@@ -61,6 +61,16 @@ class NodeTaken(ExecutionError):
         )
 
 
+class IdempotencyKeyReused(ExecutionError):
+    """This key's Idempotency-Key came back with another target or input inside the window."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was used for another target or input within the idempotency window; "
+            "send the same request again, or a new key for a new one."
+        )
+
+
 class AgentCallRefused(ExecutionError):
     """An agent key submitted other than from an execution running on one of its nodes."""
 

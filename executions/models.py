@@ -147,8 +147,12 @@ class Execution(models.Model):
     duration_ms = models.BigIntegerField(null=True, blank=True)
 
     idempotency_key = models.CharField(max_length=255, blank=True)
-    # The key that submitted it: a client key sees and cancels its own only.
+    # Whose it is: a client key sees and cancels its own only.
     owner = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # The key that sent it: the owner, or an agent key for a call made from one of its
+    # executions (`ownership.call_owner`: the owner is then the workflow's client).
+    # Idempotency-Keys are the sender's own.
+    submitted_by = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
 
     webhook_url = models.URLField(max_length=2048, blank=True)
     webhook_secret = models.TextField(blank=True)
@@ -173,10 +177,10 @@ class Execution(models.Model):
             models.Index(fields=["dispatch_state", "dispatch_lease_until"], name="exec_dispatch_lease"),
         ]
         constraints = [
-            # One namespace of Idempotency-Keys per API key (no key: the open API's, one namespace).
+            # One namespace of Idempotency-Keys per sending key (no key row: one shared namespace).
             models.UniqueConstraint(
-                "idempotency_key", Coalesce("owner", Value(0)),
-                condition=~Q(idempotency_key=""), name="exec_idempotency_key_per_owner",
+                "idempotency_key", Coalesce("submitted_by", Value(0)),
+                condition=~Q(idempotency_key=""), name="exec_idempotency_key_per_sender",
             ),
         ]
 

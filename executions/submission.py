@@ -22,7 +22,7 @@ from observability.tail import run_db
 from webhooks.completion import validate_webhook
 
 from . import dispatch, lifecycle
-from .errors import InvalidTarget, QueueFull, UnknownNode, UnknownTarget
+from .errors import IdempotencyKeyReused, InvalidTarget, QueueFull, UnknownNode, UnknownTarget
 from .models import COMPONENT_ID, AgentNode, Execution, new_run_id, offered_kind
 
 T = TypeVar("T")
@@ -41,8 +41,11 @@ class Request:
     session_id: str = ""
     actor_id: str = ""
     idempotency_key: str = ""
-    # The submitting key (None: an admin without a key row, or the open API).
+    # Whose execution it is (None: an admin without a key row, or the open API).
     owner_id: int | None = None
+    # The key that sent it, whose Idempotency-Keys these are: the owner, or an agent
+    # key calling from one of its executions (`ownership.call_owner`).
+    submitted_by_id: int | None = None
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -70,21 +73,34 @@ def _resolve(target: str) -> tuple[str, str, str]:
     return node_id, name, kind
 
 
-def _existing_for_key(key: str, owner_id: int | None) -> Execution | None:
-    """The execution this caller's key (`owner_id`) created with `key` inside the idempotency window, if any.
+def _existing_for_key(request: Request) -> Execution | None:
+    """The execution its sender made with the request's Idempotency-Key inside the window, if any.
 
-    Each API key has its own namespace of Idempotency-Keys: another key's use of
-    the same string is neither found nor revealed, and cannot block this one.
+    Each key has its own Idempotency-Keys: another key's use of the same string is
+    neither found nor revealed, and cannot block this one. A key replayed with
+    another target or input is `IdempotencyKeyReused`, not the earlier execution.
     """
-    existing = Execution.objects.filter(idempotency_key=key, owner_id=owner_id).first()
+    existing = _twin(request)
     if existing is None:
         return None
     window = timedelta(hours=settings.IDEMPOTENCY_WINDOW_HOURS)
     if existing.created_at >= timezone.now() - window:
-        return existing
+        return _same_request(existing, request)
     # Past the window the key is free again: release it from the old execution.
-    Execution.objects.filter(pk=existing.pk, idempotency_key=key).update(idempotency_key="")
+    Execution.objects.filter(pk=existing.pk, idempotency_key=request.idempotency_key).update(idempotency_key="")
     return None
+
+
+def _twin(request: Request) -> Execution | None:
+    return Execution.objects.filter(
+        idempotency_key=request.idempotency_key, submitted_by_id=request.submitted_by_id
+    ).first()
+
+
+def _same_request(existing: Execution, request: Request) -> Execution:
+    if existing.target != request.target or existing.input != request.input:
+        raise IdempotencyKeyReused()
+    return existing
 
 
 # The dispatch queue's depth as last counted here, and until when that count may stand in.
@@ -116,7 +132,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     """
     node_id, name, kind = _resolve(request.target)
     if request.idempotency_key:
-        existing = _existing_for_key(request.idempotency_key, request.owner_id)
+        existing = _existing_for_key(request)
         if existing is not None:
             return existing, False
     limit = settings.EXECUTION_QUEUE_LIMIT
@@ -145,6 +161,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         updated_at=now,
         idempotency_key=request.idempotency_key,
         owner_id=request.owner_id,
+        submitted_by_id=request.submitted_by_id,
         webhook_registered=hook is not None,
         webhook_url=hook["url"] if hook else "",
         webhook_secret=(hook.get("secret") or "") if hook else "",
@@ -162,12 +179,9 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
                 dispatch.enqueue(execution.id)
     except IntegrityError:
         # Two requests of one key raced with one Idempotency-Key: the other one won.
-        existing = (
-            Execution.objects.filter(idempotency_key=request.idempotency_key, owner_id=request.owner_id).first()
-            if request.idempotency_key else None
-        )
+        existing = _twin(request) if request.idempotency_key else None
         if existing is not None:
-            return existing, False
+            return _same_request(existing, request), False
         raise
     _depth["count"] += 1
     return execution, True

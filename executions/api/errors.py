@@ -15,8 +15,8 @@ def _unknown(exc: errors.ExecutionError) -> ApiError:
     return ApiError(404, "not_found", str(exc), error_category="not_found")
 
 
-@translates(errors.NodeTaken)
-def _taken(exc: errors.NodeTaken) -> ApiError:
+@translates(errors.NodeTaken, errors.IdempotencyKeyReused)
+def _taken(exc: errors.ExecutionError) -> ApiError:
     return ApiError(409, "conflict", str(exc), error_category="bad_request")
 
 

@@ -199,7 +199,7 @@ def _submission(headers, target: str, body: object, caller) -> submission.Reques
     if any(fields.values()):  # most submissions send none: nothing to validate
         fields = validated(s.SubmitHeadersSerializer, fields, error_category="bad_request")
     owner_id = call_owner(caller, fields["parent_execution_id"]) if caller.scope == AGENT else caller.key_id
-    return submission.Request(target=target, owner_id=owner_id, **body, **fields)
+    return submission.Request(target=target, owner_id=owner_id, submitted_by_id=caller.key_id, **body, **fields)
 
 
 def _submitted(headers, target: str, body: object, caller) -> dict:
@@ -232,7 +232,9 @@ class ExecuteSyncView(APIView):
     waits for the agent without holding a request place, and answers.
     """
 
-    scopes = (CLIENT, AGENT)  # agent keys: calls from their executions only (`ownership.call_owner`)
+    # Not agent keys: an agent's call waits for its answer by reading it (as the SDK's
+    # app.call does), not on the sync threads that every client's sync call shares.
+    scopes = (CLIENT,)
 
     @extend_schema(
         request=s.ExecuteRequestSerializer,

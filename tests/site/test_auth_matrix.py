@@ -515,5 +515,43 @@ def test_an_agent_key_calls_other_agents_only_from_its_running_executions(world)
     unrelated = submission.submit(submission.Request(target="node_b.process", input={},
                                                      owner_id=ApiKey.objects.get(name="client_other").pk), enqueue=False)[0]
     assert api.get(f"/api/v1/executions/{unrelated.id}", headers={"X-API-Key": world.keys["agent_own"]}).status_code == 404
+    sync = api.post("/api/v1/execute/node_b.process", {"input": {}}, format="json",
+                    headers={"X-API-Key": world.keys["agent_own"], "X-Parent-Execution-ID": parent})
+    assert sync.status_code == 403  # calls wait by reading, not on the sync threads every client shares
     lifecycle.transition(parent, "succeeded", result={})
     assert submit("agent_own", parent).status_code == 403  # a finished execution makes no more calls
+
+
+def test_an_agent_call_has_the_agent_keys_own_idempotency_keys(world):
+    """The call is the client's, but its Idempotency-Key is the agent key's: it can neither read nor plant the client's."""
+    api = APIClient()
+    parent = world.ids["exec_a"]
+
+    def submit(actor: str, input_: dict, **headers) -> object:
+        return api.post("/api/v1/execute/async/node_b.process", {"input": input_}, format="json",
+                        headers={"X-API-Key": world.keys[actor], "Idempotency-Key": "order-123", **headers})
+
+    clients = submit("client_own", {"card": "secret"})
+    assert clients.status_code == 202
+    agents = submit("agent_own", {}, **{"X-Parent-Execution-ID": parent})
+    assert agents.status_code == 202 and agents.json()["execution_id"] != clients.json()["execution_id"]
+    assert "secret" not in agents.content.decode()
+    # Planted first under a key the client uses next: the client still gets its own execution.
+    planted = submit("agent_own", {"forged": True}, **{"X-Parent-Execution-ID": parent, "Idempotency-Key": "order-124"})
+    own = api.post("/api/v1/execute/async/node_b.process", {"input": {"real": True}}, format="json",
+                   headers={"X-API-Key": world.keys["client_own"], "Idempotency-Key": "order-124"})
+    assert own.status_code == 202 and own.json()["execution_id"] != planted.json()["execution_id"]
+    assert Execution.objects.get(pk=own.json()["execution_id"]).input == {"real": True}
+
+
+def test_an_idempotency_key_replayed_with_another_request_is_a_409(world):
+    api = APIClient()
+    headers = {"X-API-Key": world.keys["client_own"], "Idempotency-Key": "k-9"}
+    first = api.post("/api/v1/execute/async/node_a.process", {"input": {"n": 1}}, format="json", headers=headers)
+    again = api.post("/api/v1/execute/async/node_a.process", {"input": {"n": 1}}, format="json", headers=headers)
+    assert first.status_code == again.status_code == 202 and first.json()["execution_id"] == again.json()["execution_id"]
+    for path, body in (("/api/v1/execute/async/node_a.process", {"input": {"n": 2}}),
+                       ("/api/v1/execute/async/node_b.process", {"input": {"n": 1}})):
+        other = api.post(path, body, format="json", headers=headers)
+        assert other.status_code == 409 and other.json()["error"] == "conflict", other.content
+        assert first.json()["execution_id"] not in other.content.decode()
