@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from .auth import forget_keys
+from .escaped_admin import SafeLookupsAdmin
 from .models import ApiKey
 
 # The app list beside every page costs 300 px that the delivery and execution lists need at 1,280 px;
@@ -10,7 +11,7 @@ admin.site.enable_nav_sidebar = False
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(SafeLookupsAdmin):
     list_display = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at", "demo")
     list_filter = ("scope", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "prefix")

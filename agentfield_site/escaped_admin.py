@@ -1,12 +1,21 @@
-"""An admin base whose pages show stored JSON escaped, never a 500.
+"""Admin bases that answer what they are given without a 500.
 
-The admin prints JSON fields with `ensure_ascii=False`; a lone surrogate stored
-before the strict parser (or by another path) then fails the page's UTF-8
-encoding, for the object's page and for every list page it appears on.
+`SafeLookupsAdmin`: Django's changelist takes any lookup on a model's own fields
+from the query string (`?created_at__gte=...`), and some the database cannot run:
+a time past the year 9999 once in UTC, `__year=99999`, `contains` on a JSON field
+on SQLite, a NUL on PostgreSQL. Those get Django's own "invalid lookup" answer
+(a redirect to `?e=1`), as a lookup it refuses itself does.
+
+`EscapedJSONAdmin`: the admin prints JSON fields with `ensure_ascii=False`; a lone
+surrogate stored before the strict parser (or by another path) then fails the
+page's UTF-8 encoding, for the object's page and for every list page it appears on.
 """
 
+import contextlib
+
 from django.contrib import admin
-from django.db import models
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.db import DataError, NotSupportedError, connection, models, transaction
 
 from .lib import strict_json
 
@@ -22,7 +31,20 @@ def escape_json_fields(obj: models.Model) -> None:
             setattr(obj, field.attname, strict_json.sanitized(getattr(obj, field.attname)))
 
 
-class EscapedJSONAdmin(admin.ModelAdmin):
+class SafeLookupsAdmin(admin.ModelAdmin):
+    def get_changelist_instance(self, request):
+        # Inside a transaction (a test's, ATOMIC_REQUESTS), in a savepoint: on PostgreSQL a
+        # refused statement spoils the transaction for what follows. Outside one, nothing
+        # to protect, and no transaction to begin (on SQLite it would take the write lock).
+        guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+        try:
+            with guard:
+                return super().get_changelist_instance(request)
+        except (OverflowError, ValueError, NotSupportedError, DataError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+
+
+class EscapedJSONAdmin(SafeLookupsAdmin):
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)
         if obj is not None:

@@ -3,7 +3,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 
-from agentfield_site.escaped_admin import EscapedJSONAdmin
+from agentfield_site.escaped_admin import EscapedJSONAdmin, SafeLookupsAdmin
 
 from .forwarder import configuration, dead_letters
 from .models import ForwarderConfig, ForwarderDeadLetter, PlatformEvent
@@ -64,7 +64,7 @@ class ForwarderConfigForm(forms.ModelForm):
 
 
 @admin.register(ForwarderConfig)
-class ForwarderConfigAdmin(admin.ModelAdmin):
+class ForwarderConfigAdmin(SafeLookupsAdmin):
     form = ForwarderConfigForm
     list_display = ("url", "enabled", "has_secret", "event_types_list", "updated_at")
     readonly_fields = ("status_summary",)

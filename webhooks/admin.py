@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
-from agentfield_site.escaped_admin import EscapedJSONAdmin
+from agentfield_site.escaped_admin import EscapedJSONAdmin, SafeLookupsAdmin
 
 from . import delivery, destinations, subscriptions
 from .api.serializers import SubscriptionSerializer
@@ -248,7 +248,7 @@ class SubscriptionAdmin(EscapedJSONAdmin):
 
 
 @admin.register(Destination)
-class DestinationAdmin(admin.ModelAdmin):
+class DestinationAdmin(SafeLookupsAdmin):
     """Receiver addresses and their circuit breakers: who is down, since when, what waits."""
 
     list_display = (

@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import connections
 from django.test import RequestFactory
+from django.urls import reverse
 from rest_framework.test import APIClient
 
 from agentfield_site.asgi import application
@@ -182,3 +183,24 @@ def test_a_chunked_body_that_cannot_be_read_is_411_not_an_empty_body():
     del request.META["CONTENT_LENGTH"]
     response = BodyLimitMiddleware(lambda r: pytest.fail("the view must not run"))(request)
     assert response.status_code == 411 and json.loads(response.content)["error"] == "length_required"
+
+
+@pytest.mark.parametrize("query", [
+    "created_at__gte=9999-12-31+23:59:59-05:00",  # the year 10000 in UTC
+    "created_at__year=99999",
+    "event_types__contains=%00",
+    "id__in=%00",
+])
+def test_admin_lists_answer_a_query_they_cannot_run_without_a_500(admin_client, query):
+    """Any lookup on a model's own field comes through the query string: Django's "invalid lookup" page, not a 500."""
+    from django.contrib import admin
+
+    ours = [m for m in admin.site._registry if m._meta.app_label in ("agentfield_site", "executions", "webhooks",
+                                                                     "observability")]
+    assert len(ours) >= 8
+    for model in ours:
+        url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+        response = admin_client.get(f"{url}?{query}")
+        assert response.status_code in (200, 302), (url, query, response.status_code)
+        if response.status_code == 302:
+            assert response["Location"].endswith("?e=1")
