@@ -8,8 +8,7 @@ class ExecutionsConfig(AppConfig):
     def ready(self) -> None:
         from agentfield_site.jobs import sweeper
         from agentfield_site.lib.metrics import register
-        from observability import streams
-        from webhooks import subscriptions
+        from observability import owners, streams
 
         from . import dispatch, nodes, ownership
         from .api import errors  # noqa: F401 - registers the API's answers to the domain errors
@@ -22,5 +21,7 @@ class ExecutionsConfig(AppConfig):
         register("executions", ExecutionCollector())
         if ownership.execution_visible not in streams.execution_visible_to:
             streams.execution_visible_to.append(ownership.execution_visible)
-        if ownership.execution_owners not in subscriptions.execution_owners:
-            subscriptions.execution_owners.append(ownership.execution_owners)
+        if ownership.execution_owners not in owners.execution_owners:
+            owners.execution_owners.append(ownership.execution_owners)
+        if ownership.executions_owned_by not in owners.executions_owned_by:
+            owners.executions_owned_by.append(ownership.executions_owned_by)

@@ -77,6 +77,11 @@ def check_registration(caller: Caller, node: AgentNode | None) -> None:
     raise NodeTaken(node.id)
 
 
+def executions_owned_by(key_id: int) -> QuerySet:
+    """The ids of the executions a key owns, as a subquery (a client's event stream)."""
+    return Execution.objects.filter(owner_id=key_id).values("pk")
+
+
 def execution_owners(execution_ids: Collection[str]) -> dict[str, int | None]:
     """The owning key of each execution (for subscriptions owned by client keys)."""
     return dict(Execution.objects.filter(pk__in=list(execution_ids)).values_list("pk", "owner_id"))

@@ -1,4 +1,4 @@
-"""WebSocket `/ws/events`: every event document as a JSON text frame.
+"""WebSocket `/ws/events`: every event document as a JSON text frame (a client key: its own executions').
 
 Same tail, filters, resume and auth as the SSE streams. A client may (re)subscribe at
 any time with `{"action": "subscribe", "filters": {...}, "last_event_id": N}`; the
@@ -10,6 +10,7 @@ as `{"type": "error", "error": "bad_request", "message": ...}`; the socket stays
 import asyncio
 import contextlib
 import json
+from dataclasses import replace
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -18,7 +19,7 @@ from agentfield_site.auth import caller_for, raw_key_from
 from agentfield_site.lib import strict_json
 
 from .stream_filters import EventFilter, FilterError, parse_filters
-from .streams import BadStreamRequest, parse_last_event_id
+from .streams import BadStreamRequest, parse_last_event_id, streamed_owner
 from .tail import Listener, get_tailer, run_db
 
 CLOSE_UNAUTHORIZED = 4401
@@ -52,6 +53,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
     # log. (An alias with no configuration makes channels skip the layer.)
     channel_layer_alias = "none:websocket-streams-read-the-log"
     _task: asyncio.Task | None = None
+    _owner_id: int | None = None  # a client key's socket: its own executions' events only
 
     async def connect(self) -> None:
         raw_key = raw_key_from(_headers(self.scope), _query(self.scope))
@@ -63,15 +65,17 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             await self._error("unauthorized", "A staff session or a valid API key (?api_key=) is required.")
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
-        if not caller.is_admin:
-            # The socket carries every platform event: operators only. Clients follow
-            # their own executions on /api/v1/executions/{id}/events.
-            await self._error("forbidden", f"The event socket needs an admin key; this key is {caller.scope}.")
+        # Every platform event for operators; a client key's own executions' events for it.
+        self._owner_id = streamed_owner(caller, ())
+        if not caller.is_admin and self._owner_id is None:
+            await self._error(
+                "forbidden", f"The event socket needs an admin or a client key; this key is {caller.scope}."
+            )
             await self.close(code=CLOSE_FORBIDDEN)
             return
         query = _query(self.scope)
         try:
-            flt = parse_filters(query)
+            flt = replace(parse_filters(query), owner_id=self._owner_id)
             last_event_id = _last_event_id(query.get("last_event_id"))
         except (FilterError, BadStreamRequest) as exc:
             await self._error("bad_request", str(exc))
@@ -93,7 +97,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             await self._error("bad_request", "filters must be an object.")
             return
         try:
-            flt = parse_filters(filters)
+            flt = replace(parse_filters(filters), owner_id=self._owner_id)
             last_event_id = _last_event_id(message.get("last_event_id"))
         except (FilterError, BadStreamRequest) as exc:
             await self._error("bad_request", str(exc))
@@ -121,7 +125,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
                 {
                     "type": "stream.subscribed",
                     "last_event_id": sub.cursor if last_event_id is None else last_event_id,
-                    "filters": {k: v for k, v in vars(flt).items() if v and not k.startswith("_")},
+                    "filters": {k: v for k, v in vars(flt).items() if v and k != "owner_id"},
                 }
             )
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from django.db.models import Q
 
 from .models import SOURCES
+from .owners import executions_owned_by
 from .type_patterns import matches, pattern_problem, type_regex
 
 _FIELDS = ("execution_id", "workflow_id", "agent_node_id", "status")
@@ -22,7 +23,11 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True)
 class EventFilter:
-    """Equality filters on the document's id fields, type patterns, and a source scope."""
+    """Equality filters on the document's id fields, type patterns, and a source scope.
+
+    `owner_id` (set by the server, never by a client) keeps only the events of the
+    executions that key owns: a client key's stream.
+    """
 
     execution_id: str = ""
     workflow_id: str = ""
@@ -30,13 +35,16 @@ class EventFilter:
     status: str = ""
     types: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    owner_id: int | None = None
 
     @property
     def any_type(self) -> bool:
         return not self.types or "*" in self.types
 
-    def matches(self, doc: Mapping) -> bool:
-        """Whether an event document (`PlatformEvent.as_document()`) passes."""
+    def matches(self, doc: Mapping, owner_id: int | None = None) -> bool:
+        """Whether an event document (`PlatformEvent.as_document()`) passes; `owner_id`: its execution's owner."""
+        if self.owner_id is not None and owner_id != self.owner_id:
+            return False
         for name in _FIELDS:
             wanted = getattr(self, name)
             if wanted and doc.get(name, "") != wanted:
@@ -56,6 +64,9 @@ class EventFilter:
                 query &= Q(**{name: wanted})
         if self.sources:
             query &= Q(source__in=self.sources)
+        if self.owner_id is not None:
+            owned = [lookup(self.owner_id) for lookup in executions_owned_by]
+            query &= Q(execution_id__in=owned[0]) if owned else Q(pk__in=[])
         if not self.any_type:
             exact = [p for p in self.types if "*" not in p]
             wild = [p for p in self.types if "*" in p]

@@ -7,6 +7,7 @@ in id order, without gaps or duplicates.
 """
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from django.conf import settings
 from django.contrib.auth import get_user
@@ -14,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 
-from agentfield_site.auth import AGENT, Caller, caller_for, raw_key_from
+from agentfield_site.auth import AGENT, CLIENT, Caller, caller_for, raw_key_from
 from agentfield_site.lib.api import error_response
 
 from .models import PlatformEvent
@@ -111,18 +112,29 @@ async def _open_stream(request: HttpRequest, scope: tuple[str, ...]) -> HttpResp
     caller = await authorize(request)
     if isinstance(caller, JsonResponse):
         return caller
-    if not caller.is_admin:
-        # These streams carry every execution's (or node's) events: operators only.
+    owner_id = streamed_owner(caller, scope)
+    if not caller.is_admin and owner_id is None:
         return error_response(
-            403, "forbidden", f"This stream needs an admin key; this key is {caller.scope}. "
-            "Follow one execution on /api/v1/executions/{id}/events."
+            403, "forbidden", f"This stream needs an admin key{' or a client key' if scope == EXECUTION_SCOPE else ''}; "
+            f"this key is {caller.scope}. Follow one execution on /api/v1/executions/{{id}}/events."
         )
     try:
-        flt = parse_filters(request.GET, sources=scope)
+        flt = replace(parse_filters(request.GET, sources=scope), owner_id=owner_id)
         last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"), request.GET.get("last_event_id"))
     except (FilterError, BadStreamRequest) as exc:
         return error_response(400, "bad_request", str(exc))
     return _sse_response(_events(flt, last_event_id))
+
+
+def streamed_owner(caller: Caller, sources: tuple[str, ...]) -> int | None:
+    """The key whose executions' events alone a caller's stream carries, or None (an admin: every event).
+
+    A client key reads the events of its own executions (and their webhooks); node
+    events, and everyone else's, are for operators. Any other key gets None and is refused.
+    """
+    if caller.is_admin or caller.scope != CLIENT or caller.key_id is None or "node" in sources:
+        return None
+    return caller.key_id
 
 
 @csrf_exempt  # GET only: anything else gets a JSON 405, not the CSRF page

@@ -34,6 +34,7 @@ from agentfield_site.lib import strict_json
 from agentfield_site.lib.db_threads import run_in
 
 from .models import PlatformEvent
+from .owners import owners_of
 from .stream_filters import EventFilter
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class TailedEvent:
     id: int
     type: str
     doc: dict
+    # Its execution's owner, looked up only while a client key's stream is open.
+    owner_id: int | None = None
     _sse: bytes = field(default=b"", repr=False)
     _json: str = field(default="", repr=False)
 
@@ -148,7 +151,7 @@ class Listener:
 
     def offer(self, event: TailedEvent) -> None:
         """Called by the tailer; never blocks, never grows past the buffer."""
-        if self.lagging or not self.filter.matches(event.doc):
+        if self.lagging or not self.filter.matches(event.doc, event.owner_id):
             return
         try:
             self.queue.put_nowait(event)
@@ -307,6 +310,8 @@ class Tailer:
             except Exception:
                 log.exception("event tail: read failed; retrying at the next poll")
                 return
+            if any(sub.filter.owner_id is not None for sub in self.subscribers):
+                await self._note_owners(page, self.subscribers)
             for event in page:
                 self.cursor = event.id
                 for sub in tuple(self.subscribers):
@@ -315,6 +320,27 @@ class Tailer:
                 return
             # Let the streams drain between pages of a large backlog.
             await asyncio.sleep(0)
+
+    @staticmethod
+    async def _note_owners(page: list[TailedEvent], subscribers: set[Listener]) -> None:
+        """Each event's execution owner, for client keys' streams: one lookup per page.
+
+        If it cannot be read, those streams catch up from the log instead (a lagging
+        listener replays from its cursor, filtered in SQL): no gap either way.
+        """
+        ids = {event.doc.get("execution_id") for event in page} - {None, ""}
+        if not ids:
+            return
+        try:
+            owners = await run_db(owners_of, ids)
+        except Exception:
+            log.exception("event tail: cannot read the executions' owners")
+            for sub in subscribers:
+                if sub.filter.owner_id is not None:
+                    sub.lagging = True
+            return
+        for event in page:
+            event.owner_id = owners.get(event.doc.get("execution_id"))
 
     async def _listen_for_wakeups(self) -> None:
         from channels.layers import get_channel_layer

@@ -13,7 +13,6 @@ never about deliveries of webhook events, so the chain stops after one step.
 """
 
 import time
-from collections.abc import Callable, Collection
 from datetime import timedelta
 
 from django.db import transaction
@@ -23,6 +22,7 @@ from agentfield_site.lib import outbound, signing
 from agentfield_site.lib.timefmt import iso
 from agentfield_site.models import ApiKey
 from observability.models import PlatformEvent
+from observability.owners import owners_of
 from observability.type_patterns import matches
 
 from . import delivery
@@ -34,11 +34,6 @@ ROTATION_GRACE = timedelta(hours=24)
 # (id, url, patterns, owner key id, whether the owner is a client key)
 _Row = tuple[str, str, tuple[str, ...], int | None, bool]
 _cache: tuple[float, list[_Row]] | None = None
-
-# Filled by the executions app: the owning key of each given execution id. A
-# client key's subscription hears only about its own executions.
-execution_owners: list[Callable[[Collection[str]], dict[str, int | None]]] = []
-
 
 def invalidate_cache(**kwargs) -> None:
     """Forget the cached subscriptions (connected to Subscription saves and deletes)."""
@@ -61,11 +56,8 @@ def _enabled() -> list[_Row]:
 
 
 def _owners_of(events: list[PlatformEvent]) -> dict[str, int | None]:
-    ids = {e.execution_id for e in events if e.execution_id}
-    owners: dict[str, int | None] = {}
-    for lookup in execution_owners:
-        owners.update(lookup(ids))
-    return owners
+    """A client key's subscription hears only about its own executions."""
+    return owners_of({e.execution_id for e in events if e.execution_id})
 
 
 def _is_echo(event: PlatformEvent) -> bool:

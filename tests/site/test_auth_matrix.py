@@ -336,7 +336,7 @@ def test_scope_and_ownership(world, actor, method, path, body, expected, on_ok, 
 # own: they need committed rows (a transactional test).
 THREADED = [
     ("get", "/api/v1/executions/{exec_a}/events", client_route(200)),
-    ("get", "/api/ui/v1/executions/events", ADMIN_ONLY),
+    ("get", "/api/ui/v1/executions/events", {**ADMIN_ONLY, "client_own": 200, "client_other": 200}),  # its own
     ("get", "/api/ui/v1/nodes/events", ADMIN_ONLY),
     ("post", "/api/v1/execute/{node_a}.process", client_route(200, 200)),
 ]
@@ -456,8 +456,9 @@ def test_a_revoked_key_is_refused_and_its_objects_stay_its_own(world):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize(("scope", "code"), [("admin", None), ("client", 4403), ("agent", 4403)])
-def test_the_event_socket_is_for_admins(settings, scope, code):
+@pytest.mark.parametrize(("scope", "code"), [("admin", None), ("client", None), ("agent", 4403)])
+def test_the_event_socket_is_for_admins_and_clients(settings, scope, code):
+    """Admins get every event, a client key its own executions' (tests/observability/test_client_streams.py)."""
     from agentfield_site.asgi import application
     from observability import tail
 

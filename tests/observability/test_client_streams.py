@@ -1,0 +1,132 @@
+"""A client key's event streams (SSE and WebSocket): its own executions' events and nothing else.
+
+Replayed (filtered in SQL) and live (the tail looks each page's owners up while such a
+stream is open); node events and other keys' executions never reach it. Agent keys
+are refused; admins still see everything.
+"""
+
+import asyncio
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.db import connections
+
+from agentfield_site.asgi import application
+from agentfield_site.models import ApiKey
+from devtools.sse import AsgiSse, events_only
+from executions.models import Execution
+from observability import events, tail
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("poll_without_channel_layer")]
+
+
+@pytest.fixture
+def poll_without_channel_layer(settings):
+    settings.CHANNEL_LAYERS = {}
+
+
+@pytest.fixture(autouse=True)
+def _release_stream_connections():
+    yield
+    tail.close_pool_connections()
+
+
+@pytest.fixture
+def world():
+    keys = {name: ApiKey.create(name, scope) for name, scope in
+            (("alice", "client"), ("bob", "client"), ("agent", "agent"), ("ops", "admin"))}
+    mine = {name: Execution.objects.create(target="n.r", agent_node_id="n", reasoner_id="r", owner=keys[name][0]).id
+            for name in ("alice", "bob")}
+    return {name: raw for name, (_, raw) in keys.items()}, mine
+
+
+def publish(*specs: tuple[str, dict]) -> list[int]:
+    try:
+        return [events.publish(kind, **fields).id for kind, fields in specs]
+    finally:
+        connections.close_all()
+
+
+def everyones(mine: dict[str, str]) -> list[tuple[str, dict]]:
+    return [
+        ("execution.created", {"execution_id": mine["bob"], "status": "queued"}),
+        ("node.online", {"agent_node_id": "n"}),
+        ("execution.created", {"execution_id": mine["alice"], "status": "queued"}),
+        ("webhook.delivered", {"execution_id": mine["alice"], "status": "delivered"}),
+        ("execution.completed", {"execution_id": mine["bob"], "status": "succeeded"}),
+    ]
+
+
+def _events(frames) -> list:
+    return [f for f in events_only(frames) if f.event != "stream.reset"]
+
+
+def test_a_client_key_streams_its_own_executions_events_replayed_and_live(world):
+    keys, mine = world
+
+    async def scenario():
+        before = await asyncio.to_thread(publish, *everyones(mine))
+        replay = await AsgiSse(application, "/api/ui/v1/executions/events", "last_event_id=0",
+                               {"X-API-Key": keys["alice"]}).start()
+        # After a stream.reset when the log starts past id 1 (an earlier test's events).
+        frames = await replay.read_until(lambda fs: len(_events(fs)) >= 2)
+        replayed = _events(frames)
+        await replay.close()
+        live = await AsgiSse(application, "/api/ui/v1/executions/events", headers={"X-API-Key": keys["alice"]}).start()
+        await live.read_until(lambda fs: any(f.retry for f in fs))
+        after = await asyncio.to_thread(publish, *everyones(mine))
+        got = await live.read_events(2)
+        await live.close()
+        return before, replayed, after, got
+
+    before, replayed, after, got = asyncio.run(scenario())
+    assert [int(f.id) for f in replayed] == [before[2], before[3]]
+    assert [int(f.id) for f in got] == [after[2], after[3]]
+    assert {f.json["execution_id"] for f in replayed + got} == {mine["alice"]}
+
+
+def test_a_client_keys_socket_carries_its_own_executions_only(world):
+    keys, mine = world
+
+    async def scenario():
+        ws = WebsocketCommunicator(application, f"/ws/events?api_key={keys['bob']}")
+        assert (await ws.connect())[0]
+        hello = json.loads(await ws.receive_from(5))
+        ids = await asyncio.to_thread(publish, *everyones(mine))
+        frames = [json.loads(await ws.receive_from(5)) for _ in range(2)]
+        await ws.send_json_to({"action": "subscribe", "filters": {}, "last_event_id": 0})
+        resubscribed = json.loads(await ws.receive_from(5))
+        replayed = []
+        while len(replayed) < 2:  # after a stream.reset when the log starts past id 1
+            frame = json.loads(await ws.receive_from(5))
+            if frame["type"] != "stream.reset":
+                replayed.append(frame)
+        assert await ws.receive_nothing(0.5)
+        await ws.disconnect()
+        return hello, ids, frames, resubscribed, replayed
+
+    hello, ids, frames, resubscribed, replayed = asyncio.run(scenario())
+    assert hello["type"] == resubscribed["type"] == "stream.subscribed" and "owner_id" not in hello["filters"]
+    assert [f["id"] for f in frames] == [f["id"] for f in replayed] == [ids[0], ids[4]]
+
+
+def test_agent_keys_are_refused_and_admins_see_everything(world):
+    keys, mine = world
+
+    async def scenario():
+        refused = await AsgiSse(application, "/api/ui/v1/executions/events", headers={"X-API-Key": keys["agent"]}).start()
+        await refused.read_to_end()
+        nodes = await AsgiSse(application, "/api/ui/v1/nodes/events", headers={"X-API-Key": keys["alice"]}).start()
+        await nodes.read_to_end()
+        ids = await asyncio.to_thread(publish, *everyones(mine))
+        admin = await AsgiSse(application, "/api/ui/v1/executions/events", f"last_event_id={ids[0] - 1}",
+                              {"X-API-Key": keys["ops"]}).start()
+        seen = await admin.read_events(4)
+        await admin.close()
+        return refused, nodes, ids, seen
+
+    refused, nodes, ids, seen = asyncio.run(scenario())
+    assert refused.status == nodes.status == 403
+    assert json.loads(refused.body)["error"] == "forbidden"
+    assert [int(f.id) for f in seen] == [ids[0], ids[2], ids[3], ids[4]]  # the execution stream: no node event
