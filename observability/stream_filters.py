@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from django.db.models import Q
 
 from .models import SOURCES
-from .owners import executions_owned_by
+from .owners import executions_owned_by, subscriptions_owned_by
 from .type_patterns import matches, pattern_problem, type_regex
 
 _FIELDS = ("execution_id", "workflow_id", "agent_node_id", "status")
@@ -65,8 +65,7 @@ class EventFilter:
         if self.sources:
             query &= Q(source__in=self.sources)
         if self.owner_id is not None:
-            owned = [lookup(self.owner_id) for lookup in executions_owned_by]
-            query &= Q(execution_id__in=owned[0]) if owned else Q(pk__in=[])
+            query &= self._owned_q()
         if not self.any_type:
             exact = [p for p in self.types if "*" not in p]
             wild = [p for p in self.types if "*" in p]
@@ -76,6 +75,18 @@ class EventFilter:
                 type_q |= Q(type__regex=type_regex(wild))
             query &= type_q
         return query
+
+
+    def _owned_q(self) -> Q:
+        """The events of `owner_id` (see observability/owners.py): its executions', less the
+        webhook events of other keys' subscriptions."""
+        if not executions_owned_by:
+            return Q(pk__in=[])
+        subscriptions = [s for lookup in subscriptions_owned_by for s in lookup(self.owner_id)]
+        theirs = Q(source="webhook", data__has_key="subscription_id") & ~Q(data__subscription_id=None)
+        if subscriptions:
+            theirs &= ~Q(data__subscription_id__in=subscriptions)
+        return Q(execution_id__in=executions_owned_by[0](self.owner_id)) & ~theirs
 
 
 def parse_filters(params: Mapping[str, object], *, sources: Iterable[str] = ()) -> EventFilter:

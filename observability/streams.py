@@ -179,7 +179,7 @@ async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpR
     if terminal_id is not None and last_event_id is not None and last_event_id >= terminal_id:
         # The client already has the end: 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
-    flt = EventFilter(execution_id=execution_id)
+    flt = EventFilter(execution_id=execution_id, owner_id=streamed_owner(caller, EXECUTION_SCOPE))
     body = _events(
         flt,
         0 if last_event_id is None else last_event_id,

@@ -34,7 +34,7 @@ from agentfield_site.lib import strict_json
 from agentfield_site.lib.db_threads import run_in
 
 from .models import PlatformEvent
-from .owners import owners_of
+from .owners import event_owners
 from .stream_filters import EventFilter
 
 log = logging.getLogger(__name__)
@@ -323,24 +323,21 @@ class Tailer:
 
     @staticmethod
     async def _note_owners(page: list[TailedEvent], subscribers: set[Listener]) -> None:
-        """Each event's execution owner, for client keys' streams: one lookup per page.
+        """Each event's owner (observability/owners.py), for client keys' streams: one lookup per page.
 
         If it cannot be read, those streams catch up from the log instead (a lagging
         listener replays from its cursor, filtered in SQL): no gap either way.
         """
-        ids = {event.doc.get("execution_id") for event in page} - {None, ""}
-        if not ids:
-            return
         try:
-            owners = await run_db(owners_of, ids)
+            owners = await run_db(event_owners, [event.doc for event in page])
         except Exception:
             log.exception("event tail: cannot read the executions' owners")
             for sub in subscribers:
                 if sub.filter.owner_id is not None:
                     sub.lagging = True
             return
-        for event in page:
-            event.owner_id = owners.get(event.doc.get("execution_id"))
+        for event, owner_id in zip(page, owners, strict=True):
+            event.owner_id = owner_id
 
     async def _listen_for_wakeups(self) -> None:
         from channels.layers import get_channel_layer

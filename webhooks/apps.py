@@ -9,13 +9,16 @@ class WebhooksConfig(AppConfig):
     def ready(self) -> None:
         from agentfield_site.jobs import sweeper
         from agentfield_site.lib.metrics import register
-        from observability import events
+        from observability import events, owners
 
-        from . import delivery, subscriptions
+        from . import delivery, ownership, subscriptions
         from .metrics import WebhookCollector
         from .models import Subscription
 
         events.in_transaction.append(subscriptions.on_events)
+        if ownership.subscription_owners not in owners.subscription_owners:
+            owners.subscription_owners.append(ownership.subscription_owners)
+            owners.subscriptions_owned_by.append(ownership.subscriptions_owned_by)
         sweeper.ticks.append(delivery.tick)
         post_save.connect(subscriptions.invalidate_cache, sender=Subscription, dispatch_uid="webhooks.sub.save")
         post_delete.connect(subscriptions.invalidate_cache, sender=Subscription, dispatch_uid="webhooks.sub.delete")

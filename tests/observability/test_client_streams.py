@@ -130,3 +130,36 @@ def test_agent_keys_are_refused_and_admins_see_everything(world):
     assert refused.status == nodes.status == 403
     assert json.loads(refused.body)["error"] == "forbidden"
     assert [int(f.id) for f in seen] == [ids[0], ids[2], ids[3], ids[4]]  # the execution stream: no node event
+
+
+def test_an_operators_subscription_deliveries_stay_out_of_a_clients_stream(world):
+    """The webhook events of another key's subscription carry its URL: never on a client's stream."""
+    from webhooks import subscriptions
+
+    keys, mine = world
+    ops = ApiKey.objects.get(name="ops")
+    theirs, _ = subscriptions.create(url="https://hooks.example.com/T0K3N", event_types=["*"], headers={}, owner_id=ops.pk)
+    alices, _ = subscriptions.create(url="https://alice.example.com/h", event_types=["*"], headers={},
+                                     owner_id=ApiKey.objects.get(name="alice").pk)
+
+    def delivered(subscription_id):
+        return ("webhook.delivered", {"execution_id": mine["alice"], "status": "delivered",
+                                      "data": {"subscription_id": subscription_id, "url": "..."}})
+
+    async def scenario():
+        ids = await asyncio.to_thread(publish, delivered(theirs.id), delivered(None), delivered(alices.id))
+        live = await AsgiSse(application, f"/api/v1/executions/{mine['alice']}/events",
+                             headers={"X-API-Key": keys["alice"]}).start()
+        replayed = await live.read_until(lambda fs: len(_events(fs)) >= 2)
+        await live.close()
+        stream = await AsgiSse(application, "/api/ui/v1/executions/events", headers={"X-API-Key": keys["alice"]}).start()
+        await stream.read_until(lambda fs: any(f.retry for f in fs))
+        again = await asyncio.to_thread(publish, delivered(theirs.id), delivered(None), delivered(alices.id))
+        got = await stream.read_until(lambda fs: len(_events(fs)) >= 2)
+        await stream.close()
+        return ids, _events(replayed), again, _events(got)
+
+    ids, replayed, again, got = asyncio.run(scenario())
+    assert [int(f.id) for f in replayed] == ids[1:]  # the execution's own webhook and alice's subscription
+    assert [int(f.id) for f in got] == again[1:]
+    assert all("T0K3N" not in f.data for f in replayed + got)
