@@ -50,13 +50,11 @@ def call_owner(caller: Caller, parent_execution_id: str) -> int | None:
     belongs to that execution's owner: the workflow stays one client's, who sees
     and is billed for all of it, and the agent acts for it only while it runs.
     """
-    parent = (
-        executions_of(caller).filter(pk=parent_execution_id).exclude(status__in=TERMINAL).values_list("owner_id")
-        if parent_execution_id else []
-    )
-    for (owner_id,) in parent:
-        return owner_id
-    raise AgentCallRefused(parent_execution_id)
+    running = executions_of(caller).filter(pk=parent_execution_id).exclude(status__in=TERMINAL)
+    found = running.values_list("owner_id").first() if parent_execution_id else None
+    if found is None:
+        raise AgentCallRefused(parent_execution_id)
+    return found[0]
 
 
 def execution_visible(caller: Caller, execution_id: str) -> bool:

@@ -77,7 +77,7 @@ class TailedEvent:
     id: int
     type: str
     doc: dict
-    # Its execution's owner, looked up only while a client key's stream is open.
+    # The key it belongs to (observability/owners.py), looked up only while a client key's stream is open.
     owner_id: int | None = None
     _sse: bytes = field(default=b"", repr=False)
     _json: str = field(default="", repr=False)
