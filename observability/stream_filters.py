@@ -78,15 +78,19 @@ class EventFilter:
 
 
     def _owned_q(self) -> Q:
-        """The events of `owner_id` (see observability/owners.py): its executions', less the
-        webhook events of other keys' subscriptions."""
+        """The events of `owner_id`, as `owners.event_owners` decides in memory: a subscription
+        delivery's webhook event by its subscription's owner, any other by its execution's."""
         if not executions_owned_by:
             return Q(pk__in=[])
         subscriptions = [s for lookup in subscriptions_owned_by for s in lookup(self.owner_id)]
-        theirs = Q(source="webhook", data__has_key="subscription_id") & ~Q(data__subscription_id=None)
+        delivery_of_a_subscription = Q(source="webhook", data__has_key="subscription_id") & ~Q(
+            data__subscription_id=None
+        )
+        executions = Q(execution_id__in=executions_owned_by[0](self.owner_id))
+        mine = ~delivery_of_a_subscription & executions
         if subscriptions:
-            theirs &= ~Q(data__subscription_id__in=subscriptions)
-        return Q(execution_id__in=executions_owned_by[0](self.owner_id)) & ~theirs
+            mine |= delivery_of_a_subscription & Q(data__subscription_id__in=subscriptions)
+        return mine
 
 
 def parse_filters(params: Mapping[str, object], *, sources: Iterable[str] = ()) -> EventFilter:

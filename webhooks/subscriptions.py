@@ -22,7 +22,7 @@ from agentfield_site.lib import outbound, signing
 from agentfield_site.lib.timefmt import iso
 from agentfield_site.models import ApiKey
 from observability.models import PlatformEvent
-from observability.owners import owners_of
+from observability.owners import event_owners
 from observability.type_patterns import matches
 
 from . import delivery
@@ -55,9 +55,10 @@ def _enabled() -> list[_Row]:
     return _cache[1]
 
 
-def _owners_of(events: list[PlatformEvent]) -> dict[str, int | None]:
-    """A client key's subscription hears only about its own executions."""
-    return owners_of({e.execution_id for e in events if e.execution_id})
+def _owners_of(events: list[PlatformEvent]) -> list[int | None]:
+    """The key each event belongs to (observability/owners.py): a client key's subscription
+    hears only its own, so never another key's subscription deliveries (and their URLs)."""
+    return event_owners([event.as_document() for event in events])
 
 
 def _is_echo(event: PlatformEvent) -> bool:
@@ -70,8 +71,8 @@ def on_events(events: list[PlatformEvent]) -> None:
     if not subscriptions:
         return
     rows = []
-    owners: dict[str, int | None] | None = None
-    for event in events:
+    owners: list[int | None] | None = None
+    for index, event in enumerate(events):
         if _is_echo(event):
             continue
         body = None
@@ -81,7 +82,7 @@ def on_events(events: list[PlatformEvent]) -> None:
             if client_owned:
                 if owners is None:
                     owners = _owners_of(events)
-                if not event.execution_id or owners.get(event.execution_id) != owner_id:
+                if owners[index] != owner_id:
                     continue
             body = body or outbound.encode_body(event.as_document())
             rows.append(

@@ -163,3 +163,34 @@ def test_an_operators_subscription_deliveries_stay_out_of_a_clients_stream(world
     assert [int(f.id) for f in replayed] == ids[1:]  # the execution's own webhook and alice's subscription
     assert [int(f.id) for f in got] == again[1:]
     assert all("T0K3N" not in f.data for f in replayed + got)
+
+
+def test_replay_and_live_agree_on_a_subscriptions_event_without_an_execution(world):
+    """A test send's failure belongs to the subscription's owner: live and on resume alike."""
+    from webhooks import subscriptions
+
+    keys, mine = world
+    alices, _ = subscriptions.create(url="https://alice.example.com/h", event_types=["*"], headers={},
+                                     owner_id=ApiKey.objects.get(name="alice").pk)
+    failed = ("webhook.failed", {"status": "failed", "data": {"subscription_id": alices.id, "event": "webhook.test"}})
+
+    async def scenario():
+        live = await AsgiSse(application, "/api/ui/v1/executions/events", headers={"X-API-Key": keys["alice"]}).start()
+        await live.read_until(lambda fs: any(f.retry for f in fs))
+        ids = await asyncio.to_thread(publish, failed)
+        got = _events(await live.read_until(lambda fs: len(_events(fs)) >= 1))
+        await live.close()
+        resumed = await AsgiSse(application, "/api/ui/v1/executions/events", f"last_event_id={ids[0] - 1}",
+                                {"X-API-Key": keys["alice"]}).start()
+        again = _events(await resumed.read_until(lambda fs: len(_events(fs)) >= 1))
+        await resumed.close()
+        bobs_own = await asyncio.to_thread(publish, ("execution.created", {"execution_id": mine["bob"]}))
+        bobs = await AsgiSse(application, "/api/ui/v1/executions/events", f"last_event_id={ids[0] - 1}",
+                             {"X-API-Key": keys["bob"]}).start()
+        bob_saw = _events(await bobs.read_until(lambda fs: len(_events(fs)) >= 1))
+        await bobs.close()
+        return ids, got, again, bobs_own, bob_saw
+
+    ids, got, again, bobs_own, bob_saw = asyncio.run(scenario())
+    assert [int(f.id) for f in got] == [int(f.id) for f in again] == ids
+    assert [int(f.id) for f in bob_saw] == bobs_own  # replayed past alice's event, without it

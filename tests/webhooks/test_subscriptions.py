@@ -204,3 +204,24 @@ def test_one_key_holds_at_most_the_configured_number_of_subscriptions(api, setti
     assert refused.status_code == 409 and "WEBHOOK_MAX_SUBSCRIPTIONS_PER_KEY" in refused.json()["message"]
     assert api.post(BASE, body, format="json", HTTP_X_API_KEY=other).status_code == 201  # per key
     assert Subscription.objects.count() == 3
+
+
+def test_a_client_subscription_never_hears_another_keys_subscription_deliveries():
+    """An operator's subscription to everything delivers the client's executions: its webhook events (URL
+    included) are the operator's, not the client's to hear."""
+    from agentfield_site.models import ApiKey
+    from executions.models import Execution
+
+    client, ops = ApiKey.create("c", "client")[0], ApiKey.create("o", "admin")[0]
+    theirs, _ = subscriptions.create(url="https://ops.example.com/T0K3N", event_types=["*"], headers={}, owner_id=ops.pk)
+    mine, _ = subscriptions.create(url="https://c.example.com/h", event_types=["*"], headers={}, owner_id=client.pk)
+    execution = Execution.objects.create(target="n.r", agent_node_id="n", reasoner_id="r", owner=client)
+    with transaction.atomic():
+        publish("execution.completed", execution_id=execution.id, status="succeeded")
+        for sub in (theirs, mine):
+            publish("webhook.delivered", execution_id=execution.id, status="delivered",
+                    data={"subscription_id": sub.id, "url": sub.url, "event": "execution.completed"})
+    heard = list(Delivery.objects.filter(subscription=mine).order_by("id"))
+    assert [d.event_type for d in heard] == ["execution.completed", "webhook.delivered"]
+    assert all(b"T0K3N" not in bytes(d.body) for d in heard)
+    assert Delivery.objects.filter(subscription=theirs).count() == 3  # the operator hears everything
