@@ -19,7 +19,7 @@ from agentfield_site.auth import caller_for, raw_key_from
 from agentfield_site.lib import strict_json
 
 from .stream_filters import EventFilter, FilterError, parse_filters
-from .streams import BadStreamRequest, parse_last_event_id, streamed_owner
+from .streams import RECHECK_SECONDS, BadStreamRequest, parse_last_event_id, streamed_owner
 from .tail import Listener, get_tailer, run_db
 
 CLOSE_UNAUTHORIZED = 4401
@@ -54,9 +54,11 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = "none:websocket-streams-read-the-log"
     _task: asyncio.Task | None = None
     _owner_id: int | None = None  # a client key's socket: its own executions' events only
+    _raw_key = ""  # checked again on each subscribe and every RECHECK_SECONDS
 
     async def connect(self) -> None:
         raw_key = raw_key_from(_headers(self.scope), _query(self.scope))
+        self._raw_key = raw_key
         caller = await run_db(caller_for, self.scope.get("user"), raw_key)
         # Accept first so that the close code (4401/4403/4400) reaches the client; a
         # refusal before accept is only an HTTP 403 without a reason.
@@ -91,6 +93,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             return
         if not isinstance(message, dict) or message.get("action") != "subscribe":
             await self._error("bad_request", 'Send {"action": "subscribe", "filters": {...}, "last_event_id": N}.')
+            return
+        if not await self._still_valid():
+            await self._revoked()
             return
         filters = message.get("filters") or {}
         if not isinstance(filters, dict):
@@ -132,10 +137,25 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         self._task = asyncio.get_running_loop().create_task(self._pump(sub))
 
     async def _pump(self, sub: Listener) -> None:
+        loop = asyncio.get_running_loop()
+        recheck_at = loop.time() + RECHECK_SECONDS
         try:
             while True:
-                event = await sub.next_event(_IDLE_WAIT_SECONDS)
+                event = await sub.next_event(min(_IDLE_WAIT_SECONDS, RECHECK_SECONDS))
+                if loop.time() >= recheck_at:
+                    if not await self._still_valid():
+                        await self._revoked()
+                        return
+                    recheck_at = loop.time() + RECHECK_SECONDS
                 if event is not None:
                     await self.send(text_data=event.json)
         finally:
             sub.close()
+
+    async def _still_valid(self) -> bool:
+        """Whether the socket's API key is still valid (a session's socket is checked once, at connect)."""
+        return not self._raw_key or await run_db(caller_for, self.scope.get("user"), self._raw_key) is not None
+
+    async def _revoked(self) -> None:
+        await self._error("unauthorized", "The API key was revoked.")
+        await self.close(code=CLOSE_UNAUTHORIZED)

@@ -6,7 +6,8 @@ stream costs daphne a coroutine and a bounded queue, not a thread. Each stream i
 in id order, without gaps or duplicates.
 """
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from django.conf import settings
@@ -59,6 +60,23 @@ def _caller(request: HttpRequest, raw_key: str) -> Caller | None:
     return caller_for(get_user(request), raw_key)
 
 
+# An open stream checks its API key again this often (at an event or a keep-alive):
+# a key revoked or reissued ends the streams it opened.
+RECHECK_SECONDS = 5.0
+
+
+def key_recheck(request: HttpRequest) -> Callable[[], Awaitable[bool]] | None:
+    """Whether the request's API key is still valid, asked again later; None for a session (checked once)."""
+    raw_key = raw_key_from({k.lower(): v for k, v in request.headers.items()}, request.GET)
+    if not raw_key:
+        return None
+
+    async def still_valid() -> bool:
+        return await run_db(_caller, request, raw_key) is not None
+
+    return still_valid
+
+
 async def authorize(request: HttpRequest) -> Caller | JsonResponse:
     """The caller when it may read streams, else the contract's 401."""
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -82,17 +100,24 @@ def _sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
 
 
 async def _events(
-    flt: EventFilter, last_event_id: int | None, *, until_terminal: bool = False, announce_gaps: bool = True
+    flt: EventFilter, last_event_id: int | None, *, until_terminal: bool = False, announce_gaps: bool = True,
+    still_valid: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[bytes]:
     # Subscribing inside the generator ties the subscription's life to the body:
     # Django cancels the generator when the client goes, and `finally` lets go.
     # The first bytes follow the subscription, so a client that has read them
     # knows that every later event will reach it.
     sub = await get_tailer().subscribe(flt, last_event_id, announce_gaps=announce_gaps)
+    loop = asyncio.get_running_loop()
+    recheck_at = loop.time() + RECHECK_SECONDS
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         while True:
             batch = await sub.next_events(settings.STREAM_KEEPALIVE_SECONDS)
+            if still_valid is not None and loop.time() >= recheck_at:
+                if not await still_valid():
+                    return  # the key was revoked: the client's reconnect is then a 401
+                recheck_at = loop.time() + RECHECK_SECONDS
             if not batch:
                 yield b": keep-alive\n\n"
                 continue
@@ -123,7 +148,7 @@ async def _open_stream(request: HttpRequest, scope: tuple[str, ...]) -> HttpResp
         last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"), request.GET.get("last_event_id"))
     except (FilterError, BadStreamRequest) as exc:
         return error_response(400, "bad_request", str(exc))
-    return _sse_response(_events(flt, last_event_id))
+    return _sse_response(_events(flt, last_event_id, still_valid=key_recheck(request)))
 
 
 def streamed_owner(caller: Caller, sources: tuple[str, ...]) -> int | None:
@@ -185,6 +210,7 @@ async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpR
         0 if last_event_id is None else last_event_id,
         until_terminal=True,
         announce_gaps=last_event_id is not None,
+        still_valid=key_recheck(request),
     )
     return _sse_response(body)
 

@@ -194,3 +194,43 @@ def test_replay_and_live_agree_on_a_subscriptions_event_without_an_execution(wor
     ids, got, again, bobs_own, bob_saw = asyncio.run(scenario())
     assert [int(f.id) for f in got] == [int(f.id) for f in again] == ids
     assert [int(f.id) for f in bob_saw] == bobs_own  # replayed past alice's event, without it
+
+
+def test_a_revoked_keys_streams_end_and_its_socket_closes(world, settings, monkeypatch):
+    """Revoking a key ends what it opened: the SSE body ends (the reconnect is a 401), the socket closes 4401."""
+    from django.utils import timezone
+
+    from agentfield_site import auth
+    from observability import consumers, streams
+
+    settings.STREAM_KEEPALIVE_SECONDS = 0.2
+    settings.API_KEY_CACHE_SECONDS = 0
+    monkeypatch.setattr(streams, "RECHECK_SECONDS", 0.2)
+    monkeypatch.setattr(consumers, "RECHECK_SECONDS", 0.2)
+    keys, mine = world
+
+    async def scenario():
+        sse = await AsgiSse(application, "/api/ui/v1/executions/events", headers={"X-API-Key": keys["alice"]}).start()
+        await sse.read_until(lambda fs: any(f.retry for f in fs))
+        ws = WebsocketCommunicator(application, f"/ws/events?api_key={keys['alice']}")
+        assert (await ws.connect())[0]
+        assert json.loads(await ws.receive_from(5))["type"] == "stream.subscribed"
+        await asyncio.to_thread(_revoke, "alice")
+        await sse.read_to_end(timeout=5)
+        error = json.loads(await ws.receive_from(5))
+        closed = await ws.receive_output(5)
+        again = await AsgiSse(application, "/api/ui/v1/executions/events", headers={"X-API-Key": keys["alice"]}).start()
+        await again.read_to_end()
+        return sse, error, closed, again
+
+    def _revoke(name: str) -> None:
+        try:
+            ApiKey.objects.filter(name=name).update(revoked_at=timezone.now())
+            auth.forget_keys()
+        finally:
+            connections.close_all()
+
+    sse, error, closed, again = asyncio.run(scenario())
+    assert sse.ended
+    assert error["error"] == "unauthorized" and closed == {"type": "websocket.close", "code": 4401}
+    assert again.status == 401
