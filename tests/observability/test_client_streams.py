@@ -21,11 +21,6 @@ from observability import events, tail
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("poll_without_channel_layer")]
 
 
-@pytest.fixture
-def poll_without_channel_layer(settings):
-    settings.CHANNEL_LAYERS = {}
-
-
 @pytest.fixture(autouse=True)
 def _release_stream_connections():
     yield
