@@ -1,8 +1,8 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from .admin_bases import SafeLookupsAdmin
 from .auth import forget_keys
-from .escaped_admin import SafeLookupsAdmin
 from .models import ApiKey
 
 # The app list beside every page costs 300 px that the delivery and execution lists need at 1,280 px;

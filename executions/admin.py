@@ -11,7 +11,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from agentfield_site.escaped_admin import EscapedJSONAdmin
+from agentfield_site.admin_bases import EscapedJSONAdmin
 from observability.models import PlatformEvent
 from webhooks.masking import masked_headers
 from webhooks.models import Delivery

@@ -3,7 +3,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 
-from agentfield_site.escaped_admin import EscapedJSONAdmin, SafeLookupsAdmin
+from agentfield_site.admin_bases import EscapedJSONAdmin, SafeLookupsAdmin
 
 from .forwarder import configuration, dead_letters
 from .models import ForwarderConfig, ForwarderDeadLetter, PlatformEvent

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
-from agentfield_site.escaped_admin import EscapedJSONAdmin, SafeLookupsAdmin
+from agentfield_site.admin_bases import EscapedJSONAdmin, SafeLookupsAdmin
 
 from . import delivery, destinations, subscriptions
 from .api.serializers import SubscriptionSerializer
