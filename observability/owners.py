@@ -23,10 +23,6 @@ subscription_owners: list[Callable[[Collection[str]], dict[str, int | None]]] = 
 subscriptions_owned_by: list[Callable[[int], list[str]]] = []
 
 
-def owners_of(execution_ids: Collection[str]) -> dict[str, int | None]:
-    return _asked(execution_owners, execution_ids)
-
-
 def event_owners(docs: Collection[dict]) -> list[int | None]:
     """The key each event document belongs to (see above), in order; None: no key's."""
     executions = _asked(execution_owners, {d.get("execution_id") for d in docs} - {None, ""})
