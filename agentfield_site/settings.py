@@ -256,6 +256,12 @@ SPECTACULAR_SETTINGS = {
 
 # --- The product's own knobs -------------------------------------------------
 AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=90.0)
+# Agent calls run on threads of the dispatch workers, so an agent that takes its
+# time holds a thread, not a worker process; and no one node, nor one key's
+# executions, gets more than its share of them (executions.dispatch).
+AGENT_CALLS_PER_WORKER = env.int("AGENT_CALLS_PER_WORKER", default=16)
+AGENT_MAX_CALLS_PER_NODE = env.int("AGENT_MAX_CALLS_PER_NODE", default=8)
+AGENT_MAX_CALLS_PER_KEY = env.int("AGENT_MAX_CALLS_PER_KEY", default=32)
 # Where nodes' base_urls may point beyond public addresses: host names (as spelled)
 # or IP addresses and networks (matched against the resolved address). Loopback by
 # default, so `make run` and SDK agents on localhost work; add your agents' network

@@ -14,8 +14,8 @@ class ExecutionsConfig(AppConfig):
         from .api import errors  # noqa: F401 - registers the API's answers to the domain errors
         from .metrics import ExecutionCollector
 
-        # Time-driven work: lost dispatches, stale executions, silent nodes.
-        for tick in (dispatch.requeue_lapsed, dispatch.expire_stale, nodes.mark_silent_nodes_offline):
+        # Time-driven work: lost dispatches, waiting executions, stale executions, silent nodes.
+        for tick in (dispatch.requeue_lapsed, dispatch.wake_waiting, dispatch.expire_stale, nodes.mark_silent_nodes_offline):
             if tick not in sweeper.ticks:
                 sweeper.ticks.append(tick)
         register("executions", ExecutionCollector())

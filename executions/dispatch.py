@@ -4,10 +4,20 @@ The Execution row is the queue. A worker claims it with a compare-and-set that
 takes a lease; a worker killed mid-call leaves the lease to lapse, and the sweeper
 hands the execution out again (`requeue_lapsed`). django-q2 only carries the
 wake-up, so a lost or duplicated task changes nothing: only one claim wins.
+
+A call does not hold a worker process: the task (`take`) hands claimed executions
+to the process's call threads (AGENT_CALLS_PER_WORKER) and returns, and a thread
+whose call has ended claims the next waiting execution itself. No more than
+AGENT_MAX_CALLS_PER_NODE calls are in flight to one node, nor
+AGENT_MAX_CALLS_PER_KEY for one key's executions, across every worker, and a
+claim passes over those at their cap: an agent that hangs (or is merely slow)
+holds at most its own share of the threads, and everyone else's executions go
+out beside it instead of waiting for its timeouts.
 """
 
 import json
 import logging
+import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +26,12 @@ from datetime import timedelta
 import requests
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Count, F
 from django.utils import timezone
 from urllib3.util.retry import Retry
 
 from agentfield_site.lib import safe_http, strict_json, tasks
+from agentfield_site.lib.sqlite_writer import one_writer
 
 from . import lifecycle
 from .models import ACTIVE, AgentNode, Execution
@@ -35,6 +46,9 @@ CANCEL_NOTICES_TASK = "executions.tasks.send_cancel_notices"
 CANCEL_NOTICE_CONCURRENCY = 8
 # How much of an agent's error body is quoted back to callers (error_details.body).
 ERROR_BODY_LIMIT = 2048
+# Claims take a transaction-level advisory lock on PostgreSQL, so that the
+# per-node in-flight counts they read cannot be raced by another claim.
+_CLAIM_LOCK_KEY = 0x4146_4443  # "AFDC"
 _local = threading.local()
 
 
@@ -79,34 +93,75 @@ def _lease_until():
     return timezone.now() + timedelta(seconds=settings.DISPATCH_LEASE_SECONDS)
 
 
-def claim(execution_id: str, *, or_oldest: bool = False) -> tuple[Execution, str] | None:
-    """Take the dispatch lease; (execution, token) for the winner, None otherwise.
+def claim(execution_id: str) -> tuple[Execution, str] | None:
+    """Take the dispatch lease of `execution_id` if it may be called now; (execution, token), or None.
 
-    With `or_oldest`, a task whose own execution is already taken (a duplicate
-    wake-up, or a requeue that raced the original task) takes the oldest execution
-    still waiting instead: a task is a wake-up, not a reservation, so none that a
-    worker runs is wasted while a backlog lasts.
+    The sync API's path: it calls its own execution's agent on its own thread.
+    At a cap it leaves the execution waiting for a worker's call thread, so a
+    hung agent cannot take the web process's threads either.
+    """
+    return _claim(execution_id, others=False)
+
+
+def claim_next(preferred: str | None = None) -> tuple[Execution, str] | None:
+    """Take the lease of the next execution a worker may call now; (execution, token), or None.
+
+    `preferred` (the task's own execution) if it may be called now, else the
+    oldest waiting execution that may: a task is a wake-up, not a reservation.
+    """
+    if preferred is None and not _claimable().exists():
+        # Read before locking: call threads look each time a call ends, and on SQLite the lock stops every writer.
+        return None
+    return _claim(preferred, others=True)
+
+
+def _claim(preferred: str | None, others: bool) -> tuple[Execution, str] | None:
+    """`preferred` if it may be called now, else (with `others`) the oldest waiting execution that may.
+
+    One may while fewer than AGENT_MAX_CALLS_PER_NODE calls to its node, and
+    fewer than AGENT_MAX_CALLS_PER_KEY of its owner's executions, are in flight.
+    The counts are read and the lease taken under one lock (PostgreSQL's
+    advisory lock, SQLite's write lock), so the caps hold across every worker
+    and web process.
     """
     token = uuid.uuid4().hex
-    with transaction.atomic():
-        won = _take(execution_id, token)
-        if not won and or_oldest:
-            oldest = _oldest_queued()
-            won = oldest is not None and _take(oldest, token)
-            execution_id = oldest
-        if not won:
+    with one_writer(), transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
+        open_to = _claimable()
+        if preferred is not None and _take(open_to.filter(pk=preferred), token):
+            return _started(preferred), token
+        if not others:
             return None
-        execution = Execution.objects.get(pk=execution_id)
-        if execution.status in ("pending", "queued"):
-            execution = lifecycle.transition(execution_id, "running").execution
-    return execution, token
+        oldest = open_to.order_by("created_at", "id").values_list("pk", flat=True).first()
+        if oldest is None or not _take(Execution.objects.filter(pk=oldest), token):
+            return None
+        return _started(oldest), token
 
 
-def _take(execution_id: str, token: str) -> bool:
+def _claimable():
+    """Waiting executions that may be called now: their node and their owner's key are below their caps."""
+    waiting = Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE)
+    return waiting.exclude(agent_node_id__in=_at_cap("agent_node_id", settings.AGENT_MAX_CALLS_PER_NODE)).exclude(
+        owner_id__in=_at_cap("owner_id", settings.AGENT_MAX_CALLS_PER_KEY)
+    )
+
+
+def _at_cap(field: str, cap: int) -> list:
+    """Values of `field` (a node, an owner) with `cap` calls or more in flight."""
+    return list(
+        Execution.objects.filter(dispatch_state=Execution.Dispatch.IN_FLIGHT, **{f"{field}__isnull": False})
+        .values(field)
+        .annotate(calls=Count("id"))
+        .filter(calls__gte=max(1, cap))
+        .values_list(field, flat=True)
+    )
+
+
+def _take(rows, token: str) -> bool:
     return bool(
-        Execution.objects.filter(
-            pk=execution_id, dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE
-        ).update(
+        rows.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE).update(
             dispatch_state=Execution.Dispatch.IN_FLIGHT,
             dispatch_token=token,
             dispatch_lease_until=_lease_until(),
@@ -115,12 +170,11 @@ def _take(execution_id: str, token: str) -> bool:
     )
 
 
-def _oldest_queued() -> str | None:
-    waiting = Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE)
-    if connection.vendor == "postgresql":
-        # Two workers looking at once take two different rows instead of queueing.
-        waiting = waiting.select_for_update(skip_locked=True)
-    return waiting.order_by("created_at").values_list("pk", flat=True).first()
+def _started(execution_id: str) -> Execution:
+    execution = Execution.objects.get(pk=execution_id)
+    if execution.status in ("pending", "queued"):
+        execution = lifecycle.transition(execution_id, "running").execution
+    return execution
 
 
 def _headers(execution: Execution) -> dict[str, str]:
@@ -145,20 +199,23 @@ def agent_url(node: AgentNode, execution: Execution) -> str:
     return f"{node.base_url.rstrip('/')}/{kind}/{execution.reasoner_id}"
 
 
-def run(execution_id: str, *, or_oldest: bool = False) -> str:
-    """Dispatch one execution if this worker wins the claim; returns what happened.
-
-    The worker's task passes `or_oldest` (see `claim`); the sync API dispatches
-    its own execution only.
-    """
-    claimed = claim(execution_id, or_oldest=or_oldest)
+def run(execution_id: str) -> str:
+    """Call the agent of `execution_id` on this thread if the claim is won (the sync API); what happened."""
+    claimed = claim(execution_id)
     if claimed is None:
         return "not_claimed"
-    execution, token = claimed
+    return call(*claimed)
+
+
+def call(execution: Execution, token: str) -> str:
+    """POST a claimed execution to its agent and record the outcome; returns what happened."""
     node = AgentNode.objects.filter(pk=execution.agent_node_id).first()
     if node is None:
         _fail(execution, token, "not_found", f"Agent node {execution.agent_node_id!r} is no longer registered.")
         return "failed"
+    if not connection.in_atomic_block:
+        # No database connection is held while the agent thinks (up to AGENT_CALL_TIMEOUT).
+        connection.close()
     timeout = settings.AGENT_CALL_TIMEOUT
     try:
         response = _session().post(
@@ -187,6 +244,79 @@ def run(execution_id: str, *, or_oldest: bool = False) -> str:
         # bytes unread sends the agent a reset, which its server reports as an error.
         _read_capped(response, ERROR_BODY_LIMIT)
         response.close()
+
+
+# --- the workers' call threads -----------------------------------------------------
+
+_free_threads: dict[int, threading.BoundedSemaphore] = {}  # by process id: django-q2 forks its workers
+_free_threads_lock = threading.Lock()
+
+
+def _this_process_threads() -> threading.BoundedSemaphore:
+    with _free_threads_lock:
+        pid = os.getpid()
+        if pid not in _free_threads:
+            _free_threads[pid] = threading.BoundedSemaphore(max(1, settings.AGENT_CALLS_PER_WORKER))
+        return _free_threads[pid]
+
+
+def take(execution_id: str | None = None) -> int:
+    """The dispatch task: start waiting executions' calls on this process's free call threads; how many.
+
+    Returns at once, the calls running on: a worker process is never held by an
+    agent that takes its time. Each call thread, once its call has ended, claims
+    the next waiting execution itself (`_keep_calling`), so a node held back by
+    its cap is called as soon as one of its calls ends, without another wake-up.
+    """
+    free = _this_process_threads()
+    started = 0
+    while free.acquire(blocking=False):
+        try:
+            claimed = claim_next(execution_id)
+        except BaseException:
+            free.release()
+            raise
+        execution_id = None
+        if claimed is None:
+            free.release()
+            break
+        # Not a daemon: a worker that stops (or that django-q2 recycles) waits for its calls.
+        threading.Thread(target=_keep_calling, args=(free, claimed), name="agent-call").start()
+        started += 1
+    return started
+
+
+def _keep_calling(free: threading.BoundedSemaphore, claimed: tuple[Execution, str] | None) -> None:
+    """A call thread: call, then claim the next waiting execution, until none is left or the process stops."""
+    try:
+        while claimed is not None:
+            try:
+                call(*claimed)
+            except Exception:  # its lease lapses and the sweeper hands the execution out again
+                log.exception("dispatching %s failed", claimed[0].id)
+            # The main thread has ended: the process is stopping, and waits for this call only.
+            if not threading.main_thread().is_alive():
+                break
+            claimed = claim_next()
+    except Exception:  # claiming failed (the database went away): the sweeper's wake-up finds the rest
+        log.exception("claiming the next execution failed")
+    finally:
+        free.release()
+        connection.close()
+        if session := getattr(_local, "session", None):
+            session.close()
+
+
+def wake_waiting() -> None:
+    """Sweeper tick: a wake-up when executions have waited a while that a call thread could take now.
+
+    Their own wake-ups found every thread busy or a cap reached, and a
+    call that ends takes the next execution itself; this covers what is left
+    (a node's cap held by sync calls, a wake-up the broker lost).
+    """
+    a_while_ago = timezone.now() - timedelta(seconds=1)
+    if _claimable().filter(created_at__lt=a_while_ago).exists():
+        tasks.enqueue(TASK, None, cluster=settings.DISPATCH_CLUSTER, name="dispatch waiting executions")
 
 
 def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
@@ -273,27 +403,16 @@ def _fail(execution: Execution, token: str, category: str, message: str, details
 
 
 def requeue_lapsed() -> int:
-    """Sweeper tick: executions whose dispatch lease lapsed without an outcome go out again.
-
-    A call in flight whose lease lapsed (its worker died) goes out again at once.
-    A row still queued may simply be waiting behind a backlog in the broker: each
-    look doubles the time until the next (its age, at least one lease, at most ten),
-    so a backlog is not multiplied by duplicate wake-ups while its tasks are merely
-    late, and a task the broker really lost is still replaced.
-    """
+    """Sweeper tick: calls whose dispatch lease lapsed without an outcome (their worker died) go out again."""
     now = timezone.now()
-    lease = timedelta(seconds=settings.DISPATCH_LEASE_SECONDS)
     lapsed = Execution.objects.filter(
-        dispatch_state__in=(Execution.Dispatch.QUEUED, Execution.Dispatch.IN_FLIGHT),
-        dispatch_lease_until__lt=now,
-        status__in=ACTIVE,
-    ).values_list("id", "dispatch_token", "dispatch_lease_until", "dispatch_state", "created_at")[:200]
+        dispatch_state=Execution.Dispatch.IN_FLIGHT, dispatch_lease_until__lt=now, status__in=ACTIVE
+    ).values_list("id", "dispatch_token")[:200]
     count = 0
-    for execution_id, token, lapsed_at, state, created_at in lapsed:
-        wait = lease if state == Execution.Dispatch.IN_FLIGHT else min(max(lease, now - created_at), 10 * lease)
+    for execution_id, token in lapsed:
         # Conditional on the lease we saw, so two sweepers never both requeue.
-        if Execution.objects.filter(pk=execution_id, dispatch_token=token, dispatch_lease_until=lapsed_at).update(
-            dispatch_state=Execution.Dispatch.QUEUED, dispatch_lease_until=now + wait
+        if Execution.objects.filter(pk=execution_id, dispatch_token=token, dispatch_state=Execution.Dispatch.IN_FLIGHT).update(
+            dispatch_state=Execution.Dispatch.QUEUED, dispatch_lease_until=None
         ):
             enqueue(execution_id)
             count += 1

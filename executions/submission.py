@@ -167,10 +167,9 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         webhook_secret=(hook.get("secret") or "") if hook else "",
         webhook_headers=(hook.get("headers") or {}) if hook else {},
         webhook_error=(hook_error or "")[:500],
+        # A task that never runs (the broker lost it, the process died before
+        # enqueueing) is made up for by the sweeper (`dispatch.wake_waiting`).
         dispatch_state=Execution.Dispatch.QUEUED,
-        # A task that never runs (broker lost it, process died before enqueue) is
-        # found by the sweeper once this lapses.
-        dispatch_lease_until=now + timedelta(seconds=settings.DISPATCH_LEASE_SECONDS),
     )
     try:
         with one_writer(), transaction.atomic():

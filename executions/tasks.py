@@ -3,8 +3,8 @@
 from . import dispatch
 
 
-def dispatch_execution(execution_id: str) -> str:
-    return dispatch.run(execution_id, or_oldest=True)
+def dispatch_execution(execution_id: str | None) -> int:
+    return dispatch.take(execution_id or None)
 
 
 def send_cancel_notices(notices: list[tuple[str, str]]) -> None:

@@ -4,11 +4,12 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
 from devtools.processes import free_port
-from executions import dispatch, reports, submission
+from executions import dispatch, nodes, reports, submission
 from executions.models import Execution
 from observability.models import PlatformEvent
 
@@ -105,57 +106,76 @@ def test_lapsed_lease_is_requeued_and_dispatched_again(node, agent, django_captu
     Execution.objects.filter(pk=execution.id).update(dispatch_lease_until=timezone.now() - timedelta(seconds=1))
     with django_capture_on_commit_callbacks(execute=False):
         assert dispatch.requeue_lapsed() == 1
-    assert dispatch.requeue_lapsed() == 0, "requeued once, with a fresh lease"
+    assert dispatch.requeue_lapsed() == 0, "requeued once"
     assert dispatch.run(execution.id) == "succeeded"
     execution.refresh_from_db()
     assert execution.dispatch_attempts == 2
     assert PlatformEvent.objects.filter(type="execution.started").count() == 1
 
 
-def test_a_duplicate_task_dispatches_the_oldest_waiting_execution(node, agent):
+def test_a_duplicate_wake_up_claims_the_oldest_waiting_execution(node, agent):
     first, second, third = _submit(), _submit(), _submit()
-    assert dispatch.run(first.id, or_oldest=True) == "succeeded"
+    claimed, token = dispatch.claim_next(first.id)
+    assert claimed.id == first.id and dispatch.call(claimed, token) == "succeeded"
     assert dispatch.run(first.id) == "not_claimed", "the sync API dispatches its own execution only"
     # A second wake-up for `first` (a requeue raced its task): it takes `second`, the oldest waiting.
-    assert dispatch.run(first.id, or_oldest=True) == "succeeded"
+    claimed, token = dispatch.claim_next(first.id)
+    assert claimed.id == second.id and dispatch.call(claimed, token) == "succeeded"
     assert [r.headers["X-Execution-ID"] for r in agent.requests] == [first.id, second.id]
     assert Execution.objects.get(pk=third.id).dispatch_state == Execution.Dispatch.QUEUED
-    assert dispatch.run(third.id, or_oldest=True) == "succeeded"
-    assert dispatch.run(second.id, or_oldest=True) == "not_claimed", "nothing is left waiting"
-    assert len(agent.requests) == 3
+    assert dispatch.claim_next()[0].id == third.id
+    assert dispatch.claim_next(second.id) is None, "nothing is left waiting"
 
 
-def test_a_queued_row_is_looked_at_less_often_the_longer_it_waits(node, settings, django_capture_on_commit_callbacks,
-                                                                  monkeypatch):
-    """Behind a backlog its task is late, not lost: duplicates must not pile up in the broker."""
-    settings.DISPATCH_LEASE_SECONDS = 5
-    execution = _submit()
+def test_a_claim_passes_over_a_node_at_its_cap(node, agent, settings):
+    settings.AGENT_MAX_CALLS_PER_NODE = 2
+    nodes.register({"id": "other", "base_url": agent.url, "version": "1", "reasoners": [{"id": "process"}]})
+    first, second, third = _submit(), _submit(), _submit()
+    elsewhere = _submit("other.process")
+    assert [dispatch.claim_next(e.id)[0].id for e in (first, second)] == [first.id, second.id]
+    # `analyzer` has two calls in flight: its third waits, and the other node's execution goes first.
+    assert dispatch.claim_next(third.id)[0].id == elsewhere.id
+    assert dispatch.claim_next(third.id) is None
+    assert Execution.objects.get(pk=third.id).dispatch_state == Execution.Dispatch.QUEUED
+    Execution.objects.filter(pk=first.id).update(dispatch_state=Execution.Dispatch.DONE)  # a call ended
+    assert dispatch.claim_next()[0].id == third.id
+
+
+def test_a_claim_passes_over_a_key_at_its_cap(node, agent, settings):
+    """One key's executions, on however many nodes, hold at most AGENT_MAX_CALLS_PER_KEY calls."""
+    from agentfield_site.models import ApiKey
+
+    settings.AGENT_MAX_CALLS_PER_KEY = 2
+    nodes.register({"id": "other", "base_url": agent.url, "version": "1", "reasoners": [{"id": "process"}]})
+    busy, calm = ApiKey.create("busy")[0], ApiKey.create("calm")[0]
+
+    def submit(target: str, owner: ApiKey) -> Execution:
+        request = submission.Request(target=target, input={}, owner_id=owner.id, submitted_by_id=owner.id)
+        return submission.submit(request, enqueue=False)[0]
+
+    mine = [submit("analyzer.process", busy), submit("other.process", busy), submit("other.process", busy)]
+    theirs = submit("analyzer.process", calm)
+    assert [dispatch.claim_next()[0].id for _ in range(3)] == [mine[0].id, mine[1].id, theirs.id]
+    assert dispatch.claim_next(mine[2].id) is None, "the busy key has two calls in flight"
+
+
+def test_executions_left_waiting_get_one_wake_up_per_tick(node, agent, settings, monkeypatch):
+    """Their own wake-ups found no free thread, or their node at its cap: the sweeper's tick makes up for it."""
+    settings.AGENT_MAX_CALLS_PER_NODE = 1
     enqueued: list[tuple] = []
     monkeypatch.setattr(dispatch.tasks, "enqueue", lambda *args, **kwargs: enqueued.append(args))
-
-    def requeue_at_age(seconds: float) -> float:
-        now = timezone.now()
-        Execution.objects.filter(pk=execution.id).update(
-            created_at=now - timedelta(seconds=seconds), dispatch_lease_until=now - timedelta(seconds=1)
-        )
-        enqueued.clear()
-        # After commit, or in the transaction when the broker is the database: once either way.
-        with django_capture_on_commit_callbacks(execute=True):
-            assert dispatch.requeue_lapsed() == 1
-        assert len(enqueued) == 1
-        lease = Execution.objects.get(pk=execution.id).dispatch_lease_until
-        return round((lease - now).total_seconds())
-
-    assert requeue_at_age(1) == 5, "at least one lease"
-    assert requeue_at_age(20) == 20, "then as long again as it has waited"
-    assert requeue_at_age(3600) == 50, "at most ten leases"
-    # A call in flight whose worker died goes out again after one lease, however old.
-    assert dispatch.claim(execution.id) is not None
-    Execution.objects.filter(pk=execution.id).update(dispatch_lease_until=timezone.now() - timedelta(seconds=1))
-    with django_capture_on_commit_callbacks(execute=False):
-        assert dispatch.requeue_lapsed() == 1
-    lease = Execution.objects.get(pk=execution.id).dispatch_lease_until
-    assert (lease - timezone.now()).total_seconds() <= 5
+    executions = [_submit() for _ in range(3)]
+    dispatch.wake_waiting()
+    assert enqueued == [], "not for executions submitted a moment ago: their own wake-ups are on the way"
+    Execution.objects.update(created_at=timezone.now() - timedelta(seconds=5))
+    dispatch.wake_waiting()
+    assert enqueued == [(dispatch.TASK, None)], "one for all of them"
+    claimed, _ = dispatch.claim_next()
+    enqueued.clear()
+    dispatch.wake_waiting()
+    assert enqueued == [], "not while their node is at its cap: the call that ends takes the next"
+    waiting = next(e for e in executions if e.id != claimed.id)
+    assert dispatch.claim(waiting.id) is None, "the sync API waits for room too"
 
 
 def test_stale_executions_time_out_and_fire_their_webhook(node, completions, settings):
@@ -190,3 +210,19 @@ def test_callback_that_beats_the_202_keeps_its_outcome(node, agent):
     assert execution.status == "succeeded" and execution.result == {"early": True}
     assert execution.dispatch_state == Execution.Dispatch.DONE
     assert dispatch.requeue_lapsed() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_starts_calls_on_threads_and_returns_at_once(node, agent):
+    """`take` hands claimed executions to call threads; a thread whose call ends claims the next one."""
+    from devtools.waiting import wait_for
+
+    agent.default.delay = 2
+    executions = [_submit() for _ in range(5)]
+    assert dispatch.take(executions[0].id) == 5, "one thread per waiting execution, up to AGENT_CALLS_PER_WORKER"
+    assert {e.status for e in Execution.objects.all()} == {"running"}, "the task does not wait for the agent"
+    assert dispatch.take(executions[0].id) == 0, "nothing is left waiting"
+    wait_for(lambda: all(e.status == "succeeded" for e in Execution.objects.all()), timeout=10, what="the calls")
+    assert sorted(r.headers["X-Execution-ID"] for r in agent.requests) == sorted(e.id for e in executions)
+    free = dispatch._this_process_threads()
+    wait_for(lambda: free._value == settings.AGENT_CALLS_PER_WORKER, timeout=5, what="every thread to be free")

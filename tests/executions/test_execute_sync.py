@@ -61,3 +61,18 @@ def test_sync_504_when_no_outcome_in_time(api, node, agent, settings):
     response = api.post("/api/v1/execute/analyzer.process", {"input": {}}, format="json")
     assert response.status_code == 504
     assert response.json()["error"] == "timeout" and response.json()["status"] == "running"
+
+
+def test_sync_at_the_nodes_cap_waits_for_a_call_thread(api, node, agent, settings):
+    """The web process never holds more of a node's calls than its cap: the execution waits its turn."""
+    from executions import dispatch, submission
+
+    settings.AGENT_MAX_CALLS_PER_NODE = 1
+    agent.default.delay, agent.default.body = 0.5, {"ok": True}
+    first, _ = submission.submit(submission.Request(target="analyzer.process", input={"n": 1}), enqueue=False)
+    assert dispatch.take(first.id) == 1  # a worker's call thread holds the node's one place
+    response = api.post("/api/v1/execute/analyzer.process", {"input": {"n": 2}}, format="json")
+    assert response.status_code == 200 and response.json()["result"] == {"ok": True}
+    # The call thread took it once its own call had ended: one at a time, in order.
+    assert [r.json()["n"] for r in agent.requests] == [1, 2]
+    assert agent.requests[1].at - agent.requests[0].at >= 0.5
