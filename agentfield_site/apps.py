@@ -81,6 +81,17 @@ def check_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
         errors.append(checks.Error("MAX_CONCURRENT_REQUESTS must be at least 1.", id="agentfield.E005"))
     if settings.REQUEST_QUEUE_TIMEOUT < 0:
         errors.append(checks.Error("REQUEST_QUEUE_TIMEOUT must be 0 (no limit) or more seconds.", id="agentfield.E008"))
+    threads = q.get("workers", 1) * settings.AGENT_CALLS_PER_WORKER
+    if settings.AGENT_MAX_CALLS_PER_KEY >= threads:
+        errors.append(
+            checks.Warning(
+                f"AGENT_MAX_CALLS_PER_KEY ({settings.AGENT_MAX_CALLS_PER_KEY}) lets one key's executions take "
+                f"every agent call thread of a worker machine ({threads}).",
+                hint="Keep it below Q_WORKERS × AGENT_CALLS_PER_WORKER, so that a key whose agents hang "
+                "leaves threads for everyone else.",
+                id="agentfield.W003",
+            )
+        )
     errors.extend(_loopback_reachable_from_the_network())
     return errors
 

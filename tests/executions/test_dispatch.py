@@ -226,3 +226,14 @@ def test_the_task_starts_calls_on_threads_and_returns_at_once(node, agent):
     assert sorted(r.headers["X-Execution-ID"] for r in agent.requests) == sorted(e.id for e in executions)
     free = dispatch._this_process_threads()
     wait_for(lambda: free._value == settings.AGENT_CALLS_PER_WORKER, timeout=5, what="every thread to be free")
+
+
+def test_a_key_cap_that_covers_every_thread_is_reported(settings):
+    from django.core import checks
+
+    from agentfield_site.apps import check_settings
+
+    assert "agentfield.W003" not in [m.id for m in check_settings(None)]
+    settings.AGENT_MAX_CALLS_PER_KEY = settings.Q_CLUSTER["workers"] * settings.AGENT_CALLS_PER_WORKER
+    [warning] = [m for m in check_settings(None) if m.id == "agentfield.W003"]
+    assert warning.level == checks.WARNING and "AGENT_MAX_CALLS_PER_KEY" in warning.msg
