@@ -41,3 +41,18 @@ class ApiKeyAdmin(SafeLookupsAdmin):
         n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         forget_keys()
         self.message_user(request, f"Revoked {n} key(s).")
+
+
+def _safe_task_pages() -> None:
+    """django-q2's task pages (successful, failed, scheduled, queued), with our lookups' guard mixed in."""
+    from django_q import admin as q_admin  # registers them, once
+    from django_q.models import Failure, OrmQ, Schedule, Success
+
+    for model, model_admin in ((Success, q_admin.TaskAdmin), (Failure, q_admin.FailAdmin),
+                               (Schedule, q_admin.ScheduleAdmin), (OrmQ, q_admin.QueueAdmin)):
+        if admin.site.is_registered(model):  # the queue's page only with the database broker
+            admin.site.unregister(model)
+            admin.site.register(model, type(model_admin.__name__, (SafeLookupsAdmin, model_admin), {}))
+
+
+_safe_task_pages()

@@ -4,7 +4,9 @@
 from the query string (`?created_at__gte=...`), and some the database cannot run:
 a time past the year 9999 once in UTC, `__year=99999`, `contains` on a JSON field
 on SQLite, a NUL on PostgreSQL. Those get Django's own "invalid lookup" answer
-(a redirect to `?e=1`), as a lookup it refuses itself does.
+(a redirect to `?e=1`), as a lookup it refuses itself does; an object id with a
+NUL in the path is no such object. django-q2's task pages get the same
+(`agentfield_site/admin.py`).
 
 `EscapedJSONAdmin`: the admin prints JSON fields with `ensure_ascii=False`; a lone
 surrogate stored before the strict parser (or by another path) then fails the
@@ -32,6 +34,13 @@ def escape_json_fields(obj: models.Model) -> None:
 
 
 class SafeLookupsAdmin(admin.ModelAdmin):
+    def get_object(self, request, object_id, from_field=None):
+        # A NUL in the id (in the path): no such object, as for any malformed id
+        # (PostgreSQL refuses a NUL in every statement; Django expects ValueError).
+        if "\x00" in str(object_id):
+            return None
+        return super().get_object(request, object_id, from_field)
+
     def get_changelist_instance(self, request):
         # Inside a transaction (a test's, ATOMIC_REQUESTS), in a savepoint: on PostgreSQL a
         # refused statement spoils the transaction for what follows. Outside one, nothing
