@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -142,21 +143,16 @@ def _claim(preferred: str | None, others: bool) -> tuple[Execution, str] | None:
 
 def _claimable():
     """Waiting executions that may be called now: their node and their owner's key are below their caps."""
-    waiting = Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE)
-    return waiting.exclude(agent_node_id__in=_at_cap("agent_node_id", settings.AGENT_MAX_CALLS_PER_NODE)).exclude(
-        owner_id__in=_at_cap("owner_id", settings.AGENT_MAX_CALLS_PER_KEY)
-    )
-
-
-def _at_cap(field: str, cap: int) -> list:
-    """Values of `field` (a node, an owner) with `cap` calls or more in flight."""
-    return list(
-        Execution.objects.filter(dispatch_state=Execution.Dispatch.IN_FLIGHT, **{f"{field}__isnull": False})
-        .values(field)
-        .annotate(calls=Count("id"))
-        .filter(calls__gte=max(1, cap))
-        .values_list(field, flat=True)
-    )
+    nodes, owners = Counter(), Counter()
+    in_flight = Execution.objects.filter(dispatch_state=Execution.Dispatch.IN_FLIGHT)
+    for node, owner, calls in in_flight.values_list("agent_node_id", "owner_id").annotate(calls=Count("id")):
+        nodes[node] += calls
+        if owner is not None:
+            owners[owner] += calls
+    node_cap, key_cap = max(1, settings.AGENT_MAX_CALLS_PER_NODE), max(1, settings.AGENT_MAX_CALLS_PER_KEY)
+    return Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE).exclude(
+        agent_node_id__in=[node for node, calls in nodes.items() if calls >= node_cap]
+    ).exclude(owner_id__in=[owner for owner, calls in owners.items() if calls >= key_cap])
 
 
 def _take(rows, token: str) -> bool:

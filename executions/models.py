@@ -175,6 +175,8 @@ class Execution(models.Model):
             models.Index(fields=["-created_at", "-id"], name="exec_created"),
             # The sweeper's two queries: lapsed dispatch leases, and stale active rows.
             models.Index(fields=["dispatch_state", "dispatch_lease_until"], name="exec_dispatch_lease"),
+            # A claim's look for the oldest waiting execution, in order, without sorting the queue.
+            models.Index(fields=["dispatch_state", "created_at", "id"], name="exec_dispatch_queue"),
         ]
         constraints = [
             # One namespace of Idempotency-Keys per sending key (no key row: one shared namespace).
