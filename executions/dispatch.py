@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import requests
+import urllib3
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, F
@@ -213,33 +214,37 @@ def call(execution: Execution, token: str) -> str:
         # No database connection is held while the agent thinks (up to AGENT_CALL_TIMEOUT).
         connection.close()
     timeout = settings.AGENT_CALL_TIMEOUT
-    try:
-        response = _session().post(
-            agent_url(node, execution),
-            data=json.dumps(execution.input).encode(),
-            headers=_headers(execution),
-            timeout=(min(5.0, timeout), timeout),
-            allow_redirects=False,
-            stream=True,
-        )
-    except safe_http.UnsafeURL as exc:
-        _fail(execution, token, "agent_unreachable", f"The agent's address is not allowed: {exc}.",
-              {"detail": "blocked by AGENT_ALLOWED_HOSTS"})
-        return "failed"
-    except requests.Timeout:
-        _fail(execution, token, "agent_timeout", f"The agent did not answer within {timeout:g}s.")
-        return "failed"
-    except requests.RequestException as exc:
-        _fail(execution, token, "agent_unreachable", f"The agent could not be reached: {exc.__class__.__name__}.",
-              {"detail": str(exc)[:500]})
-        return "failed"
-    try:
-        return _record_response(execution, token, response)
-    finally:
-        # Read what is left of a short answer (a 202's body) first: a socket closed with
-        # bytes unread sends the agent a reset, which its server reports as an error.
-        _read_capped(response, ERROR_BODY_LIMIT)
-        response.close()
+    # The read timeout bounds each read, the deadline the whole call: an agent that
+    # trickles its answer a byte at a time must not hold the call (and its thread,
+    # and its node's share) past its lease, when the execution would go out again.
+    with safe_http.deadline(timeout) as deadline:
+        try:
+            response = _session().post(
+                agent_url(node, execution),
+                data=json.dumps(execution.input).encode(),
+                headers=_headers(execution),
+                timeout=(min(5.0, timeout), timeout),
+                allow_redirects=False,
+                stream=True,
+            )
+        except safe_http.UnsafeURL as exc:
+            _fail(execution, token, "agent_unreachable", f"The agent's address is not allowed: {exc}.",
+                  {"detail": "blocked by AGENT_ALLOWED_HOSTS"})
+            return "failed"
+        except requests.RequestException as exc:
+            if deadline.expired or isinstance(exc, requests.Timeout):
+                _fail(execution, token, "agent_timeout", f"The agent did not answer within {timeout:g}s.")
+                return "failed"
+            _fail(execution, token, "agent_unreachable", f"The agent could not be reached: {exc.__class__.__name__}.",
+                  {"detail": str(exc)[:500]})
+            return "failed"
+        try:
+            return _record_response(execution, token, response, deadline)
+        finally:
+            # Read what is left of a short answer (a 202's body) first: a socket closed with
+            # bytes unread sends the agent a reset, which its server reports as an error.
+            _read_capped(response, ERROR_BODY_LIMIT)
+            response.close()
 
 
 # --- the workers' call threads -----------------------------------------------------
@@ -315,12 +320,22 @@ def wake_waiting() -> None:
         tasks.enqueue(TASK, None, cluster=settings.DISPATCH_CLUSTER, name="dispatch waiting executions")
 
 
-def _read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
-    """At most `limit` bytes of the body, and whether there was more (never the whole of a huge body)."""
+class _BodyBroken(Exception):
+    """The agent's body could not be read to its end: cut off, too slow, or undecodable."""
+
+
+def _read_capped(response: requests.Response, limit: int, whole: bool = False) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether there was more (never the whole of a huge body).
+
+    With `whole`, a body that cannot be read (cut off, timed out) raises `_BodyBroken`:
+    it is the result, and half of one is none. Otherwise it reads as empty.
+    """
     try:
         data = response.raw.read(limit + 1, decode_content=True) or b""
-    except (requests.RequestException, OSError, ValueError) as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         log.info("reading an agent's body failed: %s", exc)
+        if whole:
+            raise _BodyBroken(exc) from exc
         return b"", False
     return data[:limit], len(data) > limit
 
@@ -333,7 +348,7 @@ def _quoted(data: bytes) -> str:
     return data[:ERROR_BODY_LIMIT].decode("utf-8", errors="ignore").replace("\x00", strict_json.REPLACEMENT)
 
 
-def _record_response(execution: Execution, token: str, response: requests.Response) -> str:
+def _record_response(execution: Execution, token: str, response: requests.Response, deadline) -> str:
     if response.status_code == 202:
         # Conditional on IN_FLIGHT: a callback that already finished the execution
         # (agents may report before their 202 reaches us) has set DONE, which stays.
@@ -343,7 +358,19 @@ def _record_response(execution: Execution, token: str, response: requests.Respon
         return "accepted"
     if 200 <= response.status_code < 300:
         # A result is held to the same bound as a status callback's body.
-        data, more = _read_capped(response, settings.MAX_BODY_BYTES)
+        try:
+            data, more = _read_capped(response, settings.MAX_BODY_BYTES, whole=True)
+        except _BodyBroken as exc:
+            # Escaping instead, it left the execution in flight, to be sent again once its lease lapsed.
+            timed_out = deadline.expired or isinstance(exc.__cause__, (urllib3.exceptions.TimeoutError, TimeoutError))
+            if timed_out:
+                _fail(execution, token, "agent_timeout",
+                      f"The agent did not finish its answer within {settings.AGENT_CALL_TIMEOUT:g}s.",
+                      {"http_status": response.status_code})
+            else:
+                _fail(execution, token, "bad_response", "The agent's answer broke off before its end.",
+                      {"http_status": response.status_code, "detail": str(exc.__cause__)[:500]})
+            return "failed"
         if more:
             _fail(execution, token, "bad_response",
                   f"The agent's result is larger than {settings.MAX_BODY_BYTES} bytes.",

@@ -16,9 +16,11 @@ send through `outbound` (asyncio), which applies the same checks in its resolver
 agents are called with `new_session(allowed_hosts=...)`.
 """
 
+import contextlib
 import ipaddress
 import socket
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
 import certifi
@@ -163,6 +165,12 @@ class _GuardedConnectionMixin:
     allowed_hosts: tuple[str, ...] | None = None
 
     def _new_conn(self) -> socket.socket:
+        sock = self._new_checked_conn()
+        if (watch := getattr(_deadlines, "current", None)) is not None:
+            watch.add(sock)
+        return sock
+
+    def _new_checked_conn(self) -> socket.socket:
         host = self._dns_host
         if is_allowed_host(self.host, self.allowed_hosts):
             candidates = None
@@ -200,12 +208,84 @@ class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
     pass
 
 
-class GuardedHTTPConnectionPool(HTTPConnectionPool):
+class _WatchedPoolMixin:
+    """A connection taken from the pool inside `deadline()` is cut when the deadline passes."""
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)
+        if (watch := getattr(_deadlines, "current", None)) is not None:
+            watch.add(conn)
+        return conn
+
+
+class GuardedHTTPConnectionPool(_WatchedPoolMixin, HTTPConnectionPool):
     ConnectionCls = GuardedHTTPConnection
 
 
-class GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+class GuardedHTTPSConnectionPool(_WatchedPoolMixin, HTTPSConnectionPool):
     ConnectionCls = GuardedHTTPSConnection
+
+
+_deadlines = threading.local()
+
+
+class Deadline:
+    """The connections (and new sockets) a thread used inside `deadline()`; `expired` once it cut them."""
+
+    def __init__(self) -> None:
+        self.expired = False
+        self._over = False
+        self._held: list = []
+        self._lock = threading.Lock()
+
+    def add(self, held) -> None:
+        with self._lock:
+            self._held.append(held)
+            if self.expired:
+                _cut(held)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._over:
+                return
+            self.expired = True
+            for held in self._held:
+                _cut(held)
+
+    def end(self) -> None:
+        with self._lock:
+            self._over = True
+
+
+def _cut(held) -> None:
+    """Shut a socket (or a connection's socket) down: a read blocked on it returns at once."""
+    sock = held if isinstance(held, socket.socket) else getattr(held, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[Deadline]:
+    """Cut the connections this thread uses in the block once `seconds` have passed.
+
+    requests' read timeout bounds each read from the socket, not the exchange: a
+    server that sends a byte every few seconds (its head or its body) never meets
+    it. This bounds the whole of it; what was blocked fails as a broken
+    connection, and the yielded `Deadline.expired` says that it was the deadline.
+    """
+    watch = Deadline()
+    previous = getattr(_deadlines, "current", None)
+    timer = threading.Timer(seconds, watch.expire)
+    timer.daemon = True
+    _deadlines.current = watch
+    timer.start()
+    try:
+        yield watch
+    finally:
+        watch.end()
+        timer.cancel()
+        _deadlines.current = previous
 
 
 def _pool_classes(allowed_hosts: tuple[str, ...] | None) -> dict[str, type]:
