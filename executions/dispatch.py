@@ -28,7 +28,7 @@ import requests
 import urllib3
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F
+from django.db.models import Count, F, Q
 from django.utils import timezone
 from urllib3.util.retry import Retry
 
@@ -144,9 +144,15 @@ def _claim(preferred: str | None, others: bool) -> tuple[Execution, str] | None:
 
 def _claimable():
     """Waiting executions that may be called now: their node and their owner's key are below their caps."""
+    # In flight: claimed and not ended, or ended (a cancel, the agent's callback) while
+    # the call goes on, until it returns or its lease lapses (its worker died).
+    calling = Q(dispatch_state=Execution.Dispatch.IN_FLIGHT) | Q(
+        dispatch_state=Execution.Dispatch.DONE, dispatch_lease_until__gt=timezone.now()
+    )
     nodes, owners = Counter(), Counter()
-    in_flight = Execution.objects.filter(dispatch_state=Execution.Dispatch.IN_FLIGHT)
-    for node, owner, calls in in_flight.values_list("agent_node_id", "owner_id").annotate(calls=Count("id")):
+    for node, owner, calls in Execution.objects.filter(calling).values_list("agent_node_id", "owner_id").annotate(
+        calls=Count("id")
+    ):
         nodes[node] += calls
         if owner is not None:
             owners[owner] += calls
@@ -352,9 +358,10 @@ def _record_response(execution: Execution, token: str, response: requests.Respon
     if response.status_code == 202:
         # Conditional on IN_FLIGHT: a callback that already finished the execution
         # (agents may report before their 202 reaches us) has set DONE, which stays.
-        Execution.objects.filter(
+        if not Execution.objects.filter(
             pk=execution.id, dispatch_token=token, dispatch_state=Execution.Dispatch.IN_FLIGHT
-        ).update(dispatch_state=Execution.Dispatch.ACCEPTED, dispatch_lease_until=None)
+        ).update(dispatch_state=Execution.Dispatch.ACCEPTED, dispatch_lease_until=None):
+            _release(execution.id, token)
         return "accepted"
     if 200 <= response.status_code < 300:
         # A result is held to the same bound as a status callback's body.
@@ -385,7 +392,7 @@ def _record_response(execution: Execution, token: str, response: requests.Respon
             _fail(execution, token, "bad_response", f"The agent answered 200 with a body that is not valid JSON: {exc}.",
                   {"http_status": response.status_code, "body": _quoted(data)})
             return "failed"
-        _finish(execution.id, "succeeded", result=result)
+        _finish(execution.id, token, "succeeded", result=result)
         return "succeeded"
     data, _ = _read_capped(response, ERROR_BODY_LIMIT)
     message = _error_message(data, response.reason)
@@ -406,12 +413,23 @@ def _error_message(data: bytes, reason: str | None) -> str:
     return json.dumps(body)[:300]
 
 
-def _finish(execution_id: str, status: str, **fields) -> None:
+def _finish(execution_id: str, token: str, status: str, **fields) -> None:
     try:
-        lifecycle.transition(execution_id, status, **fields)
+        change = lifecycle.transition(execution_id, status, ending_call=token, **fields)
     except lifecycle.InvalidTransition as exc:
         # The agent's own callback (or a cancel) got there first: that outcome stands.
         log.info("dispatch outcome for %s dropped: %s", execution_id, exc)
+        _release(execution_id, token)
+        return
+    if not change.changed:
+        _release(execution_id, token)
+
+
+def _release(execution_id: str, token: str) -> None:
+    """The call ended after its execution did (a cancel, the agent's callback): it no longer counts against any cap."""
+    Execution.objects.filter(
+        pk=execution_id, dispatch_token=token, dispatch_state=Execution.Dispatch.DONE, dispatch_lease_until__isnull=False
+    ).update(dispatch_lease_until=None)
 
 
 def _fail(execution: Execution, token: str, category: str, message: str, details: dict | None = None) -> None:
@@ -420,7 +438,7 @@ def _fail(execution: Execution, token: str, category: str, message: str, details
         if not Execution.objects.filter(pk=execution.id, dispatch_token=token).exists():
             return
         _finish(
-            execution.id, "failed", error=message, error_category=category,
+            execution.id, token, "failed", error=message, error_category=category,
             error_details={"category": category, **(details or {})},
         )
 

@@ -182,11 +182,13 @@ def transition(
     status_reason: str | None = None,
     duration_ms: int | None = None,
     completed_at: object = None,
+    ending_call: str = "",
 ) -> Change:
     """Move an execution to `to` (a canonical status), publishing its event.
 
     The same status again is a no-op (`changed=False`): a repeated terminal callback
     or a second `running` report publishes nothing and sends no second webhook.
+    `ending_call` is the dispatch token of the call whose outcome this is.
     Raises `InvalidTransition` and `Execution.DoesNotExist`.
     """
     with transaction.atomic():
@@ -222,7 +224,11 @@ def transition(
                 fields["duration_ms"] = duration_ms
                 # Nothing is left to dispatch once an outcome is known.
                 fields["dispatch_state"] = Execution.Dispatch.DONE
-                fields["dispatch_lease_until"] = None
+                # A call still going (ended here by a cancel, the agent's callback, the
+                # expiry) keeps its lease until it returns: it holds a call thread, and
+                # counts against its node's and key's caps till then (dispatch._at_cap).
+                if row.dispatch_state != Execution.Dispatch.IN_FLIGHT or row.dispatch_token == ending_call:
+                    fields["dispatch_lease_until"] = None
             if Execution.objects.filter(pk=execution_id, status=current).update(**fields) != 1:
                 continue
             for name, value in fields.items():

@@ -137,7 +137,7 @@ def test_a_claim_passes_over_a_node_at_its_cap(node, agent, settings):
     assert dispatch.claim_next(third.id)[0].id == elsewhere.id
     assert dispatch.claim_next(third.id) is None
     assert Execution.objects.get(pk=third.id).dispatch_state == Execution.Dispatch.QUEUED
-    Execution.objects.filter(pk=first.id).update(dispatch_state=Execution.Dispatch.DONE)  # a call ended
+    Execution.objects.filter(pk=first.id).update(dispatch_state=Execution.Dispatch.DONE, dispatch_lease_until=None)  # a call ended
     assert dispatch.claim_next()[0].id == third.id
 
 
@@ -237,3 +237,47 @@ def test_a_key_cap_that_covers_every_thread_is_reported(settings):
     settings.AGENT_MAX_CALLS_PER_KEY = settings.Q_CLUSTER["workers"] * settings.AGENT_CALLS_PER_WORKER
     [warning] = [m for m in check_settings(None) if m.id == "agentfield.W003"]
     assert warning.level == checks.WARNING and "AGENT_MAX_CALLS_PER_KEY" in warning.msg
+
+
+@pytest.mark.parametrize("outcome", ["cancel", "callback", "expiry"])
+def test_a_call_still_going_counts_against_its_nodes_cap_when_its_execution_ends_without_it(
+    node, agent, settings, outcome
+):
+    """A cancel, the agent's own callback or the expiry ends the execution; the call goes on, holding its thread.
+
+    Before, the ended execution left the count at once: cancelling (or reporting)
+    each call as it went out sent a node any number of calls at once, and took
+    every call thread of every worker.
+    """
+    from executions import cancellation
+
+    settings.AGENT_MAX_CALLS_PER_NODE = 1
+    first, second = _submit(), _submit()
+    claimed, token = dispatch.claim_next()
+    assert claimed.id == first.id
+    if outcome == "cancel":
+        cancellation.cancel(first.id)
+    elif outcome == "callback":
+        reports.apply_status(first.id, {"status": "succeeded", "result": {"early": True}})
+    else:
+        Execution.objects.filter(pk=first.id).update(created_at=timezone.now() - timedelta(hours=2))
+        settings.EXECUTION_TIMEOUT = 3600
+        assert dispatch.expire_stale() == 1
+    assert Execution.objects.get(pk=first.id).is_terminal
+    assert dispatch.claim_next() is None, "the node's one call is still going"
+    assert dispatch.call(claimed, token) in ("succeeded", "failed")  # its outcome is dropped; the call has ended
+    assert Execution.objects.get(pk=first.id).status != "running"
+    assert dispatch.claim_next()[0].id == second.id
+
+
+def test_an_ended_execution_whose_worker_died_mid_call_frees_its_nodes_share_when_the_lease_lapses(node, settings):
+    from executions import cancellation
+
+    settings.AGENT_MAX_CALLS_PER_NODE = 1
+    first, second = _submit(), _submit()
+    assert dispatch.claim_next()[0].id == first.id  # and the worker dies mid-call
+    cancellation.cancel(first.id)
+    assert dispatch.claim_next() is None
+    Execution.objects.filter(pk=first.id).update(dispatch_lease_until=timezone.now() - timedelta(seconds=1))
+    assert dispatch.requeue_lapsed() == 0, "an ended execution is not sent again"
+    assert dispatch.claim_next()[0].id == second.id
