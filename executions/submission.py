@@ -5,6 +5,7 @@ and dispatch is enqueued only after that commit.
 """
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -186,15 +187,32 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     return execution, True
 
 
-# The sync API's own threads: its submissions and its calls to agents. Bounded, so
-# a crowd of sync callers queues here (on the event loop) instead of opening a
-# thread and a database connection each.
+# The sync API's own threads for its submissions. Bounded, so a crowd of sync
+# callers queues here (on the event loop) instead of opening a thread and a
+# database connection each.
 _sync_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="sync-execute")
+# ... and for its calls to agents, apart: calls to agents that hang must not hold
+# the threads every sync caller's submission needs. A call that finds them all busy
+# is handed to the workers' call threads instead of waiting for one here.
+_call_threads = max(1, settings.MAX_CONCURRENT_REQUESTS // 2)
+_call_pool = ThreadPoolExecutor(max_workers=_call_threads, thread_name_prefix="sync-call")
+_calls_free = threading.BoundedSemaphore(_call_threads)
 
 
 async def on_sync_pool(fn: Callable[..., T], *args: Any) -> T:
-    """Run a synchronous function (the submission, the agent call) on the sync API's pool."""
+    """Run a synchronous function (a submission) on the sync API's pool."""
     return await run_in(_sync_pool, fn, *args)
+
+
+async def _call_here_or_hand_over(execution_id: str) -> None:
+    """Call the agent on this process's call threads if one is free, else have a worker call it."""
+    if not _calls_free.acquire(blocking=False):
+        await run_db(dispatch.enqueue, execution_id)
+        return
+    try:
+        await run_in(_call_pool, dispatch.run, execution_id)
+    finally:
+        _calls_free.release()
 
 
 def _read(execution_id: str) -> Execution:
@@ -206,13 +224,14 @@ async def wait_for_outcome(execution_id: str, created: bool, deadline: float) ->
 
     Returns the execution as it stands when it is terminal or `deadline`
     (time.monotonic) has passed. While it waits, nothing is held but a coroutine:
-    the agent is called on the sync pool (the same `dispatch.run` the workers
-    run), and the row is re-read on the streams' pool every 20 to 250 ms. If this
-    process dies mid-call, the dispatch lease lapses and a worker takes the
-    execution over, so a sync caller's work is not lost either.
+    the agent is called on this process's call threads (`dispatch.run`), or by a
+    worker's when they are all busy or a cap holds the call back, and the row is
+    re-read on the streams' pool every 20 to 250 ms. If this process dies
+    mid-call, the dispatch lease lapses and a worker takes the execution over,
+    so a sync caller's work is not lost either.
     """
     if created:
-        await on_sync_pool(dispatch.run, execution_id)
+        await _call_here_or_hand_over(execution_id)
     interval = 0.02
     while True:
         execution = await run_db(_read, execution_id)

@@ -46,3 +46,19 @@ def test_a_hung_agent_delays_no_one_else_and_gets_only_its_cap(proc_env, node, a
         assert {i for i, state in states.items() if state == "in_flight"} == called and len(called) == 2
         assert sorted(states.values()) == ["in_flight"] * 2 + ["queued"] * 4
         assert len(agent.requests) == 6
+
+
+def test_sync_calls_beyond_the_web_processes_call_threads_go_to_a_worker(proc_env, node, agent, monkeypatch):
+    """Sync calls to hung agents may take every call thread of a web process: submissions and others' calls go on."""
+    import threading
+
+    from rest_framework.test import APIClient
+
+    monkeypatch.setattr(submission, "_calls_free", threading.BoundedSemaphore(1))
+    submission._calls_free.acquire()  # the web process's one call thread is busy with a hung agent
+    agent.default.body = {"answer": 42}
+    worker = proc_env.worker(WORKER)
+    response = APIClient().post("/api/v1/execute/analyzer.process", {"input": {"q": 2}}, format="json")
+    assert response.status_code == 200, f"{response.content[:300]}\n{worker.log()}"
+    assert response.json()["result"] == {"answer": 42}
+    assert len(agent.requests) == 1
