@@ -86,10 +86,11 @@ class AgentCallRefused(ExecutionError):
 
 
 class QueueFull(ExecutionError):
-    """EXECUTION_QUEUE_LIMIT executions already wait for dispatch."""
+    """EXECUTION_QUEUE_LIMIT executions already wait for dispatch (or EXECUTION_QUEUE_LIMIT_PER_KEY of the key's)."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"{limit} executions are already waiting for dispatch; try again later.")
+    def __init__(self, limit: int, of_this_key: bool = False) -> None:
+        whose = " of this API key's" if of_this_key else ""
+        super().__init__(f"{limit} executions{whose} are already waiting for dispatch; try again later.")
 
 
 class InvalidTransition(ExecutionError):

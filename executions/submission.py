@@ -104,9 +104,26 @@ def _same_request(existing: Execution, request: Request) -> Execution:
     return existing
 
 
+# Statuses of executions waiting for dispatch.
+WAITING = ("pending", "queued")
 # The dispatch queue's depth as last counted here, and until when that count may stand in.
 _depth = {"count": 0, "until": 0.0}
 DEPTH_RECOUNT_SECONDS = 1.0
+
+
+def _waiting_of(owner_id: int, limit: int) -> int:
+    """The owner's executions waiting for dispatch, up to `limit`, read from the index of waiting rows by owner.
+
+    The statuses are literals, as in the index's condition: SQLite uses a partial
+    index only for a query that repeats it (with parameters it would read every
+    execution the key ever submitted).
+    """
+    statuses = ", ".join(f"'{status}'" for status in WAITING)
+    sql = (f"SELECT COUNT(*) FROM (SELECT 1 FROM {Execution._meta.db_table} "
+           f"WHERE owner_id = %s AND status IN ({statuses}) LIMIT %s) AS waiting")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [owner_id, limit])
+        return cursor.fetchone()[0]
 
 
 def _queue_depth(limit: int) -> int:
@@ -119,7 +136,7 @@ def _queue_depth(limit: int) -> int:
     now = time.monotonic()
     if now >= _depth["until"] or _depth["count"] * 2 >= limit:
         # Counting stops at the limit: a full queue must not make every refusal slower.
-        _depth["count"] = Execution.objects.filter(status__in=("pending", "queued")).values("pk")[:limit].count()
+        _depth["count"] = Execution.objects.filter(status__in=WAITING).order_by().values("pk")[:limit].count()
         _depth["until"] = now + DEPTH_RECOUNT_SECONDS
     return _depth["count"]
 
@@ -139,6 +156,10 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
     limit = settings.EXECUTION_QUEUE_LIMIT
     if _queue_depth(limit) >= limit:
         raise QueueFull(limit)
+    # One key's backlog (a burst, or an agent that hangs) must not fill everyone's queue.
+    key_limit = settings.EXECUTION_QUEUE_LIMIT_PER_KEY
+    if request.owner_id is not None and _waiting_of(request.owner_id, key_limit) >= key_limit:
+        raise QueueFull(key_limit, of_this_key=True)
     hook, hook_error = (None, None)
     if request.webhook is not None:
         hook, hook_error = validate_webhook(request.webhook)

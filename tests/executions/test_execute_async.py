@@ -80,3 +80,29 @@ def test_queue_limit_answers_503_concurrency_limit(api, node, settings):
     assert response.status_code == 503
     assert response.json()["error"] == "concurrency_limit" and response["Retry-After"] == "1"
     assert Execution.objects.count() == 2
+
+
+def test_one_keys_backlog_leaves_room_in_the_queue_for_everyone_else(node, settings):
+    """EXECUTION_QUEUE_LIMIT_PER_KEY: a key whose executions pile up (a burst, a hung agent) meets its own limit."""
+    from rest_framework.test import APIClient
+
+    from agentfield_site.models import ApiKey
+
+    settings.EXECUTION_QUEUE_LIMIT, settings.EXECUTION_QUEUE_LIMIT_PER_KEY = 10, 3
+    clients = {}
+    for name in ("busy", "calm"):
+        clients[name] = APIClient()
+        clients[name].credentials(HTTP_X_API_KEY=ApiKey.create(name, ApiKey.Scope.CLIENT)[1])
+
+    def submit(name: str):
+        return clients[name].post("/api/v1/execute/async/analyzer.process", {"input": {}}, format="json")
+
+    assert [submit("busy").status_code for _ in range(3)] == [202] * 3
+    refused = submit("busy")
+    assert refused.status_code == 503 and refused["Retry-After"] == "1"
+    assert refused.json()["error"] == "concurrency_limit" and "of this API key's" in refused.json()["message"]
+    assert submit("calm").status_code == 202, "the other key's submits are not refused"
+    # Once one of the busy key's executions is dispatched (no longer waiting), it may submit again.
+    oldest = Execution.objects.filter(owner__name="busy").order_by("created_at").first()
+    Execution.objects.filter(pk=oldest.pk).update(status="running")
+    assert submit("busy").status_code == 202
