@@ -81,6 +81,15 @@ def check_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
         errors.append(checks.Error("MAX_CONCURRENT_REQUESTS must be at least 1.", id="agentfield.E005"))
     if settings.REQUEST_QUEUE_TIMEOUT < 0:
         errors.append(checks.Error("REQUEST_QUEUE_TIMEOUT must be 0 (no limit) or more seconds.", id="agentfield.E008"))
+    if settings.DISPATCH_LEASE_SECONDS <= settings.AGENT_CALL_TIMEOUT:
+        errors.append(
+            checks.Warning(
+                "DISPATCH_LEASE_SECONDS is not above AGENT_CALL_TIMEOUT: a call still going when its lease "
+                "lapses is taken for lost, and the agent is sent the execution a second time.",
+                hint="Leave DISPATCH_LEASE_SECONDS unset (AGENT_CALL_TIMEOUT + 30) or set it above AGENT_CALL_TIMEOUT.",
+                id="agentfield.W004",
+            )
+        )
     threads = q.get("workers", 1) * settings.AGENT_CALLS_PER_WORKER
     if settings.AGENT_MAX_CALLS_PER_KEY >= threads:
         errors.append(

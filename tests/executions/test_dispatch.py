@@ -281,3 +281,11 @@ def test_an_ended_execution_whose_worker_died_mid_call_frees_its_nodes_share_whe
     Execution.objects.filter(pk=first.id).update(dispatch_lease_until=timezone.now() - timedelta(seconds=1))
     assert dispatch.requeue_lapsed() == 0, "an ended execution is not sent again"
     assert dispatch.claim_next()[0].id == second.id
+
+
+def test_a_lease_shorter_than_a_call_is_reported(settings):
+    from agentfield_site.apps import check_settings
+
+    assert "agentfield.W004" not in [m.id for m in check_settings(None)]
+    settings.DISPATCH_LEASE_SECONDS = settings.AGENT_CALL_TIMEOUT
+    assert "agentfield.W004" in [m.id for m in check_settings(None)]
