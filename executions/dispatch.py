@@ -144,8 +144,19 @@ def _claim(preferred: str | None, others: bool) -> tuple[Execution, str] | None:
 
 def _claimable():
     """Waiting executions that may be called now: their node and their owner's key are below their caps."""
-    # In flight: claimed and not ended, or ended (a cancel, the agent's callback) while
-    # the call goes on, until it returns or its lease lapses (its worker died).
+    nodes, owners = calls_in_flight()
+    node_cap, key_cap = max(1, settings.AGENT_MAX_CALLS_PER_NODE), max(1, settings.AGENT_MAX_CALLS_PER_KEY)
+    return Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE).exclude(
+        agent_node_id__in=[node for node, calls in nodes.items() if calls >= node_cap]
+    ).exclude(owner_id__in=[owner for owner, calls in owners.items() if calls >= key_cap])
+
+
+def calls_in_flight() -> tuple[Counter, Counter]:
+    """Agent calls going on now, by node and by owner (key id; executions without one are left out).
+
+    Claimed and not ended, or ended (a cancel, the agent's callback) while the call
+    goes on, until it returns or its lease lapses (its worker died).
+    """
     calling = Q(dispatch_state=Execution.Dispatch.IN_FLIGHT) | Q(
         dispatch_state=Execution.Dispatch.DONE, dispatch_lease_until__gt=timezone.now()
     )
@@ -156,10 +167,7 @@ def _claimable():
         nodes[node] += calls
         if owner is not None:
             owners[owner] += calls
-    node_cap, key_cap = max(1, settings.AGENT_MAX_CALLS_PER_NODE), max(1, settings.AGENT_MAX_CALLS_PER_KEY)
-    return Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE).exclude(
-        agent_node_id__in=[node for node, calls in nodes.items() if calls >= node_cap]
-    ).exclude(owner_id__in=[owner for owner, calls in owners.items() if calls >= key_cap])
+    return nodes, owners
 
 
 def _take(rows, token: str) -> bool:

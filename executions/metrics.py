@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from django.db.models import Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from . import dispatch
 from .models import ACTIVE, TERMINAL, Execution
 
 
@@ -24,3 +25,12 @@ class ExecutionCollector:
         for status in ACTIVE:
             active.add_metric([status], by_status.get(status, 0))
         yield active
+        nodes, _ = dispatch.calls_in_flight()
+        calls = GaugeMetricFamily(
+            "agentfield_agent_calls_in_flight",
+            "Calls to agents going on now, by node (at most AGENT_MAX_CALLS_PER_NODE each).",
+            labels=["node"],
+        )
+        for node, n in sorted(nodes.items()):
+            calls.add_metric([node], n)
+        yield calls

@@ -83,3 +83,18 @@ def test_alert_rules_use_only_exposed_metrics(client):
     assert used <= exposed
     assert got[("agentfield_destination_breaker_open", (("destination", "http://127.0.0.1:9"),))] == 1
     assert got[("agentfield_destinations", (("state", "open"),))] == 1
+
+
+def test_agent_calls_in_flight_by_node(client):
+    """An operator sees which node holds its calls (and, at its cap, its queue)."""
+    from executions import dispatch, nodes, submission
+
+    with LoopbackServer.agent() as agent:
+        nodes.register({"id": "analyzer", "base_url": agent.url, "version": "1", "reasoners": [{"id": "process"}]})
+        for _ in range(3):
+            submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)
+        dispatch.claim_next()
+        dispatch.claim_next()
+    scraped = samples(client.get("/metrics").content.decode())
+    assert scraped[("agentfield_agent_calls_in_flight", (("node", "analyzer"),))] == 2
+    assert scraped[("agentfield_executions_active", (("status", "queued"),))] == 1
