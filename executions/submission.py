@@ -214,10 +214,11 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
 _sync_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="sync-execute")
 # ... and for its calls to agents, apart: calls to agents that hang must not hold
 # the threads every sync caller's submission needs. A call that finds them all busy
-# is handed to the workers' call threads instead of waiting for one here.
+# for HAND_OVER_AFTER seconds is handed to the workers' call threads instead.
 _call_threads = max(1, settings.MAX_CONCURRENT_REQUESTS // 2)
 _call_pool = ThreadPoolExecutor(max_workers=_call_threads, thread_name_prefix="sync-call")
 _calls_free = threading.BoundedSemaphore(_call_threads)
+HAND_OVER_AFTER = 1.0
 
 
 async def on_sync_pool(fn: Callable[..., T], *args: Any) -> T:
@@ -226,10 +227,20 @@ async def on_sync_pool(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def _call_here_or_hand_over(execution_id: str) -> None:
-    """Call the agent on this process's call threads if one is free, else have a worker call it."""
-    if not _calls_free.acquire(blocking=False):
-        await run_db(dispatch.enqueue, execution_id)
-        return
+    """Call the agent on this process's call threads once one is free, or have a worker call it.
+
+    Calls that answer at once free their threads in milliseconds, so a burst of
+    them waits its turn here; threads held by agents that hang stay busy, and
+    after HAND_OVER_AFTER the call goes to the workers.
+    """
+    pause, waited = 0.005, 0.0
+    while not _calls_free.acquire(blocking=False):
+        if waited >= HAND_OVER_AFTER:
+            await run_db(dispatch.enqueue, execution_id)
+            return
+        await asyncio.sleep(pause)
+        waited += pause
+        pause = min(pause * 2, 0.1)
     try:
         await run_in(_call_pool, dispatch.run, execution_id)
     finally:
