@@ -1,6 +1,6 @@
 """Delivery isolation: a healthy receiver's latency while another destination is dead or slow.
 
-`python -m bench isolation [--healthy=100] [--rate=20] [--backlogs=300,5000]`. Real workers
+`python -m bench isolation [--healthy=100] [--rate=20] [--backlogs=300,5000] [--hung=100]`. Real workers
 (`manage.py worker`, default settings: 10 s timeout, breaker after 5 failures,
 32 in flight per destination) on a throwaway database beside DATABASE_URL's.
 For each scenario, a backlog of completion webhooks is put in front of the
@@ -15,6 +15,12 @@ webhooks to a healthy receiver: finished -> received, p50 and p99.
 Targets: healthy p99 under 1 s and under 3x the baseline p99; the bad destination
 is sent to (blackhole: connections opened; slow: requests received) no more often
 than attempts were recorded for it (no duplicate sends).
+
+Then the same for agent calls: `--healthy` executions submitted at `--rate` to a
+healthy agent, submitted -> succeeded p50 and p99, first alone, then with `--hung`
+executions submitted first to an agent that accepts connections and never
+answers (a hung process): the calls it gets at once (at most
+AGENT_MAX_CALLS_PER_NODE) and the healthy executions' latency beside them.
 """
 
 import multiprocessing
@@ -83,11 +89,71 @@ def _healthy(receiver: LoopbackProcess, count: int, rate: float, tag: str) -> li
     return [(arrived[e] - finished[e]) * 1000 for e in finished]
 
 
+def _executions(node: str, count: int, rate: float) -> list[str]:
+    """Submit `count` executions to `node`'s reasoner at `rate` per second (as the API does); their ids."""
+    from executions import submission
+
+    ids = []
+    for i in range(count):
+        execution, _ = submission.submit(submission.Request(target=f"{node}.process", input={"i": i}))
+        ids.append(execution.id)
+        time.sleep(1 / rate)
+    return ids
+
+
+def _succeeded_after(ids: list[str], tag: str) -> list[float]:
+    """Submitted -> succeeded (ms) of each of `ids`, once every one has."""
+    from executions.models import Execution
+
+    rows = Execution.objects.filter(pk__in=ids)
+    try:
+        wait_for(lambda: rows.filter(status="succeeded").count() == len(ids), timeout=120, interval=0.1,
+                 what=f"every healthy execution in {tag}")
+    except TimeoutError as exc:
+        raise SystemExit(str(exc)) from None
+    return [(done - created).total_seconds() * 1000 for created, done in rows.values_list("created_at", "completed_at")]
+
+
+def _agent_calls(ctx, healthy_n: int, rate: float, hung_n: int) -> list[dict]:
+    """The agent-call scenarios: healthy latency alone, then beside a hung agent's backlog."""
+    from executions import nodes
+
+    healthy = LoopbackProcess(path="", default=Reply(200, body={"ok": True})).start()
+    connections = ctx.Value("i", 0)
+    hung_port = free_port()
+    hung = ctx.Process(target=_blackhole, args=(hung_port, connections), daemon=True)
+    hung.start()
+    try:
+        wait_for(lambda: _listening(hung_port), timeout=15, interval=0.1, what="the hung agent")
+        time.sleep(0.2)
+        connections.value = 0  # not the bench's own probe
+        nodes.register({"id": "healthy", "base_url": healthy.base, "reasoners": [{"id": "process"}]})
+        nodes.register({"id": "hung", "base_url": f"http://127.0.0.1:{hung_port}", "reasoners": [{"id": "process"}]})
+        _succeeded_after(_executions("healthy", 5, rate), "the warm-up")
+        rows = []
+        for name, backlog in (("baseline", 0), ("hung agent", hung_n)):
+            if backlog:
+                _executions("hung", backlog, 1000)
+                wait_for(lambda: connections.value >= 1, timeout=30, what="the hung agent's first calls")
+                time.sleep(1.0)
+            latencies = _succeeded_after(_executions("healthy", healthy_n, rate), name)
+            row = {"scenario": f"{name} ({backlog:,} executions waiting on it)" if backlog else name,
+                   "p50": _percentile(latencies, 0.5), "p99": _percentile(latencies, 0.99)}
+            if backlog:
+                row["calls"] = connections.value
+            rows.append(row)
+        return rows
+    finally:
+        hung.terminate()
+        healthy.stop()
+
+
 def main(argv: list[str]) -> None:
     options = parse_options(argv)
     healthy_n = int(options.get("healthy", 100))
     rate = float(options.get("rate", 20))
     backlogs = [int(n) for n in options.get("backlogs", "300,5000").split(",")]
+    hung_n = int(options.get("hung", 100))
 
     ctx = multiprocessing.get_context("spawn")
     receiver = LoopbackProcess(secret=SECRET).start()
@@ -155,6 +221,8 @@ def main(argv: list[str]) -> None:
                 row["breaker"] = Destination.objects.filter(destination=destination).values_list("state", flat=True).first()
                 Delivery.objects.filter(destination=destination).delete()
             rows.append(row)
+        # Last: the hung agent's calls hold their threads until the worker is killed.
+        agent_rows = _agent_calls(ctx, healthy_n, rate, hung_n)
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=20)
@@ -174,6 +242,15 @@ def main(argv: list[str]) -> None:
         bad = f"{row['sends']:,} / {row['attempts']:,}" if "sends" in row else "-"
         print(f"| {row['scenario']} | {row['p50']:.1f} | {row['p99']:.1f} | {row['p99'] / baseline_p99:.2f} | "
               f"{bad} | {row.get('breaker') or '-'} |")
+    agent_baseline = agent_rows[0]["p99"]
+    print(f"\nAgent calls: {healthy_n} healthy executions at {rate:g}/s per scenario, submitted -> succeeded; "
+          f"AGENT_CALL_TIMEOUT {settings.AGENT_CALL_TIMEOUT:g} s, {settings.AGENT_MAX_CALLS_PER_NODE} calls per node, "
+          f"{settings.Q_CLUSTER['workers']} dispatch workers x {settings.AGENT_CALLS_PER_WORKER} call threads\n")
+    print("| scenario | healthy p50 (ms) | healthy p99 (ms) | p99 / baseline | hung agent: calls started |")
+    print("|---|---:|---:|---:|---:|")
+    for row in agent_rows:
+        print(f"| {row['scenario']} | {row['p50']:.1f} | {row['p99']:.1f} | {row['p99'] / agent_baseline:.2f} | "
+              f"{row.get('calls', '-')} |")
     worst = max(r["p99"] for r in rows[1:]) if len(rows) > 1 else baseline_p99
     duplicates = any(r["sends"] > r["attempts"] for r in rows if "sends" in r)
     print(f"\nisolation_worst_p99_ms={worst:.0f} baseline_p99_ms={baseline_p99:.0f} "
