@@ -49,7 +49,7 @@ CANCEL_NOTICE_CONCURRENCY = 8
 # How much of an agent's error body is quoted back to callers (error_details.body).
 ERROR_BODY_LIMIT = 2048
 # Claims take a transaction-level advisory lock on PostgreSQL, so that the
-# per-node in-flight counts they read cannot be raced by another claim.
+# per-node and per-key in-flight counts they read cannot be raced by another claim.
 _CLAIM_LOCK_KEY = 0x4146_4443  # "AFDC"
 _local = threading.local()
 
