@@ -5,9 +5,11 @@ Executions are read-only here: their status changes only through the state machi
 form that saved a status directly would bypass all of that.
 """
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -16,7 +18,7 @@ from observability.models import PlatformEvent
 from webhooks.masking import masked_headers
 from webhooks.models import Delivery
 
-from . import cancellation
+from . import cancellation, dispatch
 from .models import TERMINAL, AgentNode, Execution
 
 # Rows shown on an execution's page; the links lead to the full lists.
@@ -25,13 +27,26 @@ RELATED_LIMIT = 50
 
 @admin.register(AgentNode)
 class AgentNodeAdmin(EscapedJSONAdmin):
-    list_display = ("id", "health_status", "lifecycle_status", "base_url", "version", "last_heartbeat", "registered_at")
+    list_display = ("id", "health_status", "lifecycle_status", "calls", "base_url", "version", "last_heartbeat",
+                    "registered_at")
     list_filter = ("health_status",)
     search_fields = ("id", "base_url")
     readonly_fields = (
         "id", "owner", "base_url", "version", "reasoners", "skills", "metadata", "instance_id",
-        "health_status", "lifecycle_status", "registered_at", "last_heartbeat", "updated_at",
+        "health_status", "lifecycle_status", "calls", "registered_at", "last_heartbeat", "updated_at",
     )
+
+    def get_queryset(self, request) -> QuerySet:
+        calling = (
+            Execution.objects.filter(dispatch.calling(), agent_node_id=OuterRef("pk"))
+            .order_by().values("agent_node_id").annotate(n=Count("id")).values("n")
+        )
+        return super().get_queryset(request).annotate(calls_in_flight=Coalesce(Subquery(calling), 0))
+
+    @admin.display(description="calls in flight")
+    def calls(self, node: AgentNode) -> str:
+        """Calls going on now against the node's cap: at the cap, its further executions wait."""
+        return f"{node.calls_in_flight} / {settings.AGENT_MAX_CALLS_PER_NODE}"
 
     def has_add_permission(self, request) -> bool:
         return False  # nodes register themselves

@@ -151,17 +151,21 @@ def _claimable():
     ).exclude(owner_id__in=[owner for owner, calls in owners.items() if calls >= key_cap])
 
 
-def calls_in_flight() -> tuple[Counter, Counter]:
-    """Agent calls going on now, by node and by owner (key id; executions without one are left out).
+def calling() -> Q:
+    """Executions whose agent call goes on now.
 
     Claimed and not ended, or ended (a cancel, the agent's callback) while the call
     goes on, until it returns or its lease lapses (its worker died).
     """
-    calling = Q(dispatch_state=Execution.Dispatch.IN_FLIGHT) | Q(
+    return Q(dispatch_state=Execution.Dispatch.IN_FLIGHT) | Q(
         dispatch_state=Execution.Dispatch.DONE, dispatch_lease_until__gt=timezone.now()
     )
+
+
+def calls_in_flight() -> tuple[Counter, Counter]:
+    """Agent calls going on now, by node and by owner (key id; executions without one are left out)."""
     nodes, owners = Counter(), Counter()
-    for node, owner, calls in Execution.objects.filter(calling).values_list("agent_node_id", "owner_id").annotate(
+    for node, owner, calls in Execution.objects.filter(calling()).values_list("agent_node_id", "owner_id").annotate(
         calls=Count("id")
     ):
         nodes[node] += calls

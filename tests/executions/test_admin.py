@@ -137,3 +137,16 @@ def test_node_and_target_are_searched_not_filtered(staff, node):
     listing = staff.get("/admin/executions/execution/").content.decode()
     assert "By agent node id" not in listing and "By target" not in listing
     assert execution.id in staff.get("/admin/executions/execution/", {"q": "analyzer.process"}).content.decode()
+
+
+def test_a_nodes_calls_in_flight_against_its_cap(staff, node, settings):
+    from executions import dispatch
+
+    settings.AGENT_MAX_CALLS_PER_NODE = 3
+    for _ in range(3):
+        _submit()
+    dispatch.claim_next()
+    dispatch.claim_next()
+    page = staff.get("/admin/executions/agentnode/").content.decode()
+    assert '<td class="field-calls">2 / 3</td>' in page
+    assert "2 / 3" in staff.get("/admin/executions/agentnode/analyzer/change/").content.decode()
