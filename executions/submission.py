@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from agentfield_site.lib.db_threads import run_in
+from agentfield_site.lib.db_threads import run_in, with_fresh_connection
 from agentfield_site.lib.sqlite_writer import one_writer
 from observability.tail import run_db
 from webhooks.completion import validate_webhook
@@ -241,10 +241,11 @@ async def _call_here_or_hand_over(execution_id: str) -> None:
         await asyncio.sleep(pause)
         waited += pause
         pause = min(pause * 2, 0.1)
-    try:
-        await run_in(_call_pool, dispatch.run, execution_id)
-    finally:
-        _calls_free.release()
+    # The thread is free when its call has ended, not when this coroutine does: a sync
+    # caller that goes away cancels the waiting here, and the call goes on.
+    call = _call_pool.submit(with_fresh_connection, dispatch.run, execution_id)
+    call.add_done_callback(lambda _: _calls_free.release())  # also when cancelled before it started
+    await asyncio.wrap_future(call)
 
 
 def _read(execution_id: str) -> Execution:

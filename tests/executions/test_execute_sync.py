@@ -1,12 +1,17 @@
 """Sync execute: waits for the outcome; 200, 502 on failure, 504 on timeout."""
 
+import asyncio
+import contextlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.db import connection
 
+from devtools.loopback import LoopbackServer
 from devtools.waiting import wait_for
+from executions import dispatch, nodes, submission
 from executions.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,3 +81,41 @@ def test_sync_at_the_nodes_cap_waits_for_a_call_thread(api, node, agent, setting
     # The call thread took it once its own call had ended: one at a time, in order.
     assert [r.json()["n"] for r in agent.requests] == [1, 2]
     assert agent.requests[1].at - agent.requests[0].at >= 0.5
+
+
+def test_a_sync_caller_that_goes_away_mid_call_does_not_free_the_call_thread_it_still_holds(node, agent, monkeypatch):
+    """A disconnect cancels the waiting coroutine, not the call: its thread stays busy till the agent answers.
+
+    Counting the thread free at the disconnect let the next sync call wait in the
+    pool's queue behind the hung call (up to AGENT_CALL_TIMEOUT) instead of going
+    to a worker after HAND_OVER_AFTER.
+    """
+    monkeypatch.setattr(submission, "_calls_free", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(submission, "_call_pool", ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-call"))
+    handed_over = []
+    monkeypatch.setattr(dispatch, "enqueue", handed_over.append)
+
+    def _submit(target):
+        return submission.submit(submission.Request(target=target, input={}), enqueue=False)[0]
+
+    with LoopbackServer.agent() as hung:
+        hung.default.delay = 5
+        nodes.register({"id": "hung", "base_url": hung.url, "version": "1", "reasoners": [{"id": "process"}]})
+        stuck, healthy = _submit("hung.process"), _submit("analyzer.process")
+
+        async def scenario():
+            gone = asyncio.create_task(submission.wait_for_outcome(stuck.id, True, time.monotonic() + 30))
+            while not hung.requests:
+                await asyncio.sleep(0.02)
+            gone.cancel()  # the sync caller disconnected: Django cancels its view
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+            began = time.monotonic()
+            await asyncio.wait_for(submission._call_here_or_hand_over(healthy.id), timeout=4)
+            return time.monotonic() - began
+
+        took = asyncio.run(scenario())
+        assert handed_over == [healthy.id], "the one call thread is still busy: the call goes to a worker"
+        assert took < 3
+        assert not agent.requests
+    submission._call_pool.shutdown(wait=True)
