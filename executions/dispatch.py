@@ -81,13 +81,14 @@ def enqueue(execution_id: str) -> None:
     def send() -> None:
         tasks.enqueue(TASK, execution_id, cluster=settings.DISPATCH_CLUSTER, name=f"dispatch {execution_id}")
 
-    if tasks.in_database(settings.DISPATCH_CLUSTER):
+    if connection.in_atomic_block and tasks.in_database(settings.DISPATCH_CLUSTER):
         # The broker is this database: the task row commits with the execution, in
         # the same transaction (one write fewer, and never one without the other).
         send()
         return
     # robust: a broker outage must not fail the request that already committed the
-    # execution; its dispatch lease lapses and the sweeper enqueues it again.
+    # execution (outside a transaction, as a sync call's hand-over, it runs at once);
+    # the sweeper wakes a worker for it (`wake_waiting`).
     transaction.on_commit(send, robust=True)
 
 

@@ -119,3 +119,28 @@ def test_a_sync_caller_that_goes_away_mid_call_does_not_free_the_call_thread_it_
         assert took < 3
         assert not agent.requests
     submission._call_pool.shutdown(wait=True)
+
+
+def test_a_sync_call_whose_hand_over_the_broker_refuses_is_left_to_the_sweeper_not_a_500(api, node, agent, settings,
+                                                                                         monkeypatch):
+    """The execution is stored: a broker that fails the hand-over leaves it waiting, as a lost wake-up does.
+
+    With the database as the broker, the hand-over's error escaped the view: a 500 for
+    an execution that the sweeper's wake-up (`dispatch.wake_waiting`) still sends to
+    its agent, and that a client retrying the 500 would submit a second time.
+    """
+    from agentfield_site.lib import tasks
+
+    settings.AGENT_CALL_TIMEOUT = 1.5
+    monkeypatch.setattr(submission, "_calls_free", threading.BoundedSemaphore(1))
+    submission._calls_free.acquire()  # the web process's one call thread is busy
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("the broker is down")
+
+    monkeypatch.setattr(tasks, "enqueue", broker_down)
+    response = api.post("/api/v1/execute/analyzer.process", {"input": {}}, format="json")
+    assert response.status_code == 504, response.content
+    [row] = Execution.objects.all()
+    assert row.status == "queued" and row.dispatch_state == Execution.Dispatch.QUEUED
+    assert response.json()["execution_id"] == row.id
