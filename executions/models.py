@@ -178,7 +178,7 @@ class Execution(models.Model):
             # A claim's look for the oldest waiting execution, in order, without sorting the queue.
             models.Index(fields=["dispatch_state", "created_at", "id"], name="exec_dispatch_queue"),
             # A submit's count of its key's executions waiting for dispatch (EXECUTION_QUEUE_LIMIT_PER_KEY).
-            models.Index(fields=["owner"], condition=models.Q(status__in=("pending", "queued")), name="exec_waiting_owner"),
+            models.Index(fields=["owner"], condition=models.Q(dispatch_state="queued"), name="exec_waiting_owner"),
         ]
         constraints = [
             # One namespace of Idempotency-Keys per sending key (no key row: one shared namespace).

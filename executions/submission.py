@@ -104,8 +104,6 @@ def _same_request(existing: Execution, request: Request) -> Execution:
     return existing
 
 
-# Statuses of executions waiting for dispatch.
-WAITING = ("pending", "queued")
 # The dispatch queue's depth as last counted here, and until when that count may stand in.
 _depth = {"count": 0, "until": 0.0}
 DEPTH_RECOUNT_SECONDS = 1.0
@@ -114,13 +112,16 @@ DEPTH_RECOUNT_SECONDS = 1.0
 def _waiting_of(owner_id: int, limit: int) -> int:
     """The owner's executions waiting for dispatch, up to `limit`, read from the index of waiting rows by owner.
 
-    The statuses are literals, as in the index's condition: SQLite uses a partial
+    Waiting is the dispatch state, not the status: an agent may report progress
+    (`running`) for an execution of its node that no call has reached yet, and a
+    call whose worker died waits again as `running`.
+
+    The state is a literal, as in the index's condition: SQLite uses a partial
     index only for a query that repeats it (with parameters it would read every
     execution the key ever submitted).
     """
-    statuses = ", ".join(f"'{status}'" for status in WAITING)
     sql = (f"SELECT COUNT(*) FROM (SELECT 1 FROM {Execution._meta.db_table} "
-           f"WHERE owner_id = %s AND status IN ({statuses}) LIMIT %s) AS waiting")
+           f"WHERE owner_id = %s AND dispatch_state = '{Execution.Dispatch.QUEUED.value}' LIMIT %s) AS waiting")
     with connection.cursor() as cursor:
         cursor.execute(sql, [owner_id, limit])
         return cursor.fetchone()[0]
@@ -136,7 +137,8 @@ def _queue_depth(limit: int) -> int:
     now = time.monotonic()
     if now >= _depth["until"] or _depth["count"] * 2 >= limit:
         # Counting stops at the limit: a full queue must not make every refusal slower.
-        _depth["count"] = Execution.objects.filter(status__in=WAITING).order_by().values("pk")[:limit].count()
+        waiting = Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED)
+        _depth["count"] = waiting.order_by().values("pk")[:limit].count()
         _depth["until"] = now + DEPTH_RECOUNT_SECONDS
     return _depth["count"]
 

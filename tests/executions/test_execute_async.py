@@ -104,5 +104,38 @@ def test_one_keys_backlog_leaves_room_in_the_queue_for_everyone_else(node, setti
     assert submit("calm").status_code == 202, "the other key's submits are not refused"
     # Once one of the busy key's executions is dispatched (no longer waiting), it may submit again.
     oldest = Execution.objects.filter(owner__name="busy").order_by("created_at").first()
-    Execution.objects.filter(pk=oldest.pk).update(status="running")
+    Execution.objects.filter(pk=oldest.pk).update(status="running", dispatch_state=Execution.Dispatch.IN_FLIGHT)
     assert submit("busy").status_code == 202
+
+
+@pytest.mark.parametrize("limit", ["EXECUTION_QUEUE_LIMIT_PER_KEY", "EXECUTION_QUEUE_LIMIT"])
+def test_executions_their_agent_reports_running_before_it_is_called_still_count_as_waiting(agent, settings, limit):
+    """The queue is what waits for dispatch: an agent's early progress report does not take an execution out of it.
+
+    An agent key may report progress for any execution of its nodes, called or not: a
+    tenant whose agent reported `running` for each execution it queued (still waiting
+    for a call, claimable as before) was no longer held by either queue limit.
+    """
+    from rest_framework.test import APIClient
+
+    from agentfield_site.models import ApiKey
+
+    settings.EXECUTION_QUEUE_LIMIT, settings.EXECUTION_QUEUE_LIMIT_PER_KEY = 100, 100
+    setattr(settings, limit, 3)
+    tenant, its_agent = APIClient(), APIClient()
+    tenant.credentials(HTTP_X_API_KEY=ApiKey.create("tenant", ApiKey.Scope.CLIENT)[1])
+    its_agent.credentials(HTTP_X_API_KEY=ApiKey.create("tenant-agent", ApiKey.Scope.AGENT)[1])
+    registered = its_agent.post("/api/v1/nodes/register", {"id": "own", "base_url": agent.url, "version": "1",
+                                                            "reasoners": [{"id": "process"}]}, format="json")
+    assert registered.status_code == 201, registered.content
+
+    def submit():
+        return tenant.post("/api/v1/execute/async/own.process", {"input": {}}, format="json")
+
+    for _ in range(3):
+        execution_id = submit().json()["execution_id"]
+        report = its_agent.post(f"/api/v1/executions/{execution_id}/status", {"status": "running"}, format="json")
+        assert report.status_code == 200, report.content
+    assert set(Execution.objects.values_list("status", "dispatch_state")) == {("running", "queued")}
+    assert submit().status_code == 503, "three executions wait for dispatch, whatever their agent says"
+    assert not agent.requests
