@@ -5,8 +5,9 @@ from the query string (`?created_at__gte=...`), and some the database cannot run
 a time past the year 9999 once in UTC, `__year=99999`, `contains` on a JSON field
 on SQLite, a NUL on PostgreSQL. Those get Django's own "invalid lookup" answer
 (a redirect to `?e=1`), as a lookup it refuses itself does; an object id with a
-NUL in the path is no such object. django-q2's task pages get the same
-(`agentfield_site/admin.py`).
+NUL in the path is no such object, and an action on selected ids that cannot
+be ids (forged: a NUL, a word for a number) changes nothing. django-q2's task
+pages get the same (`agentfield_site/admin.py`).
 
 `EscapedJSONAdmin`: the admin prints JSON fields with `ensure_ascii=False`; a lone
 surrogate stored before the strict parser (or by another path) then fails the
@@ -15,8 +16,10 @@ page's UTF-8 encoding, for the object's page and for every list page it appears 
 
 import contextlib
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import ValidationError
 from django.db import DataError, NotSupportedError, connection, models, transaction
 
 from .lib import strict_json
@@ -40,6 +43,20 @@ class SafeLookupsAdmin(admin.ModelAdmin):
         if "\x00" in str(object_id):
             return None
         return super().get_object(request, object_id, from_field)
+
+    def response_action(self, request, queryset):
+        # The selected ids come from the form as they were posted: one the database
+        # cannot compare (a NUL on PostgreSQL, "x" for an integer key) was a 500.
+        pk = self.model._meta.pk
+        try:
+            for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+                if "\x00" in value:
+                    raise ValidationError("NUL")
+                pk.to_python(value)
+        except ValidationError:
+            self.message_user(request, "No such items: no items have been changed.", messages.WARNING)
+            return None
+        return super().response_action(request, queryset)
 
     def get_changelist_instance(self, request):
         # Inside a transaction (a test's, ATOMIC_REQUESTS), in a savepoint: on PostgreSQL a
