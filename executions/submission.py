@@ -216,7 +216,8 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
 _sync_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, thread_name_prefix="sync-execute")
 # ... and for its calls to agents, apart: calls to agents that hang must not hold
 # the threads every sync caller's submission needs. A call that finds them all busy
-# for HAND_OVER_AFTER seconds is handed to the workers' call threads instead.
+# for HAND_OVER_AFTER seconds is handed to the workers' call threads as well
+# (`wait_for_outcome`).
 _call_threads = max(1, settings.MAX_CONCURRENT_REQUESTS // 2)
 _call_pool = ThreadPoolExecutor(max_workers=_call_threads, thread_name_prefix="sync-call")
 _calls_free = threading.BoundedSemaphore(_call_threads)
@@ -228,21 +229,8 @@ async def on_sync_pool(fn: Callable[..., T], *args: Any) -> T:
     return await run_in(_sync_pool, fn, *args)
 
 
-async def _call_here_or_hand_over(execution_id: str) -> None:
-    """Call the agent on this process's call threads once one is free, or have a worker call it.
-
-    Calls that answer at once free their threads in milliseconds, so a burst of
-    them waits its turn here; threads held by agents that hang stay busy, and
-    after HAND_OVER_AFTER the call goes to the workers.
-    """
-    pause, waited = 0.005, 0.0
-    while not _calls_free.acquire(blocking=False):
-        if waited >= HAND_OVER_AFTER:
-            await run_db(dispatch.enqueue, execution_id)
-            return
-        await asyncio.sleep(pause)
-        waited += pause
-        pause = min(pause * 2, 0.1)
+async def _call_here(execution_id: str) -> None:
+    """Call the agent on one of this process's call threads (the caller holds one of `_calls_free`)."""
     # The thread is free when its call has ended, not when this coroutine does: a sync
     # caller that goes away cancels the waiting here, and the call goes on.
     call = _call_pool.submit(with_fresh_connection, dispatch.run, execution_id)
@@ -258,19 +246,29 @@ async def wait_for_outcome(execution_id: str, created: bool, deadline: float) ->
     """The sync API: call the agent, then wait for an outcome, on the event loop.
 
     Returns the execution as it stands when it is terminal or `deadline`
-    (time.monotonic) has passed. While it waits, nothing is held but a coroutine:
-    the agent is called on this process's call threads (`dispatch.run`), or by a
-    worker's when they are all busy or a cap holds the call back, and the row is
+    (time.monotonic) has passed. While it waits, nothing is held but a coroutine.
+    The agent is called on this process's call threads (`dispatch.run`) as soon
+    as one is free: calls that answer at once free theirs in milliseconds, so a
+    burst waits its turn. Threads held by agents that hang stay busy: after
+    HAND_OVER_AFTER the execution is also handed to the workers, and whichever
+    comes first calls it (the claim lets one only). Once called, the row is
     re-read on the streams' pool every 20 to 250 ms. If this process dies
     mid-call, the dispatch lease lapses and a worker takes the execution over,
     so a sync caller's work is not lost either.
     """
-    if created:
-        await _call_here_or_hand_over(execution_id)
-    interval = 0.02
+    started = time.monotonic()
+    called, handed_over = not created, False
+    interval = 0.005
     while True:
-        execution = await run_db(_read, execution_id)
-        if execution.is_terminal or time.monotonic() >= deadline:
-            return execution
+        if not called and _calls_free.acquire(blocking=False):
+            called = True
+            await _call_here(execution_id)
+        elif not called and not handed_over and time.monotonic() - started >= HAND_OVER_AFTER:
+            handed_over = True
+            await run_db(dispatch.enqueue, execution_id)
+        if called or handed_over or time.monotonic() >= deadline:
+            execution = await run_db(_read, execution_id)
+            if execution.is_terminal or time.monotonic() >= deadline:
+                return execution
         await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        interval = min(interval * 2, 0.25)
+        interval = min(interval * 2, 0.25 if called else 0.1)

@@ -111,8 +111,14 @@ def test_a_sync_caller_that_goes_away_mid_call_does_not_free_the_call_thread_it_
             with contextlib.suppress(asyncio.CancelledError):
                 await gone
             began = time.monotonic()
-            await asyncio.wait_for(submission._call_here_or_hand_over(healthy.id), timeout=4)
-            return time.monotonic() - began
+            waiting = asyncio.create_task(submission.wait_for_outcome(healthy.id, True, time.monotonic() + 30))
+            while not handed_over and time.monotonic() - began < 4:
+                await asyncio.sleep(0.02)
+            took = time.monotonic() - began
+            waiting.cancel()  # no worker here to take it
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            return took
 
         took = asyncio.run(scenario())
         assert handed_over == [healthy.id], "the one call thread is still busy: the call goes to a worker"
@@ -144,3 +150,25 @@ def test_a_sync_call_whose_hand_over_the_broker_refuses_is_left_to_the_sweeper_n
     [row] = Execution.objects.all()
     assert row.status == "queued" and row.dispatch_state == Execution.Dispatch.QUEUED
     assert response.json()["execution_id"] == row.id
+
+
+def test_a_handed_over_sync_call_is_still_made_here_once_a_call_thread_frees(node, agent, monkeypatch):
+    """No worker took it (none runs, or all are busy): the web process calls it as soon as it can."""
+    monkeypatch.setattr(submission, "_calls_free", threading.BoundedSemaphore(1))
+    handed_over = []
+    monkeypatch.setattr(dispatch, "enqueue", handed_over.append)
+    agent.default.body = {"answer": 7}
+    execution = submission.submit(submission.Request(target="analyzer.process", input={}), enqueue=False)[0]
+    submission._calls_free.acquire()  # the one call thread is busy
+
+    async def scenario():
+        waiting = asyncio.create_task(submission.wait_for_outcome(execution.id, True, time.monotonic() + 30))
+        while not handed_over:
+            await asyncio.sleep(0.02)
+        submission._calls_free.release()  # its call ended
+        return await asyncio.wait_for(waiting, timeout=10)
+
+    done = asyncio.run(scenario())
+    assert handed_over == [execution.id]
+    assert done.status == "succeeded" and done.result == {"answer": 7}
+    assert len(agent.requests) == 1
