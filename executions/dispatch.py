@@ -119,33 +119,42 @@ def claim_next(preferred: str | None = None) -> tuple[Execution, str] | None:
 
 
 def _claim(preferred: str | None, others: bool) -> tuple[Execution, str] | None:
-    """`preferred` if it may be called now, else (with `others`) the oldest waiting execution that may.
+    """`preferred` if it may be called now, else (with `others`) the next waiting execution that may.
 
     One may while fewer than AGENT_MAX_CALLS_PER_NODE calls to its node, and
     fewer than AGENT_MAX_CALLS_PER_KEY of its owner's executions, are in flight.
-    The counts are read and the lease taken under one lock (PostgreSQL's
-    advisory lock, SQLite's write lock), so the caps hold across every worker
-    and web process.
+    The next is the oldest of a key with no call in flight, else the oldest: a
+    key that submits now and then is not queued behind another's backlog on a
+    node they share. The counts are read and the lease taken under one lock
+    (PostgreSQL's advisory lock, SQLite's write lock), so the caps hold across
+    every worker and web process.
     """
     token = uuid.uuid4().hex
     with one_writer(), transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK_KEY])
-        open_to = _claimable()
+        nodes, owners = calls_in_flight()
+        open_to = _claimable(nodes, owners)
         if preferred is not None and _take(open_to.filter(pk=preferred), token):
             return _started(preferred), token
         if not others:
             return None
-        oldest = open_to.order_by("created_at", "id").values_list("pk", flat=True).first()
-        if oldest is None or not _take(Execution.objects.filter(pk=oldest), token):
+        in_order = open_to.order_by("created_at", "id").values_list("pk", flat=True)
+        chosen = in_order.exclude(owner_id__in=list(owners)).first() if owners else None
+        chosen = chosen or in_order.first()
+        if chosen is None or not _take(Execution.objects.filter(pk=chosen), token):
             return None
-        return _started(oldest), token
+        return _started(chosen), token
 
 
-def _claimable():
-    """Waiting executions that may be called now: their node and their owner's key are below their caps."""
-    nodes, owners = calls_in_flight()
+def _claimable(nodes: Counter | None = None, owners: Counter | None = None):
+    """Waiting executions that may be called now: their node and their owner's key are below their caps.
+
+    `nodes` and `owners` are `calls_in_flight()`, when the caller has read them.
+    """
+    if nodes is None or owners is None:
+        nodes, owners = calls_in_flight()
     node_cap, key_cap = max(1, settings.AGENT_MAX_CALLS_PER_NODE), max(1, settings.AGENT_MAX_CALLS_PER_KEY)
     return Execution.objects.filter(dispatch_state=Execution.Dispatch.QUEUED, status__in=ACTIVE).exclude(
         agent_node_id__in=[node for node, calls in nodes.items() if calls >= node_cap]

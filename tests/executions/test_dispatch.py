@@ -155,8 +155,30 @@ def test_a_claim_passes_over_a_key_at_its_cap(node, agent, settings):
 
     mine = [submit("analyzer.process", busy), submit("other.process", busy), submit("other.process", busy)]
     theirs = submit("analyzer.process", calm)
-    assert [dispatch.claim_next()[0].id for _ in range(3)] == [mine[0].id, mine[1].id, theirs.id]
+    # The oldest, then the other key's (it has no call in flight), then the busy key's second.
+    assert [dispatch.claim_next()[0].id for _ in range(3)] == [mine[0].id, theirs.id, mine[1].id]
     assert dispatch.claim_next(mine[2].id) is None, "the busy key has two calls in flight"
+
+
+def test_a_key_with_no_call_in_flight_goes_before_another_keys_backlog(node, agent, settings):
+    """On a node two keys share, a key that submits now and then is not queued behind the other's backlog."""
+    from agentfield_site.models import ApiKey
+
+    settings.AGENT_MAX_CALLS_PER_NODE = 2
+    busy, calm = ApiKey.create("busy")[0], ApiKey.create("calm")[0]
+
+    def submit(owner: ApiKey) -> Execution:
+        request = submission.Request(target="analyzer.process", input={}, owner_id=owner.id, submitted_by_id=owner.id)
+        return submission.submit(request, enqueue=False)[0]
+
+    backlog = [submit(busy) for _ in range(5)]
+    first, _ = dispatch.claim_next()
+    assert first.id == backlog[0].id
+    theirs = submit(calm)
+    assert dispatch.claim_next()[0].id == theirs.id, "the calm key has no call in flight: it goes first"
+    assert dispatch.claim_next() is None, "the node is at its cap"
+    Execution.objects.filter(pk=first.id).update(dispatch_state=Execution.Dispatch.DONE, dispatch_lease_until=None)
+    assert dispatch.claim_next()[0].id == backlog[1].id, "then the backlog, in order"
 
 
 def test_executions_left_waiting_get_one_wake_up_per_tick(node, agent, settings, monkeypatch):
