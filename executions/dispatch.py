@@ -309,8 +309,12 @@ def take(execution_id: str | None = None) -> int:
         if claimed is None:
             free.release()
             break
-        # Not a daemon: a worker that stops (or that django-q2 recycles) waits for its calls.
-        threading.Thread(target=_keep_calling, args=(free, claimed), name="agent-call").start()
+        try:
+            # Not a daemon: a worker that stops (or that django-q2 recycles) waits for its calls.
+            threading.Thread(target=_keep_calling, args=(free, claimed), name="agent-call").start()
+        except BaseException:  # no thread (the process is out of them): its lease lapses, the sweeper requeues it
+            free.release()
+            raise
         started += 1
     return started
 

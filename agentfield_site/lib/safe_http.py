@@ -279,8 +279,8 @@ def deadline(seconds: float) -> Iterator[Deadline]:
     timer = threading.Timer(seconds, watch.expire)
     timer.daemon = True
     _deadlines.current = watch
-    timer.start()
     try:
+        timer.start()
         yield watch
     finally:
         watch.end()
