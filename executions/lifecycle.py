@@ -226,7 +226,7 @@ def transition(
                 fields["dispatch_state"] = Execution.Dispatch.DONE
                 # A call still going (ended here by a cancel, the agent's callback, the
                 # expiry) keeps its lease until it returns: it holds a call thread, and
-                # counts against its node's and key's caps till then (dispatch._at_cap).
+                # counts against its node's and key's caps till then (dispatch.calls_in_flight).
                 if row.dispatch_state != Execution.Dispatch.IN_FLIGHT or row.dispatch_token == ending_call:
                     fields["dispatch_lease_until"] = None
             if Execution.objects.filter(pk=execution_id, status=current).update(**fields) != 1:
