@@ -13,7 +13,8 @@ its spelling. Webhooks and collectors use `settings.WEBHOOK_ALLOWED_HOSTS` (test
 and the demo allow loopback that way); calls to agents pass
 `settings.AGENT_ALLOWED_HOSTS` (loopback by default). Webhooks and the collector
 send through `outbound` (asyncio), which applies the same checks in its resolver;
-agents are called with `new_session(allowed_hosts=...)`.
+agents are called with `new_session(allowed_hosts=...)`, each call inside
+`deadline()`, which bounds the whole exchange (a read timeout bounds one read).
 """
 
 import contextlib
