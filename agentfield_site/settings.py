@@ -262,6 +262,7 @@ AGENT_CALL_TIMEOUT = env.float("AGENT_CALL_TIMEOUT", default=90.0)
 AGENT_CALLS_PER_WORKER = env.int("AGENT_CALLS_PER_WORKER", default=16)
 AGENT_MAX_CALLS_PER_NODE = env.int("AGENT_MAX_CALLS_PER_NODE", default=8)
 AGENT_MAX_CALLS_PER_KEY = env.int("AGENT_MAX_CALLS_PER_KEY", default=32)
+AGENT_MAX_NODES_PER_KEY = env.int("AGENT_MAX_NODES_PER_KEY", default=1000)
 # Where nodes' base_urls may point beyond public addresses: host names (as spelled)
 # or IP addresses and networks (matched against the resolved address). Loopback by
 # default, so `make run` and SDK agents on localhost work; add your agents' network

@@ -50,6 +50,14 @@ class UnknownExecution(ExecutionError):
         super().__init__(f"No execution {execution_id!r}.")
 
 
+class TooManyNodes(ExecutionError):
+    """The key already holds AGENT_MAX_NODES_PER_KEY nodes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"This key already has {limit} nodes, the most one key may register "
+                         "(AGENT_MAX_NODES_PER_KEY); an operator can delete the ones no longer used in the admin.")
+
+
 class NodeTaken(ExecutionError):
     """The node id belongs to another key."""
 

@@ -42,7 +42,7 @@ from agentfield_site.lib.sqlite_writer import one_writer
 from observability.events import publish
 from observability.models import PlatformEvent
 
-from .errors import NodeTaken, UnknownNode
+from .errors import NodeTaken, TooManyNodes, UnknownNode
 from .models import AgentNode
 from .ownership import check_registration, nodes_of
 
@@ -77,6 +77,13 @@ def _register(data: dict[str, Any], caller: Caller) -> tuple[AgentNode, bool]:
         node = AgentNode.objects.select_for_update().filter(pk=data["id"]).first()
         check_registration(caller, node)
         created = node is None
+        # Every node is listed, swept for liveness and looked up by every dispatch:
+        # one key must not grow that without bound for everyone.
+        limit = settings.AGENT_MAX_NODES_PER_KEY
+        if created and caller.key_id is not None and not caller.is_admin and (
+            AgentNode.objects.filter(owner_id=caller.key_id).count() >= limit
+        ):
+            raise TooManyNodes(limit)
         was_inactive = node is not None and node.health_status == AgentNode.Health.INACTIVE
         if node is None:
             node = AgentNode(id=data["id"], registered_at=now)

@@ -15,7 +15,7 @@ def _unknown(exc: errors.ExecutionError) -> ApiError:
     return ApiError(404, "not_found", str(exc), error_category="not_found")
 
 
-@translates(errors.NodeTaken, errors.IdempotencyKeyReused)
+@translates(errors.NodeTaken, errors.IdempotencyKeyReused, errors.TooManyNodes)
 def _taken(exc: errors.ExecutionError) -> ApiError:
     return ApiError(409, "conflict", str(exc), error_category="bad_request")
 

@@ -114,3 +114,24 @@ def test_did_register_is_a_json_404(api):
     response = api.post("/api/v1/did/register", {"agent_node_id": "writer", "reasoners": [], "skills": []}, format="json")
     assert response.status_code == 404
     assert response.json()["error"] == "not_supported"
+
+
+def test_one_agent_key_registers_at_most_its_share_of_nodes(settings):
+    """AGENT_MAX_NODES_PER_KEY: past it a new node is 409; re-registering one it has is not."""
+    from rest_framework.test import APIClient
+
+    from agentfield_site.models import ApiKey
+
+    settings.AGENT_MAX_NODES_PER_KEY = 2
+    agent = APIClient()
+    agent.credentials(HTTP_X_API_KEY=ApiKey.create("fleet", ApiKey.Scope.AGENT)[1])
+
+    def register(node_id: str):
+        body = {"id": node_id, "base_url": "http://127.0.0.1:9", "reasoners": [{"id": "r"}]}
+        return agent.post("/api/v1/nodes/register", body, format="json")
+
+    assert [register(n).status_code for n in ("n1", "n2")] == [201, 201]
+    refused = register("n3")
+    assert refused.status_code == 409 and "AGENT_MAX_NODES_PER_KEY" in refused.json()["message"]
+    assert register("n1").status_code in (200, 201), "re-registering a node it has is not a new one"
+    assert not AgentNode.objects.filter(pk="n3").exists()
