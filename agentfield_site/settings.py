@@ -315,6 +315,8 @@ OBSERVABILITY_RUN_SECONDS = env.float("OBSERVABILITY_RUN_SECONDS", default=50.0)
 STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15.0)
 STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.25)
 STREAM_CLIENT_BUFFER = env.int("STREAM_CLIENT_BUFFER", default=1000)
+# Event streams (SSE and sockets) one client key may hold open on one web process.
+STREAM_MAX_PER_KEY = env.int("STREAM_MAX_PER_KEY", default=100)
 
 # --- Static files, i18n, logging ---------------------------------------------
 STATIC_URL = "static/"

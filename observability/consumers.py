@@ -14,17 +14,25 @@ from dataclasses import replace
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from agentfield_site.auth import caller_for, raw_key_from
 from agentfield_site.lib import strict_json
 
 from .stream_filters import EventFilter, FilterError, parse_filters
-from .streams import RECHECK_SECONDS, BadStreamRequest, parse_last_event_id, streamed_owner
+from .streams import (
+    RECHECK_SECONDS,
+    BadStreamRequest,
+    open_streams,
+    parse_last_event_id,
+    streamed_owner,
+)
 from .tail import Listener, get_tailer, run_db
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_BAD_REQUEST = 4400
+CLOSE_TOO_MANY = 4429
 # Daphne pings the socket itself; this only bounds how long a wait lasts.
 _IDLE_WAIT_SECONDS = 30.0
 
@@ -55,6 +63,7 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
     _task: asyncio.Task | None = None
     _owner_id: int | None = None  # a client key's socket: its own executions' events only
     _raw_key = ""  # checked again on each subscribe and every RECHECK_SECONDS
+    _holds_place = False  # one of its key's STREAM_MAX_PER_KEY places (streams.open_streams)
 
     async def connect(self) -> None:
         raw_key = raw_key_from(_headers(self.scope), _query(self.scope))
@@ -75,6 +84,12 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        if not open_streams.take(self._owner_id):
+            await self._error("too_many_streams", f"This key has {settings.STREAM_MAX_PER_KEY} event streams open "
+                              "on this server already (STREAM_MAX_PER_KEY); close one first.")
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        self._holds_place = True
         query = _query(self.scope)
         try:
             flt = replace(parse_filters(query), owner_id=self._owner_id)
@@ -110,6 +125,9 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         await self._subscribe(flt, last_event_id)
 
     async def disconnect(self, code: int) -> None:
+        if self._holds_place:
+            self._holds_place = False
+            open_streams.give_back(self._owner_id)
         await self._stop()
 
     async def _error(self, error: str, message: str) -> None:

@@ -7,6 +7,7 @@ in id order, without gaps or duplicates.
 """
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
@@ -65,6 +66,48 @@ def _caller(request: HttpRequest, raw_key: str) -> Caller | None:
 RECHECK_SECONDS = 5.0
 
 
+class OpenStreams:
+    """The streams (SSE and sockets) a client key holds open in this process: at most STREAM_MAX_PER_KEY.
+
+    Streams hold no request place, and each one costs the process a subscription
+    on the tail and a buffer of up to STREAM_CLIENT_BUFFER events: one key must
+    not open them without bound on a process every client shares. Admin keys and
+    staff sessions are not counted. All on the event loop: no lock.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[int, int] = {}
+
+    def take(self, key_id: int | None) -> bool:
+        """One place for `key_id`'s new stream (None: not counted); False when it holds them all."""
+        if key_id is None:
+            return True
+        if self.held.get(key_id, 0) >= settings.STREAM_MAX_PER_KEY:
+            return False
+        self.held[key_id] = self.held.get(key_id, 0) + 1
+        return True
+
+    def give_back(self, key_id: int | None) -> None:
+        if key_id is None or key_id not in self.held:
+            return
+        self.held[key_id] -= 1
+        if self.held[key_id] <= 0:
+            del self.held[key_id]
+
+
+open_streams = OpenStreams()
+
+
+def too_many_streams() -> JsonResponse:
+    response = error_response(
+        429, "too_many_streams",
+        f"This key has {settings.STREAM_MAX_PER_KEY} event streams open on this server already "
+        "(STREAM_MAX_PER_KEY); close one first.",
+    )
+    response["Retry-After"] = "5"
+    return response
+
+
 def key_recheck(request: HttpRequest) -> Callable[[], Awaitable[bool]] | None:
     """Whether the request's API key is still valid, asked again later; None for a session (checked once)."""
     raw_key = raw_key_from({k.lower(): v for k, v in request.headers.items()}, request.GET)
@@ -97,6 +140,28 @@ def _sse_response(body: AsyncIterator[bytes]) -> StreamingHttpResponse:
     # Proxies such as nginx would otherwise buffer the stream until it ends.
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def _held_stream(body: AsyncIterator[bytes], key_id: int | None) -> AsyncIterator[bytes]:
+    """`body`, holding one of `key_id`'s stream places until it ends, or is dropped without ever starting."""
+    released = False
+
+    def give_back() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            open_streams.give_back(key_id)
+
+    async def held() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            give_back()
+
+    stream = held()
+    weakref.finalize(stream, give_back)  # a response closed before its body started
+    return stream
 
 
 async def _events(
@@ -148,7 +213,9 @@ async def _open_stream(request: HttpRequest, scope: tuple[str, ...]) -> HttpResp
         last_event_id = parse_last_event_id(request.headers.get("Last-Event-ID"), request.GET.get("last_event_id"))
     except (FilterError, BadStreamRequest) as exc:
         return error_response(400, "bad_request", str(exc))
-    return _sse_response(_events(flt, last_event_id, still_valid=key_recheck(request)))
+    if not open_streams.take(owner_id):
+        return too_many_streams()
+    return _sse_response(_held_stream(_events(flt, last_event_id, still_valid=key_recheck(request)), owner_id))
 
 
 def streamed_owner(caller: Caller, sources: tuple[str, ...]) -> int | None:
@@ -204,7 +271,10 @@ async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpR
     if terminal_id is not None and last_event_id is not None and last_event_id >= terminal_id:
         # The client already has the end: 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
-    flt = EventFilter(execution_id=execution_id, owner_id=streamed_owner(caller, EXECUTION_SCOPE))
+    owner_id = streamed_owner(caller, EXECUTION_SCOPE)
+    if not open_streams.take(owner_id):
+        return too_many_streams()
+    flt = EventFilter(execution_id=execution_id, owner_id=owner_id)
     body = _events(
         flt,
         0 if last_event_id is None else last_event_id,
@@ -212,7 +282,7 @@ async def one_execution_events(request: HttpRequest, execution_id: str) -> HttpR
         announce_gaps=last_event_id is not None,
         still_valid=key_recheck(request),
     )
-    return _sse_response(body)
+    return _sse_response(_held_stream(body, owner_id))
 
 
 for _view in (execution_events, node_events, one_execution_events):

@@ -229,3 +229,49 @@ def test_a_revoked_keys_streams_end_and_its_socket_closes(world, settings, monke
     assert sse.ended
     assert error["error"] == "unauthorized" and closed == {"type": "websocket.close", "code": 4401}
     assert again.status == 401
+
+
+def test_a_client_key_holds_at_most_its_share_of_streams_and_gets_them_back(world, settings):
+    """STREAM_MAX_PER_KEY per process, SSE and sockets together; other keys and admins are not counted with it."""
+    from observability.streams import open_streams
+
+    settings.STREAM_MAX_PER_KEY = 2
+    keys, _ = world
+    # Places of earlier tests' streams whose loop closed before their bodies unwound (key ids are reused).
+    open_streams.held.clear()
+
+    def sse(key: str) -> AsgiSse:
+        return AsgiSse(application, "/api/ui/v1/executions/events", headers={"X-API-Key": keys[key]})
+
+    async def scenario():
+        first = await sse("alice").start()
+        ws = WebsocketCommunicator(application, f"/ws/events?api_key={keys['alice']}")
+        assert (await ws.connect())[0]
+        assert json.loads(await ws.receive_from(5))["type"] == "stream.subscribed"
+        third = await sse("alice").start()
+        await third.read_to_end()
+        refused = third.status, third.headers.get("retry-after"), json.loads(third.body)
+        refused_ws = WebsocketCommunicator(application, f"/ws/events?api_key={keys['alice']}")
+        assert (await refused_ws.connect())[0]
+        error = json.loads(await refused_ws.receive_from(5))
+        closed = await refused_ws.receive_output(5)
+        others = [await sse("bob").start(), await sse("ops").start(), await sse("ops").start()]
+        statuses = [s.status for s in others]
+        for stream in [first, *others]:
+            await stream.close()
+        await ws.disconnect()
+        again = await sse("alice").start()
+        status_again = again.status
+        await again.close()
+        for _ in range(100):  # the body's `finally` runs once the response task has unwound
+            if not open_streams.held:
+                break
+            await asyncio.sleep(0.02)
+        return refused, error, closed, statuses, status_again
+
+    refused, error, closed, statuses, status_again = asyncio.run(scenario())
+    assert refused[0] == 429 and refused[1] == "5" and refused[2]["error"] == "too_many_streams"
+    assert error["error"] == "too_many_streams" and closed == {"type": "websocket.close", "code": 4429}
+    assert statuses == [200, 200, 200], "another client key and an admin key open theirs"
+    assert status_again == 200, "closed streams give their places back"
+    assert open_streams.held == {}

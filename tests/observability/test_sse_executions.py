@@ -151,3 +151,33 @@ def test_agentfield_sdk_event_stream_learns_completion_from_sse(platform):
     assert status == "succeeded", (status, result, elapsed)
     assert result == {"summary": "sdk listens", "words": 2, "document": "sdk listens"}
     assert elapsed < 25, f"the SDK waited {elapsed:.1f}s: it polled instead of reading the stream"
+
+
+def test_a_client_keys_streams_are_capped_per_process_and_given_back_on_disconnect(proc_env):
+    """STREAM_MAX_PER_KEY on a real daphne: the next stream is 429; places come back when clients go away."""
+    from agentfield_site.models import ApiKey
+
+    ApiKey.create("ops", ApiKey.Scope.ADMIN)  # keys exist: the API is closed
+    raw = ApiKey.create("app", ApiKey.Scope.CLIENT)[1]
+    web = proc_env.daphne({"STREAM_MAX_PER_KEY": "2"})
+    url = f"{web.url}/api/ui/v1/executions/events"
+
+    def open_stream() -> requests.Response:
+        return requests.get(url, headers={"X-API-Key": raw}, stream=True, timeout=10)
+
+    def two_open() -> list[requests.Response] | None:
+        """Two streams of the key, once the places of the ones closed before have come back."""
+        held = [open_stream(), open_stream()]
+        if all(r.status_code == 200 for r in held):
+            return held
+        for response in held:
+            response.close()
+        return None
+
+    for _ in range(3):  # the places come back each time the two streams go
+        held = wait_for(two_open, timeout=10, interval=0.2, what=f"two places\n{web.log()}")
+        refused = open_stream()
+        assert refused.status_code == 429 and refused.json()["error"] == "too_many_streams"
+        assert refused.headers["Retry-After"] == "5"
+        for response in held:
+            response.close()
