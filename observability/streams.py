@@ -158,6 +158,7 @@ def _held_stream(body: AsyncIterator[bytes], key_id: int | None) -> AsyncIterato
                 yield chunk
         finally:
             give_back()
+            await body.aclose()  # its subscription goes now, not when the collector finds it
 
     stream = held()
     weakref.finalize(stream, give_back)  # a response closed before its body started
