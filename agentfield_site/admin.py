@@ -1,8 +1,6 @@
 from django.contrib import admin, messages
-from django.utils import timezone
 
 from .admin_bases import SafeLookupsAdmin
-from .auth import forget_keys
 from .models import ApiKey
 
 # The app list beside every page costs 300 px that the delivery and execution lists need at 1,280 px;
@@ -38,9 +36,8 @@ class ApiKeyAdmin(SafeLookupsAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset) -> None:
-        n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        forget_keys()
-        self.message_user(request, f"Revoked {n} key(s).")
+        n = queryset.revoke()
+        self.message_user(request, f"Revoked {n} key(s); their nodes are offline and their subscriptions disabled.")
 
 
 def _safe_task_pages() -> None:

@@ -1,8 +1,10 @@
 import hashlib
 import secrets
 
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
+
+from .signals import key_revoked
 
 
 def hash_key(raw: str) -> str:
@@ -12,6 +14,27 @@ def hash_key(raw: str) -> str:
 
 def new_raw_key() -> str:
     return "afk_" + secrets.token_urlsafe(32)
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def revoke(self) -> int:
+        """Revoke the keys in this queryset not revoked yet; returns how many.
+
+        Every process refuses them within API_KEY_CACHE_SECONDS (this one at once),
+        and what they left running ends with them (`signals.key_revoked`).
+        """
+        from .auth import forget_keys
+
+        now = timezone.now()
+        with transaction.atomic():
+            keys = list(self.filter(revoked_at__isnull=True))
+            revoked = [key for key in keys if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now)]
+            for key in revoked:
+                key.revoked_at = now
+            if revoked:
+                key_revoked.send(sender=ApiKey, keys=revoked)
+        forget_keys()
+        return len(revoked)
 
 
 class ApiKey(models.Model):
@@ -40,6 +63,8 @@ class ApiKey(models.Model):
         default=False, editable=False,
         help_text="The demo agent's key, made by `manage.py serve`: it does not end the open API.",
     )
+
+    objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
         verbose_name = "API key"

@@ -8,6 +8,7 @@ class ExecutionsConfig(AppConfig):
     def ready(self) -> None:
         from agentfield_site.jobs import sweeper
         from agentfield_site.lib.metrics import register
+        from agentfield_site.signals import key_revoked
         from observability import owners, streams
 
         from . import dispatch, nodes, ownership
@@ -18,6 +19,7 @@ class ExecutionsConfig(AppConfig):
         for tick in (dispatch.requeue_lapsed, dispatch.wake_waiting, dispatch.expire_stale, nodes.mark_silent_nodes_offline):
             if tick not in sweeper.ticks:
                 sweeper.ticks.append(tick)
+        key_revoked.connect(nodes.take_offline_nodes_of_revoked, dispatch_uid="executions.nodes.revoked")
         register("executions", ExecutionCollector())
         if ownership.execution_visible not in streams.execution_visible_to:
             streams.execution_visible_to.append(ownership.execution_visible)

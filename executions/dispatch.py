@@ -234,9 +234,14 @@ def run(execution_id: str) -> str:
 
 def call(execution: Execution, token: str) -> str:
     """POST a claimed execution to its agent and record the outcome; returns what happened."""
-    node = AgentNode.objects.filter(pk=execution.agent_node_id).first()
+    node = AgentNode.objects.select_related("owner").filter(pk=execution.agent_node_id).first()
     if node is None:
         _fail(execution, token, "not_found", f"Agent node {execution.agent_node_id!r} is no longer registered.")
+        return "failed"
+    if node.owner is not None and node.owner.revoked_at is not None:
+        # Its agent could take the call but never report the result (its key is refused).
+        _fail(execution, token, "agent_unreachable",
+              f"Agent node {node.pk!r} is unavailable: the API key it registered with was revoked.")
         return "failed"
     if not connection.in_atomic_block:
         # No database connection is held while the agent thinks (up to AGENT_CALL_TIMEOUT).

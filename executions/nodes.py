@@ -34,6 +34,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agentfield_site.auth import OPEN, Caller
@@ -160,9 +161,11 @@ def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -
     if not caller.is_admin and not nodes_of(caller).filter(pk=node_id).exists():
         raise UnknownNode(node_id, "; register first")
     with transaction.atomic():
-        back = AgentNode.objects.filter(pk=node_id, health_status=AgentNode.Health.INACTIVE).update(
-            health_status=AgentNode.Health.ACTIVE, **fields
-        )
+        # Not a node whose key was revoked: a process that has not heard yet
+        # (API_KEY_CACHE_SECONDS) still takes the key's beats.
+        back = AgentNode.objects.filter(
+            Q(owner__isnull=True) | Q(owner__revoked_at__isnull=True), pk=node_id, health_status=AgentNode.Health.INACTIVE
+        ).update(health_status=AgentNode.Health.ACTIVE, **fields)
         if back:
             _node_event("node.online", AgentNode.objects.get(pk=node_id))
         elif not AgentNode.objects.filter(pk=node_id).update(**fields):
@@ -285,6 +288,17 @@ def _mark_offline(node: AgentNode, reason: str) -> bool:
         node.lifecycle_status = "offline"
         _node_event("node.offline", node, reason=reason)
     return bool(changed)
+
+
+def take_offline_nodes_of_revoked(sender, keys, **kwargs) -> None:
+    """`key_revoked`: the revoked keys' nodes go offline at once.
+
+    Their agents' beats and results are refused from now on, so they cannot stay
+    online nor come back (`heartbeat`); executions still queued for them fail when
+    dispatched (`dispatch.call`) instead of waiting for results that cannot come.
+    """
+    for node in AgentNode.objects.filter(owner__in=keys, health_status=AgentNode.Health.ACTIVE):
+        _mark_offline(node, reason="key_revoked")
 
 
 def mark_silent_nodes_offline() -> int:

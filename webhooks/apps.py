@@ -9,6 +9,7 @@ class WebhooksConfig(AppConfig):
     def ready(self) -> None:
         from agentfield_site.jobs import sweeper
         from agentfield_site.lib.metrics import register
+        from agentfield_site.signals import key_revoked
         from observability import events, owners
 
         from . import delivery, ownership, subscriptions
@@ -20,6 +21,7 @@ class WebhooksConfig(AppConfig):
             owners.subscription_owners.append(ownership.subscription_owners)
             owners.subscriptions_owned_by.append(ownership.subscriptions_owned_by)
         sweeper.ticks.append(delivery.tick)
+        key_revoked.connect(subscriptions.disable_subscriptions_of_revoked, dispatch_uid="webhooks.subscriptions.revoked")
         post_save.connect(subscriptions.invalidate_cache, sender=Subscription, dispatch_uid="webhooks.sub.save")
         post_delete.connect(subscriptions.invalidate_cache, sender=Subscription, dispatch_uid="webhooks.sub.delete")
         register("webhooks", WebhookCollector())

@@ -41,6 +41,19 @@ def invalidate_cache(**kwargs) -> None:
     _cache = None
 
 
+def disable_subscriptions_of_revoked(sender, keys, **kwargs) -> None:
+    """`key_revoked`: the revoked keys' subscriptions stop at once.
+
+    Whoever holds a revoked key's endpoints must not go on hearing its events;
+    deliveries already queued for them end as for any disabled subscription.
+    Other processes' caches follow within CACHE_SECONDS.
+    """
+    if Subscription.objects.filter(owner__in=keys, enabled=True).update(
+        enabled=False, disabled_reason="The API key that created it was revoked."
+    ):
+        invalidate_cache()  # as a save does (post_save)
+
+
 def _enabled() -> list[_Row]:
     global _cache
     now = time.monotonic()

@@ -6,9 +6,7 @@
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Q
-from django.utils import timezone
 
-from agentfield_site.auth import forget_keys
 from agentfield_site.models import ApiKey
 
 
@@ -50,6 +48,9 @@ class Command(BaseCommand):
         found = list(ApiKey.objects.filter(match))
         if len(found) != 1:
             raise CommandError(f"{len(found)} keys match {key!r}; give the id from `apikey list`.")
-        updated = ApiKey.objects.filter(pk=found[0].pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-        forget_keys()  # this process; web processes look again within API_KEY_CACHE_SECONDS
-        self.stdout.write(f"Revoked key #{found[0].pk} {found[0].name!r}." if updated else "That key was already revoked.")
+        # Web processes look again within API_KEY_CACHE_SECONDS.
+        updated = ApiKey.objects.filter(pk=found[0].pk).revoke()
+        self.stdout.write(
+            f"Revoked key #{found[0].pk} {found[0].name!r}; its nodes are offline and its subscriptions disabled."
+            if updated else "That key was already revoked."
+        )
