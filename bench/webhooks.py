@@ -6,9 +6,11 @@ created beside it the way the tests do. The receiver is a separate process
 (`devtools.loopback`, aiohttp, keep-alive) that checks `X-AgentField-Signature`
 and records when each delivery arrived.
 
-- engine: N completion deliveries already in the table, then `delivery.send_due()`
-  in 1 and in 2 processes claims, signs, sends, writes every attempt and outcome
-  event: signed, persisted deliveries per second. Next to it, a bare asyncio
+- engine: a real delivery cluster (`manage.py worker deliveries`) with 1 and with 2
+  sending slots, warmed up; N completion deliveries become due at once and one
+  wake-up goes out, as after a commit; the senders claim, sign, send and write
+  every attempt and outcome event: signed, persisted deliveries per second, from
+  the moment they are due to the last outcome written. Next to it, a bare asyncio
   sender (one aiohttp session, 64 requests in flight) posting the same bodies to
   the same receiver (no database, no signing): the ratio is what the durable path
   costs.
@@ -19,7 +21,6 @@ Figures are medians of R runs; the last line is the one figure to track:
 `webhooks_per_s=<engine, 2 processes> bare_aiohttp_per_s=<bare> ratio=<engine/bare>`.
 """
 
-import multiprocessing
 import os
 import statistics
 import subprocess
@@ -80,57 +81,84 @@ def _bare_sender(url: str, bodies: list[bytes], in_flight: int) -> float:
     return asyncio.run(run())
 
 
-def _engine_process(database_url: str, barrier, results) -> None:
-    """One sender process, as a worker woken again while rows remain: wait for the start, drain."""
-    sys.path.insert(0, str(ROOT))
-    os.environ.update({"DATABASE_URL": database_url, "TEST_DB_NAME": ""})
-    setup_django("webhooks")
-    from django.db import connection
+def _start_cluster(senders: int, log_path: Path) -> subprocess.Popen:
+    """`manage.py worker deliveries` with `senders` slots for sending (and one for the sweeper)."""
+    env = {**os.environ, "DATABASE_URL": database_url(), "TEST_DB_NAME": "", "PYTHONUNBUFFERED": "1",
+           # No collector is configured, so the forwarder holds no slot; the sweeper holds one.
+           "Q_DELIVERY_WORKERS": str(senders + 1)}
+    return subprocess.Popen([sys.executable, "manage.py", "worker", "deliveries"], cwd=ROOT, env=env,
+                            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
-    from agentfield_site.lib import outbound
-    from webhooks import delivery
+
+def _queue(url: str, tag: str, count: int) -> None:
+    """`count` completion deliveries to `url`, not due yet (no tick may start them before the clock does)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from agentfield_site.lib.outbound import destination_of, encode_body
     from webhooks.models import Delivery
 
-    connection.ensure_connection()
-    outbound.client()
-    barrier.wait()
-    sent = 0
-    # Another process may hold every in-flight place of the one destination for a
-    # moment; a worker would be kicked again, this one just looks again.
-    while Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT]).exists():
-        sent += delivery.send_due(run_seconds=600)
-        time.sleep(0.001)
-    results.put(sent)
+    later = timezone.now() + timedelta(days=1)
+    rows = [
+        Delivery(kind=Delivery.Kind.COMPLETION, event_type="execution.completed", execution_id=f"exec_{tag}_{i}",
+                 url=url, destination=destination_of(url), secret=SECRET, body=encode_body(_payload(f"exec_{tag}_{i}")),
+                 next_attempt_at=later)
+        for i in range(count)
+    ]
+    for start in range(0, count, 1000):
+        Delivery.objects.bulk_create(rows[start : start + 1000])
 
 
-def _engine(url: str, total: int, run: int, processes: int) -> float:
-    from agentfield_site.lib.outbound import destination_of, encode_body
+def _drain(tag: str, count: int, log_path: Path) -> float:
+    """Make `tag`'s deliveries due, wake the cluster as a commit does, and return deliveries/s.
+
+    From the moment they are due to the last one's outcome written (`delivered_at`).
+    """
+    from django.db.models import Max
+    from django.utils import timezone
+
+    from webhooks import delivery
     from webhooks.models import Attempt, Delivery
 
+    mine = Delivery.objects.filter(execution_id__startswith=f"exec_{tag}_")
+    started = timezone.now()
+    mine.update(next_attempt_at=started)
+    delivery.kick()
+    try:
+        wait_for(lambda: not mine.exclude(status=Delivery.Status.DELIVERED).exists(), timeout=300, interval=0.1,
+                 what=f"{count} deliveries")
+    except TimeoutError as exc:
+        raise SystemExit(f"engine run: {exc}\n{log_path.read_text()[-3000:]}") from None
+    attempts = Attempt.objects.filter(delivery__in=mine).count()
+    if attempts != count:
+        raise SystemExit(f"engine run: {attempts} attempts for {count} deliveries")
+    finished = mine.aggregate(last=Max("delivered_at"))["last"]
+    return count / (finished - started).total_seconds()
+
+
+def _engine(url: str, total: int, run: int, senders: int, tmp: Path) -> float:
+    """Signed, persisted deliveries/s of a real delivery cluster with `senders` sending slots.
+
+    The cluster starts and sends a warm-up batch first (its processes have Django
+    loaded and connections open, as a running deployment's have); then `total`
+    deliveries become due at once and one wake-up goes out, as after a commit.
+    The first sender wakes a second while the backlog lasts (`delivery.send_due`).
+    """
+    from webhooks.models import Delivery
+
     Delivery.objects.all().delete()
-    rows = [
-        Delivery(kind=Delivery.Kind.COMPLETION, event_type="execution.completed", execution_id=f"exec_{run}_{i}",
-                 url=url, destination=destination_of(url), secret=SECRET, body=encode_body(_payload(f"exec_{run}_{i}")))
-        for i in range(total)
-    ]
-    for start in range(0, total, 1000):
-        Delivery.objects.bulk_create(rows[start : start + 1000])
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(processes + 1), ctx.Queue()
-    procs = [ctx.Process(target=_engine_process, args=(database_url(), barrier, results)) for _ in range(processes)]
-    for proc in procs:
-        proc.start()
-    barrier.wait(timeout=60)  # every process has Django loaded and a connection open
-    started = time.perf_counter()
-    sent = sum(results.get(timeout=600) for _ in procs)
-    elapsed = time.perf_counter() - started
-    for proc in procs:
-        proc.join(timeout=30)
-    delivered = Delivery.objects.filter(status=Delivery.Status.DELIVERED).count()
-    attempts = Attempt.objects.filter(delivery__execution_id__startswith=f"exec_{run}_").count()
-    if delivered != total or attempts != total or sent != total:
-        raise SystemExit(f"engine run failed: {delivered}/{total} delivered, {attempts} attempts, {sent} sent")
-    return total / elapsed
+    log_path = tmp / f"bench-deliveries-{senders}.log"
+    cluster = _start_cluster(senders, log_path)
+    try:
+        _queue(url, f"warm{run}s{senders}", 500)
+        _drain(f"warm{run}s{senders}", 500, log_path)
+        _queue(url, f"run{run}s{senders}", total)
+        return _drain(f"run{run}s{senders}", total, log_path)
+    finally:
+        # Nothing here is worth a graceful stop (the sweeper's task runs for SWEEP_RUN_SECONDS).
+        os.killpg(cluster.pid, 9)
+        cluster.wait(timeout=20)
 
 
 def _latency(receiver: LoopbackProcess, count: int, tmp: Path) -> list[float]:
@@ -195,14 +223,14 @@ def main(argv: list[str]) -> None:
 
         bodies = [encode_body(_payload(f"bare_{i}")) for i in range(total)]
         bare, engine = [], {1: [], 2: []}
-        for run in range(repeat):
-            bare.append(_bare_sender(receiver.url, bodies, in_flight))
-            for processes in engine:
-                engine[processes].append(_engine(receiver.url, total, run * 10 + processes, processes))
-        stats = receiver.stats()
-        if stats["bad_signatures"]:
-            raise SystemExit(f"bad signatures at the receiver: {stats}")
         with tempfile.TemporaryDirectory() as tmp:
+            for run in range(repeat):
+                bare.append(_bare_sender(receiver.url, bodies, in_flight))
+                for senders in engine:
+                    engine[senders].append(_engine(receiver.url, total, run, senders, Path(tmp)))
+            stats = receiver.stats()
+            if stats["bad_signatures"]:
+                raise SystemExit(f"bad signatures at the receiver: {stats}")
             latencies = _latency(receiver, latency_n, Path(tmp))
     finally:
         connection.creation.destroy_test_db(test_db, verbosity=0)
@@ -216,11 +244,11 @@ def main(argv: list[str]) -> None:
           f"claims of {settings.WEBHOOK_BATCH_SIZE}; bare aiohttp sender: {in_flight} in flight\n")
     print("| measure | value |")
     print("|---|---:|")
-    print(f"| engine, 1 sender process: signed, persisted deliveries/s | {one:,.0f} |")
-    print(f"| engine, 2 sender processes (as 2 qcluster workers) | {two:,.0f} |")
+    print(f"| engine, 1 sending worker: signed, persisted deliveries/s | {one:,.0f} |")
+    print(f"| engine, 2 sending workers (`worker deliveries`, 2 slots) | {two:,.0f} |")
     print(f"| bare asyncio sender (aiohttp, 1 process, no database), requests/s | {bare_rate:,.0f} |")
-    print(f"| engine (1 process) / bare | {one / bare_rate:.2f} |")
-    print(f"| engine (2 processes) / bare | {two / bare_rate:.2f} |")
+    print(f"| engine (1 worker) / bare | {one / bare_rate:.2f} |")
+    print(f"| engine (2 workers) / bare | {two / bare_rate:.2f} |")
     print(f"| finished → received p50 (ms, {len(latencies)} executions, qcluster worker) | {_percentile(latencies, 0.5):.1f} |")
     print(f"| finished → received p99 (ms) | {_percentile(latencies, 0.99):.1f} |")
     print(f"\nwebhooks_per_s={two:.0f} bare_aiohttp_per_s={bare_rate:.0f} ratio={two / bare_rate:.2f}")

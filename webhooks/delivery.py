@@ -23,6 +23,7 @@ retries); its own retry is not the policy: the row's schedule is.
 """
 
 import logging
+import os
 import time
 import uuid
 from collections import Counter, defaultdict, deque
@@ -37,7 +38,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from agentfield_site.jobs import kicks
+from agentfield_site.jobs import kicks, leases
 from agentfield_site.lib import outbound, tasks
 from agentfield_site.lib.backoff import delay_for, honour_retry_after
 from agentfield_site.lib.batched_sql import together
@@ -74,6 +75,14 @@ _CLAIM_LOCK_KEY = 0x4146_434C  # "AFCL"
 # The wake-up's coalescing lease: held from a kick until the woken task starts (or a second passes).
 KICK = "webhooks-send-due-queued"
 KICK_WINDOW = 1.0
+# Held by a running sender with room for more requests: it claims every
+# CLAIM_EVERY, so rows that come due need no other wake-up, and the sweeper's
+# tick wakes no one (a second sender would only compete for the places of the
+# destinations the first one is filling). Renewed every LISTEN_RENEW seconds;
+# a sender that fills up, winds down or dies lets it go (or lapse).
+LISTENING = "webhooks-sender-listening"
+LISTEN_SECONDS = 2.0
+LISTEN_RENEW = 0.5
 
 
 def kick() -> None:
@@ -663,6 +672,9 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     freed = recorded = 0
     last_flush = last_renew = time.monotonic()
     last_claim = 0.0
+    holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    listening = False  # holds LISTENING
+    last_listen = -LISTEN_RENEW
     helped = False
     shared = False  # another sender shares a destination with this one
     drained = False  # the last claim found nothing to send
@@ -721,7 +733,15 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
             if inflight and clock - last_renew >= renew_every:
                 renew({job.token for job in inflight.values()})
                 last_renew = clock
+            has_room = clock < deadline and len(inflight) < capacity
+            if (listening and not has_room) or (has_room and clock - last_listen >= LISTEN_RENEW):
+                listening = has_room and leases.acquire(LISTENING, holder, LISTEN_SECONDS)
+                if not has_room:
+                    leases.release(LISTENING, holder)
+                last_listen = clock
     finally:
+        if listening:
+            leases.release(LISTENING, holder)
         unsent = {job.token for job in inflight.values()} | {result.job.token for result in finished}
         if unsent:
             release(unsent)
@@ -734,13 +754,16 @@ _last_tick_kick = 0.0
 
 
 def tick() -> None:
-    """Sweeper tick: reclaim lapsed leases, expire long-deferred deliveries, wake a sender when rows are due."""
+    """Sweeper tick: reclaim lapsed leases, expire long-deferred deliveries, wake a sender when rows are due.
+
+    Not while a sender with room is running (`LISTENING`): it claims due rows itself.
+    """
     global _last_tick_kick
     reclaim_expired()
     destinations.expire_deferred()
     now = time.monotonic()
     # At most one kick per half second: a kicked task drains everything that is due.
-    if now - _last_tick_kick < 0.5:
+    if now - _last_tick_kick < 0.5 or leases.is_held(LISTENING):
         return
     if sendable_now():
         _last_tick_kick = now
