@@ -137,3 +137,16 @@ def test_the_production_web_tier_makes_no_staff_account(proc_env):
                  what=f"serve\n{serve.log()}")
     assert not get_user_model().objects.exists()
     assert "password" not in serve.log().lower() and "staff account" not in serve.log()
+
+
+def test_the_production_web_tier_comes_up_with_only_public_names_in_allowed_hosts(proc_env):
+    """README, "Production": ALLOWED_HOSTS=agents.example.com, and serve probes daphne on loopback."""
+    port = free_port()
+    env = {"ALLOWED_HOSTS": "agents.example.com", "API_KEYS": "production-key"}
+    with serving(proc_env, port, env, args=("--no-agent", "--no-worker")) as (serve, _):
+        wait_for(lambda: "Ctrl-C stops everything." in serve.log() or serve.popen.poll() is not None, timeout=60,
+                 what=f"serve\n{serve.log()}")
+        assert serve.popen.poll() is None, serve.log()
+        health = requests.get(f"http://127.0.0.1:{port}/health", headers={"Host": "agents.example.com"}, timeout=5)
+        assert health.status_code == 200
+    assert "DisallowedHost" not in serve.log()

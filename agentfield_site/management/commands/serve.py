@@ -23,11 +23,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.http.request import split_domain_port, validate_host
 
 from agentfield_site.auth import keys_required
 from agentfield_site.lib.loopback import is_loopback
@@ -52,6 +55,30 @@ def listen(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
+
+
+def probe_host(address: str) -> str:
+    """The Host header for serve's own health probe: `address`, or a name ALLOWED_HOSTS accepts.
+
+    Production sets ALLOWED_HOSTS to its public names only (README, "Production"), and
+    Django answers 400 to any other Host: a probe of http://127.0.0.1:PORT/health would
+    then never see its 200. The probe is made on loopback but names a host Django serves.
+    """
+    allowed = settings.ALLOWED_HOSTS
+    if validate_host(split_domain_port(address)[0], allowed):
+        return address
+    for pattern in allowed:
+        name = pattern.lstrip(".")
+        if name and name != "*" and validate_host(name, allowed):
+            return name
+    return address
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer to report, never one to follow off this machine."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
 
 
 def describe_exit(returncode: int) -> str:
@@ -212,17 +239,28 @@ class Command(BaseCommand):
 
     def _wait_healthy(self, supervisor: Supervisor, url: str, stopping, timeout: float = 30.0) -> str | None:
         deadline = time.monotonic() + timeout
+        address = urllib.parse.urlsplit(url).netloc
+        request = urllib.request.Request(url, headers={"Host": probe_host(address)})
+        opener = urllib.request.build_opener(_NoRedirects)
+        last = ""
         while time.monotonic() < deadline and not stopping():
             failure = supervisor.first_exit()
             if failure is not None:
                 return failure
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:
+                with opener.open(request, timeout=1) as response:
                     if response.status == 200:
                         return None
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                last = f"HTTP {exc.code}"
+                time.sleep(0.2)
             except OSError:
                 time.sleep(0.2)
-        return None if stopping() else f"daphne did not answer {url} within {timeout:.0f} s"
+        if stopping():
+            return None
+        answered = f" (its last answer: {last})" if last else ""
+        return f"daphne did not answer {url} with 200 within {timeout:.0f} s{answered}"
 
     def _demo_agent_key(self) -> dict[str, str]:
         """An agent key of the demo agent's own, whether or not the API is open yet.
