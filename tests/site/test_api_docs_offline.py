@@ -24,6 +24,18 @@ def test_docs_pages_reference_only_local_assets(client, path):
         assert client.get(asset).status_code == 200, asset
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/docs/", "/api/redoc/"])
+def test_a_browser_refused_the_docs_is_told_to_log_in(client, admin_user, settings, path):
+    settings.API_KEYS = ["docs-key"]
+    refused = client.get(path, HTTP_ACCEPT="text/html")
+    assert refused.status_code == 401
+    assert "default-src 'self'" in refused["Content-Security-Policy"]
+    assert f'href="/admin/login/?next={path}"' in refused.content.decode()
+    client.force_login(admin_user)
+    assert client.get(path).status_code == 200
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"Debian chromium is not installed at {CHROMIUM}")
 @pytest.mark.parametrize(
