@@ -150,3 +150,14 @@ def test_the_production_web_tier_comes_up_with_only_public_names_in_allowed_host
         health = requests.get(f"http://127.0.0.1:{port}/health", headers={"Host": "agents.example.com"}, timeout=5)
         assert health.status_code == 200
     assert "DisallowedHost" not in serve.log()
+
+
+def test_a_later_run_names_the_staff_account_and_how_to_reset_its_password(proc_env):
+    get_user_model().objects.create_superuser("admin", "admin@localhost", "made-on-the-first-run")
+    port = free_port()
+    with serving(proc_env, port, {"ADMIN_PASSWORD": "ignored-now"}, args=("--no-worker",)) as (serve, _):
+        wait_for(lambda: "Ctrl-C stops everything." in serve.log() or serve.popen.poll() is not None, timeout=60,
+                 what=f"serve\n{serve.log()}")
+    assert "Staff account for the admin: admin. Password lost? `manage.py changepassword admin` sets a new one; " \
+        "ADMIN_PASSWORD applies only when serve makes the account." in serve.log(), serve.log()
+    assert "ignored-now" not in serve.log() and "made-on-the-first-run" not in serve.log()

@@ -281,7 +281,15 @@ class Command(BaseCommand):
         (`--no-agent`) writes no password to its logs (README: `manage.py createsuperuser`).
         """
         User = get_user_model()
-        if User.objects.filter(is_superuser=True).exists():
+        existing = User.objects.filter(is_superuser=True).order_by("pk").first()
+        if existing is not None:
+            # Its password was printed on the run that made it (or chosen by whoever made it).
+            name = existing.get_username()
+            unused = "; ADMIN_PASSWORD applies only when serve makes the account" if os.environ.get("ADMIN_PASSWORD") else ""
+            self.stdout.write(
+                f"Staff account for the admin: {name}. Password lost? "
+                f"`manage.py changepassword {name}` sets a new one{unused}."
+            )
             return
         password = os.environ.get("ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "admin@localhost", password)
