@@ -69,7 +69,11 @@ def clean_url(value: object) -> str:
     try:
         safe_http.check_url(url)
     except safe_http.UnsafeURL as exc:
-        raise InvalidTarget(str(exc)) from exc
+        reason = str(exc)
+        if "blocked" in reason:
+            # Say what to change: the README's tour reaches localhost only through this list.
+            reason += "; webhooks and the collector may reach public addresses or WEBHOOK_ALLOWED_HOSTS"
+        raise InvalidTarget(reason) from exc
     return url
 
 

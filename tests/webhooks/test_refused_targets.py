@@ -24,6 +24,7 @@ def test_refused_at_registration(url, webhook_settings):
     webhook_settings.WEBHOOK_ALLOWED_HOSTS = []
     hook, error = validate_webhook({"url": url})
     assert hook is None and "blocked" in error
+    assert error.endswith("may reach public addresses or WEBHOOK_ALLOWED_HOSTS"), error
 
 
 def test_name_resolving_to_loopback_refused_at_connect_time(webhook_settings):
