@@ -215,7 +215,15 @@ def exception_handler(exc, context):
     code = response.status_code
     if isinstance(exc, exceptions.ParseError):
         word, message = "invalid_json", f"The body is not valid JSON: {exc.detail}"
-    elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+    elif isinstance(exc, exceptions.NotAuthenticated):
+        # DRF drops the permission's own message for a request with no credentials
+        # ("Authentication credentials were not provided."): say what to send. Imported
+        # here: DRF's views, which this module imports, import auth's classes.
+        from agentfield_site.auth import HasApiKeyIfConfigured
+
+        word, message = "unauthorized", HasApiKeyIfConfigured.message
+        code = status.HTTP_401_UNAUTHORIZED
+    elif isinstance(exc, exceptions.AuthenticationFailed):
         word, message = "unauthorized", _flatten(exc.detail)
         code = status.HTTP_401_UNAUTHORIZED
     else:

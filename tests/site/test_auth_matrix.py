@@ -98,7 +98,7 @@ def test_api_refusal_is_json_with_error_and_message(client, settings):
     response = client.get("/api/v1/executions")
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
-    assert response.json()["message"]
+    assert response.json()["message"] == "An API key is required: send X-API-Key, Authorization: Bearer, or ?api_key=."
     ok = client.get("/api/v1/executions", HTTP_X_API_KEY="matrix-key")
     assert ok.status_code == 200
 
