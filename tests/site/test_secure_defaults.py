@@ -80,8 +80,12 @@ def test_a_check_warns_when_loopback_is_reachable_from_the_network(settings, hos
 
 def _manage(args: list[str], **env: str) -> subprocess.CompletedProcess:
     keep = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    # The checkout's .env, which `make run` writes, lets webhooks reach loopback; the
+    # environment wins over it, and the documented production configuration sets none.
+    unset = {"WEBHOOK_ALLOWED_HOSTS": ""}
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env={**keep, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", *args], cwd=ROOT, env={**keep, **unset, **env}, capture_output=True, text=True,
+        timeout=120,
     )
 
 
