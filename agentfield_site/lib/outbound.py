@@ -70,7 +70,7 @@ def clean_url(value: object) -> str:
         safe_http.check_url(url)
     except safe_http.UnsafeURL as exc:
         reason = str(exc)
-        if "blocked" in reason:
+        if isinstance(exc, safe_http.BlockedAddress):
             # Say what to change: the README's tour reaches localhost only through this list.
             reason += "; webhooks and the collector may reach public addresses or WEBHOOK_ALLOWED_HOSTS"
         raise InvalidTarget(reason) from exc
@@ -245,7 +245,7 @@ def _guard(host: str, infos: list[tuple]) -> None:
         return
     reason = safe_http.blocked_reason(ip)
     if reason and not safe_http.is_allowed_address(ip):
-        raise safe_http.UnsafeURL(f"blocked {reason}")
+        raise safe_http.BlockedAddress(f"blocked {reason}")
 
 
 class Client:

@@ -44,6 +44,10 @@ class UnsafeURL(ValueError):
     """The URL may not be called: bad scheme, credentials, or a blocked address."""
 
 
+class BlockedAddress(UnsafeURL):
+    """The URL's host is, or resolves to, an address outside the public internet that no allow-list admits."""
+
+
 def _normal_host(host: str) -> str:
     return host.strip("[]").rstrip(".").lower()
 
@@ -118,7 +122,7 @@ def check_resolved(host: str, infos: list[tuple], allowed_hosts: Iterable[str] |
         ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
         reason = blocked_reason(ip)
         if reason and not is_allowed_address(ip, allowed_hosts):
-            raise UnsafeURL(f"{host} resolves to a blocked {reason}")
+            raise BlockedAddress(f"{host} resolves to a blocked {reason}")
 
 
 def check_url(url: str, allowed_hosts: Iterable[str] | None = None) -> None:
@@ -149,7 +153,7 @@ def check_url(url: str, allowed_hosts: Iterable[str] | None = None) -> None:
     if ip is not None:
         reason = blocked_reason(ip)
         if reason and not is_allowed_address(ip, allowed_hosts):
-            raise UnsafeURL(f"blocked {reason}")
+            raise BlockedAddress(f"blocked {reason}")
         return
     try:
         infos = _resolve(host, port or (443 if parts.scheme == "https" else 80))
