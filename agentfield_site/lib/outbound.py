@@ -227,6 +227,18 @@ def destination_failed(outcome: Outcome) -> bool:
     return outcome.unreachable or (outcome.status is not None and outcome.status >= 500)
 
 
+def response_text(body: bytes) -> str:
+    """A receiver's answer as text every reader can store: invalid UTF-8 and NUL as U+FFFD.
+
+    The body is the receiver's to choose, and it is kept (a webhook attempt's
+    `response_body`, the collector's error): PostgreSQL refuses a NUL in text,
+    and the write would fail with it, attempt after attempt, with the other
+    deliveries recorded in the same transaction.
+    """
+    text = body.decode("utf-8", errors="replace")
+    return text.replace("\x00", strict_json.REPLACEMENT) if "\x00" in text else text
+
+
 # --- The client ------------------------------------------------------------------------
 
 
@@ -307,7 +319,7 @@ class Client:
             outcome.status = response.status
             outcome.headers = response.headers
             outcome.retry_after = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
-            outcome.body = response.body.decode("utf-8", errors="replace")
+            outcome.body = response_text(response.body)
             if response.error:
                 outcome.error = f"error reading the response body: {response.error}"
         except TimeoutError:

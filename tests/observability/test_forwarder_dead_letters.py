@@ -3,7 +3,7 @@
 import pytest
 from rest_framework.test import APIClient
 
-from devtools.loopback import LoopbackServer
+from devtools.loopback import LoopbackServer, Reply
 from observability import events
 from observability.forwarder import runner
 from observability.models import ForwarderDeadLetter, ForwarderState
@@ -68,6 +68,19 @@ def test_a_4xx_goes_to_the_dead_letter_queue_at_once(fast, api):
         runner.run(seconds=10, linger=0)
         assert len(collector.requests) == 1, "no retry for a 400"
     assert [e.retry_count for e in ForwarderDeadLetter.objects.all()] == [1, 1, 1]
+
+
+@pytest.mark.django_db
+def test_a_nul_in_the_collectors_answer_is_recorded_not_a_wedge(fast, api):
+    """The error quotes the collector's body: with a NUL kept, PostgreSQL refused the write every run."""
+    with LoopbackServer(path="/collect", default=Reply(400, body=b"no\x00thanks")) as collector:
+        configure(api, collector.url)
+        ids = publish(2)
+        runner.run(seconds=10, linger=0)
+        assert len(collector.requests) == 1
+    assert ForwarderState.get().cursor == ids[-1]
+    assert [e.error_message for e in ForwarderDeadLetter.objects.order_by("id")] == ["HTTP 400: no\ufffdthanks"] * 2
+    assert api.get(f"{BASE}/status").json()["last_error"] == "HTTP 400: no\ufffdthanks"
 
 
 @pytest.mark.django_db

@@ -153,6 +153,16 @@ def test_large_response_body_truncated(webhook_settings):
     assert len(row.attempt_log.get().response_body) == 100
 
 
+def test_a_nul_in_the_receivers_answer_is_recorded_not_a_wedge():
+    """PostgreSQL refuses NUL in text: kept as sent, the attempt could never be written,
+    and the delivery (with every other one recorded beside it) would be sent again and again."""
+    with LoopbackServer(Reply(500, body=b"bad\x00body"), default=Reply(200, body=b"ok\x00")) as receiver:
+        row = drain(enqueue(receiver.url))
+    assert row.status == Delivery.Status.DELIVERED and row.attempts == 2
+    assert [a.response_body for a in row.attempt_log.all()] == ["bad\ufffdbody", "ok\ufffd"]
+    assert len(receiver.requests) == 2
+
+
 def test_many_deliveries_one_flush(webhook_settings):
     with LoopbackServer() as receiver:
         rows = [enqueue(receiver.url, SECRET, execution_id=f"exec_{i}") for i in range(60)]
