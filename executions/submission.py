@@ -99,9 +99,40 @@ def _twin(request: Request) -> Execution | None:
 
 
 def _same_request(existing: Execution, request: Request) -> Execution:
-    if existing.target != request.target or existing.input != request.input:
+    if existing.target != request.target or not same_json(existing.input, request.input):
         raise IdempotencyKeyReused()
     return existing
+
+
+def same_json(stored: Any, sent: Any) -> bool:
+    """Whether a stored JSON value is the one sent, as the database gives it back.
+
+    PostgreSQL's jsonb keeps numbers as exact decimals and writes one with no
+    fraction back without an exponent: 1e23 sent comes back as the integer
+    100000000000000000000000, which Python holds unequal to the float. A number
+    is the same when it is equal, or when the float sent is what the integer stored
+    reads as. Walks a stack, never recursion, whatever the depth.
+    """
+    stack = [(stored, sent)]
+    while stack:
+        a, b = stack.pop()
+        if isinstance(a, dict) and isinstance(b, dict):
+            if a.keys() != b.keys():
+                return False
+            stack.extend((a[k], b[k]) for k in a)
+        elif isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                return False
+            stack.extend(zip(a, b, strict=True))
+        elif isinstance(a, int) and isinstance(b, float) and not isinstance(a, bool):
+            try:
+                if float(a) != b:
+                    return False
+            except OverflowError:
+                return False
+        elif type(a) in (dict, list) or type(b) in (dict, list) or a != b:
+            return False
+    return True
 
 
 # The dispatch queue's depth as last counted here, and until when that count may stand in.

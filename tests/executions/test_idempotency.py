@@ -24,6 +24,19 @@ def test_same_key_same_execution(api, node):
     assert plain[0] != plain[1], "no key, no de-duplication"
 
 
+@pytest.mark.parametrize("value", [1e23, 1.5e300, -2.5e17, [0.1, {"m": 1e100}]])
+def test_a_replay_with_large_floats_is_the_same_execution(api, node, value):
+    """PostgreSQL gives 1e23 back as the integer 100000000000000000000000: still the input sent, not a 409."""
+    body = {"input": {"n": value, "s": "x"}}
+    first = api.post(URL, body, format="json", headers={"Idempotency-Key": "k-f"})
+    second = api.post(URL, body, format="json", headers={"Idempotency-Key": "k-f"})
+    assert first.status_code == second.status_code == 202, second.content
+    assert first.json()["execution_id"] == second.json()["execution_id"]
+    other = api.post(URL, {"input": {"n": 7, "s": "x"}}, format="json", headers={"Idempotency-Key": "k-f"})
+    assert other.status_code == 409
+    assert Execution.objects.count() == 1
+
+
 def test_key_is_free_again_after_the_window(api, node, settings):
     settings.IDEMPOTENCY_WINDOW_HOURS = 24
     first = api.post(URL, {}, format="json", headers={"Idempotency-Key": "k"}).json()["execution_id"]
