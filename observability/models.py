@@ -18,7 +18,8 @@ class PlatformEvent(models.Model):
     source = models.CharField(max_length=16)
     timestamp = models.DateTimeField(default=timezone.now, db_index=True)
     execution_id = models.CharField(max_length=64, blank=True)
-    workflow_id = models.CharField(max_length=64, blank=True)
+    # As long as the execution's (an X-Run-ID names it: up to 128 characters).
+    workflow_id = models.CharField(max_length=128, blank=True)
     agent_node_id = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=32, blank=True)
     data = models.JSONField(default=dict, blank=True)

@@ -99,6 +99,17 @@ def test_blocked_address_webhook(client, node, settings):
     assert response.json()["webhook_registered"] is False and response.json()["webhook_error"]
 
 
+def test_the_longest_run_id_is_taken_and_logged(client, node):
+    """The event log's workflow_id held 64 characters: an X-Run-ID of 65 to 128 was a 500 on PostgreSQL."""
+    run_id = "r" * 128
+    response = client.post(URL, {}, content_type="application/json", headers={"X-Run-ID": run_id})
+    assert response.status_code == 202, response.content
+    assert response.json()["workflow_id"] == run_id
+    assert PlatformEvent.objects.get(type="execution.created").workflow_id == run_id
+    listed = client.get(f"/api/v1/executions?workflow_id={run_id}").json()
+    assert [e["execution_id"] for e in listed["results"]] == [response.json()["execution_id"]]
+
+
 def test_oversized_id_headers_are_400(client, node):
     response = client.post(URL, {}, content_type="application/json", headers={"X-Run-ID": "r" * 200})
     assert response.status_code == 400 and "X-Run-ID" in response.json()["message"]
