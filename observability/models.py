@@ -62,7 +62,8 @@ class ForwarderConfig(models.Model):
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON_ID, editable=False)
     url = models.URLField(max_length=2048)
-    secret = models.CharField(max_length=512, blank=True)
+    # As long as `outbound.clean_secret` allows any signing secret to be.
+    secret = models.CharField(max_length=4096, blank=True)
     headers = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
     # Type patterns with `*` wildcards; empty means every event.

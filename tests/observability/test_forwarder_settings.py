@@ -46,6 +46,18 @@ def test_get_post_delete(api):
 
 
 @pytest.mark.django_db
+def test_the_longest_secret_is_kept_and_a_longer_one_is_400(api):
+    """Secrets may be 4096 characters (`outbound.clean_secret`); the column held 512: a 500 on PostgreSQL."""
+    longest = "s" * 4096
+    response = api.post(BASE, {"url": "http://collector.local/in", "secret": longest}, format="json")
+    assert response.status_code == 200, response.content
+    assert ForwarderConfig.current().secret == longest
+    response = api.post(BASE, {"url": "http://collector.local/in", "secret": longest + "s"}, format="json")
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+    assert ForwarderConfig.current().secret == longest
+
+
+@pytest.mark.django_db
 def test_an_omitted_secret_keeps_the_old_one_and_an_empty_one_removes_it(api):
     api.post(BASE, {"url": "http://collector.local/a", "secret": "one"}, format="json")
     response = api.post(
