@@ -11,7 +11,7 @@ from django.db.models import Q
 
 from .models import SOURCES
 from .owners import executions_owned_by, subscriptions_owned_by
-from .type_patterns import matches, pattern_problem, type_regex
+from .type_patterns import MAX_PATTERNS, matches, pattern_problem, type_regex
 
 _FIELDS = ("execution_id", "workflow_id", "agent_node_id", "status")
 _FIELD_MAX = 128
@@ -120,6 +120,10 @@ def parse_filters(params: Mapping[str, object], *, sources: Iterable[str] = ()) 
     else:
         raise FilterError("Filter 'types' must be a comma-separated string or a list of strings.")
     types = tuple(dict.fromkeys(p.strip().lower() for p in parts if p.strip()))
+    if len(types) > MAX_PATTERNS:
+        # Each event is matched against every pattern of every open stream, on the
+        # event loop every stream of the process shares; and a replay runs them as one regex.
+        raise FilterError(f"Filter 'types' may hold at most {MAX_PATTERNS} patterns.")
     for pattern in types:
         if problem := pattern_problem(pattern):
             raise FilterError(problem[0].upper() + problem[1:])

@@ -20,6 +20,9 @@ from collections.abc import Iterable
 _PATTERN = re.compile(r"[a-z0-9_.*\-]{1,64}")
 # `node.*`, `*.failed`, `execution.*ed`: two stars are more than any real selection needs.
 MAX_WILDCARDS = 2
+# Patterns in one selection (a subscription's, a stream's): every event is matched
+# against each of them, on the event loop for a stream, so their number is bounded too.
+MAX_PATTERNS = 50
 
 
 def pattern_problem(pattern: object) -> str | None:

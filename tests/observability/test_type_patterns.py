@@ -58,3 +58,16 @@ def test_a_pattern_stored_before_the_check_cannot_stall_matching():
     assert not matches(["*a" * 31 + "zz"], "a" * 200)
     assert matches(["*a" * 31 + "*"], "a" * 200)
     assert time.perf_counter() - started < 0.5
+
+
+def test_a_stream_filter_holds_at_most_fifty_patterns():
+    """Each event is matched against every pattern of every open stream on the event loop: a
+    1 MiB WebSocket message held 60,000, some 40 ms per event per socket, and a key may hold 100."""
+    from observability.stream_filters import FilterError, parse_filters
+
+    fifty = [f"execution.t{i}*" for i in range(50)]
+    assert len(parse_filters({"types": fifty}).types) == 50
+    assert len(parse_filters({"types": ",".join(fifty + fifty)}).types) == 50, "repeats count once"
+    for types in (fifty + ["node.*"], ",".join(fifty + ["node.*"]), [f"x{i}" for i in range(60_000)]):
+        with pytest.raises(FilterError, match="at most 50 patterns"):
+            parse_filters({"types": types})

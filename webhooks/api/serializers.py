@@ -1,13 +1,11 @@
 from rest_framework import serializers
 
 from agentfield_site.lib import outbound
-from observability.type_patterns import pattern_problem
+from observability.type_patterns import MAX_PATTERNS, pattern_problem
 
 from .. import subscriptions
 from ..masking import masked_headers, merge_masked
 from ..models import Delivery, Destination, Subscription
-
-MAX_PATTERNS = 50
 
 
 class SubscriptionSerializer(serializers.ModelSerializer):
