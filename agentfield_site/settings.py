@@ -286,6 +286,9 @@ WEBHOOK_RETRY_SCHEDULE = [float(s) for s in env.list("WEBHOOK_RETRY_SCHEDULE", d
 WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
 WEBHOOK_RESPONSE_BODY_LIMIT = env.int("WEBHOOK_RESPONSE_BODY_LIMIT", default=16 * 1024)
 WEBHOOK_ALLOWED_HOSTS = env.list("WEBHOOK_ALLOWED_HOSTS", default=[])
+# Name servers ("ip" or "ip:port") that webhook and collector host names are
+# looked up with (lib/outbound.py); empty: the system's (/etc/resolv.conf).
+WEBHOOK_NAMESERVERS = env.list("WEBHOOK_NAMESERVERS", default=[])
 WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=WEBHOOK_TIMEOUT + 20)
 WEBHOOK_BATCH_SIZE = env.int("WEBHOOK_BATCH_SIZE", default=200)
 # Requests in flight per sender process (asyncio: each costs a socket, not a thread).

@@ -26,7 +26,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
@@ -282,13 +282,20 @@ class _Exchange:
 # Called with a host (as in the URL) and its getaddrinfo results before any
 # connection is made; raises to refuse.
 Guard = Callable[[str, list[tuple]], None]
+# Looks a host name and port up on the pool's loop: getaddrinfo's results, or OSError.
+Resolver = Callable[[str, int], Awaitable[list[tuple]]]
+
+
+async def _getaddrinfo(host: str, port: int) -> list[tuple]:
+    return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 class Pool:
     """Keep-alive connections per origin, on one event loop. Not thread-safe: use it from its loop."""
 
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Guard, resolver: Resolver = _getaddrinfo) -> None:
         self._guard = guard
+        self._resolver = resolver
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._tls = ssl.create_default_context(cafile=certifi.where())
         self._sweeping = False
@@ -364,7 +371,7 @@ class Pool:
             family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
             infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (origin.host, origin.port))]
         except ValueError:
-            infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+            infos = await self._resolver(origin.host, origin.port)
         self._guard(origin.host, infos)
         tls = self._tls if origin.scheme == "https" else None
         error: OSError | None = None

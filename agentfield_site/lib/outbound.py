@@ -21,6 +21,7 @@ import enum
 import ipaddress
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import aiodns
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 
@@ -242,6 +244,15 @@ def response_text(body: bytes) -> str:
 # --- The client ------------------------------------------------------------------------
 
 
+# Host names are looked up by c-ares on the client's loop, not by getaddrinfo on
+# the loop's few executor threads: a receiver whose name server never answers
+# (one key can name any number of such hosts) costs a timer, and cannot hold up
+# the lookups of everyone else's new connections. Each name server is asked for
+# DNS_TIMEOUT seconds, DNS_TRIES times; the attempt's own timeout bounds the rest.
+DNS_TIMEOUT = 2.0
+DNS_TRIES = 2
+
+
 def _guard(host: str, infos: list[tuple]) -> None:
     """Refuse a connection to `host` if any address it resolved to is blocked (`safe_http`'s rules).
 
@@ -272,10 +283,38 @@ class Client:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._resolvers: dict[tuple[str, ...], aiodns.DNSResolver] = {}  # by WEBHOOK_NAMESERVERS
         # No proxy from the environment: a proxy would resolve names itself, past the guard.
-        self._pool = http1.Pool(guard=_guard)
+        self._pool = http1.Pool(guard=_guard, resolver=self._resolve)
         self._ready.set()
         self._loop.run_forever()
+
+    async def _resolve(self, host: str, port: int) -> list[tuple]:
+        """`host`'s addresses as getaddrinfo gives them (`http1.Resolver`); OSError when there are none."""
+        try:  # the numeric spellings getaddrinfo takes as addresses (0x7f000001, 127.1), as it does
+            address = socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            pass
+        else:
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+        if host == "localhost":
+            # As the system has it (/etc/hosts, never a name server), as the registration-time
+            # check saw it: c-ares answers ::1 too (RFC 6761), which an allow-list of 127.0.0.1 lacks.
+            return await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        nameservers = tuple(settings.WEBHOOK_NAMESERVERS)
+        resolver = self._resolvers.get(nameservers)
+        if resolver is None:
+            resolver = self._resolvers[nameservers] = aiodns.DNSResolver(
+                nameservers=list(nameservers) or None, timeout=DNS_TIMEOUT, tries=DNS_TRIES
+            )
+        try:
+            result = await resolver.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
+        except aiodns.error.DNSError as exc:
+            raise OSError(f"cannot resolve {host}: {exc.args[-1] if exc.args else exc}") from None
+        return [
+            (node.family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (node.addr[0].decode(), *node.addr[1:]))
+            for node in result.nodes
+        ]
 
     def submit(self, request: Request) -> "Future[Outcome]":
         """Start the attempt on the client's loop; the future never raises for HTTP trouble."""

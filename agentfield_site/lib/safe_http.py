@@ -22,6 +22,8 @@ import ipaddress
 import socket
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import urlsplit
 
 import certifi
@@ -117,6 +119,15 @@ def _resolve(host: str, port: int) -> list[tuple]:
     return socket.getaddrinfo(ascii_hostname(host), port, type=socket.SOCK_STREAM)
 
 
+# `check_url` is asked on request threads (a webhook URL at submit, a subscription,
+# a node's base_url): its lookup runs on threads of its own and is waited for at
+# most this long. A name server that never answers then costs a request two
+# seconds, not a request thread for as long as the resolver tries; a URL not looked
+# up in time is accepted, as one that does not resolve is (the connect-time check decides).
+REGISTRATION_LOOKUP_WAIT = 2.0
+_registration_lookups = ThreadPoolExecutor(max_workers=8, thread_name_prefix="url-lookup")
+
+
 def check_resolved(host: str, infos: list[tuple], allowed_hosts: Iterable[str] | None = None) -> None:
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
@@ -155,9 +166,10 @@ def check_url(url: str, allowed_hosts: Iterable[str] | None = None) -> None:
         if reason and not is_allowed_address(ip, allowed_hosts):
             raise BlockedAddress(f"blocked {reason}")
         return
+    lookup = _registration_lookups.submit(_resolve, host, port or (443 if parts.scheme == "https" else 80))
     try:
-        infos = _resolve(host, port or (443 if parts.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError):
+        infos = lookup.result(timeout=REGISTRATION_LOOKUP_WAIT)
+    except (socket.gaierror, UnicodeError, FutureTimeout):
         return
     check_resolved(host, infos, allowed_hosts)
 

@@ -1,13 +1,16 @@
 """The outbound client: one attempt, guarded at connect time, no redirects, capped bodies, one verdict."""
 
 import threading
+import time
 
 import pytest
 from django.test import override_settings
 
 from agentfield_site.lib import outbound
 from devtools.loopback import Blackhole, LoopbackServer, Reply
+from devtools.nameserver import StubNameServer
 from devtools.processes import free_port
+from devtools.waiting import wait_for
 
 
 def send(url: str, body: bytes = b"{}", timeout: float = 2.0, **fields) -> outbound.Outcome:
@@ -121,3 +124,33 @@ def test_a_network_in_the_allow_list_admits_its_addresses_at_connect_time():
             assert send(url).ok, url
         assert len(receiver.requests) == 2
     assert send("http://169.254.169.254/").error.startswith("blocked")
+
+
+def test_a_name_server_that_never_answers_holds_up_no_one_elses_lookups(settings):
+    """One key may name any number of hosts whose name server is down: their lookups cost timers, not threads."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    with StubNameServer(answers={"fast.test": "127.0.0.1"}, silent={"slow.test"}) as names, LoopbackServer() as receiver:
+        settings.WEBHOOK_NAMESERVERS = [names.address]
+        client = outbound.client()
+        stuck = [outbound.Request(f"http://h{n}.slow.test:{receiver.port}/hook", b"{}", f"whd_slow_{n}", timeout=3.0)
+                 for n in range(40)]
+        ended: list[outbound.Outcome] = []
+        client.start(stuck, lambda index, outcome: ended.append(outcome))
+        wait_for(lambda: len({q for q in names.queries if q.endswith("slow.test")}) >= 40, timeout=5,
+                 what="every slow lookup to be under way")
+        started = time.monotonic()
+        healthy = send(f"http://ok.fast.test:{receiver.port}/hook", timeout=3.0)
+        assert healthy.status == 200, healthy
+        assert time.monotonic() - started < 1.0
+        assert len(receiver.requests) == 1 and not ended  # the slow ones are still looking
+        wait_for(lambda: len(ended) == 40, timeout=10, what="the slow attempts to end")
+        assert all(o.status is None and o.unreachable for o in ended)
+    assert outbound.classify(send(f"http://nowhere.test:{receiver.port}/hook")) != outbound.Verdict.DELIVERED
+
+
+def test_a_name_that_does_not_resolve_is_a_connection_error(settings):
+    with StubNameServer() as names:
+        settings.WEBHOOK_NAMESERVERS = [names.address]
+        outcome = send("http://nowhere.test/hook")
+    assert outcome.status is None and outcome.unreachable
+    assert outcome.error.startswith("connection error: cannot resolve nowhere.test")

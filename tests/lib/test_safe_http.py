@@ -1,5 +1,8 @@
 """The address guard at registration (the connect-time guard is tested through `outbound`)."""
 
+import threading
+import time
+
 import pytest
 from django.test import override_settings
 
@@ -59,3 +62,27 @@ def test_an_allow_list_of_its_own_matches_networks_by_the_resolved_address():
         with pytest.raises(safe_http.UnsafeURL, match="loopback"):
             safe_http.new_session(allowed_hosts=["10.0.0.0/8"]).post(hex_url, data=b"{}", timeout=2)
         assert len(receiver.requests) == 1
+
+
+def test_a_registration_lookup_that_hangs_costs_the_request_two_seconds_and_is_left_to_connect_time(monkeypatch):
+    """A name server that never answers cannot hold request threads (the system resolver is replaced: none runs here)."""
+    gate = threading.Event()
+    real = safe_http._resolve
+
+    def hanging(host: str, port: int):
+        if host.endswith("slow.test"):
+            gate.wait(30)
+            raise OSError("gave up")
+        return real(host, port)
+
+    monkeypatch.setattr(safe_http, "_resolve", hanging)
+    monkeypatch.setattr(safe_http, "REGISTRATION_LOOKUP_WAIT", 0.3)
+    try:
+        started = time.monotonic()
+        for n in range(12):  # more than the lookup threads: the later ones wait in line, as long at most
+            safe_http.check_url(f"http://h{n}.slow.test/hook", allowed_hosts=[])
+        assert time.monotonic() - started < 12 * 0.3 + 1.0
+    finally:
+        gate.set()
+    with pytest.raises(safe_http.BlockedAddress):  # a name that resolves in time is still judged
+        safe_http.check_url("http://localhost/hook", allowed_hosts=[])
