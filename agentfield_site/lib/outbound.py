@@ -21,6 +21,7 @@ import enum
 import ipaddress
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -251,6 +252,10 @@ def response_text(body: bytes) -> str:
 # DNS_TIMEOUT seconds, DNS_TRIES times; the attempt's own timeout bounds the rest.
 DNS_TIMEOUT = 2.0
 DNS_TRIES = 2
+# What a host name handed to a resolver may hold (http1 gives it in ASCII, lower case):
+# printable ASCII without space. Anything else is no name (a NUL, a control character).
+_HOST_CHARACTERS = re.compile(r"[!-~]+")
+_NUMERIC = re.compile(r"[0-9a-fx.]+")
 
 
 def _guard(host: str, infos: list[tuple]) -> None:
@@ -291,12 +296,19 @@ class Client:
 
     async def _resolve(self, host: str, port: int) -> list[tuple]:
         """`host`'s addresses as getaddrinfo gives them (`http1.Resolver`); OSError when there are none."""
-        try:  # the numeric spellings getaddrinfo takes as addresses (0x7f000001, 127.1), as it does
-            address = socket.inet_ntoa(socket.inet_aton(host))
-        except OSError:
-            pass
-        else:
-            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+        if not _HOST_CHARACTERS.fullmatch(host):
+            # A NUL would make inet_aton raise ValueError (an internal error, not an unreachable
+            # host) and c-ares look up only what comes before it; no name server has such a name.
+            raise OSError(f"cannot resolve {host!r}: not a host name")
+        if _NUMERIC.fullmatch(host):
+            # The numeric spellings getaddrinfo takes as addresses (0x7f000001, 127.1), as it does;
+            # only those: glibc's inet_aton also takes "127.0.0.1 anything", getaddrinfo does not.
+            try:
+                address = socket.inet_ntoa(socket.inet_aton(host))
+            except OSError:
+                pass
+            else:
+                return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
         if host == "localhost":
             # As the system has it (/etc/hosts, never a name server), as the registration-time
             # check saw it: c-ares answers ::1 too (RFC 6761), which an allow-list of 127.0.0.1 lacks.

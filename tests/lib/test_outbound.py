@@ -154,3 +154,15 @@ def test_a_name_that_does_not_resolve_is_a_connection_error(settings):
         outcome = send("http://nowhere.test/hook")
     assert outcome.status is None and outcome.unreachable
     assert outcome.error.startswith("connection error: cannot resolve nowhere.test")
+
+
+@pytest.mark.parametrize("host", ["evil.test\x00.com", "127.0.0.1\x00", "127.0.0.1 x", "a\x01b.test"])
+def test_a_host_that_is_no_name_is_a_clean_connection_error(settings, host):
+    """Not an internal error (inet_aton raised ValueError on a NUL), nor a lookup of part of the name."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.0/8"]
+    with StubNameServer(answers={"evil.test": "127.0.0.1"}) as names, LoopbackServer() as receiver:
+        settings.WEBHOOK_NAMESERVERS = [names.address]
+        outcome = send(f"http://{host}:{receiver.port}/hook")
+        assert outcome.status is None and outcome.unreachable, outcome
+        assert outcome.error.startswith("connection error: cannot resolve"), outcome
+        assert receiver.requests == [] and names.queries == []
