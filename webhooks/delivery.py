@@ -408,7 +408,7 @@ def reclaim_expired() -> int:
 def _jobs(token: str, rows: list[Claimed]) -> list[_Job]:
     sub_ids = {r.subscription_id for r in rows if r.subscription_id}
     secrets: dict[str, list[str]] = defaultdict(list)
-    subs = Subscription.objects.in_bulk(sub_ids) if sub_ids else {}
+    subs = Subscription.objects.select_related("owner").in_bulk(sub_ids) if sub_ids else {}
     if sub_ids:
         now = timezone.now()
         for sub_id, secret in (
@@ -427,6 +427,9 @@ def _jobs(token: str, rows: list[Claimed]) -> list[_Job]:
             sub = subs.get(row.subscription_id)
             if sub is None:
                 skip = "the subscription was deleted"
+            elif sub.owner is not None and sub.owner.revoked_at is not None:
+                # However it came to be enabled (a process that had not heard of the revocation yet).
+                skip = "the subscription is disabled: The API key that created it was revoked."
             elif not sub.enabled and row.kind != Delivery.Kind.TEST:
                 skip = f"the subscription is disabled: {sub.disabled_reason}"
             else:

@@ -16,6 +16,7 @@ import time
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agentfield_site.lib import outbound, signing
@@ -58,7 +59,11 @@ def _enabled() -> list[_Row]:
     global _cache
     now = time.monotonic()
     if _cache is None or _cache[0] < now:
-        rows = Subscription.objects.filter(enabled=True).values_list(
+        # Not a revoked key's, however it came to be enabled: a process that had not heard of the
+        # revocation (API_KEY_CACHE_SECONDS) still takes the key's writes, after `key_revoked` ran.
+        rows = Subscription.objects.filter(
+            Q(owner__isnull=True) | Q(owner__revoked_at__isnull=True), enabled=True
+        ).values_list(
             "id", "url", "event_types", "owner_id", "owner__scope"
         )
         _cache = (

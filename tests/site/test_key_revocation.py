@@ -133,3 +133,37 @@ def call_command_output(*args: str) -> str:
     out = StringIO()
     call_command("apikey", *args, stdout=out)
     return out.getvalue()
+
+
+def _revoke_elsewhere(key: ApiKey, raw: str) -> None:
+    """Revoke `key` while this process goes on taking it, as another process does for API_KEY_CACHE_SECONDS."""
+    from agentfield_site import auth
+
+    assert auth.check_key(raw) is not None  # remembered now
+    remembered = dict(auth._remembered)
+    assert ApiKey.objects.filter(pk=key.pk).revoke() == 1
+    auth._remembered.update(remembered)
+
+
+def test_a_subscription_enabled_or_made_by_a_revoked_key_in_a_process_that_had_not_heard_hears_nothing(keys, agent, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.API_KEY_CACHE_SECONDS = 60
+    api = APIClient()
+    key, raw = keys["client_a"]
+    _register(api, keys["agent_a"][1], "node-a", agent.url)
+    execution = _submit(api, raw, "node-a.work")
+    sub = api.post("/api/v1/webhooks/subscriptions", {"url": "http://127.0.0.1:9/hook", "event_types": ["*"]},
+                   format="json", headers={"X-API-Key": raw}).json()["id"]
+
+    _revoke_elsewhere(key, raw)
+    # The leaked key, in a process that has not heard yet: enables its subscription again, makes a new one.
+    assert api.patch(f"/api/v1/webhooks/subscriptions/{sub}", {"enabled": True}, format="json",
+                     headers={"X-API-Key": raw}).status_code == 200
+    made = api.post("/api/v1/webhooks/subscriptions", {"url": "http://127.0.0.1:9/late", "event_types": ["*"]},
+                    format="json", headers={"X-API-Key": raw})
+    assert made.status_code == 201
+    before = Delivery.objects.filter(subscription__owner=key).count()
+    with transaction.atomic():
+        publish("execution.running", execution_id=execution, status="running", data={})
+    assert Delivery.objects.filter(subscription__owner=key).count() == before
+
