@@ -40,6 +40,7 @@ from django.utils import timezone
 from agentfield_site.auth import OPEN, Caller
 from agentfield_site.lib.db_threads import run_in
 from agentfield_site.lib.sqlite_writer import one_writer
+from agentfield_site.models import ApiKey
 from observability.events import publish
 from observability.models import PlatformEvent
 
@@ -96,7 +97,14 @@ def _register(data: dict[str, Any], caller: Caller) -> tuple[AgentNode, bool]:
         node.metadata = data.get("metadata") or {}
         node.instance_id = data.get("instance_id") or ""
         node.lifecycle_status = data.get("lifecycle_status") or "ready"
-        node.health_status = AgentNode.Health.ACTIVE
+        # A revoked key's node stays offline: a process that has not heard of the revocation yet
+        # (API_KEY_CACHE_SECONDS) still takes the key, after `key_revoked` took its nodes offline.
+        revoked = caller.key_id is not None and ApiKey.objects.filter(
+            pk=caller.key_id, revoked_at__isnull=False
+        ).exists()
+        node.health_status = AgentNode.Health.INACTIVE if revoked else AgentNode.Health.ACTIVE
+        if revoked:
+            node.lifecycle_status = "offline"
         node.last_heartbeat = now
         # A new id is inserted, never saved over: two keys racing for the same new
         # id must not both win (the loser's UPDATE would take the node over).
@@ -108,7 +116,7 @@ def _register(data: dict[str, Any], caller: Caller) -> tuple[AgentNode, bool]:
             skills=node.skill_ids(),
             re_registered=not created,
         )
-        if was_inactive:
+        if was_inactive and not revoked:
             _node_event("node.online", node)
     return node, created
 

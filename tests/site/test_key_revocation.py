@@ -167,3 +167,17 @@ def test_a_subscription_enabled_or_made_by_a_revoked_key_in_a_process_that_had_n
         publish("execution.running", execution_id=execution, status="running", data={})
     assert Delivery.objects.filter(subscription__owner=key).count() == before
 
+
+def test_a_revoked_agent_key_registering_in_a_process_that_had_not_heard_does_not_bring_its_node_online(keys, agent, settings):
+    settings.API_KEY_CACHE_SECONDS = 60
+    api = APIClient()
+    key, raw = keys["agent_a"]
+    _register(api, raw, "node-a", agent.url)
+    _revoke_elsewhere(key, raw)
+    assert AgentNode.objects.get(pk="node-a").health_status == AgentNode.Health.INACTIVE
+
+    _register(api, raw, "node-a", agent.url)
+    assert AgentNode.objects.get(pk="node-a").health_status == AgentNode.Health.INACTIVE
+    assert not PlatformEvent.objects.filter(type="node.online", agent_node_id="node-a").exists()
+    assert api.post("/api/v1/nodes/node-a/heartbeat", {}, format="json", headers={"X-API-Key": raw}).status_code == 200
+    assert AgentNode.objects.get(pk="node-a").health_status == AgentNode.Health.INACTIVE
