@@ -743,11 +743,14 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     leases.release(LISTENING, holder)
                 last_listen = clock
     finally:
-        if listening:
-            leases.release(LISTENING, holder)
+        # The rows first: a lease left behind lapses in LISTEN_SECONDS, rows only in WEBHOOK_LEASE_SECONDS.
         unsent = {job.token for job in inflight.values()} | {result.job.token for result in finished}
-        if unsent:
-            release(unsent)
+        try:
+            if unsent:
+                release(unsent)
+        finally:
+            if listening:
+                leases.release(LISTENING, holder)
     if time.monotonic() > deadline and sendable_now():
         kick()  # more work than one run: hand over to a fresh task
     return recorded
