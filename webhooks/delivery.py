@@ -429,7 +429,7 @@ def _jobs(token: str, rows: list[Claimed]) -> list[_Job]:
                 skip = "the subscription was deleted"
             elif sub.owner is not None and sub.owner.revoked_at is not None:
                 # However it came to be enabled (a process that had not heard of the revocation yet).
-                skip = "the subscription is disabled: The API key that created it was revoked."
+                skip = f"the subscription is disabled: {Subscription.OWNER_REVOKED}"
             elif not sub.enabled and row.kind != Delivery.Kind.TEST:
                 skip = f"the subscription is disabled: {sub.disabled_reason}"
             else:

@@ -28,6 +28,9 @@ def new_subscription_id() -> str:
 class Subscription(models.Model):
     """A standing endpoint that receives every platform event matching `event_types`."""
 
+    # Why a revoked key's subscriptions hear nothing (`subscriptions.disable_subscriptions_of_revoked`).
+    OWNER_REVOKED = "The API key that created it was revoked."
+
     id = models.CharField(max_length=32, primary_key=True, default=new_subscription_id, editable=False)
     url = models.URLField(max_length=2048)
     description = models.CharField(max_length=500, blank=True)

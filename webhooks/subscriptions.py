@@ -50,7 +50,7 @@ def disable_subscriptions_of_revoked(sender, keys, **kwargs) -> None:
     Other processes' caches follow within CACHE_SECONDS.
     """
     if Subscription.objects.filter(owner__in=keys, enabled=True).update(
-        enabled=False, disabled_reason="The API key that created it was revoked."
+        enabled=False, disabled_reason=Subscription.OWNER_REVOKED
     ):
         invalidate_cache()  # as a save does (post_save)
 
