@@ -24,10 +24,11 @@ retries); its own retry is not the policy: the row's schedule is.
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
@@ -54,13 +55,6 @@ TASK = "webhooks.tasks.send_due"
 # How long one `send_due` call keeps claiming before handing over to a new task,
 # so one worker is not held forever under a constant stream of deliveries.
 RUN_SECONDS = 10.0
-# Recorded outcomes are flushed in groups: bulk writes, but a slow receiver in a
-# batch does not hold back the others' results for long.
-FLUSH_EVERY = 0.1
-# ... and sooner while another sender shares a destination: a row answered but
-# not written still counts against the destination's cap for everyone else.
-SHARED_FLUSH_ROWS = 16
-SHARED_FLUSH_EVERY = 0.02
 # While requests are in flight, look for newly due rows this often, and less
 # often after a claim that found nothing (new rows also wake a task through
 # `kick`; this is the fallback when every worker is busy). A claim holds the
@@ -177,10 +171,14 @@ def _busy_query() -> tuple[str, list]:
     return f"SELECT destination, COUNT(*) FROM {table} WHERE status = %s GROUP BY destination", [Delivery.Status.IN_FLIGHT]
 
 
+def _nothing_answered() -> Mapping[str, int]:
+    return {}
+
+
 def _room(
     gate_rows: list[tuple], busy_rows: list[tuple], answered: Mapping[str, int] = {}
-) -> tuple[destinations.Gates, dict[str, int], dict[str, int]]:
-    """The breakers' gates, how many more requests each destination may have in flight, and how many it has.
+) -> tuple[destinations.Gates, dict[str, int]]:
+    """The breakers' gates, and how many more requests each destination may have in flight.
 
     From the rows of `destinations.gates_query` and `_busy_query`. `answered`
     counts, per destination, the caller's own rows whose requests have ended but
@@ -197,14 +195,16 @@ def _room(
         room[destination] = 1 - busy.get(destination, 0) + answered.get(destination, 0)
     for destination in gates.blocked:
         room[destination] = 0
-    return gates, room, busy
+    return gates, room
 
 
-def _room_now(now: datetime, answered: Mapping[str, int] = {}) -> tuple[destinations.Gates, dict[str, int], dict[str, int]]:
-    """`_room` as the database has it now."""
+def _room_now(
+    now: datetime, answered: Callable[[], Mapping[str, int]] = _nothing_answered
+) -> tuple[destinations.Gates, dict[str, int]]:
+    """`_room` as the database has it now (`answered` as for `claim`)."""
     with connection.cursor() as cursor:
         gate_rows, busy_rows = together(cursor, [destinations.gates_query(now), _busy_query()])
-    return _room(gate_rows, busy_rows, answered)
+    return _room(gate_rows, busy_rows, answered())
 
 
 def sendable_now() -> bool:
@@ -213,7 +213,7 @@ def sendable_now() -> bool:
     Rows held back by an open breaker or a full destination wake no one.
     """
     now = timezone.now()
-    _, room, _ = _room_now(now)
+    _, room = _room_now(now)
     full = [d for d, r in room.items() if r <= 0]
     return Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now).exclude(
         destination__in=full
@@ -290,16 +290,13 @@ def _choose(now: datetime, room: dict[str, int], limit: int, due: list[tuple[int
 
 
 class Lease(NamedTuple):
-    """What a claim leased, under one token, and what it saw in flight before it."""
+    """What a claim leased, under one token."""
 
     token: str
     rows: list[Claimed]
-    # Rows in flight per destination when the claim was made, every sender's:
-    # more than the caller's own means another sender shares that destination.
-    in_flight: dict[str, int]
 
 
-def claim(limit: int, answered: Mapping[str, int] = {}) -> Lease:
+def claim(limit: int, answered: Callable[[], Mapping[str, int]] = _nothing_answered) -> Lease:
     """Lease up to `limit` due deliveries that may be sent now.
 
     The choice is round-robin across destinations, leaving out those that are
@@ -311,8 +308,11 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> Lease:
     in other processes never pick the same rows. On SQLite the transaction holds
     every writer back, so the candidates are chosen before it and only trimmed
     under it, and the write lock is held for three small statements.
-    `answered` is as for `_room`: the caller's requests that have ended while
-    their results wait to be written.
+    `answered()` is as `_room`'s `answered`: the caller's requests that have
+    ended while their results wait to be written. It is asked after the
+    in-flight counts are read, and a writer of results takes its rows out of
+    it just before its commit: a row is then never counted free twice (once as
+    answered, once as no longer in flight), only, for a moment, not at all.
     """
     table = Delivery._meta.db_table
     ops = connection.ops
@@ -320,10 +320,10 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> Lease:
     now = timezone.now()
     locked_choice = connection.vendor == "postgresql"
     if not locked_choice:
-        _, room, busy = _room_now(now, answered)
+        _, room = _room_now(now, answered)
         chosen = _choose(now, room, limit)
         if not chosen:
-            return Lease(token, [], busy)
+            return Lease(token, [])
     with one_writer(), transaction.atomic():
         if locked_choice:
             # The lock, then what it protects, in one request: the gates, the
@@ -341,18 +341,18 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> Lease:
                     _busy_query(),
                     _due_query(now, set(), limit),
                 ])
-            gates, room, busy = _room(gate_rows, busy_rows, answered)
+            gates, room = _room(gate_rows, busy_rows, answered())
             chosen = _choose(now, room, limit, due)
             ids = [row_id for row_id, _ in chosen]
         else:
-            gates, room, busy = _room_now(now, answered)
+            gates, room = _room_now(now, answered)
             ids = []
             for row_id, destination in chosen:
                 if room[destination] > 0:
                     room[destination] -= 1
                     ids.append(row_id)
         if not ids:
-            return Lease(token, [], busy)
+            return Lease(token, [])
         lease_until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
         # `(status = %s) IS TRUE`, not `status = %s`: the rows are reached by their
         # ids, and a bare status test lets the planner (misled by a burst the
@@ -374,7 +374,7 @@ def claim(limit: int, answered: Mapping[str, int] = {}) -> Lease:
             row.body = bytes(row.body)  # PostgreSQL hands back a memoryview
             rows.append(row)
         destinations.start_probes({r.destination for r in rows} & gates.probing, now)
-    return Lease(token, rows, busy)
+    return Lease(token, rows)
 
 
 def renew(tokens: Iterable[str]) -> None:
@@ -495,13 +495,14 @@ def _event(row: Claimed, event_type: str, status: str, outcome: outbound.Outcome
     )
 
 
-def record(results: list[_Result]) -> None:
+def record(results: list[_Result], before_commit: Callable[[], None] | None = None) -> None:
     """Write attempts in bulk and outcomes with targeted updates, in one transaction.
 
     Every update is conditional on the row still being leased to the token of the
     claim that leased it to this sender (`_Job.token`). A sender
     whose lease lapsed (it stalled and the row was sent again) logs its attempt
-    but decides nothing and announces nothing.
+    but decides nothing and announces nothing. `before_commit` runs last in the
+    transaction (see `claim`).
     """
     now = timezone.now()
     attempts: list[tuple] = []  # in _ATTEMPT_COLUMNS order
@@ -566,6 +567,8 @@ def record(results: list[_Result]) -> None:
             _note_failures(sub_failing | sub_gone, sub_gone, now)
         events += destinations.record(breakers, now)
         publish_many(events)
+        if before_commit is not None:
+            before_commit()
 
 
 _ATTEMPT_COLUMNS = (
@@ -636,17 +639,108 @@ def _note_failures(failing: set[str], gone: set[str], now: datetime) -> None:
     )
 
 
-def _record_surviving(results: list[_Result]) -> int:
+def _record_surviving(results: list[_Result], before_commit: Callable[[], None] | None = None) -> int:
     """`record`, tolerating deliveries deleted while in flight (their subscription was deleted)."""
     try:
-        record(results)
+        record(results, before_commit)
     except IntegrityError:
         existing = set(
             Delivery.objects.filter(id__in=[r.job.delivery.id for r in results]).values_list("id", flat=True)
         )
         results = [r for r in results if r.job.delivery.id in existing]
-        record(results)
+        record(results, before_commit)
     return len(results)
+
+
+class _Recorder:
+    """Writes finished attempts while the sender goes on claiming and sending.
+
+    On a thread and a database connection of its own, so that a claim never
+    waits for results to be written, nor results for a claim. Each write takes
+    everything that finished while the one before it ran, so groups grow with
+    the load and a lone result is written at once. A caller already inside a
+    transaction (a test, a shell) holds rows that no other connection can see:
+    its results are written on its own thread, as it hands them over.
+
+    `answered()` counts, per destination, the rows whose requests ended and
+    whose results are not committed yet (`claim`'s `answered`).
+    """
+
+    def __init__(self, threaded: bool):
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._waiting: list[_Result] = []  # handed over, not being written yet
+        self._writing: list[_Result] = []
+        self._answered: Counter[str] = Counter()
+        self._closing = False
+        self.error: BaseException | None = None
+        self.recorded = 0
+        self._thread = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="webhook-recorder", daemon=True)
+            self._thread.start()
+
+    def answered(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._answered)
+
+    def add(self, results: list[_Result]) -> None:
+        with self._lock:
+            self._answered.update(r.job.delivery.destination for r in results if not r.job.skip_reason)
+            self._waiting += results
+            self._changed.notify_all()
+        if self._thread is None:
+            self._write()
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._waiting or self._writing)
+
+    def wait(self, timeout: float) -> None:
+        """Until what was handed over is written (or failed), at most `timeout` seconds."""
+        with self._lock:
+            self._changed.wait_for(lambda: not (self._waiting or self._writing) or self.error, timeout)
+
+    def close(self) -> set[str]:
+        """Write what was handed over and stop; the lease tokens of results left unwritten (by a failure)."""
+        if self._thread is not None:
+            with self._lock:
+                self._closing = True
+                self._changed.notify_all()
+            self._thread.join()
+        with self._lock:
+            return {r.job.token for r in self._waiting + self._writing}
+
+    def _write(self) -> None:
+        with self._lock:
+            batch, self._waiting, self._writing = self._waiting, [], self._waiting
+        taken = Counter(r.job.delivery.destination for r in batch if not r.job.skip_reason)
+
+        def before_commit() -> None:  # once, though `_record_surviving` may write twice
+            with self._lock:
+                self._answered -= taken
+                taken.clear()
+
+        self.recorded += _record_surviving(batch, before_commit)
+        with self._lock:
+            self._writing = []
+            self._changed.notify_all()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    self._changed.wait_for(lambda: self._waiting or self._closing)
+                    if not self._waiting:
+                        return
+                self._write()
+        except BaseException as exc:  # the sender raises it, and hands the rows back
+            log.exception("writing webhook results failed")
+            with self._lock:
+                self.error = exc
+                self._changed.notify_all()
+        finally:
+            connection.close()
 
 
 # --- the loop --------------------------------------------------------------------
@@ -655,10 +749,10 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     """Claim, send and record due deliveries until none are due; returns attempts recorded.
 
     Keeps up to WEBHOOK_CONCURRENCY requests in flight on the asyncio client,
-    claiming only what can start at once (so no lease waits on a busy sender),
-    looking for newly due rows while requests are out, and flushing results in
-    groups. Leases of requests still alive are renewed; a sender that stops early
-    hands its unsent rows back.
+    claiming only what can start at once (so no lease waits on a busy sender) and
+    looking for newly due rows while requests are out; results are written
+    meanwhile (`_Recorder`). Leases of requests still alive are renewed; a sender
+    that stops early hands its unsent rows back.
     """
     kicks.clear(KICK)
     capacity = max(1, settings.WEBHOOK_CONCURRENCY)
@@ -670,19 +764,19 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     deadline = time.monotonic() + run_seconds
     done: SimpleQueue[_Result] = SimpleQueue()
     inflight: dict[int, _Job] = {}
-    finished: list[_Result] = []  # ended, not recorded yet
-    answered: dict[str, int] = defaultdict(int)  # finished, per destination
-    freed = recorded = 0
-    last_flush = last_renew = time.monotonic()
+    recorder = _Recorder(threaded=not connection.in_atomic_block)
+    freed = 0
+    last_renew = time.monotonic()
     last_claim = 0.0
     holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     listening = False  # holds LISTENING
     last_listen = -LISTEN_RENEW
     helped = False
-    shared = False  # another sender shares a destination with this one
     drained = False  # the last claim found nothing to send
     try:
         while True:
+            if recorder.error is not None:
+                raise recorder.error
             clock = time.monotonic()
             free = capacity - len(inflight)
             if clock < deadline and free > 0 and (
@@ -690,14 +784,8 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 or clock - last_claim >= (IDLE_CLAIM_EVERY if drained else CLAIM_EVERY)
             ):
                 want = min(free, batch)
-                held = Counter(job.delivery.destination for job in inflight.values())
-                held.update(answered)
-                token, rows, in_flight = claim(want, answered)
+                token, rows = claim(want, recorder.answered)
                 last_claim, freed, drained = clock, 0, not rows
-                # Another sender has rows in flight to a destination this one
-                # holds places of: write results soon, its answered rows hold
-                # places the other cannot see are free.
-                shared = any(n > held[d] for d, n in in_flight.items() if d in held)
                 jobs = _jobs(token, rows)
                 for job in jobs:
                     inflight[job.delivery.id] = job
@@ -709,8 +797,6 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     kick()
             elif clock >= deadline:
                 drained = True
-            if not inflight and not finished and drained:
-                break
             if inflight:
                 results: list[_Result] = []
                 try:
@@ -721,18 +807,15 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     pass
                 for result in results:
                     del inflight[result.job.delivery.id]
-                    finished.append(result)
-                    if not result.job.skip_reason:
-                        answered[result.job.delivery.destination] += 1
                 freed += len(results)
+                recorder.add(results)
+            elif drained and not recorder.busy():
+                break
+            elif drained:
+                # Nothing in flight, results still being written: claim again once
+                # they are (a retry may be due at once, places come free).
+                recorder.wait(CLAIM_EVERY)
             clock = time.monotonic()
-            # Refilling the pipe comes first: an empty pipe is flushed only once nothing more is due.
-            rows_due, every = (SHARED_FLUSH_ROWS, SHARED_FLUSH_EVERY) if shared else (batch // 2, FLUSH_EVERY)
-            if finished and (len(finished) >= rows_due or clock - last_flush >= every or (not inflight and drained)):
-                recorded += _record_surviving(finished)
-                finished = []
-                answered.clear()
-                last_flush = clock
             if inflight and clock - last_renew >= renew_every:
                 renew({job.token for job in inflight.values()})
                 last_renew = clock
@@ -744,8 +827,9 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 last_listen = clock
     finally:
         # The rows first: a lease left behind lapses in LISTEN_SECONDS, rows only in WEBHOOK_LEASE_SECONDS.
-        unsent = {job.token for job in inflight.values()} | {result.job.token for result in finished}
+        unsent = {job.token for job in inflight.values()}
         try:
+            unsent |= recorder.close()
             if unsent:
                 release(unsent)
         finally:
@@ -753,7 +837,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 leases.release(LISTENING, holder)
     if time.monotonic() > deadline and sendable_now():
         kick()  # more work than one run: hand over to a fresh task
-    return recorded
+    return recorder.recorded
 
 
 _last_tick_kick = 0.0

@@ -137,7 +137,9 @@ class Delivery(models.Model):
             # Partial indexes: a row is in each only while it is in that state, so the
             # claim's indexes stay as small as the queue, and a delivered row (most of
             # the table) costs no write to any of them.
-            models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="webhooks_due"),
+            # The claim's order, id included: rows due at the same moment (a redrive,
+            # a burst) are read in order, not all of them sorted to return the first few.
+            models.Index(fields=["next_attempt_at", "id"], condition=Q(status="pending"), name="webhooks_due_in_order"),
             models.Index(fields=["lease_until"], condition=Q(status="in_flight"), name="webhooks_leased"),
             models.Index(
                 fields=["destination", "status"], condition=Q(status__in=["pending", "in_flight"]),

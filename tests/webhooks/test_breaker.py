@@ -156,7 +156,7 @@ def test_claims_are_fair_and_capped_per_destination(webhook_settings):
     webhook_settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION = 32
     make_rows("http://127.0.0.1:9/blackhole", 5000, "bh")
     healthy = enqueue("http://127.0.0.1:10/healthy", execution_id="exec_healthy")
-    token, rows, _ = delivery.claim(200)
+    token, rows = delivery.claim(200)
     by_destination = {}
     for row in rows:
         by_destination.setdefault(row.destination, []).append(row.id)

@@ -174,7 +174,7 @@ def test_subscription_deleted_while_its_delivery_is_in_flight(api):
         sub = create(api, receiver.url, ["node.*"])
         with transaction.atomic():
             publish("node.online", agent_node_id="a")
-        token, rows, _ = delivery.claim(10)
+        token, rows = delivery.claim(10)
         results = send_now(token, rows)
         api.delete(f"{BASE}/{sub['id']}")
         assert delivery._record_surviving(results) == 0
