@@ -236,22 +236,33 @@ def _due(now: datetime, skip: set[str], limit: int) -> list[tuple[int, str]]:
         return cursor.fetchall()
 
 
-def _others_queued(full: set[str]) -> bool:
+# The by-destination index's own condition, as literals: SQLite uses a partial index only for a query that repeats it.
+_QUEUED = f"status IN ('{Delivery.Status.PENDING}', '{Delivery.Status.IN_FLIGHT}')"
+
+
+def _queue_span_query() -> tuple[str, list]:
+    """The first and the last destination with rows queued (two ends of the by-destination index)."""
+    return f"SELECT MIN(destination), MAX(destination) FROM {Delivery._meta.db_table} WHERE {_QUEUED}", []
+
+
+def _others_queued(full: set[str], span: tuple[str | None, str | None] | None = None) -> bool:
     """Whether any destination outside `full` has rows queued (pending, due or not, or in flight).
 
     Asked before looking past full destinations: finding the oldest rows of the
     others by due time means reading past every due row of the full ones, while
     this reads the ends of the ranges between them in the by-destination index.
+    `span` is `_queue_span_query`'s row when the caller has read it: when one
+    destination has every queued row, the answer needs no query.
     """
+    if span is not None and span[0] == span[1]:
+        return span[0] is not None and span[0] not in full
     table = Delivery._meta.db_table
     bounds = sorted(full)
     ranges = [("destination < %s", [bounds[0]])]
     ranges += [("destination > %s AND destination < %s", [a, b]) for a, b in zip(bounds, bounds[1:], strict=False)]
     ranges.append(("destination > %s", [bounds[-1]]))
-    # The by-destination index's own condition, as literals: SQLite uses a partial index only for a query that repeats it.
-    queued = f"status IN ('{Delivery.Status.PENDING}', '{Delivery.Status.IN_FLIGHT}')"
     sql = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT 1 FROM {table} WHERE {queued} AND {where} LIMIT 1) AS r{i}"
+        f"SELECT * FROM (SELECT 1 FROM {table} WHERE {_QUEUED} AND {where} LIMIT 1) AS r{i}"
         for i, (where, _) in enumerate(ranges)
     )
     params = [p for _, values in ranges for p in values]
@@ -260,13 +271,17 @@ def _others_queued(full: set[str]) -> bool:
         return bool(cursor.fetchone()[0])
 
 
-def _choose(now: datetime, room: dict[str, int], limit: int, due: list[tuple[int, str]] | None = None) -> list[tuple[int, str]]:
+def _choose(
+    now: datetime, room: dict[str, int], limit: int, due: list[tuple[int, str]] | None = None,
+    span: tuple[str | None, str | None] | None = None,
+) -> list[tuple[int, str]]:
     """Up to `limit` due (id, destination), round-robin across destinations, within each one's `room` (used up here).
 
     The oldest due rows may all belong to one destination; once it is full, look
     past it (a few rounds at most, and only if another destination has rows
     queued), so its backlog hides no one else's rows. `due` is the first round's
-    rows when the caller has read them already (`_due_query` with nothing skipped).
+    rows when the caller has read them already (`_due_query` with nothing skipped),
+    and `span` the queue's span of destinations (`_others_queued`).
     """
     full = {d for d, r in room.items() if r <= 0}
     if due is None:
@@ -282,7 +297,7 @@ def _choose(now: datetime, room: dict[str, int], limit: int, due: list[tuple[int
         # Look past the full destinations (including any full from the start,
         # when the caller read the rows without leaving them out) only if
         # someone else has rows queued: reading past a long backlog is not free.
-        if not _others_queued(full | filled):
+        if not _others_queued(full | filled, span):
             break
         full |= filled
         due = _due(now, full, limit)
@@ -327,22 +342,28 @@ def claim(limit: int, answered: Callable[[], Mapping[str, int]] = _nothing_answe
     with one_writer(), transaction.atomic():
         if locked_choice:
             # The lock, then what it protects, in one request: the gates, the
-            # in-flight counts and the oldest due rows (each statement sees
-            # every claim committed before the lock was granted).
+            # in-flight counts, the span of queued destinations and the oldest
+            # due rows (each statement sees every claim committed before the
+            # lock was granted).
             # The queue's statistics lag a burst (a thousand rows inserted a
             # moment ago are estimated at a handful), and the planner then
             # reads every due row into a bitmap and sorts it to return the
             # oldest few. An index scan in due order stops after the few it
             # returns, whatever the estimate: bitmap scans are off for the claim.
+            # Its commit does not wait for the WAL flush: a lease lost in a
+            # database crash makes its row due again, as a lapsed lease does,
+            # and the results' durable commit flushes it anyway.
             with connection.cursor() as cursor:
-                _, gate_rows, busy_rows, due = together(cursor, [
-                    ("SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true)", [_CLAIM_LOCK_KEY]),
+                _, gate_rows, busy_rows, [span], due = together(cursor, [
+                    ("SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true), "
+                     "set_config('synchronous_commit', 'off', true)", [_CLAIM_LOCK_KEY]),
                     destinations.gates_query(now),
                     _busy_query(),
+                    _queue_span_query(),
                     _due_query(now, set(), limit),
                 ])
             gates, room = _room(gate_rows, busy_rows, answered())
-            chosen = _choose(now, room, limit, due)
+            chosen = _choose(now, room, limit, due, span)
             ids = [row_id for row_id, _ in chosen]
         else:
             gates, room = _room_now(now, answered)
