@@ -1,8 +1,10 @@
 """Webhook test fixtures: loopback allowed, short retry schedule, a drain helper."""
 
+import threading
 from queue import SimpleQueue
 
 import pytest
+from django.db import connection
 
 from devtools.waiting import wait_for
 from webhooks import delivery
@@ -54,6 +56,22 @@ def drain(row: Delivery, timeout: float = 10.0) -> Delivery:
         return row if row.status not in (Delivery.Status.PENDING, Delivery.Status.IN_FLIGHT) else None
 
     return wait_for(sent, timeout=timeout, interval=0.02, what=f"delivery {row.id} to leave the queue")
+
+
+def sender_thread(**kwargs) -> threading.Thread:
+    """`send_due` on a thread of its own, as another worker runs it; its connection is closed when it ends.
+
+    (A thread's connection outlives the thread otherwise, and PostgreSQL will not
+    drop a test database that a session still uses.)
+    """
+
+    def run() -> None:
+        try:
+            delivery.send_due(**kwargs)
+        finally:
+            connection.close()
+
+    return threading.Thread(target=run)
 
 
 def send_now(token: str, rows: list[Delivery]) -> list:

@@ -1,6 +1,5 @@
 """Per-destination circuit breakers, in-flight caps and fair claims: one dead receiver delays no one else."""
 
-import threading
 import time
 from datetime import timedelta
 
@@ -13,7 +12,7 @@ from devtools.loopback import Blackhole, LoopbackServer, Reply
 from devtools.processes import free_port
 from devtools.waiting import wait_for
 from observability.models import PlatformEvent
-from tests.webhooks.conftest import completion_payload, enqueue
+from tests.webhooks.conftest import completion_payload, enqueue, sender_thread
 from webhooks import delivery, destinations
 from webhooks.models import Attempt, Delivery, Destination
 
@@ -201,7 +200,7 @@ def test_healthy_delivery_not_delayed_by_a_blackhole(breaker):
     breaker.WEBHOOK_TIMEOUT = 5.0
     with Blackhole() as hole, LoopbackServer() as healthy:
         make_rows(hole.url, 300, "bh")
-        sender = threading.Thread(target=delivery.send_due, kwargs={"run_seconds": 3.0})
+        sender = sender_thread(run_seconds=3.0)
         sender.start()
         try:
             wait_for(lambda: hole.connections, timeout=5, what="the blackhole's requests to hang")
@@ -220,7 +219,7 @@ def test_no_duplicate_from_a_lapsed_lease_while_a_slow_send_is_alive(webhook_set
     webhook_settings.WEBHOOK_TIMEOUT = 5.0
     with LoopbackServer(Reply(200, delay=2.5)) as receiver:
         row = enqueue(receiver.url)
-        first = threading.Thread(target=delivery.send_due)
+        first = sender_thread()
         first.start()
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:  # a second worker and the sweeper, busy meanwhile

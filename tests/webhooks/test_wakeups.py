@@ -1,7 +1,5 @@
 """Wake-ups: commits queue one send task between two task starts, whatever the cache."""
 
-import threading
-
 import pytest
 from django_q.brokers import get_broker
 
@@ -9,6 +7,7 @@ from agentfield_site.jobs import leases
 from agentfield_site.lib.outbound import destination_of
 from devtools.loopback import LoopbackServer, Reply
 from devtools.waiting import wait_for
+from tests.webhooks.conftest import sender_thread
 from webhooks import delivery
 from webhooks.models import Delivery
 
@@ -46,7 +45,7 @@ def test_the_tick_leaves_due_rows_to_a_running_sender_with_room(settings):
     try:
         with LoopbackServer(Reply(200, delay=1.0)) as receiver:
             _due_row(receiver.url, "exec_slow")
-            sender = threading.Thread(target=delivery.send_due)
+            sender = sender_thread()
             sender.start()
             wait_for(lambda: leases.is_held(delivery.LISTENING), timeout=5, what="the sender to hold LISTENING")
             _due_row(receiver.url, "exec_next")
