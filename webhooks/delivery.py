@@ -350,9 +350,10 @@ def claim(limit: int, answered: Callable[[], Mapping[str, int]] = _nothing_answe
             # reads every due row into a bitmap and sorts it to return the
             # oldest few. An index scan in due order stops after the few it
             # returns, whatever the estimate: bitmap scans are off for the claim.
-            # Its commit does not wait for the WAL flush: a lease lost in a
-            # database crash makes its row due again, as a lapsed lease does,
-            # and the results' durable commit flushes it anyway.
+            # Its commit does not wait for the WAL flush: the results' durable
+            # commit flushes it anyway, and a lease lost in a database crash
+            # makes its row due again as soon as the database is back, while its
+            # request may still be out: a duplicate, as at least once allows.
             with connection.cursor() as cursor:
                 _, gate_rows, busy_rows, [span], due = together(cursor, [
                     ("SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true), "
@@ -398,12 +399,20 @@ def claim(limit: int, answered: Callable[[], Mapping[str, int]] = _nothing_answe
     return Lease(token, rows)
 
 
-def renew(tokens: Iterable[str]) -> None:
-    """Extend the leases of rows whose requests are still alive."""
-    tokens = list(tokens)
-    if tokens:
+def renew(jobs: Iterable[_Job]) -> None:
+    """Extend the leases of rows whose requests are still alive.
+
+    By id: a claim's token also covers rows whose results are being written on
+    the recorder's connection, and two transactions updating the same rows in
+    different orders would deadlock.
+    """
+    jobs = list(jobs)
+    if jobs:
         until = timezone.now() + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
-        Delivery.objects.filter(lease_token__in=tokens, status=Delivery.Status.IN_FLIGHT).update(lease_until=until)
+        Delivery.objects.filter(
+            id__in=[job.delivery.id for job in jobs], lease_token__in={job.token for job in jobs},
+            status=Delivery.Status.IN_FLIGHT,
+        ).update(lease_until=until)
 
 
 def release(tokens: Iterable[str]) -> int:
@@ -706,6 +715,8 @@ class _Recorder:
             return dict(self._answered)
 
     def add(self, results: list[_Result]) -> None:
+        if not results:
+            return
         with self._lock:
             self._answered.update(r.job.delivery.destination for r in results if not r.job.skip_reason)
             self._waiting += results
@@ -716,6 +727,11 @@ class _Recorder:
     def busy(self) -> bool:
         with self._lock:
             return bool(self._waiting or self._writing)
+
+    def backlog(self) -> int:
+        """Results handed over and not written yet."""
+        with self._lock:
+            return len(self._waiting) + len(self._writing)
 
     def wait(self, timeout: float) -> None:
         """Until what was handed over is written (or failed), at most `timeout` seconds."""
@@ -800,7 +816,9 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 raise recorder.error
             clock = time.monotonic()
             free = capacity - len(inflight)
-            if clock < deadline and free > 0 and (
+            # Results not written hold their rows' leases (not renewed off the
+            # wire): claim no more while the writes lag by more than a full pipe.
+            if clock < deadline and free > 0 and recorder.backlog() <= capacity and (
                 not inflight or freed >= refill
                 or clock - last_claim >= (IDLE_CLAIM_EVERY if drained else CLAIM_EVERY)
             ):
@@ -838,7 +856,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 recorder.wait(CLAIM_EVERY)
             clock = time.monotonic()
             if inflight and clock - last_renew >= renew_every:
-                renew({job.token for job in inflight.values()})
+                renew(inflight.values())
                 last_renew = clock
             has_room = clock < deadline and len(inflight) < capacity
             if (listening and not has_room) or (has_room and clock - last_listen >= LISTEN_RENEW):

@@ -18,6 +18,7 @@ schedule's whole span has passed since its budget began (`expire_deferred`).
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -114,7 +115,7 @@ def record(outcomes: dict[str, list[outbound.Outcome]], now: datetime) -> list:
     return events
 
 
-# Destinations this process has already made rows for: saves an INSERT per flush.
+# Destinations this process has made rows for, once committed: saves an INSERT per flush.
 _known: set[str] = set()
 
 
@@ -122,7 +123,8 @@ def _ensure(destinations) -> None:
     new = set(destinations) - _known
     if new:
         Destination.objects.bulk_create([Destination(destination=d) for d in new], ignore_conflicts=True)
-        _known.update(new)
+        # Not before the commit: a write rolled back (and retried) takes its rows with it.
+        transaction.on_commit(partial(_known.update, new))
 
 
 def _close(destinations: set[str], now: datetime) -> list:

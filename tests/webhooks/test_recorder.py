@@ -1,9 +1,9 @@
-"""Results are written on a thread of their own while the sender claims; a failed write hands its rows back."""
+"""Results are written on a thread of their own while the sender claims and renews; a failed write hands its rows back."""
 
 import threading
 
 import pytest
-from django.db import OperationalError
+from django.db import OperationalError, connection, transaction
 
 from devtools.loopback import LoopbackServer
 from tests.webhooks.conftest import enqueue
@@ -56,3 +56,36 @@ def test_a_failed_write_hands_the_rows_back_to_be_sent_again(monkeypatch):
     assert set(received) == {r.webhook_id for r in rows} and 5 + failures[0] <= len(received) <= 10
     assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 5
     assert Attempt.objects.count() == 5
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")  # SQLite has no row locks: one writer at a time
+def test_renewing_leases_leaves_the_rows_being_written_alone():
+    """A claim's token also covers rows whose results the recorder is writing, on its own connection."""
+    for i in range(2):
+        enqueue("http://127.0.0.1:9/", execution_id=f"exec_{i}")
+    token, rows = delivery.claim(2)
+    on_wire, answered = sorted(rows, key=lambda r: r.id)
+    writing, done_writing = threading.Event(), threading.Event()
+
+    def recorder() -> None:  # holds the answered row, as a write of results does until its commit
+        try:
+            with transaction.atomic():
+                Delivery.objects.filter(id=answered.id).update(last_error="being written")
+                writing.set()
+                done_writing.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=recorder)
+    thread.start()
+    try:
+        assert writing.wait(5)
+        before = dict(Delivery.objects.filter(id__in=[on_wire.id, answered.id]).values_list("id", "lease_until"))
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")  # a wait on the recorder's row fails, not hangs
+            delivery.renew(delivery._jobs(token, [on_wire]))
+    finally:
+        done_writing.set()
+        thread.join()
+    assert Delivery.objects.get(id=on_wire.id).lease_until > before[on_wire.id]
+    assert Delivery.objects.get(id=answered.id).lease_until == before[answered.id]

@@ -12,9 +12,9 @@ from standardwebhooks import Webhook
 from devtools.loopback import LoopbackServer, Reply
 from observability.events import publish
 from observability.models import PlatformEvent
-from tests.webhooks.conftest import send_now
-from webhooks import delivery, subscriptions
-from webhooks.models import Delivery, Subscription
+from tests.webhooks.conftest import enqueue, send_now
+from webhooks import delivery, destinations, subscriptions
+from webhooks.models import Delivery, Destination, Subscription
 
 pytestmark = pytest.mark.django_db
 BASE = "/api/v1/webhooks/subscriptions"
@@ -179,6 +179,23 @@ def test_subscription_deleted_while_its_delivery_is_in_flight(api):
         api.delete(f"{BASE}/{sub['id']}")
         assert delivery._record_surviving(results) == 0
     assert not Delivery.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_destination_written_beside_a_deleted_delivery_keeps_its_breaker(api):
+    """The first write fails at its commit (the deleted delivery's attempt) and takes the new breaker row with it."""
+    destinations._known.clear()
+    with LoopbackServer(Reply(200, delay=0.5)) as receiver, LoopbackServer(default=Reply(503)) as failing:
+        sub = create(api, receiver.url, ["node.*"])
+        with transaction.atomic():
+            publish("node.online", agent_node_id="a")
+        row = enqueue(failing.url, execution_id="exec_new_destination")
+        token, rows = delivery.claim(10)
+        results = send_now(token, rows)
+        api.delete(f"{BASE}/{sub['id']}")
+        assert delivery._record_surviving(results) == 1
+    assert Destination.objects.get(destination=row.destination).consecutive_failures == 1
+    assert Delivery.objects.get().status == Delivery.Status.PENDING  # its retry is scheduled
 
 
 def test_moving_the_url_moves_deliveries_not_yet_made(api):
