@@ -848,12 +848,13 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     del inflight[result.job.delivery.id]
                 freed += len(results)
                 recorder.add(results)
-            elif drained and not recorder.busy():
-                break
-            elif drained:
+            elif recorder.busy():
                 # Nothing in flight, results still being written: claim again once
-                # they are (a retry may be due at once, places come free).
+                # they are (a retry may be due at once, places come free, the
+                # writes no longer lag).
                 recorder.wait(CLAIM_EVERY)
+            elif drained:
+                break
             clock = time.monotonic()
             if inflight and clock - last_renew >= renew_every:
                 renew(inflight.values())

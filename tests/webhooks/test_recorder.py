@@ -1,6 +1,7 @@
 """Results are written on a thread of their own while the sender claims and renews; a failed write hands its rows back."""
 
 import threading
+import time
 
 import pytest
 from django.db import OperationalError, connection, transaction
@@ -29,6 +30,29 @@ def test_results_are_written_off_the_claiming_thread(monkeypatch):
     assert writers == {"webhook-recorder"}
     assert Delivery.objects.filter(id__in=[r.id for r in rows], status=Delivery.Status.DELIVERED).count() == 40
     assert Attempt.objects.count() == 40
+
+
+def test_the_sender_waits_for_slow_writes_without_spinning_or_claiming_past_them(monkeypatch, settings):
+    settings.WEBHOOK_CONCURRENCY = 4
+    real_record = delivery.record
+    unwritten = []
+
+    def slow_record(results, before_commit=None):
+        unwritten.append(Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT).count())
+        time.sleep(0.2)  # a database that writes slowly
+        real_record(results, before_commit)
+
+    monkeypatch.setattr(delivery, "record", slow_record)
+    with LoopbackServer() as receiver:
+        for i in range(24):
+            enqueue(receiver.url, execution_id=f"exec_{i}")
+        wall, cpu = time.monotonic(), time.process_time()
+        assert delivery.send_due() == 24
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    assert Delivery.objects.filter(status=Delivery.Status.DELIVERED).count() == 24
+    # Claimed and not written: at most a full pipe on the wire and a full pipe waiting to be written, and one claim.
+    assert max(unwritten) <= 3 * settings.WEBHOOK_CONCURRENCY
+    assert cpu < wall / 2, f"the sender spun while the writes lagged: {cpu:.2f}s of CPU in {wall:.2f}s"
 
 
 def test_a_failed_write_hands_the_rows_back_to_be_sent_again(monkeypatch):
