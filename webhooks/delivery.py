@@ -902,40 +902,49 @@ def tick() -> None:
 
 # --- redrive ---------------------------------------------------------------------
 
+# Dead letters redriven per transaction: after an outage the queue may hold more rows
+# than one statement may name (PostgreSQL takes 65535 parameters, SQLite 999 before
+# 3.32), and one transaction for them all would hold the write lock the whole time.
+REDRIVE_CHUNK = 500
+
+
 def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.Status.DEAD,)) -> int:
     """Give deliveries in `statuses` a fresh retry budget under the same webhook-id; returns how many."""
     statuses = list(statuses)
-    now = timezone.now()
-    with transaction.atomic():
-        rows = list(
-            deliveries.filter(status__in=statuses).values("id", "webhook_id", "execution_id", "event_type", "subscription_id", "attempts", "url")
-        )
-        if not rows:
-            return 0
-        queued = Delivery.objects.filter(id__in=[r["id"] for r in rows], status__in=statuses).update(
-            status=Delivery.Status.PENDING,
-            next_attempt_at=now,
-            budget_base=F("attempts"),
-            budget_started_at=now,
-            dead_lettered_at=None,
-            lease_token="",
-            lease_until=None,
-        )
-        publish_many(
-            build(
-                "webhook.redriven",
-                execution_id=r["execution_id"],
-                status="pending",
-                data={
-                    "delivery_id": r["id"],
-                    "webhook_id": r["webhook_id"],
-                    "event": r["event_type"],
-                    "url": r["url"],
-                    "subscription_id": r["subscription_id"],
-                    "attempts": r["attempts"],
-                },
+    queued = after = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                deliveries.filter(status__in=statuses, id__gt=after).order_by("id")
+                .values("id", "webhook_id", "execution_id", "event_type", "subscription_id", "attempts", "url")[:REDRIVE_CHUNK]
             )
-            for r in rows
-        )
-        transaction.on_commit(kick)
-    return queued
+            if not rows:
+                return queued
+            after = rows[-1]["id"]
+            now = timezone.now()
+            queued += Delivery.objects.filter(id__in=[r["id"] for r in rows], status__in=statuses).update(
+                status=Delivery.Status.PENDING,
+                next_attempt_at=now,
+                budget_base=F("attempts"),
+                budget_started_at=now,
+                dead_lettered_at=None,
+                lease_token="",
+                lease_until=None,
+            )
+            publish_many(
+                build(
+                    "webhook.redriven",
+                    execution_id=r["execution_id"],
+                    status="pending",
+                    data={
+                        "delivery_id": r["id"],
+                        "webhook_id": r["webhook_id"],
+                        "event": r["event_type"],
+                        "url": r["url"],
+                        "subscription_id": r["subscription_id"],
+                        "attempts": r["attempts"],
+                    },
+                )
+                for r in rows
+            )
+            transaction.on_commit(kick)

@@ -1,6 +1,10 @@
 """Dead letter queue over the API: list, redrive by ids / all / filter, execution retry."""
 
+import sqlite3
+
 import pytest
+from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from devtools.loopback import LoopbackServer, Reply
@@ -74,3 +78,30 @@ def test_execution_webhook_retry(api):
         assert api.post("/api/v1/executions/exec_r/webhook/retry").status_code == 202
         row = drain(row)
     assert len(receiver.requests) == 3 and len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+
+
+def test_redrive_all_of_a_queue_longer_than_one_statement_may_name(api):
+    # After an outage the queue may hold more dead letters than one statement takes
+    # parameters (PostgreSQL 65535, SQLite 999 before 3.32): this connection takes 999.
+    now = timezone.now()
+    Delivery.objects.bulk_create(
+        Delivery(
+            kind=Delivery.Kind.COMPLETION, event_type="execution.completed", execution_id=f"exec_{i}",
+            url="https://hooks.example.com/h", body=b"{}", status=Delivery.Status.DEAD, attempts=6,
+            dead_lettered_at=now,
+        )
+        for i in range(1200)
+    )
+    limit = None
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        limit = connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    try:
+        response = api.post("/api/v1/webhooks/dlq/redrive", {"all": True}, format="json")
+    finally:
+        if limit is not None:
+            connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"success": True, "processed": 1200, "queued": 1200}
+    assert not Delivery.objects.filter(status=Delivery.Status.DEAD).exists()
+    assert PlatformEvent.objects.filter(type="webhook.redriven").count() == 1200
