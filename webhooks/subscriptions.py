@@ -31,6 +31,10 @@ from .models import Delivery, Subscription, SubscriptionSecret
 
 CACHE_SECONDS = 1.0
 ROTATION_GRACE = timedelta(hours=24)
+# Secrets that sign at once: the current one and those rotated out within the grace.
+# Every attempt is signed with each, on the loop every delivery of the process shares,
+# so rotating in a loop must not make that cost (and the header) grow without bound.
+MAX_ACTIVE_SECRETS = 5
 
 # (id, url, patterns, owner key id, whether the owner is a client key)
 _Row = tuple[str, str, tuple[str, ...], int | None, bool]
@@ -144,12 +148,14 @@ def retarget(sub: Subscription) -> int:
 
 
 def rotate_secret(sub: Subscription) -> str:
-    """A new current secret; the old ones keep signing for 24 hours."""
+    """A new current secret; the old ones keep signing for 24 hours (the latest MAX_ACTIVE_SECRETS - 1 of them)."""
     secret = signing.generate_secret()
     now = timezone.now()
     with transaction.atomic():
         sub.secrets.filter(expires_at__isnull=True).update(expires_at=now + ROTATION_GRACE)
         sub.secrets.filter(expires_at__lte=now).delete()
+        older = sub.secrets.order_by("-created_at", "-id").values_list("id", flat=True)[MAX_ACTIVE_SECRETS - 1 :]
+        sub.secrets.filter(id__in=list(older)).delete()
         SubscriptionSecret.objects.create(subscription=sub, secret=secret, created_at=now)
     return secret
 
