@@ -23,6 +23,16 @@ def keys_looked_up_afresh():
     forget_keys()
 
 
+@pytest.fixture(autouse=True)
+def subscriptions_looked_up_afresh():
+    """Each test starts with no subscription remembered: one a test before made (and rolled back) receives nothing."""
+    from webhooks import subscriptions
+
+    subscriptions.invalidate_cache()
+    yield
+    subscriptions.invalidate_cache()
+
+
 @pytest.fixture
 def proc_env(request, transactional_db, tmp_path) -> ProcessEnv:
     """Environment for real child processes that share this test's database."""

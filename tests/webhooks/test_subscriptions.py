@@ -116,7 +116,6 @@ def test_rotation_old_secret_signs_for_24h(api):
     Webhook(rotated["secret"]).verify(receiver.requests[1].body, receiver.requests[1].headers)
 
 
-
 def test_rotating_in_a_loop_keeps_only_the_latest_secrets_signing(api):
     # Each active secret is one more HMAC of the body on every attempt, and one more
     # signature in the header: rotating a thousand times must not cost a thousand.
@@ -130,6 +129,7 @@ def test_rotating_in_a_loop_keeps_only_the_latest_secrets_signing(api):
     for secret in rotated[-5:]:
         Webhook(secret).verify(req.body, req.headers)
     assert Subscription.objects.get(id=sub["id"]).secrets.count() == 5  # subscriptions.MAX_ACTIVE_SECRETS
+
 
 def test_test_send_has_no_retries(api):
     with LoopbackServer(default=Reply(500)) as receiver:
