@@ -724,10 +724,6 @@ class _Recorder:
         if self._thread is None:
             self._write()
 
-    def busy(self) -> bool:
-        with self._lock:
-            return bool(self._waiting or self._writing)
-
     def backlog(self) -> int:
         """Results handed over and not written yet."""
         with self._lock:
@@ -848,7 +844,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     del inflight[result.job.delivery.id]
                 freed += len(results)
                 recorder.add(results)
-            elif recorder.busy():
+            elif recorder.backlog():
                 # Nothing in flight, results still being written: claim again once
                 # they are (a retry may be due at once, places come free, the
                 # writes no longer lag).
