@@ -71,12 +71,18 @@ def sign(body: bytes, msg_id: str, secrets: Sequence[str], timestamp: int | None
     return headers
 
 
-def verify(body: bytes, headers: Mapping[str, str], secret: str, tolerance: int = 300) -> None:
-    """Receiver side: accept the request if either signature matches; raise `SignatureError` if not.
+def verify(
+    body: bytes, headers: Mapping[str, str], secret: str, tolerance: int = 300, *, allow_unstamped: bool = False
+) -> None:
+    """Receiver side: return if the request's signature matches, raise `SignatureError` if not.
 
-    `webhook-signature` is checked with its timestamp (within `tolerance` seconds,
-    against replay); a request carrying only `X-AgentField-Signature` is checked
-    against that.
+    `webhook-signature` is checked with its id and timestamp (within `tolerance`
+    seconds, against replay), as `standardwebhooks` checks it. A request that
+    carries only `X-AgentField-Signature` is refused unless `allow_unstamped`:
+    that header signs the body alone, so a delivery captured once passes it
+    again forever, with its `webhook-*` headers stripped. A receiver written for
+    AgentField's header alone opts in, knowing it; every delivery from here
+    carries both.
     """
     lower = {k.lower(): v for k, v in headers.items()}
     msg_id = lower.get("webhook-id")
@@ -96,6 +102,11 @@ def verify(body: bytes, headers: Mapping[str, str], secret: str, tolerance: int 
         if any(hmac.compare_digest(expected, candidate) for candidate in standard.split(" ")):
             return
         raise SignatureError("no matching webhook-signature")
+    if legacy and not allow_unstamped:
+        raise SignatureError(
+            "webhook-signature is missing: X-AgentField-Signature alone has no timestamp and could be a replay "
+            "(verify(..., allow_unstamped=True) accepts it)"
+        )
     if legacy:
         if hmac.compare_digest(agentfield_signature(body, secret), legacy.strip()):
             return

@@ -35,7 +35,8 @@ def test_verify_accepts_vector(vector):
         "webhook-signature": vector["webhook_signature"],
     }
     signing.verify(body, headers, vector["secret"], tolerance=0)
-    signing.verify(body, {"X-AgentField-Signature": vector["x_agentfield_signature"]}, vector["secret"])
+    signing.verify(body, {"X-AgentField-Signature": vector["x_agentfield_signature"]}, vector["secret"],
+                   allow_unstamped=True)
     with pytest.raises(signing.SignatureError):
         signing.verify(body + b" ", headers, vector["secret"], tolerance=0)
     with pytest.raises(signing.SignatureError):
@@ -75,3 +76,18 @@ def test_generated_secret_is_32_random_bytes():
     assert secret.startswith("whsec_")
     assert len(base64.b64decode(secret[len("whsec_"):])) == 32
     assert secret != signing.generate_secret()
+
+
+def test_verify_refuses_the_unstamped_signature_alone_unless_asked():
+    """A delivery captured once, replayed with its webhook-* headers stripped: no timestamp to refuse it by."""
+    secret = signing.generate_secret()
+    body = b'{"event": "execution.completed"}'
+    signed = signing.sign(body, "msg_1", [secret], timestamp=int(time.time()) - 3600)
+    with pytest.raises(signing.SignatureError, match="tolerance"):
+        signing.verify(body, signed, secret)
+    replayed = {"X-AgentField-Signature": signed["X-AgentField-Signature"]}
+    with pytest.raises(signing.SignatureError, match="no timestamp"):
+        signing.verify(body, replayed, secret)
+    signing.verify(body, replayed, secret, allow_unstamped=True)
+    with pytest.raises(signing.SignatureError, match="does not match"):
+        signing.verify(body + b" ", replayed, secret, allow_unstamped=True)

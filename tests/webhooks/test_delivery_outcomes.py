@@ -29,7 +29,9 @@ def test_delivered_at_once_signed_and_verified():
     assert req.body == bytes(row.body)
     payload = Webhook(SECRET).verify(req.body, req.headers)
     assert payload["execution_id"] == "exec_1" and payload["result"]["text"] == "naïve café ✓"
-    signing.verify(req.body, {"X-AgentField-Signature": req.headers["X-AgentField-Signature"]}, SECRET)
+    signing.verify(req.body, req.headers, SECRET)
+    signing.verify(req.body, {"X-AgentField-Signature": req.headers["X-AgentField-Signature"]}, SECRET,
+                   allow_unstamped=True)
     assert req.headers["webhook-id"] == row.webhook_id
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers["User-Agent"].startswith("AgentField-Webhooks/")
