@@ -99,6 +99,9 @@ def test_the_first_key_made_while_it_runs_leaves_the_demo_agent_working(proc_env
         wait_for(lambda: _node(f"{api}/nodes/analyzer"), timeout=60, what=f"the demo agent\n{serve.log()}")
         # The development stack made the tour's staff account; the API is still open.
         assert "Created the staff account admin / " in serve.log()
+        # Its password again in the banner, below the start-up logs that push the first line away.
+        password = serve.log().split("Created the staff account admin / ", 1)[1].split()[0]
+        assert f"/admin/  (admin / {password}, shown on this run only)" in serve.log(), serve.log()
         assert get_user_model().objects.filter(username="admin", is_staff=True).exists()
         assert requests.get(f"{api}/executions", timeout=5).status_code == 200
 
@@ -125,6 +128,7 @@ def test_ctrl_c_stops_the_worker_as_it_stops_on_its_own(proc_env):
         code = serve.popen.wait(timeout=60)
         took = time.monotonic() - started
     assert code == 0, serve.log()
+    assert "Stopping: each process finishes what it holds" in serve.log(), serve.log()
     # Each cluster finished its own orderly stop, within the grace before a SIGKILL.
     assert serve.log().count("has stopped.") == 2, serve.log()
     assert took < 10, f"{took:.1f} s\n{serve.log()}"
@@ -160,4 +164,5 @@ def test_a_later_run_names_the_staff_account_and_how_to_reset_its_password(proc_
                  what=f"serve\n{serve.log()}")
     assert "Staff account for the admin: admin. Password lost? `manage.py changepassword admin` sets a new one; " \
         "ADMIN_PASSWORD applies only when serve makes the account." in serve.log(), serve.log()
+    assert "/admin/  (admin; password lost? manage.py changepassword admin)" in serve.log(), serve.log()
     assert "ignored-now" not in serve.log() and "made-on-the-first-run" not in serve.log()

@@ -175,8 +175,7 @@ class Command(BaseCommand):
                 "on this machine only with HOST=127.0.0.1."
             )
         sock = listen(host, port)
-        if not no_agent:
-            self._ensure_admin()
+        admin = self._ensure_admin() if not no_agent else ""
         stopping = False
 
         def stop(*_):
@@ -188,11 +187,14 @@ class Command(BaseCommand):
         supervisor = Supervisor()
         failure = None
         try:
-            failure = self._start_all(supervisor, sock, host, port, web_processes, no_worker, no_agent,
+            failure = self._start_all(supervisor, sock, host, port, web_processes, no_worker, no_agent, admin,
                                       lambda: stopping)
             while failure is None and not stopping:
                 time.sleep(0.5)
                 failure = supervisor.first_exit()
+            if failure is None:
+                # A worker finishing its tasks takes a few seconds: say why nothing happens meanwhile.
+                self.stdout.write("Stopping: each process finishes what it holds (up to 10 s each), then exits.")
         finally:
             supervisor.stop_all()
             sock.close()
@@ -201,7 +203,7 @@ class Command(BaseCommand):
             raise CommandError(f"{failure}; stopped the rest.")
 
     def _start_all(self, supervisor: Supervisor, sock: socket.socket, host: str, port: int, web_processes: int,
-                   no_worker: bool, no_agent: bool, stopping) -> str | None:
+                   no_worker: bool, no_agent: bool, admin: str, stopping) -> str | None:
         """Start the processes; the reason one failed to come up, or None."""
         py = sys.executable
         base = f"http://localhost:{port}"
@@ -229,7 +231,7 @@ class Command(BaseCommand):
                 f"\n  Web        {web_processes} daphne process{'es' if web_processes > 1 else ''} on port {port}\n"
                 f"  API        {base}/api/v1/\n"
                 f"  Dashboard  {base}/dashboard/\n"
-                f"  Admin      {base}/admin/\n"
+                f"  Admin      {base}/admin/{f'  ({admin})' if admin else ''}\n"
                 f"  API docs   {base}/api/docs/\n"
                 f"  Health     {base}/health\n"
                 f"  Metrics    {base}/metrics\n\n  Ctrl-C stops everything.\n"
@@ -274,11 +276,14 @@ class Command(BaseCommand):
         raw = key.reissue() if key is not None else ApiKey.create("demo-agent", ApiKey.Scope.AGENT, demo=True)[1]
         return {"AGENTFIELD_API_KEY": raw}
 
-    def _ensure_admin(self) -> None:
+    def _ensure_admin(self) -> str:
         """On a fresh database, make a staff account for the tour and say its password once.
 
         Only with the demo agent, the local development stack: the production web tier
         (`--no-agent`) writes no password to its logs (README: `manage.py createsuperuser`).
+        Returns the account's line in the banner printed once everything is up (the
+        line printed here scrolls away behind the start-up logs): its name, and its
+        password on the run that made it.
         """
         User = get_user_model()
         existing = User.objects.filter(is_superuser=True).order_by("pk").first()
@@ -290,7 +295,7 @@ class Command(BaseCommand):
                 f"Staff account for the admin: {name}. Password lost? "
                 f"`manage.py changepassword {name}` sets a new one{unused}."
             )
-            return
+            return f"{name}; password lost? manage.py changepassword {name}"
         password = os.environ.get("ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "admin@localhost", password)
         self.stdout.write(
@@ -298,3 +303,4 @@ class Command(BaseCommand):
         )
         if settings.DEBUG:
             self.stdout.write("DEBUG is on.")
+        return f"admin / {password}, shown on this run only"
