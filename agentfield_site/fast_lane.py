@@ -6,7 +6,8 @@ database work. `fast_lane(view, method, answer)` is an async view that answers
 the common, well-formed request itself, in one hop onto the request threads: the
 `method` the answer is for, an API key in a header that is valid and in the
 view's `scopes`, no query string, an Accept that admits plain JSON, and for a
-POST a JSON object body that parses strictly.
+POST a JSON object body that parses strictly (parsed only once the key is
+known to be valid, and on the event loop only when small).
 `answer(request, caller, body, **kwargs)` returns `(status, data)`, or None to
 leave the request to `view`.
 
@@ -48,8 +49,8 @@ def _accepts_plain_json(accept: str) -> bool:
     return any(part.strip().lower() in _PLAIN_JSON for part in accept.split(","))
 
 
-def _plain_request(request: HttpRequest, method: str, kwargs: dict) -> tuple[str, object] | None:
-    """(raw key, body) of a request the fast path may take, else None.
+def _plain_request(request: HttpRequest, method: str, kwargs: dict) -> str | None:
+    """The raw key of a request the fast path may take, else None. Its body is not read here.
 
     An id in the path with a NUL character is DRF's to refuse (PostgreSQL cannot take one in any statement).
     """
@@ -61,15 +62,34 @@ def _plain_request(request: HttpRequest, method: str, kwargs: dict) -> tuple[str
     )
     if not raw or request.META.get("QUERY_STRING") or not _accepts_plain_json(request.headers.get("Accept", "")):
         return None
+    if request.method == "POST" and request.content_type != "application/json":
+        return None
+    return raw
+
+
+# A body the fast path does not take (not JSON, or not an object): DRF's view answers.
+_REFUSED = object()
+# Not parsed yet.
+_UNPARSED = object()
+# The largest body parsed on the event loop (a heartbeat's is under 200 bytes); a larger
+# one is parsed on a request thread, where it holds up no other connection's events.
+_LOOP_BODY_MAX = 16 * 1024
+
+
+def _body(request: HttpRequest) -> object:
+    """The request's JSON object body (None for a GET), or `_REFUSED`.
+
+    Only for a caller whose key is valid and in scope: a body of up to MAX_BODY_BYTES
+    costs up to a second to parse, and before the key was checked anyone could make
+    a process spend that (on the event loop, for the heartbeat) with any made-up key.
+    """
     if request.method != "POST":
-        return raw, None
-    if request.content_type != "application/json":
         return None
     try:
         body = strict_json.loads(request.body)
     except (strict_json.InvalidJson, RequestDataTooBig, RawPostDataException, UnreadablePostError):
-        return None
-    return (raw, body) if isinstance(body, dict) else None
+        return _REFUSED
+    return body if isinstance(body, dict) else _REFUSED
 
 
 def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer, remembered: Answer | None = None) -> Callable:
@@ -87,29 +107,34 @@ def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer, re
         response["Allow"] = allow  # as DRF's view sets it (and no Vary: it has one renderer)
         return response
 
-    def serve(request: HttpRequest, plain: tuple[str, object] | None, kwargs: dict) -> HttpResponse:
+    def serve(request: HttpRequest, raw: str | None, body: object, kwargs: dict) -> HttpResponse:
         result = None
-        if plain is not None:
-            raw, body = plain
+        if raw is not None:
             principal = check_key(raw)
             caller: Caller | None = principal.caller if principal is not None else None
             if in_scope(caller, request):
-                try:
-                    result = answer(request, caller, body, **kwargs)
-                except Exception as exc:
-                    if not (is_refusal(exc) or isinstance(exc, OperationalError)):
-                        raise
-                    result = None  # nothing was written: DRF's view answers, as it always has
+                if body is _UNPARSED:
+                    body = _body(request)
+                if body is not _REFUSED:
+                    try:
+                        result = answer(request, caller, body, **kwargs)
+                    except Exception as exc:
+                        if not (is_refusal(exc) or isinstance(exc, OperationalError)):
+                            raise
+                        result = None  # nothing was written: DRF's view answers, as it always has
         return respond(view, request, (), kwargs) if result is None else render(result)
 
     async def lane(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        plain = _plain_request(request, method, kwargs)
-        if remembered is not None and plain is not None and isinstance(request, ASGIRequest):
-            caller = remembered_key(plain[0])
-            if in_scope(caller, request):
-                result = remembered(request, caller, plain[1], **kwargs)
-                if result is not None:
-                    return render(result)
-        return await on_request_thread(request, serve, request, plain, kwargs)
+        raw = _plain_request(request, method, kwargs)
+        body: object = _UNPARSED
+        if remembered is not None and raw is not None and isinstance(request, ASGIRequest):
+            caller = remembered_key(raw)
+            if in_scope(caller, request) and len(request.body) <= _LOOP_BODY_MAX:
+                body = _body(request)  # a remembered valid key's small body: read on the loop
+                if body is not _REFUSED:
+                    result = remembered(request, caller, body, **kwargs)
+                    if result is not None:
+                        return render(result)
+        return await on_request_thread(request, serve, request, raw, body, kwargs)
 
     return copy_view_attributes(view, lane)

@@ -98,3 +98,73 @@ def test_refusals_come_from_drf(keys, drf_answered):
     wrong_method = api.get("/api/v1/nodes/writer/heartbeat", HTTP_X_API_KEY=keys["agent"])
     assert wrong_method.status_code == 405
     assert len(drf_answered) == 5
+
+
+@pytest.fixture
+def parses(monkeypatch) -> list[str]:
+    """The threads on which a request body was parsed as JSON (fast lane or DRF)."""
+    import threading
+
+    from agentfield_site.lib import strict_json
+
+    seen: list[str] = []
+    original = strict_json.loads
+
+    def recording(data, *args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(strict_json, "loads", recording)
+    return seen
+
+
+BIG_BODY = b'{"status": "ready", "pad": [' + b"[]," * 20_000 + b"[]]}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_made_up_key_gets_its_401_without_its_body_being_parsed(keys, parses):
+    """Any made-up key used to have its body (up to MAX_BODY_BYTES, about a second of CPU
+    to parse) parsed by the fast lane before the key was looked at: on the event loop, for
+    the heartbeat, so a few such requests held up every connection of the process."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+    from django.test import AsyncClient
+
+    for path in ("/api/v1/nodes/writer/heartbeat", "/api/v1/execute/async/writer.draft"):
+        refused = APIClient().post(path, BIG_BODY, content_type="application/json", HTTP_X_API_KEY="made-up")
+        assert refused.status_code == 401
+
+        async def on_the_loop():
+            return await AsyncClient().post(path, BIG_BODY, content_type="application/json", headers={"X-API-Key": "made-up"})
+
+        try:
+            assert asyncio.run(on_the_loop()).status_code == 401
+        finally:
+            asyncio.run(sync_to_async(connections.close_all)())
+    assert parses == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_body_is_parsed_off_the_event_loop(keys, parses):
+    """A remembered key's heartbeat is answered on the loop; its body is parsed there only when small."""
+    import asyncio
+    import threading
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+    from django.test import AsyncClient
+
+    path = "/api/v1/nodes/writer/heartbeat"
+    APIClient().post(path, {"status": "ready"}, format="json", HTTP_X_API_KEY=keys["agent"])  # remembered now
+
+    async def beat(body: bytes):
+        return await AsyncClient().post(path, body, content_type="application/json", headers={"X-API-Key": keys["agent"]})
+
+    try:
+        parses.clear()
+        assert asyncio.run(beat(BIG_BODY)).status_code == 200
+        assert parses and threading.main_thread().name not in parses, parses
+    finally:
+        asyncio.run(sync_to_async(connections.close_all)())
