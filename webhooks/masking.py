@@ -15,6 +15,11 @@ def masked_headers(headers: object) -> dict[str, str]:
 def merge_masked(new: dict[str, str], old: dict[str, str]) -> dict[str, str]:
     """An update's headers, where a value sent back as the mask keeps the stored one.
 
-    A client that PUTs back what it read must not overwrite its secrets with "***".
+    A client that PUTs back what it read must not overwrite its secrets with "***",
+    whatever case it spells the name in (header names are case-insensitive).
     """
-    return {name: old[name] if value == MASK and name in old else value for name, value in new.items()}
+    stored = {name.lower(): value for name, value in old.items()}
+    return {
+        name: stored[name.lower()] if value == MASK and name.lower() in stored else value
+        for name, value in new.items()
+    }

@@ -19,6 +19,7 @@ agents are called with `new_session(allowed_hosts=...)`, each call inside
 
 import contextlib
 import ipaddress
+import re
 import socket
 import threading
 from collections.abc import Iterable, Iterator
@@ -136,6 +137,22 @@ def check_resolved(host: str, infos: list[tuple], allowed_hosts: Iterable[str] |
             raise BlockedAddress(f"{host} resolves to a blocked {reason}")
 
 
+# A DNS name as resolvers take it: dot-separated labels of letters, digits, '-' and
+# '_' (service and container names use it), 63 at most each; a final dot is allowed.
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` (not an IP address) can name no server, or None."""
+    try:
+        name = ascii_hostname(host)
+    except UnicodeError:
+        return f"{host[:80]!r} is not a valid host name"
+    if not _HOST_NAME.fullmatch(name):
+        return f"{host[:80]!r} is not a valid host name"
+    return None
+
+
 def check_url(url: str, allowed_hosts: Iterable[str] | None = None) -> None:
     """Refuse URLs that must never be called; raise `UnsafeURL` with the reason.
 
@@ -155,12 +172,17 @@ def check_url(url: str, allowed_hosts: Iterable[str] | None = None) -> None:
     host = parts.hostname
     if not host:
         raise UnsafeURL("the URL has no host")
-    if is_allowed_host(host, allowed_hosts):
-        return
+    if port == 0:
+        raise UnsafeURL("port 0 is not a port anything listens on")
     try:
         ip = ipaddress.ip_address(_normal_host(host))
     except ValueError:
         ip = None
+    if ip is None and not parts.netloc.startswith("[") and (problem := _host_problem(host)):
+        # Spaces, '%', empty labels: stored, it would only ever fail as "cannot resolve".
+        raise UnsafeURL(problem)
+    if is_allowed_host(host, allowed_hosts):
+        return
     if ip is not None:
         reason = blocked_reason(ip)
         if reason and not is_allowed_address(ip, allowed_hosts):

@@ -26,6 +26,12 @@ from agentfield_site.lib import safe_http
         "ftp://example.com/",
         "http://user:pw@example.com/",
         "http:///nohost",
+        # Names no server has: stored, they would only ever fail as "cannot resolve".
+        "http://exa mple.com/",
+        "http://ex%00ample.com/",
+        "http://a..b/",
+        "http://" + "a" * 64 + ".example.com/",
+        "https://93.184.216.34:0/hook",  # port 0: nothing listens there (it was sent to 443)
     ],
 )
 @override_settings(WEBHOOK_ALLOWED_HOSTS=[])
@@ -38,6 +44,12 @@ def test_check_url_refuses(url):
 def test_check_url_accepts_public_addresses():
     safe_http.check_url("https://93.184.216.34/hook")
     safe_http.check_url("https://[2606:4700::1111]/hook")
+
+
+@override_settings(WEBHOOK_ALLOWED_HOSTS=["my_agent", "hooks.example.com", "xn--strae-oqa.de"])
+def test_check_url_accepts_the_host_names_resolvers_take():
+    for url in ("http://my_agent:8000/", "https://hooks.example.com./h", "https://straße.de/h"):
+        safe_http.check_url(url)
 
 
 @override_settings(WEBHOOK_ALLOWED_HOSTS=[])

@@ -31,6 +31,11 @@ def test_headers_are_masked_on_every_read_and_kept_when_sent_back_masked():
                         {"headers": {**read["headers"], "X-Tenant": "t-2"}}, format="json")
     assert patched.status_code == 200 and patched.json()["headers"] == {"Authorization": "***", "X-Tenant": "***"}
     assert Subscription.objects.get(pk=sub_id).headers == {"Authorization": TOKEN, "X-Tenant": "t-2"}
+    # Header names are case-insensitive: the mask sent back in another case still keeps the secret.
+    lower = api.patch(f"/api/v1/webhooks/subscriptions/{sub_id}",
+                      {"headers": {"authorization": "***", "x-tenant": "t-3"}}, format="json")
+    assert lower.status_code == 200
+    assert Subscription.objects.get(pk=sub_id).headers == {"authorization": TOKEN, "x-tenant": "t-3"}
 
 
 def test_the_admin_shows_header_names_only(client, django_user_model):
