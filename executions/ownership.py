@@ -13,7 +13,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from agentfield_site.auth import ADMIN, AGENT, CLIENT, Caller, owned_by
 
-from .errors import AgentCallRefused, NodeTaken
+from .errors import AgentCallRefused, InvalidInput, NodeTaken
 from .models import TERMINAL, AgentNode, Execution
 
 
@@ -55,6 +55,24 @@ def call_owner(caller: Caller, parent_execution_id: str) -> int | None:
     if found is None:
         raise AgentCallRefused(parent_execution_id)
     return found[0]
+
+
+def submission_owner(caller: Caller, parent_execution_id: str) -> int | None:
+    """The owner of an execution `caller` submits: an agent key's call belongs to its parent's owner.
+
+    A client key names as parent (`X-Parent-Execution-ID`) only an execution of its
+    own: the child of an execution is readable by the agent that runs the parent
+    (`executions_readable_by`), and another client's execution as parent would hand
+    this client's work to that agent to read and thread it into that workflow.
+    """
+    if caller.scope == AGENT:
+        return call_owner(caller, parent_execution_id)
+    if parent_execution_id and caller.scope == CLIENT and not execution_visible(caller, parent_execution_id):
+        raise InvalidInput(
+            f"X-Parent-Execution-ID {parent_execution_id[:128]!r} is not an execution of this API key.",
+            field="X-Parent-Execution-ID",
+        )
+    return caller.key_id
 
 
 def execution_visible(caller: Caller, execution_id: str) -> bool:

@@ -27,7 +27,7 @@ from agentfield_site.lib.timefmt import fits_utc, iso
 from .. import cancellation, lifecycle, nodes, reports, submission
 from ..errors import UnknownExecution, UnknownNode
 from ..models import STATUSES, Execution
-from ..ownership import call_owner, executions_of, executions_readable_by, nodes_of
+from ..ownership import executions_of, executions_readable_by, nodes_of, submission_owner
 from . import serializers as s
 
 # Answers of their own; those every operation can give are added to the schema by
@@ -198,7 +198,7 @@ def _submission(headers, target: str, body: object, caller) -> submission.Reques
     fields = s.SubmitHeadersSerializer.data_from(headers)
     if any(fields.values()):  # most submissions send none: nothing to validate
         fields = validated(s.SubmitHeadersSerializer, fields, error_category="bad_request")
-    owner_id = call_owner(caller, fields["parent_execution_id"]) if caller.scope == AGENT else caller.key_id
+    owner_id = submission_owner(caller, fields["parent_execution_id"])
     return submission.Request(target=target, owner_id=owner_id, submitted_by_id=caller.key_id, **body, **fields)
 
 

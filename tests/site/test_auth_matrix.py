@@ -523,6 +523,24 @@ def test_an_agent_key_calls_other_agents_only_from_its_running_executions(world)
     assert submit("agent_own", parent).status_code == 403  # a finished execution makes no more calls
 
 
+def test_a_client_key_names_only_its_own_executions_as_parent(world):
+    """A parent makes the child readable by the agent that runs it: another client's parent would hand it over."""
+    api = APIClient()
+
+    def submit(parent: str) -> object:
+        return api.post("/api/v1/execute/async/node_b.process", {"input": {"mine": True}}, format="json",
+                        headers={"X-API-Key": world.keys["client_other"], "X-Parent-Execution-ID": parent})
+
+    for parent in (world.ids["exec_a"], "exec_unknown"):  # client_own's, and none: the same answer
+        refused = submit(parent)
+        assert refused.status_code == 400 and refused.json()["error"] == "bad_request", refused.content
+        assert "X-Parent-Execution-ID" in refused.json()["message"]
+    assert not Execution.objects.filter(parent_execution_id=world.ids["exec_a"], input={"mine": True}).exists()
+    own = submit(world.ids["exec_b"])  # its own execution
+    assert own.status_code == 202, own.content
+    assert Execution.objects.get(pk=own.json()["execution_id"]).parent_execution_id == world.ids["exec_b"]
+
+
 def test_an_agent_call_has_the_agent_keys_own_idempotency_keys(world):
     """The call is the client's, but its Idempotency-Key is the agent key's: it can neither read nor plant the client's."""
     api = APIClient()
