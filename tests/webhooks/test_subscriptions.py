@@ -154,6 +154,10 @@ def test_410_disables_the_subscription(api):
         with transaction.atomic():
             publish("node.online", agent_node_id="a")
         assert Delivery.objects.count() == 1  # disabled: nothing new
+        assert [s["id"] for s in api.get(f"{BASE}?enabled=false").json()] == [sub["id"]]
+        assert api.get(f"{BASE}?enabled=TRUE").json() == []
+        garbage = api.get(f"{BASE}?enabled=garbage")  # not read as "no filter"
+        assert garbage.status_code == 400 and "enabled" in garbage.content.decode(), garbage.content
         enabled = api.patch(f"{BASE}/{sub['id']}", {"enabled": True}, format="json").json()
         assert enabled["enabled"] is True and enabled["disabled_reason"] == ""
 

@@ -1,10 +1,11 @@
 """Thin views over the subscription and delivery services."""
 
+import django_filters
 from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
-from rest_framework import status, viewsets
+from rest_framework import exceptions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -31,12 +32,27 @@ from .serializers import (
 DLQ_MAX_LIMIT = 500
 
 
+class SubscriptionFilter(django_filters.FilterSet):
+    # Strict: django-filter's boolean filter reads a value it cannot parse as no filter at all.
+    enabled = django_filters.CharFilter(method="filter_enabled", help_text="true or false.")
+
+    class Meta:
+        model = Subscription
+        fields = ["enabled"]
+
+    def filter_enabled(self, queryset, name: str, value: str):
+        choice = {"true": True, "1": True, "false": False, "0": False}.get(value.strip().lower())
+        if choice is None:
+            raise exceptions.ValidationError({"enabled": f"{value[:40]!r} is not true or false."})
+        return queryset.filter(enabled=choice)
+
+
 class SubscriptionViewSet(viewsets.ModelViewSet):
     """CRUD for standing webhook endpoints; the secret is shown on create and rotate only."""
 
     scopes = (CLIENT,)
     serializer_class = SubscriptionSerializer
-    filterset_fields = ["enabled"]
+    filterset_class = SubscriptionFilter
 
     def get_queryset(self):
         return subscriptions_of(caller_of(self.request)).order_by("created_at")
