@@ -81,8 +81,16 @@ class Change:
     changed: bool
 
 
-def event_data(execution: Execution) -> dict[str, Any]:
-    """The `data` of an execution event."""
+def event_data(execution: Execution, *, outcome: bool = True) -> dict[str, Any]:
+    """The `data` of an execution event.
+
+    The outcome (`result`, `error`, up to a body's size each) goes on the event that
+    ends the execution only, never on its progress events nor (`outcome=False`)
+    its log entries. Copied into each of those, one stored value became as many
+    events of its size, for the log, the streams' replays, subscriptions and the
+    forwarder to carry: 500 log entries after a 1 MB result were half a gigabyte
+    from one 10 KB request, and each pause or resume after a 1 MB `error` 1 MB more.
+    """
     data: dict[str, Any] = {
         "target": execution.target,
         "type": execution.type,
@@ -90,7 +98,7 @@ def event_data(execution: Execution) -> dict[str, Any]:
         "run_id": execution.run_id,
         "duration_ms": execution.duration_ms,
     }
-    if execution.error:
+    if execution.error and execution.is_terminal and outcome:
         data["error"] = execution.error
     if execution.webhook_registered:
         data["webhook_registered"] = True
@@ -99,7 +107,7 @@ def event_data(execution: Execution) -> dict[str, Any]:
         data["webhook_error"] = execution.webhook_error
     if execution.status_reason:
         data["status_reason"] = execution.status_reason
-    if execution.is_terminal:
+    if execution.is_terminal and outcome:
         data["result"] = execution.result
         if execution.error_category:
             data["error_category"] = execution.error_category

@@ -81,7 +81,7 @@ def append_logs(execution_id: str, entries: list[dict], caller: Caller = OPEN) -
             workflow_id=execution.workflow_id,
             agent_node_id=execution.agent_node_id,
             status=execution.status,
-            data={**lifecycle.event_data(execution), "entry": entry},
+            data={**lifecycle.event_data(execution, outcome=False), "entry": entry},
         )
         for entry in entries
     ]

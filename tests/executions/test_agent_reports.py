@@ -90,3 +90,30 @@ def test_logs_become_execution_log_events(api, running):
     assert {"target", "reasoner_id", "duration_ms"} <= set(logs[0].data) and logs[0].data["target"] == running.target
     assert api.post(f"/api/v1/executions/{running.id}/logs", {"entries": "x"}, format="json").status_code == 400
     assert api.post("/api/v1/executions/exec_nope/logs", {"entries": []}, format="json").status_code == 404
+
+
+def test_a_big_outcome_is_carried_once_not_by_every_log_or_progress_event(api, running):
+    """The outcome goes on the event that ends the execution only: copied into each log
+    entry's event, a 1 MB result and 500 entries (a 10 KB request) were 500 MB of events;
+    into each progress event, a 1 MB `error` was 1 MB more per pause or resume."""
+    big = "x" * 100_000
+    paused = {"status": "paused", "error": big}
+    assert api.post(f"/api/v1/executions/{running.id}/status", paused, format="json").status_code == 200
+    for status in ("running", "paused", "running"):
+        body = {"execution_id": running.id, "status": status}
+        assert api.post("/api/v1/workflow/executions/events", body, format="json").json()["applied"] is True
+    done = {"status": "succeeded", "result": {"text": big}}
+    assert api.post(f"/api/v1/executions/{running.id}/status", done, format="json").status_code == 200
+    response = api.post(f"/api/v1/executions/{running.id}/logs", {"entries": [{"message": "m"}] * 50}, format="json")
+    assert response.json()["accepted"] == 50
+
+    events = PlatformEvent.objects.filter(execution_id=running.id).order_by("id")
+    [completed] = [e for e in events if e.type == "execution.completed"]
+    assert completed.data["result"] == {"text": big} and completed.data["error"] == big
+    others = [e for e in events if e.pk != completed.pk]
+    assert len(others) >= 50 + 4
+    for event in others:
+        assert "result" not in event.data and "error" not in event.data, event.type
+        assert len(str(event.data)) < 1000, event.type
+    logs = [e for e in others if e.type == "execution.log"]
+    assert len(logs) == 50 and logs[0].data["target"] == running.target and logs[0].data["entry"] == {"message": "m"}
