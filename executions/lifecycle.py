@@ -81,15 +81,21 @@ class Change:
     changed: bool
 
 
+# As much of an execution's `error` as its progress events carry (as `status_reason`, at most 500).
+PROGRESS_ERROR_CHARS = 500
+
+
 def event_data(execution: Execution, *, outcome: bool = True) -> dict[str, Any]:
     """The `data` of an execution event.
 
-    The outcome (`result`, `error`, up to a body's size each) goes on the event that
-    ends the execution only, never on its progress events nor (`outcome=False`)
-    its log entries. Copied into each of those, one stored value became as many
-    events of its size, for the log, the streams' replays, subscriptions and the
-    forwarder to carry: 500 log entries after a 1 MB result were half a gigabyte
-    from one 10 KB request, and each pause or resume after a 1 MB `error` 1 MB more.
+    The outcome (`result`, `error`, up to a body's size each) goes whole on the
+    event that ends the execution only: a progress event carries the `error` cut
+    to PROGRESS_ERROR_CHARS (what live views show meanwhile), a log entry's event
+    (`outcome=False`) neither. Copied into each of those, one stored value became
+    as many events of its size, for the log, the streams' replays, subscriptions
+    and the forwarder to carry: 500 log entries after a 1 MB result were half a
+    gigabyte from one 10 KB request, and each pause or resume after a 1 MB `error`
+    1 MB more.
     """
     data: dict[str, Any] = {
         "target": execution.target,
@@ -98,8 +104,8 @@ def event_data(execution: Execution, *, outcome: bool = True) -> dict[str, Any]:
         "run_id": execution.run_id,
         "duration_ms": execution.duration_ms,
     }
-    if execution.error and execution.is_terminal and outcome:
-        data["error"] = execution.error
+    if execution.error and outcome:
+        data["error"] = execution.error if execution.is_terminal else execution.error[:PROGRESS_ERROR_CHARS]
     if execution.webhook_registered:
         data["webhook_registered"] = True
     if execution.webhook_error:
