@@ -10,7 +10,7 @@ from agentfield_site.lib import outbound
 from agentfield_site.lib.timefmt import iso
 
 from ..models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
-from ..type_patterns import pattern_problem, type_regex
+from ..type_patterns import MAX_PATTERNS, pattern_problem, type_regex
 
 # `on_commit` checks the configuration this long per process.
 CONFIG_CACHE_SECONDS = 1.0
@@ -42,6 +42,8 @@ def validate_event_types(value: object) -> list[str]:
         raise ConfigError(
             "event_types must list at least one pattern; omit it to forward every event."
         )
+    if len(value) > MAX_PATTERNS:  # as a subscription's and a stream filter's
+        raise ConfigError(f"event_types may hold at most {MAX_PATTERNS} patterns.")
     for pattern in value:
         if problem := pattern_problem(pattern):
             raise ConfigError(problem)

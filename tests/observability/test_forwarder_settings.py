@@ -104,6 +104,7 @@ def test_an_omitted_secret_keeps_the_old_one_and_an_empty_one_removes_it(api):
         ({"url": "http://collector.local/x", "event_types": "execution.*"}, "event_types"),
         ({"url": "http://collector.local/x", "event_types": []}, "at least one"),
         ({"url": "http://collector.local/x", "event_types": ["exec ution"]}, "pattern"),
+        ({"url": "http://collector.local/x", "event_types": [f"t{i}.*" for i in range(51)]}, "at most 50"),
         ({"url": "http://collector.local/x", "enabled": "yes"}, "enabled"),
         ({"url": "http://collector.local/x", "secret": 5}, "secret"),
         ({"url": "http://collector.local/x", "colour": "red"}, "Unknown fields"),
