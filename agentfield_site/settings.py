@@ -320,6 +320,9 @@ STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.25)
 STREAM_CLIENT_BUFFER = env.int("STREAM_CLIENT_BUFFER", default=1000)
 # Event streams (SSE and sockets) one client key may hold open on one web process.
 STREAM_MAX_PER_KEY = env.int("STREAM_MAX_PER_KEY", default=100)
+# A streamed response (SSE, the socket) waits while its connection holds more than
+# this many bytes its client has not read yet (agentfield_site/lib/backpressure.py).
+STREAM_SEND_BUFFER_BYTES = env.int("STREAM_SEND_BUFFER_BYTES", default=256 * 1024)
 
 # --- Static files, i18n, logging ---------------------------------------------
 STATIC_URL = "static/"

@@ -127,6 +127,37 @@ def _read_after(cursor: int, flt: EventFilter | None, limit: int) -> list[Tailed
     return [TailedEvent.from_row(row) for row in rows.order_by("id")[:limit]]
 
 
+# A stream's replay page holds at most this many bytes of events (and at least one):
+# PAGE_SIZE events of a megabyte each (terminal events carry whole results) were
+# half a gigabyte per replaying stream, a hundred streams to a client key.
+REPLAY_PAGE_BYTES = 4 * 1024 * 1024
+_REPLAY_CHUNK = 50
+
+
+def _replay_page(cursor: int, flt: EventFilter) -> tuple[list[TailedEvent], bool]:
+    """One stream's next events after `cursor`, up to PAGE_SIZE or about REPLAY_PAGE_BYTES; and whether more may follow.
+
+    Read in chunks sized by the events seen so far: the first of _REPLAY_CHUNK, the
+    next as many as the bytes left would hold at their average size.
+    """
+    page: list[TailedEvent] = []
+    size = 0
+    want = _REPLAY_CHUNK
+    while True:
+        chunk = _read_after(cursor, flt, want)
+        for event in chunk:
+            page.append(event)
+            size += len(event.sse)  # encoded once: the SSE stream sends it, the socket's frame is as large
+            if size >= REPLAY_PAGE_BYTES:
+                return page, True  # the rest of the chunk is read again with the next page
+        if len(page) >= PAGE_SIZE:
+            return page, True
+        if len(chunk) < want:
+            return page, False
+        cursor = chunk[-1].id
+        want = max(1, min(PAGE_SIZE - len(page), (REPLAY_PAGE_BYTES - size) * len(page) // max(size, 1)))
+
+
 def _bounds() -> tuple[int | None, int | None]:
     agg = PlatformEvent.objects.aggregate(lo=Min("id"), hi=Max("id"))
     return agg["lo"], agg["hi"]
@@ -181,9 +212,9 @@ class Listener:
                 self._needs_replay = False
                 while not self.queue.empty():
                     self.queue.get_nowait()
-                page = await run_db(_read_after, self.cursor, self.filter, PAGE_SIZE)
+                page, more = await run_db(_replay_page, self.cursor, self.filter)
                 self._pending.extend(page)
-                self._needs_replay = len(page) == PAGE_SIZE
+                self._needs_replay = more
                 continue
             if not self.queue.empty():
                 event = self.queue.get_nowait()
@@ -208,11 +239,14 @@ class Listener:
         if first is None:
             return []
         batch = [first]
-        while len(batch) < limit and (self._pending or not self.queue.empty()):
+        size = len(first.sse)
+        # One write of at most about a replay page's bytes, however large the events.
+        while len(batch) < limit and size < REPLAY_PAGE_BYTES and (self._pending or not self.queue.empty()):
             event = await self.next_event(0)
             if event is None:
                 break
             batch.append(event)
+            size += len(event.sse)
         return batch
 
     def close(self) -> None:

@@ -152,3 +152,43 @@ def test_a_wakeup_after_a_quiet_spell_goes_at_once(settings, monkeypatch):
     tail.send_wakeup(1)
     wait_for(lambda: sent, timeout=5, interval=0.001, what="the wake-up")
     assert sent[0] - committed < 1.0, "the interval holds back only a send that follows another"
+
+
+def publish_large(n: int, size: int) -> list[int]:
+    try:
+        return [
+            events.publish("execution.completed", execution_id=f"big{i}", data={"result": "r" * size}).id
+            for i in range(n)
+        ]
+    finally:
+        connections.close_all()
+
+
+def test_a_replay_page_is_bounded_in_bytes_and_the_replay_misses_nothing(monkeypatch):
+    # PAGE_SIZE events of a megabyte each (terminal events carry whole results) were
+    # half a gigabyte per replaying stream; a page now stops at about REPLAY_PAGE_BYTES.
+    monkeypatch.setattr(tail, "REPLAY_PAGE_BYTES", 20_000)
+    ids = publish_large(30, 5_000)
+
+    page, more = tail._replay_page(0, EventFilter())
+    assert more and 4 <= len(page) <= 5, len(page)
+    assert sum(len(e.sse) for e in page) < 20_000 + 6_000
+    assert [e.id for e in page] == ids[: len(page)]
+    small_page, more = tail._replay_page(ids[-1], EventFilter())
+    assert small_page == [] and not more
+
+    async def scenario():
+        sub = await tail.get_tailer().subscribe(EventFilter(), 0, announce_gaps=False)
+        try:
+            got = []
+            while len(got) < len(ids):
+                batch = await sub.next_events(5)
+                assert batch, f"stream went quiet after {got}"
+                # One SSE write holds about a page's bytes, not `limit` events of any size.
+                assert sum(len(e.sse) for e in batch) < 20_000 + 6_000
+                got.extend(e.id for e in batch)
+            return got
+        finally:
+            sub.close()
+
+    assert asyncio.run(scenario()) == ids
