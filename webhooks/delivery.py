@@ -917,8 +917,15 @@ def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.Status.DEA
             if not rows:
                 return queued
             after = rows[-1]["id"]
+            # Locked and read again: a redrive of the same rows running beside this one
+            # (another operator, the API and the admin) makes this one wait, then find
+            # them redriven; only the rows this one moves are announced.
+            mine = set(
+                Delivery.objects.select_for_update()
+                .filter(id__in=[r["id"] for r in rows], status__in=statuses).values_list("id", flat=True)
+            )
             now = timezone.now()
-            queued += Delivery.objects.filter(id__in=[r["id"] for r in rows], status__in=statuses).update(
+            queued += Delivery.objects.filter(id__in=mine, status__in=statuses).update(
                 status=Delivery.Status.PENDING,
                 next_attempt_at=now,
                 budget_base=F("attempts"),
@@ -942,5 +949,6 @@ def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.Status.DEA
                     },
                 )
                 for r in rows
+                if r["id"] in mine
             )
             transaction.on_commit(kick)

@@ -105,3 +105,40 @@ def test_redrive_all_of_a_queue_longer_than_one_statement_may_name(api):
     assert response.json() == {"success": True, "processed": 1200, "queued": 1200}
     assert not Delivery.objects.filter(status=Delivery.Status.DEAD).exists()
     assert PlatformEvent.objects.filter(type="webhook.redriven").count() == 1200
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif("connection.vendor != 'postgresql'")  # SQLite: IMMEDIATE transactions, one redrive at a time
+def test_a_redrive_beside_another_of_the_same_rows_moves_and_announces_nothing_twice():
+    """Two operators redriving the same dead letters at once: the second waits, then finds them redriven."""
+    import threading
+
+    from django.db import transaction
+
+    from webhooks import delivery
+
+    with LoopbackServer(default=Reply(410)) as receiver:
+        rows = dead(receiver, "exec_a", "exec_b")
+    first_holds, first_done = threading.Event(), threading.Event()
+
+    def first() -> None:  # a redrive in its transaction, not committed yet
+        try:
+            with transaction.atomic():
+                locked = list(Delivery.objects.select_for_update().filter(id__in=[r.id for r in rows]))
+                Delivery.objects.filter(id__in=[r.id for r in locked]).update(status=Delivery.Status.PENDING)
+                first_holds.set()
+                first_done.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert first_holds.wait(5)
+        announced = PlatformEvent.objects.filter(type="webhook.redriven").count()
+        threading.Timer(0.5, first_done.set).start()  # the first commits while the second waits on its rows
+        assert delivery.redrive(Delivery.objects.filter(id__in=[r.id for r in rows])) == 0
+    finally:
+        first_done.set()
+        thread.join()
+    assert PlatformEvent.objects.filter(type="webhook.redriven").count() == announced
