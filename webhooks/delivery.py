@@ -922,7 +922,9 @@ def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.Status.DEA
             # them redriven; only the rows this one moves are announced.
             mine = set(
                 Delivery.objects.select_for_update()
-                .filter(id__in=[r["id"] for r in rows], status__in=statuses).values_list("id", flat=True)
+                .filter(id__in=[r["id"] for r in rows], status__in=statuses)
+                .order_by("id")  # in one order, so two redrives of crossing sets cannot deadlock
+                .values_list("id", flat=True)
             )
             now = timezone.now()
             queued += Delivery.objects.filter(id__in=mine, status__in=statuses).update(
