@@ -136,7 +136,7 @@ def test_a_made_up_key_gets_its_401_without_its_body_being_parsed(keys, parses):
         refused = APIClient().post(path, BIG_BODY, content_type="application/json", HTTP_X_API_KEY="made-up")
         assert refused.status_code == 401
 
-        async def on_the_loop():
+        async def on_the_loop(path=path):
             return await AsyncClient().post(path, BIG_BODY, content_type="application/json", headers={"X-API-Key": "made-up"})
 
         try:

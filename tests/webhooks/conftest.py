@@ -1,10 +1,12 @@
 """Webhook test fixtures: loopback allowed, short retry schedule, a drain helper."""
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from queue import SimpleQueue
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from devtools.waiting import wait_for
 from webhooks import delivery
@@ -72,6 +74,34 @@ def sender_thread(**kwargs) -> threading.Thread:
             connection.close()
 
     return threading.Thread(target=run)
+
+
+@contextlib.contextmanager
+def held_in_transaction(write: Callable[[], None], seconds: float = 10) -> Iterator[threading.Event]:
+    """`write()` in a transaction on a thread (and connection) of its own, not committed until released.
+
+    As another worker's transaction stands while this one runs: the block runs once
+    `write()` is done; setting the event it gets commits it (leaving the block does too).
+    """
+    written, release = threading.Event(), threading.Event()
+
+    def run() -> None:
+        try:
+            with transaction.atomic():
+                write()
+                written.set()
+                release.wait(seconds)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert written.wait(5), "the other transaction did not get its rows"
+        yield release
+    finally:
+        release.set()
+        thread.join()
 
 
 def send_now(token: str, rows: list[Delivery]) -> list:

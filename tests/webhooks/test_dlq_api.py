@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from devtools.loopback import LoopbackServer, Reply
 from observability.models import PlatformEvent
-from tests.webhooks.conftest import drain, enqueue
+from tests.webhooks.conftest import drain, enqueue, held_in_transaction
 from webhooks.models import Delivery
 
 pytestmark = pytest.mark.django_db
@@ -113,32 +113,18 @@ def test_a_redrive_beside_another_of_the_same_rows_moves_and_announces_nothing_t
     """Two operators redriving the same dead letters at once: the second waits, then finds them redriven."""
     import threading
 
-    from django.db import transaction
-
     from webhooks import delivery
 
     with LoopbackServer(default=Reply(410)) as receiver:
         rows = dead(receiver, "exec_a", "exec_b")
-    first_holds, first_done = threading.Event(), threading.Event()
+    ids = [r.id for r in rows]
 
     def first() -> None:  # a redrive in its transaction, not committed yet
-        try:
-            with transaction.atomic():
-                locked = list(Delivery.objects.select_for_update().filter(id__in=[r.id for r in rows]))
-                Delivery.objects.filter(id__in=[r.id for r in locked]).update(status=Delivery.Status.PENDING)
-                first_holds.set()
-                first_done.wait(10)
-        finally:
-            connection.close()
+        locked = list(Delivery.objects.select_for_update().filter(id__in=ids).values_list("id", flat=True))
+        Delivery.objects.filter(id__in=locked).update(status=Delivery.Status.PENDING)
 
-    thread = threading.Thread(target=first)
-    thread.start()
-    try:
-        assert first_holds.wait(5)
+    with held_in_transaction(first) as release:
         announced = PlatformEvent.objects.filter(type="webhook.redriven").count()
-        threading.Timer(0.5, first_done.set).start()  # the first commits while the second waits on its rows
-        assert delivery.redrive(Delivery.objects.filter(id__in=[r.id for r in rows])) == 0
-    finally:
-        first_done.set()
-        thread.join()
+        threading.Timer(0.5, release.set).start()  # the first commits while the second waits on its rows
+        assert delivery.redrive(Delivery.objects.filter(id__in=ids)) == 0
     assert PlatformEvent.objects.filter(type="webhook.redriven").count() == announced

@@ -7,7 +7,7 @@ import pytest
 from django.db import OperationalError, connection, transaction
 
 from devtools.loopback import LoopbackServer
-from tests.webhooks.conftest import enqueue
+from tests.webhooks.conftest import enqueue, held_in_transaction
 from webhooks import delivery
 from webhooks.models import Attempt, Delivery
 
@@ -89,27 +89,14 @@ def test_renewing_leases_leaves_the_rows_being_written_alone():
         enqueue("http://127.0.0.1:9/", execution_id=f"exec_{i}")
     token, rows = delivery.claim(2)
     on_wire, answered = sorted(rows, key=lambda r: r.id)
-    writing, done_writing = threading.Event(), threading.Event()
 
     def recorder() -> None:  # holds the answered row, as a write of results does until its commit
-        try:
-            with transaction.atomic():
-                Delivery.objects.filter(id=answered.id).update(last_error="being written")
-                writing.set()
-                done_writing.wait(10)
-        finally:
-            connection.close()
+        Delivery.objects.filter(id=answered.id).update(last_error="being written")
 
-    thread = threading.Thread(target=recorder)
-    thread.start()
-    try:
-        assert writing.wait(5)
+    with held_in_transaction(recorder):
         before = dict(Delivery.objects.filter(id__in=[on_wire.id, answered.id]).values_list("id", "lease_until"))
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '2s'")  # a wait on the recorder's row fails, not hangs
             delivery.renew(delivery._jobs(token, [on_wire]))
-    finally:
-        done_writing.set()
-        thread.join()
     assert Delivery.objects.get(id=on_wire.id).lease_until > before[on_wire.id]
     assert Delivery.objects.get(id=answered.id).lease_until == before[answered.id]
