@@ -17,6 +17,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from agentfield_site import access_log, content_type_cache  # noqa: E402
+from agentfield_site.fast_lane import MemoryLane  # noqa: E402
 from agentfield_site.lib.backpressure import Backpressure  # noqa: E402
 from agentfield_site.lib.concurrency_limit import ConcurrencyLimit  # noqa: E402
 from observability.routing import origin_checked, websocket_urlpatterns  # noqa: E402
@@ -28,9 +29,10 @@ content_type_cache.install()
 # Backpressure outermost: it needs daphne's own `send` to find the connection.
 application = Backpressure(ProtocolTypeRouter(
     {
-        "http": ConcurrencyLimit(
+        # Answers from memory (a heartbeat) need no place among the requests Django works on.
+        "http": MemoryLane(ConcurrencyLimit(
             django_asgi_app, settings.MAX_CONCURRENT_REQUESTS, settings.REQUEST_QUEUE_TIMEOUT or None, unlimited=is_stream
-        ),
+        )),
         "websocket": origin_checked(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 ))

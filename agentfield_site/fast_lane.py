@@ -11,10 +11,15 @@ known to be valid, and on the event loop only when small).
 `answer(request, caller, body, **kwargs)` returns `(status, data)`, or None to
 leave the request to `view`.
 
-`remembered(request, caller, body, **kwargs)`, if given, is tried first, on the
-event loop under daphne, for a caller whose key this process remembers
-(`auth.remembered_key`): an answer made from memory, with no statement and no
-thread hop, or None to go on as above.
+`remembered(caller, body, **kwargs)`, if given, is an answer made from memory,
+with no statement and no thread hop, or None to go on as above. Under daphne
+`MemoryLane` (in `asgi.py`, before Django) tries it on the event loop for a
+caller whose key this process remembers (`auth.remembered_key`): a heartbeat,
+every 2 s from every agent, then costs the server's HTTP parsing and little
+more, not Django's request cycle (about 1 ms of CPU, as much as the rest of the
+request). Its answer carries the headers Django's middleware gave this route's
+last answer in this process for the same request facts (`_learning_key`), so it
+is the answer Django would have given, byte for byte but for the time.
 
 Everything else goes to the DRF `view` as before: no key or a session, a bad key,
 another scope, a body that does not parse, and any input the service refuses
@@ -25,13 +30,15 @@ DRF view would have answered with success, with the same body and headers.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.core.handlers.asgi import ASGIRequest
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.http.request import RawPostDataException, UnreadablePostError
+from django.urls import Resolver404, get_resolver, resolve
 
 from .auth import Caller, check_key, raw_key_from, remembered_key, scopes_of
 from .lib import strict_json
@@ -86,10 +93,18 @@ def _body(request: HttpRequest) -> object:
     if request.method != "POST":
         return None
     try:
-        body = strict_json.loads(request.body)
-    except (strict_json.InvalidJson, RequestDataTooBig, RawPostDataException, UnreadablePostError):
+        return _json(request.body)
+    except (RequestDataTooBig, RawPostDataException, UnreadablePostError):
         return _REFUSED
-    return body if isinstance(body, dict) else _REFUSED
+
+
+def _json(body: bytes) -> object:
+    """`body` as a JSON object, or `_REFUSED` (`_body` for bytes in hand)."""
+    try:
+        parsed = strict_json.loads(body)
+    except strict_json.InvalidJson:
+        return _REFUSED
+    return parsed if isinstance(parsed, dict) else _REFUSED
 
 
 def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer, remembered: Answer | None = None) -> Callable:
@@ -98,8 +113,11 @@ def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer, re
     instance.setup(None)  # as as_view() does per request: a GET view answers HEAD too
     allow = ", ".join(instance.allowed_methods)
 
+    def in_scope_for(caller: Caller | None, request_method: str) -> bool:
+        return caller is not None and (caller.is_admin or caller.scope in scopes_of(view.cls, request_method))
+
     def in_scope(caller: Caller | None, request: HttpRequest) -> bool:
-        return caller is not None and (caller.is_admin or caller.scope in scopes_of(view.cls, request.method))
+        return in_scope_for(caller, request.method)
 
     def render(result: tuple[int, Any]) -> HttpResponse:
         status, data = result
@@ -126,15 +144,173 @@ def fast_lane(view: Callable[..., HttpResponse], method: str, answer: Answer, re
 
     async def lane(request: HttpRequest, **kwargs: Any) -> HttpResponse:
         raw = _plain_request(request, method, kwargs)
-        body: object = _UNPARSED
-        if remembered is not None and raw is not None and isinstance(request, ASGIRequest):
-            caller = remembered_key(raw)
-            if in_scope(caller, request) and len(request.body) <= _LOOP_BODY_MAX:
-                body = _body(request)  # a remembered valid key's small body: read on the loop
-                if body is not _REFUSED:
-                    result = remembered(request, caller, body, **kwargs)
-                    if result is not None:
-                        return render(result)
-        return await on_request_thread(request, serve, request, raw, body, kwargs)
+        return await on_request_thread(request, serve, request, raw, _UNPARSED, kwargs)
 
+    if remembered is not None:
+        lane.from_memory = FromMemory(method, remembered, lambda caller: in_scope_for(caller, method))
+        _MEMORY_METHODS.add(method)
     return copy_view_attributes(view, lane)
+
+
+# --- Before Django: answers from memory --------------------------------------------
+
+@dataclass(frozen=True)
+class FromMemory:
+    """What a `fast_lane` route answers from memory (`remembered`), for `MemoryLane`."""
+
+    method: str
+    answer: Answer  # (caller, body, **kwargs) -> (status, data) | None
+    in_scope: Callable[[Caller | None], bool]
+
+
+# The methods of the routes that answer from memory: any other request passes the lane untouched.
+_MEMORY_METHODS: set[str] = set()
+
+# Response headers `MemoryLane` learned, at most this many sets (one per route and
+# request facts: a server reached under many Host names learns a few, no more).
+_LEARNED_MAX = 64
+_NOT_LEARNED = (b"content-length", b"set-cookie", b"date")
+
+
+class MemoryLane:
+    """ASGI, before Django: a `fast_lane` route's answer from memory, on the event loop.
+
+    Only for a request the fast lane itself would take (`_plain_request`: the
+    route's method, a key in a header, no query string, plain JSON) whose key this
+    process remembers and whose scope the route admits, with a body of at most
+    `_LOOP_BODY_MAX` bytes that parses strictly as a JSON object, and only once
+    Django has answered this route with a 200 in this process for the same request
+    facts (`_learning_key`): the answer takes that response's headers, so the
+    middleware's headers, and its checks of the Host and the scheme, are Django's
+    own. Anything else goes to Django, with the body this lane read handed on.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self._headers: dict[tuple, list[tuple[bytes, bytes]]] = {}
+        get_resolver().url_patterns  # noqa: B018 (the URLconf imported: its routes named their `_MEMORY_METHODS`)
+
+    async def __call__(self, scope, receive, send) -> None:
+        route = self._route(scope)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        from_memory, kwargs, key = route
+        raw = _plain_key(scope, from_memory)
+        if raw is None:  # not a request the fast lane takes: nothing to answer, nothing to learn from
+            await self.app(scope, receive, send)
+            return
+        learned = self._headers.get(key)
+        caller = remembered_key(raw) if learned is not None else None
+        if not from_memory.in_scope(caller):
+            await self.app(scope, receive, self._learning(key, send))
+            return
+        messages, body = await _read_small_body(receive)
+        result = None
+        if body is not None and (parsed := _json(body)) is not _REFUSED:
+            result = from_memory.answer(caller, parsed, **kwargs)
+        if result is None:
+            await self.app(scope, _replaying(messages, receive), self._learning(key, send))
+            return
+        status, data = result
+        content = _RENDERER.render(data)
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*learned, (b"Content-Length", str(len(content)).encode())],  # as Django names it
+        })
+        await send({"type": "http.response.body", "body": content})
+
+    def _route(self, scope) -> tuple[FromMemory, dict, tuple] | None:
+        """The route's `FromMemory`, path arguments and `_learning_key`, if it has one and the fast lane would take the request."""
+        if (
+            scope["type"] != "http" or scope["method"] not in _MEMORY_METHODS
+            or scope.get("query_string") or scope.get("root_path")
+        ):
+            return None
+        try:
+            match = resolve(scope["path"])
+        except Resolver404:
+            return None
+        from_memory = getattr(match.func, "from_memory", None)
+        if (
+            from_memory is None or scope["method"] != from_memory.method or match.args
+            or any("\x00" in str(value) for value in match.kwargs.values())
+        ):
+            return None
+        return from_memory, match.kwargs, _learning_key(match.route, scope)
+
+    def _learning(self, key: tuple, send):
+        """`send`, keeping the headers of Django's 200 for `key` (not its length, a cookie or the date)."""
+
+        async def learn(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                headers = message.get("headers") or []
+                if all(name.lower() != b"set-cookie" for name, _ in headers) and (
+                    key in self._headers or len(self._headers) < _LEARNED_MAX
+                ):
+                    self._headers[key] = [(n, v) for n, v in headers if n.lower() not in _NOT_LEARNED]
+            await send(message)
+
+        return learn
+
+
+def _learning_key(route: str, scope) -> tuple:
+    """The route, and what Django's answer for it may depend on besides: the scheme and the
+    headers its middleware reads for the host and for a secure request."""
+    names = {b"host"}
+    if settings.USE_X_FORWARDED_HOST:
+        names |= {b"x-forwarded-host", b"x-forwarded-port"}
+    if settings.SECURE_PROXY_SSL_HEADER:
+        names.add(settings.SECURE_PROXY_SSL_HEADER[0].removeprefix("HTTP_").replace("_", "-").lower().encode())
+    facts = sorted((name, value) for name, value in scope.get("headers") or [] if name in names)
+    return route, scope.get("scheme", "http"), tuple(facts)
+
+
+_READ = frozenset({"x-api-key", "authorization", "accept", "content-type"})
+
+
+def _plain_key(scope, from_memory: FromMemory) -> str | None:
+    """The raw key of a request the fast lane takes (as `_plain_request` judges it), else None.
+
+    None too when a header read here comes twice (Django joins them with a comma: its view answers that).
+    """
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers") or []:
+        key = name.decode("latin-1").lower()
+        if key in _READ:
+            if key in headers:
+                return None
+            headers[key] = value.decode("latin-1")
+    raw = raw_key_from(headers, {})
+    if not raw or not _accepts_plain_json(headers.get("accept", "")):
+        return None
+    if from_memory.method == "POST" and headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return None
+    return raw
+
+
+async def _read_small_body(receive) -> tuple[list[dict], bytes | None]:
+    """The messages read, and the body when it came whole within `_LOOP_BODY_MAX` bytes (else None)."""
+    messages: list[dict] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None
+        size += len(message.get("body", b""))
+        if size > _LOOP_BODY_MAX:
+            return messages, None
+        if not message.get("more_body"):
+            return messages, b"".join(m.get("body", b"") for m in messages)
+
+
+def _replaying(messages: list[dict], receive):
+    """`receive`, giving back the messages already read first."""
+    pending = list(messages)
+
+    async def replay() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replay

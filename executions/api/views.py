@@ -128,7 +128,7 @@ def heartbeat_answer(request: HttpRequest, caller, body: dict, node_id: str) -> 
         return None
 
 
-def heartbeat_from_memory(request: HttpRequest, caller, body: dict, node_id: str) -> tuple[int, dict] | None:
+def heartbeat_from_memory(caller, body: dict, node_id: str) -> tuple[int, dict] | None:
     """On the event loop, no statement: a beat of a node this process lately found online (`nodes.beat_from_memory`)."""
     status = _plain_status(body)
     beat = None if status is None else nodes.beat_from_memory(node_id, status, caller)

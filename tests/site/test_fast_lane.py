@@ -144,27 +144,3 @@ def test_a_made_up_key_gets_its_401_without_its_body_being_parsed(keys, parses):
         finally:
             asyncio.run(sync_to_async(connections.close_all)())
     assert parses == []
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_large_body_is_parsed_off_the_event_loop(keys, parses):
-    """A remembered key's heartbeat is answered on the loop; its body is parsed there only when small."""
-    import asyncio
-    import threading
-
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-    from django.test import AsyncClient
-
-    path = "/api/v1/nodes/writer/heartbeat"
-    APIClient().post(path, {"status": "ready"}, format="json", HTTP_X_API_KEY=keys["agent"])  # remembered now
-
-    async def beat(body: bytes):
-        return await AsyncClient().post(path, body, content_type="application/json", headers={"X-API-Key": keys["agent"]})
-
-    try:
-        parses.clear()
-        assert asyncio.run(beat(BIG_BODY)).status_code == 200
-        assert parses and threading.main_thread().name not in parses, parses
-    finally:
-        asyncio.run(sync_to_async(connections.close_all)())
