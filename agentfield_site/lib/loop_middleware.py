@@ -150,6 +150,21 @@ class LoopASGIHandler(ASGIHandler):
         async with handler_hops():
             await self.handle(scope, receive, send)
 
+    async def listen_for_disconnect(self, receive) -> None:
+        """Django's, but ending on a disconnect instead of raising `RequestAborted`.
+
+        Daphne sends `http.disconnect` once a response is complete, so under Django's
+        own every request ended with that exception: its traceback holds the
+        handler's frame, which holds the task, which holds the exception. The cycle
+        kept each request's whole graph (the request, its session and messages, the
+        response: over a hundred objects) for the cyclic collector, whose full
+        passes then held the event loop for 30-65 ms every two seconds under load.
+        `handle` treats a listener that ended either way alike.
+        """
+        message = await receive()
+        if message["type"] != "http.disconnect":
+            raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
+
     async def get_response_async(self, request):
         async with request_hops():
             return await super().get_response_async(request)

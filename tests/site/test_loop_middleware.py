@@ -133,3 +133,45 @@ def test_the_handlers_bookkeeping_runs_on_the_loop_and_a_views_thread_sensitive_
     assert seen["request_started"] == seen["request_finished"] == loop_thread
     assert seen["static file"].startswith("request-hop"), seen
     assert seen["static body"].startswith("request-hop"), seen  # read while sent: still off the loop
+
+
+def test_a_request_ended_by_the_servers_disconnect_leaves_no_cycle_behind():
+    """Daphne sends `http.disconnect` once a response is complete. Django's handler turned it into
+    `RequestAborted`, whose traceback tied the handler's frame and task into a cycle holding the
+    whole request for the cyclic collector (whose full passes stalled the loop under load)."""
+    import gc
+
+    from django.core.exceptions import RequestAborted
+
+    async def run() -> int:
+        sent: list[dict] = []
+        incoming = [{"type": "http.request", "body": b"", "more_body": False}]
+        answered = asyncio.Event()
+
+        async def receive() -> dict:
+            if incoming:
+                return incoming.pop(0)
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered.set()
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                 "path": "/health", "raw_path": b"/health", "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await asyncio.wait_for(asgi.application(scope, receive, send), timeout=10)
+        return next(m for m in sent if m["type"] == "http.response.start")["status"]
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert asyncio.run(run()) == 200
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, RequestAborted)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
