@@ -100,24 +100,6 @@ def test_refusals_come_from_drf(keys, drf_answered):
     assert len(drf_answered) == 5
 
 
-@pytest.fixture
-def parses(monkeypatch) -> list[str]:
-    """The threads on which a request body was parsed as JSON (fast lane or DRF)."""
-    import threading
-
-    from agentfield_site.lib import strict_json
-
-    seen: list[str] = []
-    original = strict_json.loads
-
-    def recording(data, *args, **kwargs):
-        seen.append(threading.current_thread().name)
-        return original(data, *args, **kwargs)
-
-    monkeypatch.setattr(strict_json, "loads", recording)
-    return seen
-
-
 BIG_BODY = b'{"status": "ready", "pad": [' + b"[]," * 20_000 + b"[]]}"
 
 

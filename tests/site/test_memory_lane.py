@@ -19,7 +19,6 @@ from agentfield_site import fast_lane
 from agentfield_site.asgi import application
 from agentfield_site.auth import Caller
 from agentfield_site.fast_lane import MemoryLane
-from agentfield_site.lib import strict_json
 from agentfield_site.models import ApiKey
 from executions import nodes
 from executions.models import AgentNode
@@ -51,20 +50,6 @@ def through_django(monkeypatch) -> list[str]:
         return original(request, *args)
 
     monkeypatch.setattr(fast_lane, "on_request_thread", counting)
-    return seen
-
-
-@pytest.fixture
-def parses(monkeypatch) -> list[str]:
-    """The threads on which a request body was parsed as JSON."""
-    seen: list[str] = []
-    original = strict_json.loads
-
-    def recording(data, *args, **kwargs):
-        seen.append(threading.current_thread().name)
-        return original(data, *args, **kwargs)
-
-    monkeypatch.setattr(strict_json, "loads", recording)
     return seen
 
 
