@@ -141,9 +141,14 @@ def invalid(exc: exceptions.ValidationError, **extra) -> ApiError:
 def validated(serializer_class: type[serializers.Serializer], data: object, **extra) -> dict:
     """`data` validated by `serializer_class`; `invalid(...)` (a 400) otherwise. `extra` joins the error."""
     serializer = serializer_class(data=data)
-    if not serializer.is_valid():
-        raise invalid(exceptions.ValidationError(serializer.errors), **extra)
-    return serializer.validated_data
+    try:
+        if not serializer.is_valid():
+            raise invalid(exceptions.ValidationError(serializer.errors), **extra)
+        return serializer.validated_data
+    finally:
+        # A serializer and its fields hold each other (`fields`, each field's `parent`): let
+        # them go by reference counting, not wait for the cyclic collector (one per submit).
+        serializer.__dict__.pop("fields", None)
 
 
 def error_body(error: str, message: str, **extra) -> dict:

@@ -118,6 +118,23 @@ class WhiteNoiseMiddleware(whitenoise.WhiteNoiseMiddleware):
         return await sync_to_async(self.serve, thread_sensitive=True)(static_file, request)
 
 
+# What the authentication and messages middleware hang on a request, each holding the
+# request in turn (a closure, a partial, a storage): a cycle per request.
+_CYCLIC = ("user", "auser", "_cached_user", "_messages")
+
+
+def _untie(request) -> None:
+    """Break the request's cycles once its response has passed every middleware.
+
+    Otherwise each request (with its session, headers, resolver match: some sixty
+    objects) waits for the cyclic collector, whose full passes hold the event
+    loop. Only for a response that is complete: a streaming view's body may still
+    read the request.
+    """
+    for name in _CYCLIC:
+        request.__dict__.pop(name, None)
+
+
 # Django's (and WhiteNoise's) class -> the subclass that runs on the loop.
 ON_THE_LOOP = {
     "django.middleware.security.SecurityMiddleware": SecurityMiddleware,
@@ -167,7 +184,10 @@ class LoopASGIHandler(ASGIHandler):
 
     async def get_response_async(self, request):
         async with request_hops():
-            return await super().get_response_async(request)
+            response = await super().get_response_async(request)
+        if not response.streaming:
+            _untie(request)
+        return response
 
     async def send_response(self, response, send):
         # Django reads a streaming body from a synchronous iterator (a static

@@ -37,3 +37,27 @@ def test_serializer_refusals_are_bad_request_with_fields_unless_they_name_their_
         "status": [exceptions.ErrorDetail("unknown", "invalid")],
     }))
     assert mixed.error == "bad_request"
+
+
+def test_a_validating_serializer_is_freed_without_the_cyclic_collector():
+    """A serializer and its fields hold each other; `validated` (once per submit) lets them go at once."""
+    import gc
+
+    from rest_framework import serializers
+
+    from agentfield_site.lib.api import validated
+
+    class Probe(serializers.Serializer):
+        name = serializers.CharField()
+        count = serializers.IntegerField()
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert validated(Probe, {"name": "a", "count": 1}) == {"name": "a", "count": 1}
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, Probe | serializers.Field)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
