@@ -18,8 +18,8 @@ caller whose key this process remembers (`auth.remembered_key`): a heartbeat,
 every 2 s from every agent, then costs the server's HTTP parsing and little
 more, not Django's request cycle (about 1 ms of CPU, as much as the rest of the
 request). Its answer carries the headers Django's middleware gave this route's
-last answer in this process for the same request facts (`_learning_key`), so it
-is the answer Django would have given, byte for byte but for the time.
+last answer in this process for the same request facts (`_learning_key`), in
+Django's order: the answer Django would have given, but for the time in it.
 
 Everything else goes to the DRF `view` as before: no key or a session, a bad key,
 another scope, a body that does not parse, and any input the service refuses
@@ -37,7 +37,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
-from django.http.request import RawPostDataException, UnreadablePostError
+from django.http.request import RawPostDataException, UnreadablePostError, split_domain_port
 from django.urls import Resolver404, get_resolver, resolve
 
 from .auth import Caller, check_key, raw_key_from, remembered_key, scopes_of
@@ -167,9 +167,12 @@ class FromMemory:
 _MEMORY_METHODS: set[str] = set()
 
 # Response headers `MemoryLane` learned, at most this many sets (one per route and
-# request facts: a server reached under many Host names learns a few, no more).
+# request facts); past that the oldest goes, and is learned again from Django if needed.
 _LEARNED_MAX = 64
-_NOT_LEARNED = (b"content-length", b"set-cookie", b"date")
+# (route, scheme, host, proxy headers) -> the headers of Django's last 200 for it, this process.
+_learned: dict[tuple, list[tuple[bytes, bytes]]] = {}
+_NOT_LEARNED = (b"set-cookie", b"date")
+_LENGTH = b"content-length"
 
 
 class MemoryLane:
@@ -178,16 +181,16 @@ class MemoryLane:
     Only for a request the fast lane itself would take (`_plain_request`: the
     route's method, a key in a header, no query string, plain JSON) whose key this
     process remembers and whose scope the route admits, with a body of at most
-    `_LOOP_BODY_MAX` bytes that parses strictly as a JSON object, and only once
-    Django has answered this route with a 200 in this process for the same request
-    facts (`_learning_key`): the answer takes that response's headers, so the
-    middleware's headers, and its checks of the Host and the scheme, are Django's
-    own. Anything else goes to Django, with the body this lane read handed on.
+    `_LOOP_BODY_MAX` bytes (and MAX_BODY_BYTES) that parses strictly as a JSON
+    object, and only once Django has answered this route with a 200 in this
+    process for the same request facts (`_learning_key`): the answer takes that
+    response's headers, so the middleware's headers, and its checks of the Host
+    and the scheme, are Django's own. Anything else goes to Django, with the body
+    this lane read handed on.
     """
 
     def __init__(self, app) -> None:
         self.app = app
-        self._headers: dict[tuple, list[tuple[bytes, bytes]]] = {}
         get_resolver().url_patterns  # noqa: B018 (the URLconf imported: its routes named their `_MEMORY_METHODS`)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -200,7 +203,7 @@ class MemoryLane:
         if raw is None:  # not a request the fast lane takes: nothing to answer, nothing to learn from
             await self.app(scope, receive, send)
             return
-        learned = self._headers.get(key)
+        learned = _learned.get(key)
         caller = remembered_key(raw) if learned is not None else None
         if not from_memory.in_scope(caller):
             await self.app(scope, receive, self._learning(key, send))
@@ -214,11 +217,12 @@ class MemoryLane:
             return
         status, data = result
         content = _RENDERER.render(data)
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*learned, (b"Content-Length", str(len(content)).encode())],  # as Django names it
-        })
+        length = str(len(content)).encode()
+        # In Django's order, with this body's length where Django put its own.
+        headers = [(name, length if name.lower() == _LENGTH else value) for name, value in learned]
+        if all(name.lower() != _LENGTH for name, _ in learned):
+            headers.append((b"Content-Length", length))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
     def _route(self, scope) -> tuple[FromMemory, dict, tuple] | None:
@@ -226,6 +230,7 @@ class MemoryLane:
         if (
             scope["type"] != "http" or scope["method"] not in _MEMORY_METHODS
             or scope.get("query_string") or scope.get("root_path")
+            or settings.DISALLOWED_USER_AGENTS  # CommonMiddleware's refusal by User-Agent is not in `_learning_key`
         ):
             return None
         try:
@@ -246,25 +251,37 @@ class MemoryLane:
         async def learn(message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 200:
                 headers = message.get("headers") or []
-                if all(name.lower() != b"set-cookie" for name, _ in headers) and (
-                    key in self._headers or len(self._headers) < _LEARNED_MAX
-                ):
-                    self._headers[key] = [(n, v) for n, v in headers if n.lower() not in _NOT_LEARNED]
+                if all(name.lower() != b"set-cookie" for name, _ in headers):
+                    if key not in _learned and len(_learned) >= _LEARNED_MAX:
+                        del _learned[next(iter(_learned))]
+                    _learned[key] = [(n, v) for n, v in headers if n.lower() not in _NOT_LEARNED]
             await send(message)
 
         return learn
 
 
 def _learning_key(route: str, scope) -> tuple:
-    """The route, and what Django's answer for it may depend on besides: the scheme and the
-    headers its middleware reads for the host and for a secure request."""
-    names = {b"host"}
+    """The route, and what Django's answer for it may depend on besides: the scheme, the host
+    it validates and the headers its middleware reads for a secure request, in their order.
+
+    The host is the Host header's domain as Django validates it (its port and case change
+    nothing), or the address the request came to when there is no Host header (Django then
+    validates that); a value Django cannot split is kept whole, so it matches only itself.
+    """
+    names = set()
     if settings.USE_X_FORWARDED_HOST:
         names |= {b"x-forwarded-host", b"x-forwarded-port"}
     if settings.SECURE_PROXY_SSL_HEADER:
         names.add(settings.SECURE_PROXY_SSL_HEADER[0].removeprefix("HTTP_").replace("_", "-").lower().encode())
-    facts = sorted((name, value) for name, value in scope.get("headers") or [] if name in names)
-    return route, scope.get("scheme", "http"), tuple(facts)
+    hosts = [value for name, value in scope.get("headers") or [] if name == b"host"]
+    if hosts:
+        host = b",".join(hosts).decode("latin-1")
+    else:
+        server = scope.get("server") or ("", None)
+        host = f"{server[0]}:{server[1]}"
+    domain = split_domain_port(host)[0] or ("whole", host)
+    facts = tuple((name, value) for name, value in scope.get("headers") or [] if name in names)
+    return route, scope.get("scheme", "http"), domain, facts
 
 
 _READ = frozenset({"x-api-key", "authorization", "accept", "content-type"})
@@ -291,16 +308,18 @@ def _plain_key(scope, from_memory: FromMemory) -> str | None:
 
 
 async def _read_small_body(receive) -> tuple[list[dict], bytes | None]:
-    """The messages read, and the body when it came whole within `_LOOP_BODY_MAX` bytes (else None)."""
+    """The messages read, and the body when it came whole within `_LOOP_BODY_MAX` bytes and
+    MAX_BODY_BYTES (else None: Django's `BodyLimitMiddleware` refuses a body past the limit)."""
     messages: list[dict] = []
     size = 0
+    limit = min(_LOOP_BODY_MAX, settings.MAX_BODY_BYTES)
     while True:
         message = await receive()
         messages.append(message)
         if message["type"] != "http.request":
             return messages, None
         size += len(message.get("body", b""))
-        if size > _LOOP_BODY_MAX:
+        if size > limit:
             return messages, None
         if not message.get("more_body"):
             return messages, b"".join(m.get("body", b"") for m in messages)

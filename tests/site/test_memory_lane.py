@@ -28,6 +28,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BEAT = "/api/v1/nodes/writer/heartbeat"
 
 
+@pytest.fixture(autouse=True)
+def _nothing_learned():
+    """As a process that has answered nothing yet."""
+    fast_lane._learned.clear()
+    yield
+    fast_lane._learned.clear()
+
+
 @pytest.fixture
 def agent_key() -> str:
     agent, raw = ApiKey.create("agent", ApiKey.Scope.AGENT)
@@ -53,13 +61,21 @@ def through_django(monkeypatch) -> list[str]:
     return seen
 
 
-async def _call(app, path: str, body: bytes, headers: dict[str, str], chunk: int = 0) -> tuple[int, dict, bytes]:
-    """One HTTP request through an ASGI app, as daphne makes it; `chunk` splits the body into messages."""
+Headers = dict[str, str] | list[tuple[str, str]]
+
+
+async def _call(app, path: str, body: bytes, headers: Headers, chunk: int = 0,
+                server: tuple[str, int] = ("127.0.0.1", 8080)) -> tuple[int, dict, bytes]:
+    """One HTTP request through an ASGI app, as daphne makes it; `chunk` splits the body into messages.
+
+    The answer's headers come back as a dict by lower-cased name, in the order sent.
+    """
+    pairs = [*(headers.items() if isinstance(headers, dict) else headers), ("Content-Length", str(len(body)))]
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
         "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080),
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs],
+        "client": ("127.0.0.1", 50000), "server": server,
     }
     size = chunk or max(1, len(body))
     incoming = [
@@ -106,6 +122,7 @@ def test_a_beat_from_memory_is_the_answer_django_gives(agent_key, through_django
     assert through_django == [BEAT], "only the first beat went through Django"
     for status, headers, content in (second, third):
         assert status == first[0] == 200
+        assert list(headers) == list(first[1]), "the same headers, in Django's order"
         assert {k: v for k, v in headers.items() if k != "content-length"} == {
             k: v for k, v in first[1].items() if k != "content-length"
         }
@@ -183,6 +200,7 @@ def test_a_response_that_sets_a_cookie_is_not_learned(agent_key):
     lane = MemoryLane(django)
     # The key is remembered and the node known, as after a beat through Django.
     assert _beats((b'{"status": "ready"}', _headers(agent_key)))[0][0] == 200
+    fast_lane._learned.clear()  # but nothing learned from Django's own answer
 
     async def run() -> list:
         return [await _call(lane, BEAT, b'{"status": "ready"}', _headers(agent_key)) for _ in range(2)]
@@ -203,3 +221,55 @@ def test_only_answers_to_plain_requests_are_learned(agent_key, through_django):
     assert indented[0] == plain[0] == from_memory[0] == 200
     assert len(through_django) == 2, "the plain answer was learned, not the indented one"
     assert from_memory[1]["content-type"] == plain[1]["content-type"] == "application/json"
+
+
+def test_a_request_without_a_host_is_judged_by_the_address_it_came_to(agent_key, through_django):
+    """Without a Host header Django validates the address the request came to: one learned on an
+    allowed address says nothing of another."""
+    body = b'{"status": "ready"}'
+    plain = [("X-API-Key", agent_key), ("Content-Type", "application/json")]
+
+    async def run() -> list:
+        return [
+            await _call(application, BEAT, body, plain, server=("127.0.0.1", 8080)),
+            await _call(application, BEAT, body, plain, server=("127.0.0.1", 8080)),
+            await _call(application, BEAT, body, plain, server=("10.9.8.7", 8080)),
+        ]
+
+    try:
+        learned, from_memory, elsewhere = asyncio.run(run())
+    finally:
+        asyncio.run(sync_to_async(connections.close_all)())
+    assert learned[0] == from_memory[0] == 200
+    assert elsewhere[0] == 400, "Django refuses an address outside ALLOWED_HOSTS"
+    assert len(through_django) == 1
+
+
+def test_the_port_and_case_of_the_host_name_are_one_entry(agent_key, through_django):
+    """Django validates the domain alone: `localhost:1` and `LOCALHOST:2` are answered alike, and
+    a flood of ports cannot push the real Host name out of what was learned."""
+    body = b'{"status": "ready"}'
+    answers = _beats(*[(body, _headers(agent_key, host=host)) for host in ("localhost:8080", "localhost:1", "LOCALHOST.:2")])
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert len(through_django) == 1
+
+
+def test_repeated_proxy_headers_are_judged_in_their_order(agent_key, through_django, settings):
+    """Django reads the first of repeated `X-Forwarded-Proto` values: `https, http` is secure and
+    `http, https` is not, so one learned answer says nothing of the other."""
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    body = b'{"status": "ready"}'
+    secure = [*_headers(agent_key).items(), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Proto", "http")]
+    reversed_ = [*_headers(agent_key).items(), ("X-Forwarded-Proto", "http"), ("X-Forwarded-Proto", "https")]
+    answers = _beats((body, secure), (body, secure), (body, reversed_))
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert len(through_django) == 2, "the reversed order went to Django"
+
+
+def test_a_body_over_max_body_bytes_is_refused_by_django(agent_key, settings):
+    settings.MAX_BODY_BYTES = 64
+    small = b'{"status": "ready"}'
+    padded = b'{"status": "ready", "pad": "' + b"x" * 200 + b'"}'
+    answers = _beats((small, _headers(agent_key)), (small, _headers(agent_key)), (padded, _headers(agent_key)))
+    assert [status for status, _, _ in answers] == [200, 200, 413]
+    assert json.loads(answers[2][2])["error"] == "payload_too_large"
