@@ -120,7 +120,7 @@ class ForwarderDeadLetterAdmin(EscapedJSONAdmin):
     def redrive_selected(self, request, queryset) -> None:
         try:
             result = dead_letters.redrive(ids=list(queryset.values_list("id", flat=True)))
-        except dead_letters.NotConfigured as exc:
+        except (dead_letters.NotConfigured, dead_letters.AlreadyRedriving) as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
         self.message_user(request, result["message"], messages.SUCCESS if result["success"] else messages.WARNING)

@@ -13,3 +13,8 @@ def _config_error(exc: configuration.ConfigError) -> ApiError:
 @translates(dead_letters.NotConfigured)
 def _not_configured(exc: dead_letters.NotConfigured) -> ApiError:
     return ApiError(409, "not_configured", str(exc))
+
+
+@translates(dead_letters.AlreadyRedriving)
+def _already_redriving(exc: dead_letters.AlreadyRedriving) -> ApiError:
+    return ApiError(409, "conflict", str(exc))

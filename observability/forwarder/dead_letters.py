@@ -1,5 +1,6 @@
 """Events the collector would not take: their dead letters, the redrive and the clear."""
 
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -8,6 +9,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from agentfield_site.jobs import leases
 from agentfield_site.lib import strict_json
 
 from ..models import ForwarderConfig, ForwarderDeadLetter, ForwarderState
@@ -16,6 +18,17 @@ from .batches import Batch, Result, Target, send
 
 class NotConfigured(RuntimeError):
     """Redrive without a collector to send to."""
+
+
+class AlreadyRedriving(RuntimeError):
+    """Another redrive (the admin's, the API's, another process's) is sending the dead letters."""
+
+
+# Held while a redrive sends, renewed with every batch it hears back about: two redrives
+# at once (an operator in the admin, another through the API) would both send every
+# entry they read before either deleted it, and the collector would get each event twice.
+REDRIVE_LEASE = "observability-redrive"
+REDRIVE_LEASE_SECONDS = 60.0
 
 
 def record(failed: Iterable[tuple[Batch, Result]], now: datetime) -> None:
@@ -48,11 +61,21 @@ def redrive(ids: Iterable[int] | None = None) -> dict:
 
     Walks the queue by id rather than by offset, so deleting delivered entries
     never makes it skip one. Returns the contract's `{success, message, processed, failed}`.
+    One at a time (`REDRIVE_LEASE`): while another runs, `AlreadyRedriving`.
     """
     config = ForwarderConfig.current()
     if config is None:
         raise NotConfigured("No observability webhook is configured to redrive to.")
-    target = Target.of(config)
+    holder = uuid.uuid4().hex
+    if not leases.acquire(REDRIVE_LEASE, holder, REDRIVE_LEASE_SECONDS):
+        raise AlreadyRedriving("Another redrive is sending the dead letters; try again when it has finished.")
+    try:
+        return _redrive(Target.of(config), ids, holder)
+    finally:
+        leases.release(REDRIVE_LEASE, holder)
+
+
+def _redrive(target: Target, ids: Iterable[int] | None, holder: str) -> dict:
     wanted = None if ids is None else sorted(set(ids))
     batch_size = max(1, settings.OBSERVABILITY_BATCH_SIZE)
     processed = failed = 0
@@ -76,6 +99,7 @@ def redrive(ids: Iterable[int] | None = None) -> dict:
             delivered: list[int] = []
             for group, future in zip(groups, futures, strict=True):
                 result = future.result()
+                leases.acquire(REDRIVE_LEASE, holder, REDRIVE_LEASE_SECONDS)  # still sending
                 ids_in_group = [r.id for r in group]
                 processed += len(group)
                 if result.delivered:

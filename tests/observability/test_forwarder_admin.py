@@ -82,3 +82,25 @@ def test_admin_redrive_action_delivers_selected_dead_letters(staff):
         assert "3 delivered" in response.content.decode()
         assert collector.accepted_ids() == ids[:3]
         assert list(ForwarderDeadLetter.objects.values_list("event_id", flat=True)) == ids[3:]
+
+
+@pytest.mark.django_db
+def test_admin_redrive_while_another_runs_says_so_and_sends_nothing(staff):
+    from agentfield_site.jobs import leases
+    from observability.forwarder import dead_letters
+
+    with LoopbackServer.collector(status=400) as collector:
+        configuration.configure(url=collector.url, secret="s", headers={}, enabled=True, event_types=["*"])
+        events.publish_many(events.build("node.online") for _ in range(2))
+        runner.run(seconds=5, linger=0)
+        collector.reset()
+        collector.default.status = 200
+        assert leases.acquire(dead_letters.REDRIVE_LEASE, "another-redrive", 60)
+        chosen = list(ForwarderDeadLetter.objects.values_list("id", flat=True))
+        response = staff.post(
+            "/admin/observability/forwarderdeadletter/",
+            {"action": "redrive_selected", "_selected_action": chosen},
+            follow=True,
+        )
+        assert "Another redrive is sending the dead letters" in response.content.decode()
+        assert collector.requests == [] and ForwarderDeadLetter.objects.count() == 2

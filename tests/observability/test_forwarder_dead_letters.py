@@ -190,3 +190,48 @@ def test_redriven_events_count_as_forwarded(fast, api):
     status = api.get(f"{BASE}/status").json()
     assert (status["events_forwarded"], status["dead_letter_count"], status["last_error"]) == (4, 0, None)
     assert status["last_forwarded_at"] is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_redrive_while_one_runs_is_a_409_and_the_collector_gets_each_event_once(fast, api):
+    """Two redrives at once (an operator in the admin, another through the API) used to both send
+    every entry they read before either deleted it."""
+    import threading
+
+    from django.db import connections
+
+    from observability.forwarder import dead_letters
+
+    with LoopbackServer.collector(status=400) as collector:
+        configure(api, collector.url)
+        ids = publish(30)
+        runner.run(seconds=10, linger=0)
+        assert ForwarderDeadLetter.objects.count() == 30
+        collector.reset()
+        collector.default.status, collector.default.delay = 200, 0.5  # a slow collector that takes them
+
+        first: dict = {}
+
+        def redrive_in_admin() -> None:
+            try:
+                first.update(dead_letters.redrive())
+            finally:
+                connections.close_all()
+
+        running = threading.Thread(target=redrive_in_admin)
+        running.start()
+        try:
+            # Wait until the first has its batches out, then ask again through the API.
+            for _ in range(200):
+                if collector.requests:
+                    break
+                threading.Event().wait(0.01)
+            second = api.post(f"{BASE}/redrive")
+        finally:
+            running.join(timeout=30)
+        assert second.status_code == 409 and second.json()["error"] == "conflict", second.content
+        assert (first["success"], first["processed"], first["failed"]) == (True, 30, 0)
+        assert sorted(collector.accepted_ids()) == ids, "each event once"
+        assert ForwarderDeadLetter.objects.count() == 0
+        again = api.post(f"{BASE}/redrive")
+        assert again.status_code == 200 and again.json()["processed"] == 0, "the lease was let go"
