@@ -318,6 +318,7 @@ OBSERVABILITY_RUN_SECONDS = env.float("OBSERVABILITY_RUN_SECONDS", default=50.0)
 STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15.0)
 STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.25)
 STREAM_CLIENT_BUFFER = env.int("STREAM_CLIENT_BUFFER", default=1000)
+STREAM_CLIENT_BUFFER_BYTES = env.int("STREAM_CLIENT_BUFFER_BYTES", default=4 * 1024 * 1024)
 # Event streams (SSE and sockets) one client key may hold open on one web process.
 STREAM_MAX_PER_KEY = env.int("STREAM_MAX_PER_KEY", default=100)
 # A streamed response (SSE, the socket) waits while its connection holds more than

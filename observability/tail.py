@@ -7,9 +7,11 @@ and it polls every STREAM_POLL_SECONDS regardless, so a lost wake-up costs laten
 and never an event. `publish()` commits ids in order (an advisory lock on
 PostgreSQL, the single writer on SQLite), so `id > cursor` never skips a late commit.
 
-A subscription holds a bounded queue (STREAM_CLIENT_BUFFER). A client too slow to
-keep up is marked lagging instead of growing the queue: it drops what it holds and
-re-reads the log from its own last id, so memory stays bounded and nothing is lost.
+A subscription holds a bounded queue (STREAM_CLIENT_BUFFER events, and
+STREAM_CLIENT_BUFFER_BYTES of them: an execution's result may take a megabyte). A
+client too slow to keep up is marked lagging instead of growing the queue: it drops
+what it holds and re-reads the log from its own last id, so memory stays bounded and
+nothing is lost.
 
 Every database read of the streams runs on one small thread pool (`run_db`) so that
 a thousand open streams hold a handful of connections, not a thousand.
@@ -175,6 +177,7 @@ class Listener:
         self.filter = flt
         self.cursor = cursor or 0
         self.queue: asyncio.Queue[TailedEvent] = asyncio.Queue(maxsize=settings.STREAM_CLIENT_BUFFER)
+        self.queued_bytes = 0  # of the events in `queue`, as SSE frames (each encoded once, for every stream)
         self.lagging = False
         self._pending: deque[TailedEvent] = deque()
         self._needs_replay = cursor is not None
@@ -184,11 +187,22 @@ class Listener:
         """Called by the tailer; never blocks, never grows past the buffer."""
         if self.lagging or not self.filter.matches(event.doc, event.owner_id):
             return
+        size = len(event.sse)
+        if self.queued_bytes + size > settings.STREAM_CLIENT_BUFFER_BYTES and not self.queue.empty():
+            self.lagging = True
+            self.overflows += 1
+            return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.lagging = True
             self.overflows += 1
+            return
+        self.queued_bytes += size
+
+    def _taken(self, event: TailedEvent) -> TailedEvent:
+        self.queued_bytes -= len(event.sse)
+        return event
 
     def prepend(self, event: TailedEvent) -> None:
         """Send `event` before anything else (the `stream.reset` notice)."""
@@ -212,12 +226,13 @@ class Listener:
                 self._needs_replay = False
                 while not self.queue.empty():
                     self.queue.get_nowait()
+                self.queued_bytes = 0
                 page, more = await run_db(_replay_page, self.cursor, self.filter)
                 self._pending.extend(page)
                 self._needs_replay = more
                 continue
             if not self.queue.empty():
-                event = self.queue.get_nowait()
+                event = self._taken(self.queue.get_nowait())
             else:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -225,7 +240,7 @@ class Listener:
                 try:
                     # asyncio.timeout, not wait_for: no extra task per event.
                     async with asyncio.timeout(remaining):
-                        event = await self.queue.get()
+                        event = self._taken(await self.queue.get())
                 except TimeoutError:
                     return None
             if event.id > self.cursor:

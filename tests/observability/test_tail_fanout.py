@@ -65,6 +65,38 @@ def test_slow_subscription_overflows_its_buffer_then_rereads_the_log(settings):
     assert slow_ids == ids
 
 
+def test_a_slow_subscription_holds_at_most_its_bytes_of_large_events_then_rereads_the_log(settings):
+    """An execution's result may take a megabyte: a thousand such events queued for one stream
+    that does not read were a gigabyte. The queue is bounded in bytes too."""
+    settings.STREAM_CLIENT_BUFFER_BYTES = 64 * 1024
+
+    def publish_large(n: int) -> list[int]:
+        try:
+            return [events.publish("execution.completed", execution_id=f"big{i}", data={"result": "r" * 20_000}).id
+                    for i in range(n)]
+        finally:
+            connections.close_all()
+
+    async def scenario():
+        tailer = tail.get_tailer()
+        slow = await tailer.subscribe(EventFilter(), None)
+        ids = await asyncio.to_thread(publish_large, 10)
+
+        async def overflowed() -> bool:
+            return slow.overflows >= 1
+
+        await wait_for_async(overflowed, timeout=5, what="the slow subscription to overflow")
+        held = slow.queued_bytes
+        assert 0 < held <= 64 * 1024 and slow.queue.qsize() <= 3
+        got = await drain(slow, 10)
+        assert slow.queued_bytes == 0
+        slow.close()
+        return ids, got
+
+    ids, got = asyncio.run(scenario())
+    assert got == ids, "nothing lost: the rest came from the log"
+
+
 def test_one_reader_for_many_subscriptions_and_it_stops_when_they_leave():
     async def scenario():
         tailer = tail.get_tailer()
