@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agentfield_site.lib.metrics import histogram
@@ -11,6 +11,8 @@ from .models import Attempt, Delivery, Destination
 
 # Upper bounds in seconds, for receivers from loopback to a slow remote answering at the timeout.
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Series of `agentfield_destination_breaker_open` a scrape returns at most.
+BREAKER_SERIES_MAX = 50
 
 
 class WebhookCollector:
@@ -56,13 +58,20 @@ class WebhookCollector:
         for state, _ in Destination.State.choices:
             states_family.add_metric([state], by_state.get(state, 0))
         yield states_family
-        # One series per destination whose breaker is not closed: bounded by the trouble, not the table.
+        # One series per destination whose breaker is not closed, the longest open first, at most
+        # BREAKER_SERIES_MAX: any key may name receivers that fail, and every series a scrape
+        # returns is kept by Prometheus. `agentfield_destinations` counts them all.
         breaker = GaugeMetricFamily(
             "agentfield_destination_breaker_open",
             "1 while a destination's breaker is open or half-open (its deliveries wait).",
             labels=["destination"],
         )
-        for destination in Destination.objects.exclude(state=Destination.State.CLOSED).values_list("destination", flat=True):
+        troubled = (
+            Destination.objects.exclude(state=Destination.State.CLOSED)
+            .order_by(F("opened_at").asc(nulls_last=True), "destination")
+            .values_list("destination", flat=True)[:BREAKER_SERIES_MAX]
+        )
+        for destination in troubled:
             breaker.add_metric([destination], 1)
         yield breaker
 

@@ -85,6 +85,27 @@ def test_alert_rules_use_only_exposed_metrics(client):
     assert got[("agentfield_destinations", (("state", "open"),))] == 1
 
 
+def test_breaker_series_are_bounded_and_the_longest_open_come_first(client):
+    """Any key may name receivers that fail; every series a scrape returns is kept by Prometheus."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webhooks.metrics import BREAKER_SERIES_MAX
+    from webhooks.models import Destination
+
+    now = timezone.now()
+    Destination.objects.bulk_create(
+        Destination(destination=f"http://h{i}.example:80", state=Destination.State.OPEN, opened_at=now - timedelta(seconds=i))
+        for i in range(BREAKER_SERIES_MAX + 20)
+    )
+    got = samples(client.get("/metrics").content.decode())
+    shown = {dict(labels)["destination"] for name, labels in got if name == "agentfield_destination_breaker_open"}
+    assert len(shown) == BREAKER_SERIES_MAX
+    assert "http://h69.example:80" in shown and "http://h0.example:80" not in shown, "the longest open first"
+    assert got[("agentfield_destinations", (("state", "open"),))] == BREAKER_SERIES_MAX + 20
+
+
 def test_agent_calls_in_flight_by_node(client):
     """An operator sees which node holds its calls (and, at its cap, its queue)."""
     from executions import dispatch, nodes, submission
