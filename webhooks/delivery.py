@@ -22,13 +22,14 @@ django-q2 only wakes this up (`kick` after commit, the sweeper tick for due
 retries); its own retry is not the policy: the row's schedule is.
 """
 
+import json
 import logging
 import os
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import defaultdict, deque
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from queue import Empty, SimpleQueue
@@ -165,46 +166,61 @@ def _pick(candidates: list[tuple[int, str]], room: dict[str, int], limit: int) -
     return picked
 
 
-def _busy_query() -> tuple[str, list]:
-    """How many rows each destination has in flight."""
+# A row whose request has ended, as (id, lease token): in flight in the table until its
+# result is written, but no longer on the wire, so its place is free.
+Ended = Collection[tuple[int, str]]
+
+
+def _busy_query(ended: Ended = ()) -> tuple[str, list]:
+    """How many requests each destination has on the wire: rows in flight, less the `ended` ones.
+
+    A row is left out only while it still carries the lease token it ended
+    under: once its result is written it is no longer in flight anyway, and if
+    it is claimed again (a new token) its new request counts.
+    """
     table = Delivery._meta.db_table
-    return f"SELECT destination, COUNT(*) FROM {table} WHERE status = %s GROUP BY destination", [Delivery.Status.IN_FLIGHT]
+    sql = f"SELECT destination, COUNT(*) FROM {table} WHERE status = %s"
+    params: list = [Delivery.Status.IN_FLIGHT]
+    if ended:
+        # The pairs as two arrays, or one JSON array on SQLite: the statement's text
+        # is the same whatever their number, and it never runs into a parameter limit.
+        if connection.vendor == "postgresql":
+            pairs, values = "SELECT * FROM unnest(%s::bigint[], %s::text[])", [list(c) for c in zip(*ended, strict=True)]
+        else:
+            pairs = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(%s)"
+            values = [json.dumps(list(ended))]
+        sql += f" AND (id, lease_token) NOT IN ({pairs})"
+        params += values
+    return sql + " GROUP BY destination", params
 
 
-def _nothing_answered() -> Mapping[str, int]:
-    return {}
+def _nothing_ended() -> Ended:
+    return ()
 
 
-def _room(
-    gate_rows: list[tuple], busy_rows: list[tuple], answered: Mapping[str, int] = {}
-) -> tuple[destinations.Gates, dict[str, int]]:
+def _room(gate_rows: list[tuple], busy_rows: list[tuple]) -> tuple[destinations.Gates, dict[str, int]]:
     """The breakers' gates, and how many more requests each destination may have in flight.
 
-    From the rows of `destinations.gates_query` and `_busy_query`. `answered`
-    counts, per destination, the caller's own rows whose requests have ended but
-    whose results are not written yet: in flight in the table, no longer on the
-    wire, so their places are free.
+    From the rows of `destinations.gates_query` and `_busy_query`.
     """
     cap = max(1, settings.WEBHOOK_MAX_IN_FLIGHT_PER_DESTINATION)
     gates = destinations.gates_from(gate_rows)
     busy = dict(busy_rows)
     room: dict[str, int] = defaultdict(lambda: cap)
     for destination, n in busy.items():
-        room[destination] = cap - n + answered.get(destination, 0)
+        room[destination] = cap - n
     for destination in gates.probing:
-        room[destination] = 1 - busy.get(destination, 0) + answered.get(destination, 0)
+        room[destination] = 1 - busy.get(destination, 0)
     for destination in gates.blocked:
         room[destination] = 0
     return gates, room
 
 
-def _room_now(
-    now: datetime, answered: Callable[[], Mapping[str, int]] = _nothing_answered
-) -> tuple[destinations.Gates, dict[str, int]]:
-    """`_room` as the database has it now (`answered` as for `claim`)."""
+def _room_now(now: datetime, ended: Ended = ()) -> tuple[destinations.Gates, dict[str, int]]:
+    """`_room` as the database has it now (`ended` as for `claim`)."""
     with connection.cursor() as cursor:
-        gate_rows, busy_rows = together(cursor, [destinations.gates_query(now), _busy_query()])
-    return _room(gate_rows, busy_rows, answered())
+        gate_rows, busy_rows = together(cursor, [destinations.gates_query(now), _busy_query(ended)])
+    return _room(gate_rows, busy_rows)
 
 
 def sendable_now() -> bool:
@@ -311,7 +327,7 @@ class Lease(NamedTuple):
     rows: list[Claimed]
 
 
-def claim(limit: int, answered: Callable[[], Mapping[str, int]] = _nothing_answered) -> Lease:
+def claim(limit: int, ended: Callable[[], Ended] = _nothing_ended) -> Lease:
     """Lease up to `limit` due deliveries that may be sent now.
 
     The choice is round-robin across destinations, leaving out those that are
@@ -323,11 +339,10 @@ def claim(limit: int, answered: Callable[[], Mapping[str, int]] = _nothing_answe
     in other processes never pick the same rows. On SQLite the transaction holds
     every writer back, so the candidates are chosen before it and only trimmed
     under it, and the write lock is held for three small statements.
-    `answered()` is as `_room`'s `answered`: the caller's requests that have
-    ended while their results wait to be written. It is asked after the
-    in-flight counts are read, and a writer of results takes its rows out of
-    it just before its commit: a row is then never counted free twice (once as
-    answered, once as no longer in flight), only, for a moment, not at all.
+    `ended()` names the caller's rows whose requests have ended while their
+    results wait to be written (`_busy_query`): their places are free. It is
+    asked before the in-flight counts are read, so a row that ends meanwhile
+    counts as on the wire (a place missed for one claim, never one counted twice).
     """
     table = Delivery._meta.db_table
     ops = connection.ops
@@ -335,7 +350,7 @@ def claim(limit: int, answered: Callable[[], Mapping[str, int]] = _nothing_answe
     now = timezone.now()
     locked_choice = connection.vendor == "postgresql"
     if not locked_choice:
-        _, room = _room_now(now, answered)
+        _, room = _room_now(now, ended())
         chosen = _choose(now, room, limit)
         if not chosen:
             return Lease(token, [])
@@ -354,20 +369,21 @@ def claim(limit: int, answered: Callable[[], Mapping[str, int]] = _nothing_answe
             # commit flushes it anyway, and a lease lost in a database crash
             # makes its row due again as soon as the database is back, while its
             # request may still be out: a duplicate, as at least once allows.
+            done = ended()
             with connection.cursor() as cursor:
                 _, gate_rows, busy_rows, [span], due = together(cursor, [
                     ("SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true), "
                      "set_config('synchronous_commit', 'off', true)", [_CLAIM_LOCK_KEY]),
                     destinations.gates_query(now),
-                    _busy_query(),
+                    _busy_query(done),
                     _queue_span_query(),
                     _due_query(now, set(), limit),
                 ])
-            gates, room = _room(gate_rows, busy_rows, answered())
+            gates, room = _room(gate_rows, busy_rows)
             chosen = _choose(now, room, limit, due, span)
             ids = [row_id for row_id, _ in chosen]
         else:
-            gates, room = _room_now(now, answered)
+            gates, room = _room_now(now, ended())
             ids = []
             for row_id, destination in chosen:
                 if room[destination] > 0:
@@ -525,14 +541,13 @@ def _event(row: Claimed, event_type: str, status: str, outcome: outbound.Outcome
     )
 
 
-def record(results: list[_Result], before_commit: Callable[[], None] | None = None) -> None:
+def record(results: list[_Result]) -> None:
     """Write attempts in bulk and outcomes with targeted updates, in one transaction.
 
     Every update is conditional on the row still being leased to the token of the
     claim that leased it to this sender (`_Job.token`). A sender
     whose lease lapsed (it stalled and the row was sent again) logs its attempt
-    but decides nothing and announces nothing. `before_commit` runs last in the
-    transaction (see `claim`).
+    but decides nothing and announces nothing.
     """
     now = timezone.now()
     attempts: list[tuple] = []  # in _ATTEMPT_COLUMNS order
@@ -597,8 +612,6 @@ def record(results: list[_Result], before_commit: Callable[[], None] | None = No
             _note_failures(sub_failing | sub_gone, sub_gone, now)
         events += destinations.record(breakers, now)
         publish_many(events)
-        if before_commit is not None:
-            before_commit()
 
 
 _ATTEMPT_COLUMNS = (
@@ -669,16 +682,16 @@ def _note_failures(failing: set[str], gone: set[str], now: datetime) -> None:
     )
 
 
-def _record_surviving(results: list[_Result], before_commit: Callable[[], None] | None = None) -> int:
+def _record_surviving(results: list[_Result]) -> int:
     """`record`, tolerating deliveries deleted while in flight (their subscription was deleted)."""
     try:
-        record(results, before_commit)
+        record(results)
     except IntegrityError:
         existing = set(
             Delivery.objects.filter(id__in=[r.job.delivery.id for r in results]).values_list("id", flat=True)
         )
         results = [r for r in results if r.job.delivery.id in existing]
-        record(results, before_commit)
+        record(results)
     return len(results)
 
 
@@ -692,8 +705,8 @@ class _Recorder:
     transaction (a test, a shell) holds rows that no other connection can see:
     its results are written on its own thread, as it hands them over.
 
-    `answered()` counts, per destination, the rows whose requests ended and
-    whose results are not committed yet (`claim`'s `answered`).
+    `ended()` names the rows whose requests ended and whose results are not
+    committed yet (`claim`'s `ended`).
     """
 
     def __init__(self, threaded: bool):
@@ -701,7 +714,6 @@ class _Recorder:
         self._changed = threading.Condition(self._lock)
         self._waiting: list[_Result] = []  # handed over, not being written yet
         self._writing: list[_Result] = []
-        self._answered: Counter[str] = Counter()
         self._closing = False
         self.error: BaseException | None = None
         self.recorded = 0
@@ -710,15 +722,14 @@ class _Recorder:
             self._thread = threading.Thread(target=self._run, name="webhook-recorder", daemon=True)
             self._thread.start()
 
-    def answered(self) -> dict[str, int]:
+    def ended(self) -> list[tuple[int, str]]:
         with self._lock:
-            return dict(self._answered)
+            return [(r.job.delivery.id, r.job.token) for r in (*self._waiting, *self._writing)]
 
     def add(self, results: list[_Result]) -> None:
         if not results:
             return
         with self._lock:
-            self._answered.update(r.job.delivery.destination for r in results if not r.job.skip_reason)
             self._waiting += results
             self._changed.notify_all()
         if self._thread is None:
@@ -747,14 +758,7 @@ class _Recorder:
     def _write(self) -> None:
         with self._lock:
             batch, self._waiting, self._writing = self._waiting, [], self._waiting
-        taken = Counter(r.job.delivery.destination for r in batch if not r.job.skip_reason)
-
-        def before_commit() -> None:  # once, though `_record_surviving` may write twice
-            with self._lock:
-                self._answered -= taken
-                taken.clear()
-
-        self.recorded += _record_surviving(batch, before_commit)
+        self.recorded += _record_surviving(batch)
         with self._lock:
             self._writing = []
             self._changed.notify_all()
@@ -819,7 +823,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 or clock - last_claim >= (IDLE_CLAIM_EVERY if drained else CLAIM_EVERY)
             ):
                 want = min(free, batch)
-                token, rows = claim(want, recorder.answered)
+                token, rows = claim(want, recorder.ended)
                 last_claim, freed, drained = clock, 0, not rows
                 jobs = _jobs(token, rows)
                 for job in jobs:

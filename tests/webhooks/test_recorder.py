@@ -18,9 +18,9 @@ def test_results_are_written_off_the_claiming_thread(monkeypatch):
     writers: set[str] = set()
     real_record = delivery.record
 
-    def record(results, before_commit=None):
+    def record(results):
         writers.add(threading.current_thread().name)
-        real_record(results, before_commit)
+        real_record(results)
 
     monkeypatch.setattr(delivery, "record", record)
     with LoopbackServer() as receiver:
@@ -37,10 +37,10 @@ def test_the_sender_waits_for_slow_writes_without_spinning_or_claiming_past_them
     real_record = delivery.record
     unwritten = []
 
-    def slow_record(results, before_commit=None):
+    def slow_record(results):
         unwritten.append(Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT).count())
         time.sleep(0.2)  # a database that writes slowly
-        real_record(results, before_commit)
+        real_record(results)
 
     monkeypatch.setattr(delivery, "record", slow_record)
     with LoopbackServer() as receiver:
@@ -59,11 +59,11 @@ def test_a_failed_write_hands_the_rows_back_to_be_sent_again(monkeypatch):
     real_record = delivery.record
     failures = []
 
-    def record(results, before_commit=None):
+    def record(results):
         if not failures:
             failures.append(len(results))
             raise OperationalError("the database went away")
-        real_record(results, before_commit)
+        real_record(results)
 
     monkeypatch.setattr(delivery, "record", record)
     with LoopbackServer() as receiver:
