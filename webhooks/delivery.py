@@ -189,6 +189,7 @@ def _busy_query(ended: Ended = ()) -> tuple[str, list]:
         else:
             pairs = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(%s)"
             values = [json.dumps(list(ended))]
+        # NOT IN: neither an id nor a lease token is ever NULL (a NULL would leave every row out).
         sql += f" AND (id, lease_token) NOT IN ({pairs})"
         params += values
     return sql + " GROUP BY destination", params
@@ -340,9 +341,11 @@ def claim(limit: int, ended: Callable[[], Ended] = _nothing_ended) -> Lease:
     every writer back, so the candidates are chosen before it and only trimmed
     under it, and the write lock is held for three small statements.
     `ended()` names the caller's rows whose requests have ended while their
-    results wait to be written (`_busy_query`): their places are free. It is
-    asked before the in-flight counts are read, so a row that ends meanwhile
-    counts as on the wire (a place missed for one claim, never one counted twice).
+    results wait to be written (`_busy_query`): their places are free. A name
+    matches only a row still in flight under the lease it ended under, so no
+    place is counted free twice, whenever the result is committed. The names go
+    into the count's statement, so they are asked before it: a row that ends
+    meanwhile counts as on the wire, a place missed for one claim.
     """
     table = Delivery._meta.db_table
     ops = connection.ops
