@@ -372,13 +372,13 @@ def claim(limit: int, ended: Callable[[], Ended] = _nothing_ended) -> Lease:
             # commit flushes it anyway, and a lease lost in a database crash
             # makes its row due again as soon as the database is back, while its
             # request may still be out: a duplicate, as at least once allows.
-            done = ended()
+            ended_now = ended()
             with connection.cursor() as cursor:
                 _, gate_rows, busy_rows, [span], due = together(cursor, [
                     ("SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true), "
                      "set_config('synchronous_commit', 'off', true)", [_CLAIM_LOCK_KEY]),
                     destinations.gates_query(now),
-                    _busy_query(done),
+                    _busy_query(ended_now),
                     _queue_span_query(),
                     _due_query(now, set(), limit),
                 ])
