@@ -351,9 +351,10 @@ def claim(limit: int, ended: Callable[[], Ended] = _nothing_ended) -> Lease:
     ops = connection.ops
     token = uuid.uuid4().hex
     now = timezone.now()
+    ended_now = ended()
     locked_choice = connection.vendor == "postgresql"
     if not locked_choice:
-        _, room = _room_now(now, ended())
+        _, room = _room_now(now, ended_now)
         chosen = _choose(now, room, limit)
         if not chosen:
             return Lease(token, [])
@@ -372,7 +373,6 @@ def claim(limit: int, ended: Callable[[], Ended] = _nothing_ended) -> Lease:
             # commit flushes it anyway, and a lease lost in a database crash
             # makes its row due again as soon as the database is back, while its
             # request may still be out: a duplicate, as at least once allows.
-            ended_now = ended()
             with connection.cursor() as cursor:
                 _, gate_rows, busy_rows, [span], due = together(cursor, [
                     ("SELECT pg_advisory_xact_lock(%s), set_config('enable_bitmapscan', 'off', true), "
@@ -386,7 +386,7 @@ def claim(limit: int, ended: Callable[[], Ended] = _nothing_ended) -> Lease:
             chosen = _choose(now, room, limit, due, span)
             ids = [row_id for row_id, _ in chosen]
         else:
-            gates, room = _room_now(now, ended())
+            gates, room = _room_now(now, ended_now)
             ids = []
             for row_id, destination in chosen:
                 if room[destination] > 0:
