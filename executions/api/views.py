@@ -7,7 +7,7 @@ from datetime import datetime
 import django_filters
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from agentfield_site.auth import AGENT, CLIENT, caller_of
 from agentfield_site.lib.api import ApiError, ErrorSerializer, int_param, object_body, validated
 from agentfield_site.lib.concurrency_limit import lend_place
+from agentfield_site.lib.drf_json import SafeJSONRenderer
 from agentfield_site.lib.timefmt import fits_utc, iso
 
 from .. import cancellation, lifecycle, nodes, reports, submission
@@ -272,7 +273,8 @@ async def execute_sync(request: HttpRequest, target: str) -> HttpResponse:
     async with lend_place(request):
         execution = await submission.wait_for_outcome(*submitted, deadline)
     code, body = s.sync_outcome(execution)
-    return JsonResponse(body, status=code)
+    # Rendered as every other API answer is (compact, a bad stored value escaped).
+    return HttpResponse(SafeJSONRenderer().render(body), status=code, content_type="application/json")
 
 
 # The schema documents the DRF view that does the first half.

@@ -56,6 +56,21 @@ def test_the_access_log_never_shows_an_api_key(proc_env):
     assert secret not in log
 
 
+def test_the_access_log_leaves_out_answered_heartbeats_and_keeps_refused_ones(proc_env):
+    nodes.register({"id": "analyzer", "base_url": "http://127.0.0.1:9", "reasoners": [{"id": "process"}]})
+    web = proc_env.daphne()
+    beat = {"status": "ready", "timestamp": "2026-12-07T10:00:00Z"}
+    answered = requests.post(f"{web.url}/api/v1/nodes/analyzer/heartbeat", json=beat, timeout=10)
+    refused = requests.post(f"{web.url}/api/v1/nodes/nobody/heartbeat", json=beat, timeout=10)
+    assert answered.status_code == 200 and refused.status_code == 404, (answered.text, refused.text)
+    assert requests.get(f"{web.url}/api/v1/nodes/analyzer", timeout=10).status_code == 200
+    web.stop()
+    log = web.log()
+    assert "GET /api/v1/nodes/analyzer" in log, log[-2000:]  # the log is on
+    assert "POST /api/v1/nodes/nobody/heartbeat" in log
+    assert "/api/v1/nodes/analyzer/heartbeat" not in log
+
+
 def test_the_websocket_origin_must_be_the_servers_own(proc_env):
     web = proc_env.daphne()
     url = f"ws://localhost:{web.port}/ws/events"
