@@ -9,6 +9,10 @@ NUL in the path is no such object, and an action on selected ids that cannot
 be ids (forged: a NUL, a word for a number) changes nothing. django-q2's task
 pages get the same (`agentfield_site/admin.py`).
 
+`ReadOnlyAdmin`: rows the platform writes itself (events, executions, deliveries):
+an operator reads them and runs the page's actions, and never adds, edits or
+deletes one by hand.
+
 `EscapedJSONAdmin`: the admin prints JSON fields with `ensure_ascii=False`; a lone
 surrogate stored before the strict parser (or by another path) then fails the
 page's UTF-8 encoding, for the object's page and for every list page it appears on.
@@ -82,3 +86,14 @@ class EscapedJSONAdmin(SafeLookupsAdmin):
         for obj in changelist.result_list:
             escape_json_fields(obj)
         return changelist
+
+
+class ReadOnlyAdmin(EscapedJSONAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

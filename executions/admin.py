@@ -13,7 +13,7 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from agentfield_site.admin_bases import EscapedJSONAdmin
+from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin
 from observability.models import PlatformEvent
 from webhooks.masking import masked_headers
 from webhooks.models import Delivery
@@ -75,7 +75,7 @@ def _table(headers: tuple[str, ...], rows) -> str:
 
 
 @admin.register(Execution)
-class ExecutionAdmin(EscapedJSONAdmin):
+class ExecutionAdmin(ReadOnlyAdmin):
     list_display = ("id", "target", "status", "webhook", "agent_node_id", "created_at")
     # Status and time only: node and target are high-cardinality (SELECT DISTINCT over
     # every execution), so they are searched instead.
@@ -158,15 +158,6 @@ class ExecutionAdmin(EscapedJSONAdmin):
                 for row in rows
             ),
         )
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.action(description="Cancel the selected executions")
     def cancel_selected(self, request, queryset: QuerySet) -> None:

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
-from agentfield_site.admin_bases import EscapedJSONAdmin, SafeLookupsAdmin
+from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin, SafeLookupsAdmin
 
 from . import delivery, destinations, subscriptions
 from .api.serializers import SubscriptionSerializer
@@ -53,7 +53,7 @@ def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryse
     )
 
 
-class DeliveryAdmin(EscapedJSONAdmin):
+class DeliveryAdmin(ReadOnlyAdmin):
     # What an operator asks first, narrow enough for 1,280 px; the event type and the
     # creation time are on the page (and searchable, and in the date drill-down).
     list_display = ("id", "execution_id", "destination", "status", "attempts", "last_status", "next_attempt")
@@ -89,15 +89,6 @@ class DeliveryAdmin(EscapedJSONAdmin):
     @admin.display(description="body (as sent)")
     def body_text(self, obj: Delivery) -> str:
         return bytes(obj.body).decode("utf-8", errors="replace")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 admin.site.register(Delivery, DeliveryAdmin)
