@@ -345,8 +345,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"without_traceback": {"()": "agentfield_site.lib.logs.WithoutTraceback"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "refusals": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["without_traceback"]},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # django-q2 logs as "django-q", with a hyphen (not its package name).
-    "loggers": {"django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")}},
+    "loggers": {
+        # django-q2 logs as "django-q", with a hyphen (not its package name).
+        "django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
+        "django.security": {"handlers": ["refusals"], "propagate": False},
+    },
 }

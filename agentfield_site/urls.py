@@ -28,5 +28,6 @@ urlpatterns = [
     re_path(r"^api(/|$)", api.api_not_found),
 ]
 
+handler400 = "agentfield_site.lib.api.api_bad_request"
 handler404 = "agentfield_site.lib.api.api_not_found"
 handler500 = "agentfield_site.lib.api.server_error"

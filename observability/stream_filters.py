@@ -16,6 +16,13 @@ from .type_patterns import MAX_PATTERNS, matches, pattern_problem, type_regex
 _FIELDS = ("execution_id", "workflow_id", "agent_node_id", "status")
 _FIELD_MAX = 128
 
+# The statuses events carry, and the other names a client may give one by (name ->
+# the status events carry): filled in by the apps that publish events, from their
+# AppConfig.ready (dependencies point one way). A `status` filter outside them
+# would keep a stream empty for ever: it is a 400 instead, and an alias
+# (`completed`) filters on its status (`succeeded`), as the executions list does.
+statuses: dict[str, str] = {}
+
 
 class FilterError(ValueError):
     """A filter value a client sent that cannot be used (a 400)."""
@@ -112,6 +119,12 @@ def parse_filters(params: Mapping[str, object], *, sources: Iterable[str] = ()) 
         if "\x00" in raw:  # PostgreSQL refuses the query, which would end the stream
             raise FilterError(f"Filter {name!r} contains a NUL character.")
         values[name] = raw
+    if values["status"] and statuses:
+        status = statuses.get(values["status"].lower())
+        if status is None:
+            known = ", ".join(sorted(set(statuses.values())))
+            raise FilterError(f"Unknown status {values['status']!r}: one of {known}, or an alias of one.")
+        values["status"] = status
     raw_types = params.get("types", "") or ""
     if isinstance(raw_types, str):
         parts = raw_types.split(",")

@@ -53,6 +53,9 @@ from .models import Attempt, Delivery, Subscription, SubscriptionSecret
 log = logging.getLogger(__name__)
 
 TASK = "webhooks.tasks.send_due"
+# The `status` of the outcome events (above): delivered, failed and retrying,
+# failed for good, dead-lettered, and pending again (redriven).
+EVENT_STATUSES = ("delivered", "retrying", "failed", "dead", "pending")
 # How long one `send_due` call keeps claiming before handing over to a new task,
 # so one worker is not held forever under a constant stream of deliveries.
 RUN_SECONDS = 10.0

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.db import DataError, OperationalError
 from django.http import JsonResponse
@@ -280,6 +280,17 @@ class BodyLimitMiddleware(HooksOnTheLoop, MiddlewareMixin):
             return error_response(411, "length_required", "Send the body with a Content-Length.")
         request.META["CONTENT_LENGTH"] = str(len(body))
         return None
+
+
+def api_bad_request(request, exception=None):
+    """400 handler (a Host not in ALLOWED_HOSTS, a malformed upload): JSON under /api/, Django's page elsewhere."""
+    if request.path == "/api" or request.path.startswith("/api/"):
+        if isinstance(exception, DisallowedHost):
+            return error_response(400, "bad_request", "The Host header names no host this server answers for (ALLOWED_HOSTS).")
+        return error_response(400, "bad_request", "The request is malformed.")
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception)
 
 
 # Exempt, or a POST to an unknown API route would get the CSRF middleware's HTML

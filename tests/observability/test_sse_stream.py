@@ -12,6 +12,7 @@ from agentfield_site.asgi import application
 from devtools.sse import AsgiSse
 from observability import events, tail
 from observability.models import PlatformEvent
+from observability.stream_filters import parse_filters
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("poll_without_channel_layer")]
 
@@ -253,3 +254,28 @@ def test_one_execution_stream_replays_and_ends_after_terminal():
     assert finished.status == 204
     assert missing.status == 404
     assert json.loads(missing.body)["error"] == "not_found"
+
+
+def test_a_status_filter_takes_aliases_and_refuses_a_status_no_event_carries():
+    client = Client()
+    path = "/api/ui/v1/executions/events"
+    refused = client.get(path, {"status": "bogus"})
+    assert refused.status_code == 400 and "Unknown status 'bogus'" in refused.json()["message"]
+    # Statuses of every kind of event are taken: an execution's, a node's, a delivery's, a breaker's.
+    for status in ("succeeded", "inactive", "retrying", "half_open"):
+        assert parse_filters({"status": status}).status == status
+    assert parse_filters({"status": "Completed"}).status == "succeeded"
+    assert parse_filters({"status": "canceled"}).status == "cancelled"
+
+    async def scenario():
+        first = await publish_in_thread(
+            ("execution.completed", {"execution_id": "e1", "status": "succeeded"}),
+            ("execution.failed", {"execution_id": "e2", "status": "failed"}),
+        )
+        sse = await AsgiSse(application, path, "status=completed", {"Last-Event-ID": str(first[0] - 1)}).start()
+        await sse.read_events(1)
+        await asyncio.sleep(0.3)
+        await sse.close()
+        return [f.json["execution_id"] for f in sse.parser.frames if f.data]
+
+    assert run(scenario()) == ["e1"]

@@ -65,3 +65,14 @@ def test_pages_outside_the_api_keep_an_html_404(client):
     response = client.get("/nowhere")
     assert response.status_code == 404
     assert "application/json" not in response["Content-Type"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["get", "post"])
+@pytest.mark.parametrize("path", ["/api/v1/executions", "/api/v1/execute/async/analyzer.process", "/api/v1/nope"])
+def test_a_host_the_server_does_not_answer_for_is_a_json_400_under_the_api(client, method, path):
+    response = _send(client, method, path, HTTP_HOST="evil.example")
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json()["error"] == "bad_request" and "ALLOWED_HOSTS" in response.json()["message"]
+    page = client.get("/admin/login/", HTTP_HOST="evil.example")
+    assert page.status_code == 400 and "application/json" not in page["Content-Type"]

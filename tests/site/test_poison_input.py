@@ -134,6 +134,19 @@ def test_a_nul_in_an_id_is_a_4xx_on_every_database(world, method, url, scope):
     assert response.json()["error"] in ("bad_request", "not_found", "forbidden")
 
 
+@pytest.mark.parametrize("name", ["execution_id", "subscription", "event"])
+def test_a_nul_in_a_dead_letter_filter_finds_nothing_or_is_a_400(world, name):
+    """PostgreSQL refuses a query holding NUL (400); SQLite finds no such dead letter."""
+    listed = APIClient().get(f"/api/v1/webhooks/dlq?{name}=%00")
+    redriven = APIClient().post("/api/v1/webhooks/dlq/redrive", {"filter": {name: "\x00"}}, format="json")
+    for response in (listed, redriven):
+        assert response.status_code in (200, 400), response.content[:300]
+    if listed.status_code == 200:
+        assert listed.json()["entries"] == []
+    if redriven.status_code == 200:
+        assert redriven.json()["processed"] == 0
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("poll_without_channel_layer")
 def test_the_websocket_answers_an_error_frame_and_stays_open(settings):

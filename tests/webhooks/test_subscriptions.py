@@ -14,7 +14,7 @@ from observability.events import publish
 from observability.models import PlatformEvent
 from tests.webhooks.conftest import enqueue, send_now
 from webhooks import delivery, destinations, subscriptions
-from webhooks.models import Delivery, Destination, Subscription
+from webhooks.models import Delivery, Destination, Subscription, SubscriptionSecret
 
 pytestmark = pytest.mark.django_db
 BASE = "/api/v1/webhooks/subscriptions"
@@ -261,3 +261,22 @@ def test_a_client_subscription_never_hears_another_keys_subscription_deliveries(
     assert [d.event_type for d in heard] == ["execution.completed", "webhook.delivered"]
     assert all(b"T0K3N" not in bytes(d.body) for d in heard)
     assert Delivery.objects.filter(subscription=theirs).count() == 3  # the operator hears everything
+
+
+@pytest.mark.parametrize(("body", "error"), [(b"{", "invalid_json"), (b'{"x": "\\ud800"}', "invalid_json"),
+                                             (b"[]", "bad_request"), (b'"go"', "bad_request")])
+def test_an_action_refuses_a_body_that_is_not_a_json_object_and_does_nothing(api, body, error):
+    sub = create(api, "http://127.0.0.1:9/a", ["*"])
+    secrets = list(SubscriptionSecret.objects.filter(subscription_id=sub["id"]).values_list("secret", flat=True))
+    enqueue(url="http://127.0.0.1:9/a", execution_id="exec_body")
+    Delivery.objects.filter(execution_id="exec_body").update(status=Delivery.Status.DEAD)
+    for path in (f"{BASE}/{sub['id']}/rotate-secret", f"{BASE}/{sub['id']}/test", "/api/v1/executions/exec_body/webhook/retry"):
+        response = api.post(path, body, content_type="application/json")
+        assert response.status_code == 400 and response.json()["error"] == error, (path, response.content)
+    assert list(SubscriptionSecret.objects.filter(subscription_id=sub["id"]).values_list("secret", flat=True)) == secrets
+    assert not Delivery.objects.filter(kind=Delivery.Kind.TEST).exists()
+    assert Delivery.objects.get(execution_id="exec_body").status == Delivery.Status.DEAD
+    # No body, or an empty object, is what these actions take.
+    assert api.post(f"{BASE}/{sub['id']}/test").status_code == 202
+    assert api.post(f"{BASE}/{sub['id']}/rotate-secret", {}, format="json").status_code == 200
+    assert api.post("/api/v1/executions/exec_body/webhook/retry").status_code == 202

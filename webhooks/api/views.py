@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agentfield_site.auth import CLIENT, caller_of
-from agentfield_site.lib.api import ApiError, int_param
+from agentfield_site.lib.api import ApiError, int_param, object_body
 
 from .. import delivery, destinations, subscriptions
 from ..models import Delivery, Subscription
@@ -84,6 +84,7 @@ class SubscriptionViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"], url_path="rotate-secret")
     def rotate_secret(self, request: Request, pk: str | None = None) -> Response:
         """A new secret, shown once; the previous one keeps signing for 24 hours."""
+        object_body(request)  # none is read, but a body that is not a JSON object is refused
         sub = self.get_object()
         secret = subscriptions.rotate_secret(sub)
         rotated = {"id": sub.id, "secret": secret, "previous_secret_valid_for_seconds": 86400}
@@ -93,6 +94,7 @@ class SubscriptionViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def test(self, request: Request, pk: str | None = None) -> Response:
         """Send one `webhook.test` event (no retries)."""
+        object_body(request)
         row = subscriptions.send_test(self.get_object())
         queued = {"status": "queued", "delivery_id": row.id, "webhook_id": row.webhook_id}
         return Response(TestQueuedSerializer(queued).data, status=status.HTTP_202_ACCEPTED)
@@ -149,6 +151,7 @@ class ExecutionWebhookRetryView(APIView):
 
     @extend_schema(request=None, responses={202: RetryQueuedSerializer})
     def post(self, request: Request, execution_id: str) -> Response:
+        object_body(request)
         with transaction.atomic():
             row = deliveries_of(caller_of(request)).filter(
                 kind=Delivery.Kind.COMPLETION, execution_id=execution_id
