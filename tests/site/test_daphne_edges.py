@@ -1,6 +1,9 @@
 """Request edges in a real daphne: chunked bodies, the access log, the WebSocket Origin."""
 
 import asyncio
+import json
+import re
+import socket
 
 import pytest
 import requests
@@ -93,3 +96,35 @@ def test_the_websocket_origin_must_be_the_servers_own(proc_env):
     got = asyncio.run(scenario())
     assert got["own"].startswith("accepted:") and got["no origin"].startswith("accepted:"), got
     assert got["other port"] == got["other scheme"] == "refused:403", got
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """What daphne answers to bytes sent as they are (an HTTP client would refuse to send some)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer:
+                head, _, body = answer.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                if length and len(body) >= int(length.group(1)):
+                    break
+    return answer
+
+
+def test_what_daphne_refuses_itself_is_a_json_error_under_the_api(proc_env):
+    web = proc_env.daphne()
+    head = b"Host: 127.0.0.1\r\nConnection: close\r\n"
+    bad_header = _raw(web.port, b"GET /api/v1/executions HTTP/1.1\r\n" + head + b"X-Run-ID: run\x0bz\r\n\r\n")
+    assert b" 400 " in bad_header.partition(b"\r\n")[0] and b"application/json" in bad_header.lower(), bad_header[:300]
+    assert json.loads(bad_header.partition(b"\r\n\r\n")[2]) == {"error": "bad_request", "message": "Invalid header value."}
+    # Outside the API, daphne's own page as before.
+    page = _raw(web.port, b"GET /admin/ HTTP/1.1\r\n" + head + b"X-Run-ID: run\x0bz\r\n\r\n")
+    assert b" 400 " in page.partition(b"\r\n")[0] and b"text/html" in page.lower()
+    # A multipart body Twisted could not parse was a bare 400 with no body: the API now answers it.
+    sent = b'{"input": {}}'
+    multipart = _raw(web.port, b"POST /api/v1/execute/async/analyzer.process HTTP/1.1\r\n" + head
+                     + b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: %d\r\n\r\n" % len(sent) + sent)
+    assert b" 415 " in multipart.partition(b"\r\n")[0], multipart[:300]
+    assert json.loads(multipart.partition(b"\r\n\r\n")[2])["error"] == "unsupported_media_type"
