@@ -37,5 +37,13 @@ def expire(name: str) -> None:
     Lease.objects.filter(name=name).update(expires_at=timezone.now())
 
 
+def state(name: str) -> tuple[str, object] | None:
+    """(holder, expiry) as the lease stands, held or lapsed; None if it was never taken.
+
+    A live holder renews: its expiry moves on from one look to the next.
+    """
+    return Lease.objects.filter(name=name).values_list("holder", "expires_at").first()
+
+
 def is_held(name: str) -> bool:
     return Lease.objects.filter(name=name, expires_at__gte=timezone.now()).exists()

@@ -35,35 +35,42 @@ ticks: list[Callable[[], None]] = []
 
 
 def run(seconds: float | None = None) -> int:
-    """Hold the sweeper lease and tick until `seconds` pass; returns ticks run.
+    """Hold the sweeper lease and tick for `seconds` from taking it; returns ticks run.
 
     Runs are short (SWEEP_RUN_SECONDS) and chained, because a graceful qcluster
-    stop waits for running tasks: a short run keeps that wait short.
+    stop waits for running tasks: a short run keeps that wait short. Only a run
+    that held the lease queues the next one: a task that finds another sweeper
+    (queued before a restart, or kicked by a starting worker) ends without one,
+    or every restart would add a chain of sweepers that never ends.
     """
     seconds = settings.SWEEP_RUN_SECONDS if seconds is None else seconds
     holder = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + seconds
+    deadline: float | None = None  # set once the lease is ours
     count = 0
-    waiting_since: float | None = None
-    while time.monotonic() < deadline:
+    seen = None  # the lease as another holder had it when this run first looked
+    waiting_since = time.monotonic()
+    while deadline is None or time.monotonic() < deadline:
         if not leases.acquire(LEASE, holder, settings.SWEEP_LEASE_SECONDS):
             if count:
                 return count  # another sweeper took over after we stalled; it carries on
-            # The holder may be a process killed a moment ago whose lease has not
-            # lapsed yet: wait out a lease period with margin (it may have renewed
-            # just before dying), then leave a live holder alone.
-            waiting_since = waiting_since or time.monotonic()
-            if time.monotonic() - waiting_since > 2 * settings.SWEEP_LEASE_SECONDS:
+            # A live sweeper renews the lease every tick; one killed a moment ago
+            # leaves it to lapse. Leave the live one alone (it hands over itself),
+            # wait the dead one's lease out and take over (with a bound, in case
+            # the holder stalls without dying).
+            now_seen = leases.state(LEASE)
+            seen = seen or now_seen
+            if now_seen != seen or time.monotonic() - waiting_since > 2 * settings.SWEEP_LEASE_SECONDS:
                 return 0
             time.sleep(settings.SWEEP_TICK_SECONDS)
             continue
+        if deadline is None:
+            deadline = time.monotonic() + seconds
         tick_once()
         count += 1
         close_old_connections()
         time.sleep(settings.SWEEP_TICK_SECONDS)
     leases.release(LEASE, holder)
-    # Only the holder gets here: hand over to one successor at once rather than
-    # waiting for the minute schedule.
+    # Hand over to one successor at once rather than waiting for the minute schedule.
     _enqueue()
     return count
 

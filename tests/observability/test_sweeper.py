@@ -57,3 +57,41 @@ def test_kicks_close_together_enqueue_once(settings, monkeypatch):
     assert enqueued == [1], "no kick while a sweeper holds the lease"
     sweeper.kick(after_restart=True)
     assert enqueued == [1, 1], "a restarted worker kicks even while a (maybe dead) holder has the lease"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweeper_that_finds_a_live_one_ends_without_a_successor(settings, monkeypatch):
+    """A task queued before a restart, or kicked by a starting worker, while a sweeper runs.
+
+    Its own run is shorter than a lease's patience: it used to reach its end still
+    waiting and queue a successor anyway, one more chain of sweepers per restart
+    until they held every delivery worker.
+    """
+    settings.SWEEP_TICK_SECONDS = 0.01
+    settings.SWEEP_LEASE_SECONDS = 0.5
+    successors = []
+    monkeypatch.setattr(sweeper, "ticks", [])
+    monkeypatch.setattr(sweeper, "_enqueue", lambda: successors.append(1))
+    assert leases.acquire(sweeper.LEASE, "live", settings.SWEEP_LEASE_SECONDS)
+    sleep = sweeper.time.sleep
+
+    def live_sweeper_ticks(seconds: float) -> None:  # the live holder renews between the waiter's looks
+        leases.acquire(sweeper.LEASE, "live", settings.SWEEP_LEASE_SECONDS)
+        sleep(seconds)
+
+    monkeypatch.setattr(sweeper.time, "sleep", live_sweeper_ticks)
+    assert sweeper.run(seconds=0.05) == 0
+    assert successors == [] and leases.state(sweeper.LEASE)[0] == "live"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweeper_waits_out_a_dead_ones_lease_then_runs_its_full_turn(settings, monkeypatch):
+    settings.SWEEP_TICK_SECONDS = 0.01
+    settings.SWEEP_LEASE_SECONDS = 0.3
+    successors = []
+    monkeypatch.setattr(sweeper, "ticks", [])
+    monkeypatch.setattr(sweeper, "_enqueue", lambda: successors.append(1))
+    assert leases.acquire(sweeper.LEASE, "killed", settings.SWEEP_LEASE_SECONDS)  # and never renewed
+    # A run shorter than the lease it waits out still ticks once it holds the lease.
+    assert sweeper.run(seconds=0.1) >= 3
+    assert successors == [1]

@@ -42,3 +42,29 @@ def test_a_restarted_worker_takes_over_from_a_killed_sweeper(proc_env):
         what=f"a new sweeper after the restart\n{second.log()[-3000:]}",
     )
     assert new_holder != dead_holder
+
+
+def test_restarts_leave_one_chain_of_sweepers_not_one_more_each(proc_env):
+    """Each stop leaves a sweeper task queued, each start kicks one: all but one must end.
+
+    Runs shorter than a lease's patience (1 s against 2 × 2 s) are the case that
+    used to keep every extra task alive: it reached its end still waiting and
+    queued a successor, until the chains held every delivery worker.
+    """
+    from django.utils import timezone
+    from django_q.models import Task
+
+    env = {"SWEEP_RUN_SECONDS": "1", "SWEEP_LEASE_SECONDS": "2"}
+    for _ in range(3):
+        worker = proc_env.worker(env)
+        wait_for(_holder, timeout=30, what=f"a sweeper holding the lease\n{worker.log()[-2000:]}")
+        time.sleep(1.5)  # a run ends and queues its successor
+        worker.stop(grace=30)
+    worker = proc_env.worker(env)
+    wait_for(_holder, timeout=30, what="a sweeper after the last restart")
+    time.sleep(6)  # the tasks left queued start, find the live sweeper, and end
+    since = timezone.now()
+    time.sleep(5)
+    results = [t.result for t in Task.objects.filter(name="sweeper", started__gte=since)]
+    assert results and all(r > 0 for r in results), (results, worker.log()[-3000:])
+    assert len(results) <= 6, results  # one chain of 1 s runs, not several
