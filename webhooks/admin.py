@@ -16,9 +16,11 @@ from django.contrib.admin.utils import quote
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
+from django.utils import timezone
 
-from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin, SafeLookupsAdmin
+from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin
 
 from . import delivery, destinations, subscriptions
 from .api.serializers import SubscriptionSerializer
@@ -230,20 +232,24 @@ class SubscriptionAdmin(EscapedJSONAdmin):
     @admin.action(description="Enable selected subscriptions")
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = queryset.update(enabled=True, disabled_reason="", failing_since=None)
-        self.message_user(request, f"Enabled {n} subscriptions.", messages.SUCCESS)
+        self.message_user(request, f"Enabled {n} subscription{pluralize(n)}.", messages.SUCCESS)
 
     @admin.action(description="Disable selected subscriptions")
     def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = queryset.update(enabled=False, disabled_reason="Disabled by an operator.")
-        self.message_user(request, f"Disabled {n} subscriptions.", messages.SUCCESS)
+        self.message_user(request, f"Disabled {n} subscription{pluralize(n)}.", messages.SUCCESS)
 
 
 @admin.register(Destination)
-class DestinationAdmin(SafeLookupsAdmin):
-    """Receiver addresses and their circuit breakers: who is down, since when, what waits."""
+class DestinationAdmin(ReadOnlyAdmin):
+    """Receiver addresses and their circuit breakers: who is down, since when, what waits.
+
+    Read-only, and never deleted by hand: a running worker remembers the rows it
+    made, and a deleted one would leave its destination with no breaker.
+    """
 
     list_display = (
-        "destination", "state", "consecutive_failures", "success_rate_1h", "pending", "in_flight",
+        "destination", "breaker", "consecutive_failures", "success_rate_1h", "pending", "in_flight",
         "opened_at", "next_probe_at", "last_error",
     )
     list_filter = ("state",)
@@ -257,6 +263,13 @@ class DestinationAdmin(SafeLookupsAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return destinations.with_stats(super().get_queryset(request))
+
+    @admin.display(description="state", ordering="state")
+    def breaker(self, obj: Destination) -> str:
+        """The breaker's state, and a pause a 429 asked for (whatever the state) while it lasts."""
+        if obj.paused_until and obj.paused_until > timezone.now():
+            return f"{obj.state}, paused until {timezone.localtime(obj.paused_until):%H:%M:%S}"
+        return obj.state
 
     @admin.display(description="pending", ordering="pending")
     def pending(self, obj: Destination) -> int:
@@ -273,15 +286,9 @@ class DestinationAdmin(SafeLookupsAdmin):
     @admin.action(description="Probe now (send one delivery to test the receiver)")
     def probe_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = destinations.probe_now(queryset.values_list("destination", flat=True))
-        self.message_user(request, f"{n} destinations will be probed at once.", messages.SUCCESS)
+        self.message_user(request, f"{n} destination{pluralize(n)} will be probed at once.", messages.SUCCESS)
 
     @admin.action(description="Close the breaker (deliveries flow again)")
     def close_breaker(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = destinations.close(queryset.values_list("destination", flat=True))
-        self.message_user(request, f"Closed {n} breakers.", messages.SUCCESS)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return request.method in ("GET", "HEAD") or obj is None
+        self.message_user(request, f"Closed {n} breaker{pluralize(n)}.", messages.SUCCESS)

@@ -98,7 +98,7 @@ def record(outcomes: dict[str, list[outbound.Outcome]], now: datetime) -> list:
             elif outcome.status is not None:
                 answered, tail = True, 0
             if outcome.status == 429 and (wanted := retry_after_seconds(outcome.retry_after)) is not None:
-                paused[destination] = min(wanted, MAX_PAUSE)
+                paused[destination] = (min(wanted, MAX_PAUSE), outcome.describe())
         if answered and not tail:
             recovered.add(destination)
         elif tail:
@@ -107,10 +107,11 @@ def record(outcomes: dict[str, list[outbound.Outcome]], now: datetime) -> list:
         events += _close(recovered, now)
     if failing:
         events += _fail(failing, now)
-    for destination, seconds in paused.items():
+    for destination, (seconds, error) in paused.items():
         _ensure([destination])
+        until = now + timedelta(seconds=seconds)
         Destination.objects.filter(destination=destination).update(
-            paused_until=now + timedelta(seconds=seconds)
+            paused_until=until, last_error=f"{error[:1900]}: paused until {until.isoformat(timespec='seconds')} (Retry-After)"
         )
     return events
 

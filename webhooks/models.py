@@ -165,6 +165,13 @@ class Delivery(models.Model):
         return f"{self.webhook_id} {self.event_type} → {self.destination} ({self.status})"
 
 
+class DestinationQuerySet(models.QuerySet):
+    def update(self, **fields) -> int:
+        # An update bypasses `auto_now`, and every change to a breaker is one.
+        fields.setdefault("updated_at", timezone.now())
+        return super().update(**fields)
+
+
 class Destination(models.Model):
     """A receiver address (scheme://host:port) and its circuit breaker, shared by every worker.
 
@@ -190,6 +197,8 @@ class Destination(models.Model):
     paused_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DestinationQuerySet.as_manager()
 
     class Meta:
         ordering = ["destination"]

@@ -11,9 +11,10 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from agentfield_site.lib.outbound import Outcome
 from devtools.loopback import LoopbackServer, Reply
 from tests.webhooks.conftest import drain, enqueue
-from webhooks import subscriptions
+from webhooks import destinations, subscriptions
 from webhooks.models import Delivery, Destination, Subscription
 
 pytestmark = pytest.mark.django_db
@@ -161,6 +162,7 @@ def test_destinations_page_shows_breakers_and_its_actions_work(staff):
         destination="http://127.0.0.1:9", state=Destination.State.OPEN, consecutive_failures=5,
         opened_at=timezone.now(), next_probe_at=timezone.now() + timedelta(minutes=5),
     )
+    page_time = timezone.now()
     page = staff.get("/admin/webhooks/destination/")
     assert page.status_code == 200
     text = page.content.decode()
@@ -172,5 +174,23 @@ def test_destinations_page_shows_breakers_and_its_actions_work(staff):
         "/admin/webhooks/destination/", {"action": "close_breaker", "_selected_action": ["http://127.0.0.1:9"]},
         follow=True,
     )
-    assert "Closed 1 breakers" in response.content.decode()
-    assert Destination.objects.get(destination="http://127.0.0.1:9").state == Destination.State.CLOSED
+    assert "Closed 1 breaker." in response.content.decode()
+    closed = Destination.objects.get(destination="http://127.0.0.1:9")
+    assert closed.state == Destination.State.CLOSED
+    assert closed.updated_at >= probed.updated_at > page_time, "every change to a breaker says when"
+
+
+def test_a_paused_destination_shows_so_and_no_destination_is_deleted_by_hand(staff):
+    Destination.objects.create(destination="http://127.0.0.1:9")
+    # A receiver answering 429 with Retry-After pauses it, whatever its state.
+    destinations.record({"http://127.0.0.1:9": [Outcome(status=429, retry_after="120")]}, timezone.now())
+    paused = Destination.objects.get()
+    assert paused.paused_until > timezone.now() and "paused until" in paused.last_error
+    text = staff.get("/admin/webhooks/destination/").content.decode()
+    assert f"closed, paused until {timezone.localtime(paused.paused_until):%H:%M:%S}" in text
+    assert "delete_selected" not in text
+    page = staff.get(reverse("admin:webhooks_destination_change", args=[quote(paused.pk)]))
+    assert page.status_code == 200 and "View destination" in page.content.decode()
+    assert 'name="_save"' not in page.content.decode()
+    assert staff.post(reverse("admin:webhooks_destination_delete", args=[quote(paused.pk)]), {"post": "yes"}).status_code == 403
+    assert Destination.objects.exists()
