@@ -46,13 +46,15 @@ class AttemptInline(admin.TabularInline):
 
 @admin.action(description="Redrive selected (fresh retry budget, same webhook-id)")
 def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    held = delivery.held_by_disabled_subscription(queryset)
     queued = delivery.redrive(queryset, statuses=REDRIVABLE)
-    skipped = queryset.count() - queued
-    modeladmin.message_user(
-        request,
-        f"Queued {queued} deliveries." + (f" {skipped} already pending or in flight." if skipped > 0 else ""),
-        messages.SUCCESS,
-    )
+    busy = queryset.count() - queued - held
+    message = f"Queued {queued} deliver{pluralize(queued, 'y,ies')}."
+    if busy > 0:
+        message += f" {busy} already pending or in flight."
+    if held:
+        message += f" {held} left as {pluralize(held, 'it is,they are')}: the subscription is disabled (enable it, then redrive)."
+    modeladmin.message_user(request, message, messages.SUCCESS if queued or not held else messages.WARNING)
 
 
 class DeliveryAdmin(ReadOnlyAdmin):
@@ -126,6 +128,11 @@ class DeadLetterAdmin(DeliveryAdmin):
             return HttpResponseRedirect(reverse("admin:webhooks_deadletter_change", args=[quote(row.pk)]))
         if delivery.redrive(Delivery.objects.filter(pk=row.pk), statuses=REDRIVABLE):
             self.message_user(request, f"Redriven: {row.webhook_id} is queued again (same webhook-id).", messages.SUCCESS)
+        elif delivery.held_by_disabled_subscription(Delivery.objects.filter(pk=row.pk)):
+            self.message_user(
+                request, f"{row.webhook_id} is left as it is: its subscription is disabled (enable it, then redrive).",
+                messages.WARNING,
+            )
         else:
             self.message_user(request, f"{row.webhook_id} is already pending or in flight.", messages.WARNING)
         return HttpResponseRedirect(reverse("admin:webhooks_delivery_change", args=[quote(row.pk)]))

@@ -676,16 +676,23 @@ def _mark_delivered(rows: list[tuple[int, str, int | None]], now: datetime) -> s
 
 def _note_failures(failing: set[str], gone: set[str], now: datetime) -> None:
     """Start failure clocks; disable on 410 and after WEBHOOK_DISABLE_AFTER_DAYS of failure."""
+    from .subscriptions import invalidate_cache  # subscriptions sends through this module
+
     Subscription.objects.filter(id__in=failing, failing_since__isnull=True).update(failing_since=now)
+    disabled = 0
     if gone:
-        Subscription.objects.filter(id__in=gone, enabled=True).update(
+        disabled += Subscription.objects.filter(id__in=gone, enabled=True).update(
             enabled=False, disabled_reason="The receiver answered 410 Gone."
         )
     cutoff = now - timedelta(days=settings.WEBHOOK_DISABLE_AFTER_DAYS)
-    Subscription.objects.filter(id__in=failing, enabled=True, failing_since__lt=cutoff).update(
+    disabled += Subscription.objects.filter(id__in=failing, enabled=True, failing_since__lt=cutoff).update(
         enabled=False,
         disabled_reason=f"Every delivery failed for {settings.WEBHOOK_DISABLE_AFTER_DAYS:g} days.",
     )
+    if disabled:
+        # As a save does (post_save): the events published next, these results' own
+        # among them, must not make deliveries to it that would die unsent.
+        invalidate_cache()
 
 
 def _record_surviving(results: list[_Result]) -> int:
@@ -914,14 +921,26 @@ def tick() -> None:
 REDRIVE_CHUNK = 500
 
 
+# A disabled subscription's deliveries would only die again, unsent (a test send goes all the same).
+_SUBSCRIPTION_DISABLED = Q(subscription__enabled=False) & ~Q(kind=Delivery.Kind.TEST)
+
+
+def held_by_disabled_subscription(deliveries: QuerySet) -> int:
+    """How many of `deliveries` a redrive leaves where they are until their subscription is enabled."""
+    return deliveries.filter(_SUBSCRIPTION_DISABLED).count()
+
+
 def redrive(deliveries: QuerySet, statuses: Iterable[str] = (Delivery.Status.DEAD,)) -> int:
-    """Give deliveries in `statuses` a fresh retry budget under the same webhook-id; returns how many."""
+    """Give deliveries in `statuses` a fresh retry budget under the same webhook-id; returns how many.
+
+    Not those of a disabled subscription: they would die again at once, unsent.
+    """
     statuses = list(statuses)
     queued = after = 0
     while True:
         with transaction.atomic():
             rows = list(
-                deliveries.filter(status__in=statuses, id__gt=after).order_by("id")
+                deliveries.filter(status__in=statuses, id__gt=after).exclude(_SUBSCRIPTION_DISABLED).order_by("id")
                 .values("id", "webhook_id", "execution_id", "event_type", "subscription_id", "attempts", "url")[:REDRIVE_CHUNK]
             )
             if not rows:

@@ -7,12 +7,15 @@ from datetime import timedelta
 import pytest
 from django.contrib.admin.utils import quote
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from agentfield_site.lib.outbound import Outcome
 from devtools.loopback import LoopbackServer, Reply
+from observability.events import publish
+from observability.models import PlatformEvent
 from tests.webhooks.conftest import drain, enqueue
 from webhooks import destinations, subscriptions
 from webhooks.models import Delivery, Destination, Subscription
@@ -42,7 +45,7 @@ def test_delivery_pages_search_and_redrive_action(staff):
         response = staff.post(
             "/admin/webhooks/deadletter/", {"action": "redrive_selected", "_selected_action": [row.id]}, follow=True
         )
-        assert "Queued 1 deliveries" in response.content.decode()
+        assert "Queued 1 delivery." in response.content.decode()
         assert drain(row).status == Delivery.Status.DELIVERED
     assert staff.get("/admin/webhooks/deadletter/").content.decode().count(row.webhook_id) == 0
 
@@ -194,3 +197,29 @@ def test_a_paused_destination_shows_so_and_no_destination_is_deleted_by_hand(sta
     assert 'name="_save"' not in page.content.decode()
     assert staff.post(reverse("admin:webhooks_destination_delete", args=[quote(paused.pk)]), {"post": "yes"}).status_code == 403
     assert Destination.objects.exists()
+
+
+def test_a_disabled_subscriptions_dead_letters_wait_for_it_to_be_enabled(staff):
+    """Redriven while it is disabled, they died again at once, unsent, an attempt spent each."""
+    with LoopbackServer(default=Reply(410)) as receiver:
+        sub, _ = subscriptions.create(url=receiver.url, description="", event_types=["*"], headers={})
+        with transaction.atomic():
+            publish("execution.created", execution_id="exec_sub")
+        row = drain(Delivery.objects.get(subscription=sub, event_type="execution.created"))
+        sub.refresh_from_db()
+        assert row.status == Delivery.Status.DEAD and not sub.enabled  # the 410 disabled it
+        receiver.default = Reply(200)
+        redriven = APIClient().post("/api/v1/webhooks/dlq/redrive", {"filter": {"subscription": sub.id}}, format="json")
+        # Nothing more was made for it once it was disabled (its own dead letter's event included).
+        assert list(Delivery.objects.values_list("event_type", flat=True)) == ["execution.created"]
+        assert redriven.json() == {"success": True, "processed": 1, "queued": 0}
+        page = staff.post("/admin/webhooks/deadletter/", {"action": "redrive_selected", "_selected_action": [row.id]},
+                                 follow=True).content.decode()
+        assert "Queued 0 deliveries. 1 left as it is: the subscription is disabled" in page
+        row.refresh_from_db()
+        assert (row.status, row.attempts) == (Delivery.Status.DEAD, 1) and len(receiver.requests) == 1
+        assert not PlatformEvent.objects.filter(type="webhook.redriven").exists()
+        Subscription.objects.filter(id=sub.id).update(enabled=True, disabled_reason="")
+        redriven = APIClient().post("/api/v1/webhooks/dlq/redrive", {"filter": {"subscription": sub.id}}, format="json")
+        assert redriven.json()["queued"] == 1
+        assert drain(row).status == Delivery.Status.DELIVERED
