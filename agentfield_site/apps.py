@@ -70,10 +70,11 @@ def check_settings(app_configs, **kwargs) -> list[checks.CheckMessage]:
                 id="agentfield.E003",
             )
         )
-    if settings.SWEEP_RUN_SECONDS >= q.get("timeout", 0):
+    # A sweeper task may first wait out a killed one's lease (two at most), then run its turn.
+    if settings.SWEEP_RUN_SECONDS + 2 * settings.SWEEP_LEASE_SECONDS >= q.get("timeout", 0):
         errors.append(
             checks.Error(
-                "SWEEP_RUN_SECONDS must be below the django-q2 task timeout.",
+                "SWEEP_RUN_SECONDS plus twice SWEEP_LEASE_SECONDS must be below the django-q2 task timeout.",
                 id="agentfield.E004",
             )
         )

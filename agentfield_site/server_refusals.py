@@ -1,8 +1,10 @@
 """What daphne itself refuses, answered as the API answers: JSON under /api/.
 
-Some requests never reach the application: a header value with a control
-character, a path or query string that is not ASCII. daphne answers them with an
-HTML page of its own; under /api/ that is now the API's JSON error body. And
+Some requests never reach the application: daphne answers a header value with
+a control character in it (and its own failures, 500 and 503) with an HTML page;
+under /api/ that is now the API's JSON error body. (Twisted refuses what it
+cannot parse at all, a path or header that is not ASCII or a NUL, with a bare
+400 before daphne sees it.) And
 Twisted, under daphne, parsed every POSTed form into arguments daphne never
 reads (it hands the application the body as it came), answering a multipart body
 it could not parse with a bare 400 and no body at all; the application now gets

@@ -46,7 +46,7 @@ class AttemptInline(admin.TabularInline):
 
 @admin.action(description="Redrive selected (fresh retry budget, same webhook-id)")
 def redrive_selected(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
-    held = delivery.held_by_disabled_subscription(queryset)
+    held = delivery.held_by_disabled_subscription(queryset.filter(status__in=REDRIVABLE))
     queued = delivery.redrive(queryset, statuses=REDRIVABLE)
     busy = queryset.count() - queued - held
     message = f"Queued {queued} deliver{pluralize(queued, 'y,ies')}."
@@ -239,11 +239,13 @@ class SubscriptionAdmin(EscapedJSONAdmin):
     @admin.action(description="Enable selected subscriptions")
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = queryset.update(enabled=True, disabled_reason="", failing_since=None)
+        subscriptions.invalidate_cache()  # as a save does (post_save)
         self.message_user(request, f"Enabled {n} subscription{pluralize(n)}.", messages.SUCCESS)
 
     @admin.action(description="Disable selected subscriptions")
     def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = queryset.update(enabled=False, disabled_reason="Disabled by an operator.")
+        subscriptions.invalidate_cache()
         self.message_user(request, f"Disabled {n} subscription{pluralize(n)}.", messages.SUCCESS)
 
 

@@ -96,12 +96,7 @@ class HeartbeatSerializer(serializers.Serializer):
 
 
 class HeaderField(serializers.CharField):
-    """An optional request header, named in its error: `X-Run-ID is longer than 128 characters.`
-
-    Printable ASCII only: the server reads header bytes as Latin-1, so UTF-8 sent
-    there would be stored garbled (`é` as `Ã©`), and the ids go on to agents in
-    headers of their own.
-    """
+    """An optional request header, named in its error: `X-Run-ID is longer than 128 characters.`"""
 
     def __init__(self, header: str, max_length: int) -> None:
         self.header = header
@@ -109,12 +104,6 @@ class HeaderField(serializers.CharField):
             required=False, allow_blank=True, max_length=max_length,
             error_messages={"max_length": f"{header} is longer than {max_length} characters."},
         )
-
-    def to_internal_value(self, data) -> str:
-        value = super().to_internal_value(data)
-        if not all(" " <= c <= "~" for c in value):
-            raise serializers.ValidationError(f"{self.header} may hold printable ASCII characters only.")
-        return value
 
 
 class SubmitHeadersSerializer(serializers.Serializer):

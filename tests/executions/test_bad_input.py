@@ -114,16 +114,3 @@ def test_oversized_id_headers_are_400(client, node):
     response = client.post(URL, {}, content_type="application/json", headers={"X-Run-ID": "r" * 200})
     assert response.status_code == 400 and "X-Run-ID" in response.json()["message"]
     _assert_nothing_written()
-
-
-@pytest.mark.parametrize("header", ["X-Run-ID", "X-Session-ID", "X-Actor-ID", "Idempotency-Key"])
-def test_an_id_header_that_is_not_printable_ascii_is_400(client, node, header):
-    # As a server hands the header over: UTF-8 bytes read as Latin-1 ("é" arrives as "Ã©").
-    garbled = "caf\u00e9".encode().decode("latin-1")
-    for value in (garbled, "run\x7f1"):
-        response = client.post(URL, {}, content_type="application/json", headers={header: value})
-        assert response.status_code == 400, response.content
-        assert f"{header} may hold printable ASCII characters only" in response.json()["message"]
-    _assert_nothing_written()
-    response = client.post(URL, {}, content_type="application/json", headers={header: "run_2026 12 07~ok"})
-    assert response.status_code == 202, response.content

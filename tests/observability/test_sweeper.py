@@ -95,3 +95,17 @@ def test_a_sweeper_waits_out_a_dead_ones_lease_then_runs_its_full_turn(settings,
     # A run shorter than the lease it waits out still ticks once it holds the lease.
     assert sweeper.run(seconds=0.1) >= 3
     assert successors == [1]
+
+
+def test_a_sweeper_task_must_fit_its_wait_and_its_turn_in_the_task_timeout(settings):
+    from django.core import checks
+
+    from agentfield_site.apps import check_settings
+
+    errors = lambda: [m.id for m in check_settings(None) if m.level >= checks.ERROR]  # noqa: E731
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 300}
+    settings.SWEEP_RUN_SECONDS, settings.SWEEP_LEASE_SECONDS = 10, 10
+    assert "agentfield.E004" not in errors()
+    # Each below the timeout alone, but a task waiting out a killed sweeper's lease would be cut short.
+    settings.SWEEP_RUN_SECONDS, settings.SWEEP_LEASE_SECONDS = 250, 40
+    assert "agentfield.E004" in errors()

@@ -223,3 +223,14 @@ def test_a_disabled_subscriptions_dead_letters_wait_for_it_to_be_enabled(staff):
         redriven = APIClient().post("/api/v1/webhooks/dlq/redrive", {"filter": {"subscription": sub.id}}, format="json")
         assert redriven.json()["queued"] == 1
         assert drain(row).status == Delivery.Status.DELIVERED
+
+
+def test_a_subscription_disabled_in_the_admin_hears_nothing_from_then_on(staff):
+    sub, _ = subscriptions.create(url="http://127.0.0.1:9/", description="", event_types=["*"], headers={})
+    with transaction.atomic():
+        publish("execution.created", execution_id="exec_before")  # the process now holds it as enabled
+    page = staff.post("/admin/webhooks/subscription/", {"action": "disable", "_selected_action": [sub.id]}, follow=True)
+    assert "Disabled 1 subscription." in page.content.decode()
+    with transaction.atomic():
+        publish("execution.created", execution_id="exec_after")
+    assert list(Delivery.objects.values_list("execution_id", flat=True)) == ["exec_before"]
