@@ -87,6 +87,20 @@ def is_allowed_address(ip: IPAddress, allowed_hosts: Iterable[str] | None = None
     return any(ip.version == net.version and ip in net for net in _networks(allowed_hosts))
 
 
+# IANA's special-purpose blocks that are not public unicast, listed here rather than
+# left to `ipaddress`: its tables change between Python releases (before 3.11.10 and
+# 3.12.4, 192.0.0.0/24 counted as global, and 192.0.0.192 was a cloud's metadata
+# address). Whole blocks, a registry's few global exceptions in them included: nothing
+# sends webhooks to an anycast relay.
+_SPECIAL_PURPOSE = tuple(ipaddress.ip_network(block) for block in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20",
+    "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+))
+
+
 def blocked_reason(ip: IPAddress) -> str | None:
     """Why an address may not be called, or None when it is a public unicast address."""
     embedded = None
@@ -108,9 +122,9 @@ def blocked_reason(ip: IPAddress) -> str | None:
     ):
         if test:
             return f"{word} address {ip}"
-    # is_global is False for what the flags above miss: CGNAT 100.64/10,
-    # documentation and benchmarking ranges and other special-purpose blocks.
-    if not ip.is_global:
+    # What the flags above miss: CGNAT 100.64/10, documentation and benchmarking
+    # ranges and the other special-purpose blocks.
+    if not ip.is_global or any(ip.version == net.version and ip in net for net in _SPECIAL_PURPOSE):
         return f"non-public address {ip}"
     return None
 

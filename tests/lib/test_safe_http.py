@@ -23,6 +23,11 @@ from agentfield_site.lib import safe_http
         "http://[::ffff:127.0.0.1]/",
         "http://0.0.0.0/",
         "http://224.0.0.1/",
+        # Special-purpose blocks that Python before 3.11.10 / 3.12.4 counted as global.
+        "http://192.0.0.192/",
+        "http://192.0.0.8/",
+        "http://[2001:2::1]/",
+        "http://[3fff::1]/",
         "ftp://example.com/",
         "http://user:pw@example.com/",
         "http:///nohost",
