@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin
+from agentfield_site.lib.masking import masked_headers
 from observability.models import PlatformEvent
-from webhooks.masking import masked_headers
 from webhooks.models import Delivery
 
 from . import cancellation, dispatch

@@ -4,6 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 
 from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin, SafeLookupsAdmin
+from agentfield_site.lib.masking import masked_headers
 
 from .forwarder import configuration, dead_letters
 from .models import ForwarderConfig, ForwarderDeadLetter, PlatformEvent
@@ -22,6 +23,7 @@ class ForwarderConfigForm(forms.ModelForm):
     """The collector configuration, validated by the same rules as the API.
 
     The secret is write-only: the field starts empty, and empty keeps the stored one.
+    So are the header values: they show masked, and a value left masked keeps the stored one.
     """
 
     secret = forms.CharField(
@@ -38,6 +40,11 @@ class ForwarderConfigForm(forms.ModelForm):
     class Meta:
         model = ForwarderConfig
         fields = ["url", "secret", "clear_secret", "headers", "enabled", "event_types"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["headers"] = masked_headers(self.instance.headers)
 
     def clean(self) -> dict:
         data = super().clean()

@@ -21,10 +21,10 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin
+from agentfield_site.lib.masking import masked_headers
 
 from . import delivery, destinations, subscriptions
 from .api.serializers import SubscriptionSerializer
-from .masking import masked_headers
 from .models import Attempt, DeadLetter, Delivery, Destination, Subscription, SubscriptionSecret
 
 REDRIVABLE = (Delivery.Status.DEAD, Delivery.Status.FAILED, Delivery.Status.DELIVERED)

@@ -1,7 +1,8 @@
-"""Custom webhook headers are write-only, like secrets: read back as names with masked values.
+"""Custom outbound headers are write-only, like secrets: read back as names with masked values.
 
-They often carry credentials (`Authorization: Bearer ...`) for the receiver, so the
-API, the admin and the logs show which headers are set, never what they say.
+They often carry credentials (`Authorization: Bearer ...`) for the receiver or the
+collector, so the API, the admin and the logs show which headers are set (on
+webhooks, subscriptions and the collector configuration), never what they say.
 """
 
 MASK = "***"

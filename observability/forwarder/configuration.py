@@ -7,6 +7,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from agentfield_site.lib import outbound
+from agentfield_site.lib.masking import masked_headers, merge_masked
 from agentfield_site.lib.timefmt import iso
 
 from ..models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
@@ -92,7 +93,8 @@ def configure(
         config.url = url
         if secret is not None:
             config.secret = secret
-        config.headers = headers
+        # Values sent back as read (masked) keep the stored ones.
+        config.headers = merge_masked(headers, config.headers or {})
         config.enabled = enabled
         config.event_types = event_types
         config.save()
@@ -114,11 +116,11 @@ def unconfigure() -> bool:
 
 
 def config_document(config: ForwarderConfig) -> dict:
-    """The contract's `config` object: never the secret, only whether there is one."""
+    """The contract's `config` object: never the secret, only whether there is one; header values masked."""
     return {
         "url": config.url,
         "has_secret": bool(config.secret),
-        "headers": config.headers,
+        "headers": masked_headers(config.headers),
         "enabled": config.enabled,
         "event_types": config.event_types,
         "created_at": iso(config.created_at),

@@ -26,7 +26,7 @@ def test_admin_adds_one_configuration_and_never_shows_the_secret(staff):
         {
             "url": "http://127.0.0.1:9/collect",
             "secret": "admin-secret",
-            "headers": '{"X-Team": "ops"}',
+            "headers": '{"X-Team": "team-token-1"}',
             "enabled": "on",
             "event_types": '["execution.*"]',
         },
@@ -35,12 +35,13 @@ def test_admin_adds_one_configuration_and_never_shows_the_secret(staff):
     config = ForwarderConfig.current()
     assert (config.secret, config.headers, config.event_types) == (
         "admin-secret",
-        {"X-Team": "ops"},
+        {"X-Team": "team-token-1"},
         ["execution.*"],
     )
 
     page = staff.get(f"/admin/observability/forwarderconfig/{config.pk}/change/").content.decode()
     assert "admin-secret" not in page
+    assert "team-token-1" not in page and "X-Team" in page, "header values are write-only too"
     assert staff.get("/admin/observability/forwarderconfig/add/").status_code == 403, (
         "only one configuration"
     )
@@ -53,6 +54,8 @@ def test_admin_adds_one_configuration_and_never_shows_the_secret(staff):
         "enabled": "on",
         "event_types": '["*"]',
     }
+    assert staff.post(change, {**fields, "headers": '{"X-Team": "***"}'}).status_code == 302
+    assert ForwarderConfig.current().headers == {"X-Team": "team-token-1"}, "a value left masked keeps the stored one"
     assert staff.post(change, fields).status_code == 302
     assert ForwarderConfig.current().secret == "admin-secret"
     assert ForwarderConfig.current().url == "http://127.0.0.1:9/other"

@@ -75,12 +75,28 @@ def test_an_omitted_secret_keeps_the_old_one_and_an_empty_one_removes_it(api):
     assert ForwarderConfig.current().secret == "one"
     assert (config["url"], config["enabled"]) == ("http://collector.local/b", False)
     assert config["event_types"] == ["execution.*", "node.online"]
-    assert config["headers"] == {"Authorization": "Bearer collector-token"}
+    # Header values are write-only, as the secret is (and as a subscription's are).
+    assert config["headers"] == {"Authorization": "***"}
+    assert api.get(BASE).json()["config"]["headers"] == {"Authorization": "***"}
+    assert ForwarderConfig.current().headers == {"Authorization": "Bearer collector-token"}
 
     config = api.post(
         BASE, {"url": "http://collector.local/b", "secret": ""}, format="json"
     ).json()["config"]
     assert config["has_secret"] is False
+    assert config["headers"] == {}
+
+
+@pytest.mark.django_db
+def test_headers_sent_back_as_read_keep_their_values(api):
+    api.post(BASE, {"url": "http://collector.local/a", "headers": {"Authorization": "Bearer t", "X-Team": "ops"}},
+             format="json")
+    read = api.get(BASE).json()["config"]
+    assert read["headers"] == {"Authorization": "***", "X-Team": "***"}
+    changed = {"Authorization": read["headers"]["Authorization"], "x-team": "dev"}
+    config = api.post(BASE, {"url": read["url"], "headers": changed}, format="json").json()["config"]
+    assert config["headers"] == {"Authorization": "***", "x-team": "***"}
+    assert ForwarderConfig.current().headers == {"Authorization": "Bearer t", "x-team": "dev"}
 
 
 @pytest.mark.django_db

@@ -1,10 +1,10 @@
 from rest_framework import serializers
 
 from agentfield_site.lib import outbound
+from agentfield_site.lib.masking import masked_headers, merge_masked
 from observability.type_patterns import MAX_PATTERNS, pattern_problem
 
 from .. import subscriptions
-from ..masking import masked_headers, merge_masked
 from ..models import Delivery, Destination, Subscription
 
 
