@@ -263,6 +263,8 @@ AGENT_CALLS_PER_WORKER = env.int("AGENT_CALLS_PER_WORKER", default=16)
 AGENT_MAX_CALLS_PER_NODE = env.int("AGENT_MAX_CALLS_PER_NODE", default=8)
 AGENT_MAX_CALLS_PER_KEY = env.int("AGENT_MAX_CALLS_PER_KEY", default=32)
 AGENT_MAX_NODES_PER_KEY = env.int("AGENT_MAX_NODES_PER_KEY", default=1000)
+# A node's reasoners, skills and metadata together, as compact JSON: every node list carries them.
+NODE_MAX_DESCRIPTION_BYTES = env.int("NODE_MAX_DESCRIPTION_BYTES", default=256 * 1024)
 # Where nodes' base_urls may point beyond public addresses: host names (as spelled)
 # or IP addresses and networks (matched against the resolved address). Loopback by
 # default, so `make run` and SDK agents on localhost work; add your agents' network

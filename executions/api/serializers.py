@@ -7,6 +7,7 @@ rendered from the model rows directly: no extra queries, and optional keys appea
 only when they have a value, as the contract writes them (`status_reason?`).
 """
 
+import json
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
@@ -17,7 +18,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agentfield_site.lib import safe_http
-from agentfield_site.lib.api import DocumentSerializer
+from agentfield_site.lib.api import ApiError, DocumentSerializer
 from agentfield_site.lib.timefmt import iso
 from webhooks.completion import webhook_events
 
@@ -67,6 +68,16 @@ class NodeRegistrationSerializer(serializers.Serializer):
         if not COMPONENT_ID.fullmatch(value):
             raise serializers.ValidationError(f"A node id is {ID_RULE}.")
         return value
+
+    def validate(self, attrs: dict) -> dict:
+        # Every node list carries every node's description: one key's must stay small.
+        described = [attrs.get("reasoners") or [], attrs.get("skills") or [], attrs.get("metadata") or {}]
+        size = len(json.dumps(described, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace"))
+        limit = settings.NODE_MAX_DESCRIPTION_BYTES
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"A node's reasoners, skills and metadata hold {size} bytes "
+                                                     f"of JSON; at most {limit} (NODE_MAX_DESCRIPTION_BYTES).")
+        return attrs
 
     def validate_base_url(self, value: str) -> str:
         try:

@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from devtools.responses import json_of
 from executions import nodes
 from executions.models import AgentNode
 from observability.models import PlatformEvent
@@ -89,7 +90,7 @@ def test_unknown_node_heartbeat_and_shutdown_are_404(api):
 
 def test_list_and_get(api):
     api.post("/api/v1/nodes/register", SDK_BODY, format="json")
-    listed = api.get("/api/v1/nodes").json()
+    listed = json_of(api.get("/api/v1/nodes"))
     assert listed["count"] == 1
     doc = api.get("/api/v1/nodes/writer").json()
     assert listed["nodes"][0] == doc

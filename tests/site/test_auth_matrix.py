@@ -29,6 +29,7 @@ from rest_framework.test import APIClient
 
 from agentfield_site.models import ApiKey
 from devtools.loopback import LoopbackServer
+from devtools.responses import content
 from executions import lifecycle, nodes, submission
 from executions.models import AgentNode, Execution
 from webhooks import subscriptions
@@ -321,7 +322,8 @@ def test_scope_and_ownership(world, actor, method, path, body, expected, on_ok, 
     assert response.status_code == want, f"{actor}: {method.upper()} {url} -> {response.status_code} {response.content[:300]!r}"
     if not response.headers.get("Content-Type", "").startswith("application/json"):
         return
-    payload = response.json() if response.content else {}
+    body = content(response)
+    payload = json.loads(body) if body else {}
     if want >= 400:
         words = {403: {"forbidden"}, 404: {"not_found", "not_supported"}, 409: {"conflict", "not_configured"}}
         assert payload["error"] in words[want], payload

@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 from agentfield_site.asgi import application
 from agentfield_site.lib import strict_json
 from devtools.loopback import LoopbackServer
+from devtools.responses import content
 from devtools.sse import AsgiSse, events_only
 from executions import nodes, submission
 from executions.models import AgentNode, Execution
@@ -99,8 +100,9 @@ def sendable(body: bytes | str) -> dict:
 
 
 def strict(response) -> dict:
-    assert response.status_code == 200, response.content[:500]
-    return sendable(response.content)
+    body = content(response)
+    assert response.status_code == 200, body[:500]
+    return sendable(body)
 
 
 def test_api_reads_answer_with_the_bad_values_escaped(bad_rows):
