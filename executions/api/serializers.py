@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.db.models import Func, TextField
+from django.db.models.functions import Cast, Coalesce, Length
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -447,6 +449,16 @@ class ExecutionStatusListSerializer(serializers.ListSerializer):
         registered = [e.id for e in executions if e.webhook_registered]
         events = webhook_events(registered) if registered else {}
         return [self.child.document(e, events.get(e.id, [])) for e in executions]
+
+
+def document_size() -> Func:
+    """About the size of an execution's status document: its result, error and error details as JSON text.
+
+    Each may hold a megabyte (an agent's report): answers with many documents are
+    bounded by this (`API_PAGE_MAX_BYTES`), read in the database, before any row is loaded.
+    """
+    return (Coalesce(Length(Cast("result", TextField())), 0) + Coalesce(Length("error"), 0)
+            + Coalesce(Length(Cast("error_details", TextField())), 0))
 
 
 class ExecutionStatusSerializer(DocumentSerializer):

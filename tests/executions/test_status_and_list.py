@@ -75,3 +75,41 @@ def test_cursor_pagination_walks_every_row_once(api, node):
         url, pages = body["next"], pages + 1
     assert pages == 3 and len(seen) == 7 and set(seen) == made
     assert api.get("/api/v1/executions?cursor=garbage").status_code == 400
+
+
+def _finished_with(size: int) -> Execution:
+    execution = _make()
+    lifecycle.transition(execution.id, "running")
+    lifecycle.transition(execution.id, "succeeded", result={"text": "r" * size})
+    return execution
+
+
+def test_a_page_holds_what_fits_in_its_budget_and_the_cursor_goes_on(api, node, settings):
+    # Results of an agent's choosing, up to a megabyte each: 500 of them were one page.
+    settings.API_PAGE_MAX_BYTES = 1000
+    big = [_finished_with(400) for _ in range(5)]
+    huge = _finished_with(5000)
+    newest_first = [e.id for e in reversed([*big, huge])]
+
+    pages, url = [], "/api/v1/executions?limit=10"
+    while url:
+        body = api.get(url).json()
+        pages.append([d["execution_id"] for d in body["results"]])
+        url = body["next"]
+    # One larger than the budget goes alone (a page is never empty); the others two by two.
+    assert pages == [newest_first[:1], newest_first[1:3], newest_first[3:5], newest_first[5:]]
+
+    # And back: the previous pages hold the same rows.
+    second = api.get("/api/v1/executions?limit=10").json()["next"]
+    third = api.get(second).json()["next"]
+    back = api.get(api.get(third).json()["previous"]).json()
+    assert [d["execution_id"] for d in back["results"]] == newest_first[1:3]
+
+
+def test_a_batch_status_past_the_budget_is_413(api, node, settings):
+    settings.API_PAGE_MAX_BYTES = 1000
+    small, big = _finished_with(100), _finished_with(2000)
+    assert api.post("/api/v1/executions/batch-status", {"execution_ids": [small.id]}, format="json").status_code == 200
+    refused = api.post("/api/v1/executions/batch-status", {"execution_ids": [small.id, big.id]}, format="json")
+    assert refused.status_code == 413 and refused.json()["error"] == "payload_too_large"
+    assert "fewer ids" in refused.json()["message"]

@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 from agentfield_site.asgi import application
 from agentfield_site.lib import strict_json
 from devtools.loopback import LoopbackServer
+from devtools.responses import content
 from devtools.sse import AsgiSse, events_only
 from executions import lifecycle, nodes, submission
 from executions.models import AgentNode, Execution
@@ -194,8 +195,8 @@ def test_hostile_json_breaks_nothing_then_or_later(settings, client, django_user
                     "/api/v1/webhooks/dlq", "/api/v1/settings/observability-webhook",
                     "/api/v1/settings/observability-webhook/status", "/api/v1/settings/observability-webhook/dlq"):
             response = api.get(url)
-            assert response.status_code == 200, (url, response.content[:300])
-            readable(response.content)
+            assert response.status_code == 200, (url, content(response)[:300])
+            readable(content(response))
         execution_ids = list(Execution.objects.values_list("id", flat=True))
         for execution_id in execution_ids:
             readable(api.get(f"/api/v1/executions/{execution_id}").content)
