@@ -112,7 +112,8 @@ class EventStreamConsumer(AsyncWebsocketConsumer):
         if not await self._still_valid():
             await self._revoked()
             return
-        filters = message.get("filters") or {}
+        filters = message.get("filters")
+        filters = {} if filters is None else filters  # absent or null: none; [], "" or 0 are not objects
         if not isinstance(filters, dict):
             await self._error("bad_request", "filters must be an object.")
             return

@@ -67,10 +67,14 @@ def test_documents_as_frames_then_resubscribe_with_filters_and_resume():
         bad_filter = json.loads(await ws.receive_from(5))
         await ws.send_json_to({"action": "dance"})
         bad_action = json.loads(await ws.receive_from(5))
+        not_objects = []
+        for filters in ([], "", 0, False):  # falsy, and still not an object
+            await ws.send_json_to({"action": "subscribe", "filters": filters})
+            not_objects.append(json.loads(await ws.receive_from(5)))
         await ws.disconnect()
-        return ids, live, resub, more, after, bad_json, bad_filter, bad_action
+        return ids, live, resub, more, after, bad_json, bad_filter, bad_action, not_objects
 
-    ids, live, resub, more, after, bad_json, bad_filter, bad_action = asyncio.run(scenario())
+    ids, live, resub, more, after, bad_json, bad_filter, bad_action, not_objects = asyncio.run(scenario())
     assert [f["id"] for f in live] == ids
     assert [f["type"] for f in live] == ["execution.created", "node.online", "execution.completed"]
     assert live[0]["data"] == {"target": "a.b"} and live[0]["source"] == "execution"
@@ -80,6 +84,7 @@ def test_documents_as_frames_then_resubscribe_with_filters_and_resume():
     assert bad_json["error"] == "invalid_json"
     assert bad_filter["error"] == "bad_request" and "NOT VALID".lower() in bad_filter["message"]
     assert bad_action["error"] == "bad_request"
+    assert [(f["error"], f["message"]) for f in not_objects] == [("bad_request", "filters must be an object.")] * 4
 
 
 def test_resume_from_query_parameters():
