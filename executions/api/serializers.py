@@ -8,6 +8,7 @@ only when they have a value, as the contract writes them (`status_reason?`).
 """
 
 import json
+import re
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
@@ -108,8 +109,14 @@ class HeartbeatSerializer(serializers.Serializer):
     instance_id = serializers.CharField(required=False, allow_blank=True)
 
 
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class HeaderField(serializers.CharField):
-    """An optional request header, named in its error: `X-Run-ID is longer than 128 characters.`"""
+    """An optional request header, named in its error: `X-Run-ID is longer than 128 characters.`
+
+    No control characters: the ids are stored, shown, and sent on to the agent as headers.
+    """
 
     def __init__(self, header: str, max_length: int) -> None:
         self.header = header
@@ -117,6 +124,12 @@ class HeaderField(serializers.CharField):
             required=False, allow_blank=True, max_length=max_length,
             error_messages={"max_length": f"{header} is longer than {max_length} characters."},
         )
+
+    def to_internal_value(self, data) -> str:
+        value = super().to_internal_value(data)
+        if CONTROL_CHARACTER.search(value):
+            raise serializers.ValidationError(f"{self.header} holds a control character.")
+        return value
 
 
 class SubmitHeadersSerializer(serializers.Serializer):
@@ -374,9 +387,10 @@ class SyncResultSerializer(DocumentSerializer):
     duration_ms = serializers.IntegerField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     webhook_registered = serializers.BooleanField()
+    webhook_error = serializers.CharField(required=False, help_text="Why the webhook was refused.")
 
     def document(self, execution) -> dict[str, Any]:
-        return {
+        doc = {
             "execution_id": execution.id,
             "run_id": execution.run_id,
             "workflow_id": execution.workflow_id,
@@ -386,6 +400,9 @@ class SyncResultSerializer(DocumentSerializer):
             "finished_at": iso(execution.completed_at),
             "webhook_registered": execution.webhook_registered,
         }
+        if execution.webhook_error:
+            doc["webhook_error"] = execution.webhook_error
+        return doc
 
 
 class SyncErrorSerializer(DocumentSerializer):
@@ -398,6 +415,7 @@ class SyncErrorSerializer(DocumentSerializer):
     run_id = serializers.CharField()
     status = serializers.ChoiceField(choices=STATUSES)
     webhook_registered = serializers.BooleanField()
+    webhook_error = serializers.CharField(required=False, help_text="Why the webhook was refused.")
     error_details = serializers.JSONField(required=False)
 
     def document(self, execution) -> dict[str, Any]:
@@ -407,6 +425,8 @@ class SyncErrorSerializer(DocumentSerializer):
             "status": execution.status,
             "webhook_registered": execution.webhook_registered,
         }
+        if execution.webhook_error:
+            common["webhook_error"] = execution.webhook_error
         if not execution.is_terminal:
             return {
                 "error": "timeout",

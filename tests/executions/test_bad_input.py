@@ -114,3 +114,12 @@ def test_oversized_id_headers_are_400(client, node):
     response = client.post(URL, {}, content_type="application/json", headers={"X-Run-ID": "r" * 200})
     assert response.status_code == 400 and "X-Run-ID" in response.json()["message"]
     _assert_nothing_written()
+
+
+@pytest.mark.parametrize("header", ["X-Run-ID", "X-Session-ID", "X-Actor-ID", "Idempotency-Key"])
+def test_id_headers_with_a_control_character_are_400(client, node, header):
+    # Stored, shown, and sent on to the agent as headers.
+    response = client.post(URL, {}, content_type="application/json", headers={header: "s\x01x"})
+    assert response.status_code == 400, response.content
+    assert response.json()["message"].endswith(f"{header} holds a control character.")
+    _assert_nothing_written()

@@ -31,6 +31,20 @@ def test_sync_200_with_result(api, node, agent, completions, settings):
     assert len(completions) == 1, "a webhook given to the sync call fires too"
 
 
+def test_sync_reports_a_refused_webhook_as_async_does(api, node, agent, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = []
+    agent.default.body = {"summary": "done"}
+    done = api.post("/api/v1/execute/analyzer.process",
+                    {"input": {}, "webhook": {"url": "http://10.1.1.1/x"}}, format="json")
+    assert done.status_code == 200, done.content
+    assert done.json()["webhook_registered"] is False and "private" in done.json()["webhook_error"]
+    agent.default.status, agent.default.body = 500, {"error": "kaput"}
+    failed = api.post("/api/v1/execute/analyzer.process",
+                      {"input": {}, "webhook": {"url": "http://10.1.1.1/x"}}, format="json")
+    assert failed.status_code == 502
+    assert failed.json()["webhook_registered"] is False and "private" in failed.json()["webhook_error"]
+
+
 def test_sync_502_when_the_agent_fails(api, node, agent):
     agent.default.status, agent.default.body = 500, {"error": "kaput"}
     response = api.post("/api/v1/execute/analyzer.process", {"input": {}}, format="json")
