@@ -144,6 +144,11 @@ def heartbeat(node_id: str, lifecycle_status: str = "", caller: Caller = OPEN) -
     """
     now = timezone.now()
     status = lifecycle_status[:32]
+    if status == "offline":
+        # The agent says it is stopping (the SDK's status once SIGTERM came): offline as
+        # after a shutdown, where such a beat brought the node back online and sent work.
+        shutdown(node_id, caller, reason="heartbeat_offline")
+        return now
     seen = _written.get(node_id)
     beat_at = time.monotonic()
     if (
@@ -276,13 +281,13 @@ def _went_offline_since(node_id: str, moment: datetime) -> bool:
     return PlatformEvent.objects.filter(agent_node_id=node_id, type="node.offline", timestamp__gte=moment).exists()
 
 
-def shutdown(node_id: str, caller: Caller = OPEN) -> AgentNode:
+def shutdown(node_id: str, caller: Caller = OPEN, reason: str = "shutdown") -> AgentNode:
     """The agent said it stops: it is offline at once."""
     with transaction.atomic():
         node = nodes_of(caller).filter(pk=node_id).first()
         if node is None:
             raise UnknownNode(node_id)
-        _mark_offline(node, reason="shutdown")
+        _mark_offline(node, reason=reason)
     return node
 
 

@@ -82,6 +82,23 @@ def test_heartbeat_shutdown_and_back(api):
     assert _types() == ["node.registered", "node.offline", "node.online"]
 
 
+def test_a_beat_saying_offline_takes_the_node_offline_and_never_back_online(api):
+    # The SDK's status once SIGTERM came: such a beat after the shutdown brought the node
+    # back online, to be sent work it would never do.
+    api.post("/api/v1/nodes/register", SDK_BODY, format="json")
+    beat = api.post("/api/v1/nodes/writer/heartbeat", {"status": "offline"}, format="json")
+    assert beat.status_code == 200 and beat.json()["message"] == "heartbeat received"
+    assert AgentNode.objects.get(pk="writer").health_status == "inactive"
+    api.post("/api/v1/nodes/writer/shutdown", format="json")
+    api.post("/api/v1/nodes/writer/heartbeat", {"status": "offline"}, format="json")
+    assert AgentNode.objects.get(pk="writer").health_status == "inactive"
+    offline = PlatformEvent.objects.get(type="node.offline")
+    assert offline.data["reason"] == "heartbeat_offline"
+    api.post("/api/v1/nodes/writer/heartbeat", {"status": "ready"}, format="json")
+    assert AgentNode.objects.get(pk="writer").health_status == "active"
+    assert _types() == ["node.registered", "node.offline", "node.online"]
+
+
 def test_unknown_node_heartbeat_and_shutdown_are_404(api):
     assert api.post("/api/v1/nodes/ghost/heartbeat", {}, format="json").status_code == 404
     assert api.post("/api/v1/nodes/ghost/shutdown", {}, format="json").status_code == 404
