@@ -16,7 +16,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from agentfield_site import access_log, content_type_cache, server_refusals  # noqa: E402
+from agentfield_site import access_log, content_type_cache, server_refusals, shared_socket  # noqa: E402
 from agentfield_site.fast_lane import MemoryLane  # noqa: E402
 from agentfield_site.lib.backpressure import Backpressure  # noqa: E402
 from agentfield_site.lib.concurrency_limit import ConcurrencyLimit  # noqa: E402
@@ -25,6 +25,7 @@ from observability.streams import is_stream  # noqa: E402
 
 access_log.install()
 server_refusals.install()
+shared_socket.install()
 content_type_cache.install()
 
 # Backpressure outermost: it needs daphne's own `send` to find the connection.

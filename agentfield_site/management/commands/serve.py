@@ -210,10 +210,12 @@ class Command(BaseCommand):
         # This machine reaches daphne on loopback unless it listens on one other address only.
         local = "127.0.0.1" if host in ("0.0.0.0", "::") or is_loopback(host) else host
         fd = sock.fileno()
+        # Each knows how many share the socket, to take connections in turn (`shared_socket`).
+        web_env = {**os.environ, "WEB_PROCESSES": str(web_processes)}
         for n in range(web_processes):
             name = "daphne" if web_processes == 1 else f"daphne-{n + 1}"
             supervisor.start(name, [py, "-m", "daphne", "--fd", str(fd), "agentfield_site.asgi:application"],
-                             restart=True, pass_fds=(fd,))
+                             env=web_env, restart=True, pass_fds=(fd,))
         if not no_worker:
             supervisor.start("worker", [py, "manage.py", "worker"])
         failure = self._wait_healthy(supervisor, f"http://{local}:{port}/health", stopping)
