@@ -261,6 +261,16 @@ class LogsRequestSerializer(serializers.Serializer):
     entries = LogEntriesField()
 
 
+class NoteRequestSerializer(serializers.Serializer):
+    """The SDK's `app.note()`: a line for the execution's log; the execution is the `X-Execution-ID` header."""
+
+    message = serializers.CharField(max_length=10_000, allow_blank=True, trim_whitespace=False)
+    tags = serializers.ListField(child=serializers.CharField(max_length=100), max_length=50, required=False,
+                                 allow_null=True)
+    timestamp = serializers.FloatField(required=False, allow_null=True)
+    agent_node_id = serializers.CharField(max_length=128, required=False, allow_blank=True)
+
+
 class BatchStatusRequestSerializer(serializers.Serializer):
     execution_ids = serializers.ListField(
         child=serializers.CharField(max_length=128), allow_empty=False, max_length=500

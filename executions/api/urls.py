@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/v1/execute/<str:target>", views.execute_sync, name="execute-sync"),
     path("api/v1/executions", on_request_threads(views.ExecutionListView.as_view()), name="executions"),
     path("api/v1/executions/batch-status", on_request_threads(views.BatchStatusView.as_view()), name="executions-batch-status"),
+    path("api/v1/executions/note", views.ExecutionNoteView.as_view(), name="execution-note"),
     path("api/v1/executions/<str:execution_id>", fast_lane(views.ExecutionDetailView.as_view(), "GET", views.status_answer), name="execution-detail"),
     path("api/v1/executions/<str:execution_id>/status", views.ExecutionStatusCallbackView.as_view(),
          name="execution-status-callback"),

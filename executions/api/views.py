@@ -202,6 +202,25 @@ class ExecutionLogsView(APIView):
         return Response({"success": True, "accepted": count})
 
 
+class ExecutionNoteView(APIView):
+    """`POST /api/v1/executions/note`: the SDK's `app.note()`, one `execution.log` entry of kind `note`."""
+
+    scopes = (AGENT,)
+
+    @extend_schema(request=s.NoteRequestSerializer, responses={200: s.LogsAcceptedSerializer},
+                   parameters=[OpenApiParameter("X-Execution-ID", OpenApiTypes.STR, OpenApiParameter.HEADER)])
+    def post(self, request: Request) -> Response:
+        note = _body(request, s.NoteRequestSerializer)
+        execution_id = request.headers.get("X-Execution-ID") or ""
+        if not execution_id or len(execution_id) > 128 or s.CONTROL_CHARACTER.search(execution_id):
+            raise ApiError(400, "bad_request", "A note names its execution in the X-Execution-ID header.")
+        entry = {"kind": "note", "message": note["message"], "tags": note.get("tags") or []}
+        if note.get("timestamp") is not None:
+            entry["timestamp"] = note["timestamp"]
+        count = reports.append_logs(execution_id, [entry], caller_of(request))
+        return Response({"success": True, "accepted": count})
+
+
 class ExecutionStatusCallbackView(APIView):
     scopes = (AGENT,)
 

@@ -18,6 +18,7 @@ def build(node_id: str, server: str) -> Agent:
     @app.reasoner()
     async def summarize(text: str, repeat: int = 1) -> dict:
         """Count words and echo the text, as a stand-in for real work."""
+        app.note(f"summarizing {len(text)} characters", ["sdk"])  # fire-and-forget: an execution.log entry
         return {"echo": text * repeat, "words": len(text.split())}
 
     @app.skill()

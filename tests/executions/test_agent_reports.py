@@ -92,6 +92,25 @@ def test_logs_become_execution_log_events(api, running):
     assert api.post("/api/v1/executions/exec_nope/logs", {"entries": []}, format="json").status_code == 404
 
 
+def test_a_note_from_the_sdk_is_a_log_entry_of_its_execution(api, running):
+    # `app.note()` posts here, naming its execution in the context headers it sends.
+    body = {"message": "halfway", "tags": ["progress"], "timestamp": 1767225600.5, "agent_node_id": "analyzer"}
+    response = api.post("/api/v1/executions/note", body, format="json", headers={"X-Execution-ID": running.id})
+    assert response.status_code == 200 and response.json() == {"success": True, "accepted": 1}
+    [log] = PlatformEvent.objects.filter(type="execution.log")
+    assert log.execution_id == running.id
+    assert log.data["entry"] == {"kind": "note", "message": "halfway", "tags": ["progress"], "timestamp": 1767225600.5}
+
+    for headers in ({}, {"X-Execution-ID": "exec\x00"}, {"X-Execution-ID": "e" * 129}):
+        refused = api.post("/api/v1/executions/note", body, format="json", headers=headers)
+        assert refused.status_code == 400 and "X-Execution-ID" in refused.json()["message"]
+    unknown = api.post("/api/v1/executions/note", body, format="json", headers={"X-Execution-ID": "exec_nope"})
+    assert unknown.status_code == 404
+    assert api.post("/api/v1/executions/note", {"tags": "x"}, format="json",
+                    headers={"X-Execution-ID": running.id}).status_code == 400
+    assert api.get("/api/v1/executions/note").status_code == 405
+
+
 def test_a_big_outcome_is_carried_once_not_by_every_log_or_progress_event(api, running):
     """The outcome goes whole on the event that ends the execution only: copied into each
     log entry's event, a 1 MB result and 500 entries (a 10 KB request) were 500 MB of events;

@@ -20,6 +20,7 @@ ROUTES = [
     ("get", "/api/v1/executions/exec_1"),
     ("post", "/api/v1/executions/exec_1/status"),
     ("post", "/api/v1/executions/exec_1/logs"),
+    ("post", "/api/v1/executions/note"),
     ("post", "/api/v1/executions/exec_1/cancel"),
 ]
 

@@ -271,6 +271,7 @@ CASES = [
     ("post", "/api/v1/executions/{exec_a}/status", {"status": "succeeded", "result": {"forged": False}},
      agent_route(200), status_check, not_forged),
     ("post", "/api/v1/executions/{exec_a}/logs", {"entries": [{"message": "hi"}]}, agent_route(200), None, None),
+    ("post", "/api/v1/executions/note", {"message": "hi"}, agent_route(200), None, None),
     ("post", "/api/v1/execute/async/{node_a}.process", {"input": {}}, client_route(202, 202), None, None),
     ("get", "/api/v1/executions", None, client_route(200, 200), listed_for("exec", "execution_id", "results"), None),
     ("post", "/api/v1/executions/batch-status", lambda w: {"execution_ids": [w.ids["exec_a"]]},
@@ -310,6 +311,10 @@ def _fill(path: str, world: World) -> str:
     return path.format(**world.ids)
 
 
+# Headers a route reads its object from (the SDK's note names its execution so).
+CASE_HEADERS = {"/api/v1/executions/note": {"X-Execution-ID": "{exec_a}"}}
+
+
 @pytest.mark.parametrize("actor", ACTORS)
 @pytest.mark.parametrize(("method", "path", "body", "expected", "on_ok", "on_refused"), CASES,
                          ids=[f"{c[0].upper()} {c[1]}" for c in CASES])
@@ -317,7 +322,8 @@ def test_scope_and_ownership(world, actor, method, path, body, expected, on_ok, 
     api = APIClient()
     data = body(world) if callable(body) else body
     url = _fill(path, world)
-    response = getattr(api, method)(url, data, format="json", headers={"X-API-Key": world.keys[actor]})
+    headers = {name: _fill(value, world) for name, value in CASE_HEADERS.get(path, {}).items()}
+    response = getattr(api, method)(url, data, format="json", headers={"X-API-Key": world.keys[actor], **headers})
     want = expected[actor]
     assert response.status_code == want, f"{actor}: {method.upper()} {url} -> {response.status_code} {response.content[:300]!r}"
     if not response.headers.get("Content-Type", "").startswith("application/json"):
