@@ -13,7 +13,9 @@ row is the breaker, shared by every worker process through the database:
 
 A 429 with `Retry-After` pauses the destination until then. A delivery kept
 waiting by an open breaker still reaches the dead letter queue once its retry
-schedule's whole span has passed since its budget began (`expire_deferred`).
+schedule's whole span has passed since its budget began and the destination has
+failed again after that (`expire_deferred`): a receiver back before its next
+probe gets what waited for it, never the dead letter queue.
 """
 
 from dataclasses import dataclass
@@ -151,7 +153,7 @@ def _close(destinations: set[str], now: datetime) -> list:
             )
             continue
         closed = Destination.objects.filter(destination=destination).exclude(state=Destination.State.CLOSED).update(
-            state=Destination.State.CLOSED, consecutive_failures=0, opened_at=None, cooldown_seconds=0,
+            state=Destination.State.CLOSED, consecutive_failures=0, opened_at=None, failed_at=None, cooldown_seconds=0,
             next_probe_at=None, probe_until=None, last_error="",
         )
         if closed:
@@ -173,14 +175,14 @@ def _fail(failing: dict[str, tuple[bool, int, str]], now: datetime) -> list:
         if row.state == Destination.State.CLOSED and row.consecutive_failures >= threshold:
             cooldown = settings.WEBHOOK_BREAKER_COOLDOWN
             opened = Destination.objects.filter(destination=destination, state=Destination.State.CLOSED).update(
-                state=Destination.State.OPEN, opened_at=now, cooldown_seconds=cooldown,
+                state=Destination.State.OPEN, opened_at=now, failed_at=now, cooldown_seconds=cooldown,
                 next_probe_at=now + timedelta(seconds=cooldown), probe_until=None,
             )
         elif row.state == Destination.State.HALF_OPEN and not answered:
             first, most = settings.WEBHOOK_BREAKER_COOLDOWN, settings.WEBHOOK_BREAKER_MAX_COOLDOWN
             cooldown = min(max(row.cooldown_seconds, first) * 2, most)
             opened = Destination.objects.filter(destination=destination, state=Destination.State.HALF_OPEN).update(
-                state=Destination.State.OPEN, cooldown_seconds=cooldown,
+                state=Destination.State.OPEN, failed_at=now, cooldown_seconds=cooldown,
                 next_probe_at=now + timedelta(seconds=cooldown), probe_until=None,
             )
         else:
@@ -203,18 +205,22 @@ def schedule_span() -> float:
 
 
 def expire_deferred(now: datetime | None = None) -> int:
-    """Dead-letter due deliveries kept waiting by an open breaker past their schedule's span."""
+    """Dead-letter due deliveries kept waiting by an open breaker past their schedule's span.
+
+    Only those whose span ended before the destination's latest failure: one that
+    ended while the breaker waited for its next probe waits for that probe, which
+    may find the receiver back (then it is sent), or fail (then it goes).
+    """
     now = now or timezone.now()
-    down = dict(
-        Destination.objects.exclude(state=Destination.State.CLOSED).values_list("destination", "opened_at")
+    down = Destination.objects.exclude(state=Destination.State.CLOSED).values_list(
+        "destination", "opened_at", "failed_at"
     )
-    if not down:
-        return 0
-    cutoff = now - timedelta(seconds=schedule_span())
     expired = 0
-    for destination, opened_at in down.items():
-        since = iso(opened_at) or "unknown"
-        error = f"destination {destination} unavailable since {since}; retry schedule span exceeded"
+    for destination, opened_at, failed_at in down:
+        tried = min(now, failed_at or opened_at or now)
+        cutoff = tried - timedelta(seconds=schedule_span())
+        error = (f"destination {destination} unavailable since {iso(opened_at) or 'unknown'}, "
+                 f"last failed {iso(tried)}; retry schedule span exceeded")
         with transaction.atomic():
             rows = list(
                 # Only rows that are due: one whose last retry (jitter, Retry-After) falls

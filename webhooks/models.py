@@ -191,6 +191,10 @@ class Destination(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.CLOSED, db_index=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     opened_at = models.DateTimeField(null=True, blank=True)
+    # When it last failed while troubled: it opened, or a probe failed. A delivery that
+    # waited past its schedule's span goes to the dead letter queue only after a
+    # failure later than that span's end: the destination had its chance to take it.
+    failed_at = models.DateTimeField(null=True, blank=True)
     cooldown_seconds = models.FloatField(default=0)
     next_probe_at = models.DateTimeField(null=True, blank=True)
     probe_until = models.DateTimeField(null=True, blank=True)

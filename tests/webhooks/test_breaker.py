@@ -125,15 +125,37 @@ def test_deferred_delivery_dead_letters_after_its_schedules_span(breaker):
     assert dest.state == Destination.State.OPEN
     row.refresh_from_db()
     assert row.status == Delivery.Status.PENDING
-    # Its span is over and its next retry is due.
-    Delivery.objects.filter(id=row.id).update(budget_started_at=timezone.now() - timedelta(seconds=1),
+    # Its span ended before the destination last failed, and its next retry is due.
+    Delivery.objects.filter(id=row.id).update(budget_started_at=dest.failed_at - timedelta(seconds=1),
                                               next_attempt_at=timezone.now())
     delivery.tick()
     row.refresh_from_db()
     assert row.status == Delivery.Status.DEAD and row.attempts == FAILURES == row.attempt_log.count()
     assert "unavailable since" in row.last_error and dest.opened_at.isoformat()[:19] in row.last_error
+    assert "last failed" in row.last_error
     [dead] = events("webhook.dead_lettered")
     assert dead.data["delivery_id"] == row.id
+
+
+def test_a_receiver_back_before_the_next_probe_gets_what_waited_past_its_span(breaker):
+    # Dead-lettered at the span's end, unsent, while the breaker waited for its next
+    # probe: the receiver, back by then, never saw them.
+    with LoopbackServer(default=Reply(503)) as receiver:
+        row = enqueue(receiver.url)
+        run_until_quiet(until=is_open)
+        dest = Destination.objects.get()
+        # Its span (0.4 s) ends 0.2 s after the breaker's last failure, long before the next probe.
+        Delivery.objects.filter(id=row.id).update(budget_started_at=dest.failed_at - timedelta(seconds=0.2),
+                                                  next_attempt_at=timezone.now())
+        receiver.default.status = 200
+        wait_for(lambda: timezone.now() > dest.failed_at + timedelta(seconds=0.3), timeout=5, what="the span's end")
+        delivery.tick()
+        row.refresh_from_db()
+        assert row.status == Delivery.Status.PENDING, row.last_error
+        destinations.probe_now([dest.destination])
+        run_until_quiet(until=lambda: Delivery.objects.get(id=row.id).status == Delivery.Status.DELIVERED)
+    assert not events("webhook.dead_lettered")
+    assert Destination.objects.get().state == Destination.State.CLOSED
 
 
 def test_429_with_retry_after_pauses_the_destination(breaker):
