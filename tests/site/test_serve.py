@@ -134,6 +134,28 @@ def test_ctrl_c_stops_the_worker_as_it_stops_on_its_own(proc_env):
     assert took < 10, f"{took:.1f} s\n{serve.log()}"
 
 
+def test_a_killed_serve_takes_its_children_with_it(proc_env):
+    # They went on serving unsupervised and held the port: the next `make run` refused to start.
+    port = free_port()
+    with serving(proc_env, port, args=("--no-agent", "--web-processes", "2")) as (serve, seen):
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok, timeout=60,
+                 what=f"serve\n{serve.log()}")
+        children = wait_for(lambda: (c := children_of(serve.popen.pid)) and len(c) == 3 and c, timeout=30,
+                            what="two daphnes and the worker")
+        seen.update(children)
+        serve.popen.kill()
+        serve.popen.wait(timeout=10)
+
+        def alive() -> list[int]:
+            return [pid for pid in children if os.path.exists(f"/proc/{pid}") and
+                    open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+
+        wait_for(lambda: not alive(), timeout=30, what=lambda: f"the children to stop: {alive()} still run")
+    with socket.socket() as probe:  # and the port is free again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+
+
 def test_the_production_web_tier_makes_no_staff_account(proc_env):
     port = free_port()
     with serving(proc_env, port, args=("--no-agent", "--no-worker")) as (serve, _):
