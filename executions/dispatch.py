@@ -21,8 +21,10 @@ import os
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 
 import requests
 import urllib3
@@ -33,12 +35,14 @@ from django.utils import timezone
 from urllib3.util.retry import Retry
 
 from agentfield_site.lib import safe_http, strict_json, tasks
+from agentfield_site.lib.logs import Repeated
 from agentfield_site.lib.sqlite_writer import one_writer
 
 from . import lifecycle
 from .models import ACTIVE, AgentNode, Execution
 
 log = logging.getLogger(__name__)
+_enqueue_failed = Repeated(log, "could not queue a dispatch; the sweeper wakes a worker for it", logging.ERROR)
 
 TASK = "executions.tasks.dispatch_execution"
 CANCEL_TIMEOUT = 2.0
@@ -86,10 +90,17 @@ def enqueue(execution_id: str) -> None:
         # the same transaction (one write fewer, and never one without the other).
         send()
         return
-    # robust: a broker outage must not fail the request that already committed the
-    # execution (outside a transaction, as a sync call's hand-over, it runs at once);
-    # the sweeper wakes a worker for it (`wake_waiting`).
-    transaction.on_commit(send, robust=True)
+    # A broker outage must not fail the request that already committed the execution
+    # (outside a transaction, as a sync call's hand-over, it runs at once); the
+    # sweeper wakes a worker for it (`wake_waiting`).
+    transaction.on_commit(partial(_or_logged, send))
+
+
+def _or_logged(send: Callable[[], None]) -> None:
+    try:
+        send()
+    except Exception:  # noqa: BLE001 - see `enqueue`
+        _enqueue_failed.log()
 
 
 def _lease_until():

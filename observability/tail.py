@@ -34,12 +34,14 @@ from django.db.models import Max, Min
 
 from agentfield_site.lib import strict_json
 from agentfield_site.lib.db_threads import run_in
+from agentfield_site.lib.logs import Repeated
 
 from .models import PlatformEvent
 from .owners import event_owners
 from .stream_filters import EventFilter
 
 log = logging.getLogger(__name__)
+_wake_up_failed = Repeated(log, "could not send the event wake-up; streams will poll")
 
 WAKE_GROUP = "observability.events"
 PAGE_SIZE = 500
@@ -491,7 +493,7 @@ class _Wakeups:
             try:
                 await get_channel_layer().group_send(WAKE_GROUP, {"type": "events.wake", "last_id": sent})
             except Exception:  # noqa: BLE001 - a lost wake-up costs latency only
-                log.warning("could not send the event wake-up; streams will poll", exc_info=True)
+                _wake_up_failed.log()
             with self.lock:
                 if self.newest == sent:
                     self.sending = False

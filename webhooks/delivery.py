@@ -44,6 +44,7 @@ from agentfield_site.jobs import kicks, leases
 from agentfield_site.lib import outbound, tasks
 from agentfield_site.lib.backoff import delay_for, honour_retry_after
 from agentfield_site.lib.batched_sql import together
+from agentfield_site.lib.logs import Repeated
 from agentfield_site.lib.sqlite_writer import one_writer
 from observability.events import build, publish_many
 
@@ -51,6 +52,7 @@ from . import destinations
 from .models import Attempt, Delivery, Subscription, SubscriptionSecret
 
 log = logging.getLogger(__name__)
+_enqueue_failed = Repeated(log, "could not enqueue %s; the sweeper tick picks the rows up", logging.ERROR)
 
 TASK = "webhooks.tasks.send_due"
 # The `status` of the outcome events (above): delivered, failed and retrying,
@@ -93,7 +95,7 @@ def kick() -> None:
     try:
         kicks.coalesced(KICK, _enqueue, KICK_WINDOW)
     except Exception:  # the sweeper tick picks the rows up anyway
-        log.exception("could not enqueue %s", TASK)
+        _enqueue_failed.log(TASK)
 
 
 def _enqueue() -> None:

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from agentfield_site.jobs import kicks, leases
 from agentfield_site.lib import tasks
+from agentfield_site.lib.logs import Repeated
 
 from ..models import ForwarderConfig, ForwarderState, PlatformEvent
 from . import dead_letters
@@ -29,6 +30,7 @@ from .batches import Batch, Result, Target, attempts_allowed, entry_of, send
 from .configuration import enabled_cached, forwarded_types_regex
 
 log = logging.getLogger(__name__)
+_wake_up_failed = Repeated(log, "forwarder wake-up failed; the sweeper tick will catch up", logging.ERROR)
 
 LEASE = "forwarder"
 TASK = "observability.forwarder.runner.run"
@@ -316,7 +318,7 @@ def on_commit(last_id: int) -> None:
             return
         kick()
     except Exception:
-        log.exception("forwarder wake-up failed; the sweeper tick will catch up")
+        _wake_up_failed.log()
 
 
 def tick() -> None:
