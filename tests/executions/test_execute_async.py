@@ -110,6 +110,24 @@ def test_one_keys_backlog_leaves_room_in_the_queue_for_everyone_else(node, setti
     assert submit("busy").status_code == 202
 
 
+def test_far_below_its_limit_a_keys_backlog_is_counted_once_a_second_not_on_every_submit(node, settings):
+    """The count reads the key's waiting rows: on every submit it grew with the backlog."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.test import APIClient
+
+    from agentfield_site.models import ApiKey
+
+    settings.EXECUTION_QUEUE_LIMIT, settings.EXECUTION_QUEUE_LIMIT_PER_KEY = 1000, 1000
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=ApiKey.create("steady", ApiKey.Scope.CLIENT)[1])
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(5):
+            assert client.post("/api/v1/execute/async/analyzer.process", {}, format="json").status_code == 202
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(*)" in q["sql"].upper()]
+    assert len(counts) <= 2, counts  # the queue's and the key's, once each
+
+
 @pytest.mark.parametrize("limit", ["EXECUTION_QUEUE_LIMIT_PER_KEY", "EXECUTION_QUEUE_LIMIT"])
 def test_executions_their_agent_reports_running_before_it_is_called_still_count_as_waiting(agent, settings, limit):
     """The queue is what waits for dispatch: an agent's early progress report does not take an execution out of it.
