@@ -9,9 +9,9 @@ once split 31 to 1, and one process served nearly all their requests while the
 other idled. Here a process that shares its socket takes one connection, then
 leaves the socket to the others for a millisecond: the same 32 split 14 to 18 or
 better (`tests/site/test_web_processes.py`), and a busy process, whose turns are
-long, takes fewer. In alternating runs of the fleet (`python -m bench api
---only=fleet`, 2026-12-07, a busy machine) its p99 was 807-918 ms with this and
-417-1,372 ms without.
+long, takes fewer. (The fleet's p99, `python -m bench api --only=fleet`, moved
+less with it: 807-918 ms against 417-1,372 ms without it, four alternating runs
+each on a busy machine.)
 
 The price is at most a thousand new connections a second per process, far more
 than a web process serves requests; one process alone accepts as Twisted does.
