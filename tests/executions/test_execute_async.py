@@ -30,7 +30,7 @@ def test_async_submit_answers_202_with_the_contract_document(api, node, django_c
     assert body["type"] == "reasoner"
     assert body["created_at"] and body["enqueued_at"]
     assert body["webhook_registered"] is False
-    enqueued = [cb for cb in callbacks if cb.__module__ == "executions.dispatch"]
+    enqueued = [cb for cb in callbacks if getattr(cb, "func", cb).__module__ == "executions.dispatch"]
     if tasks.in_database(settings.DISPATCH_CLUSTER):
         assert not enqueued and OrmQ.objects.count() == 1, "dispatch is queued once, in the execution's transaction"
     else:
