@@ -15,6 +15,12 @@ lagging once its buffer is full and catches up from the log when the client
 reads again: memory per connection stays bounded, and nothing is lost. A
 connection that is gone does not wait (its stream is cancelled by the disconnect).
 
+A response that fails after it started (a streamed body whose next part raised:
+the node list when the database goes away mid-list) can no longer be answered
+500; daphne left such a connection open, the chunked body never ended, and the
+client waited for ever. `Backpressure` aborts the connection instead, so the
+client sees the answer cut off.
+
 Other servers (and the test client) give no daphne protocol: `send` is left as it is.
 """
 
@@ -64,7 +70,11 @@ class Backpressure:
         if scope["type"] not in ("http", "websocket") or _transport(send) is None:
             return await self.app(scope, receive, send)
 
+        started = False
+
         async def send_when_drained(message):
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
             if message.get("type") in _WAITING_MESSAGES:
                 limit = settings.STREAM_SEND_BUFFER_BYTES
                 wait = _FIRST_WAIT
@@ -73,4 +83,10 @@ class Backpressure:
                     wait = min(wait * 2, _LONGEST_WAIT)
             await send(message)
 
-        return await self.app(scope, receive, send_when_drained)
+        try:
+            return await self.app(scope, receive, send_when_drained)
+        except Exception:
+            transport = _transport(send)
+            if started and transport is not None:
+                transport.abortConnection()
+            raise

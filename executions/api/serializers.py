@@ -482,7 +482,8 @@ class ExecutionStatusListSerializer(serializers.ListSerializer):
 
 
 def document_size() -> Func:
-    """About the size of an execution's status document: its result, error and error details as JSON text.
+    """About the size of an execution's status document: its result, error and error details as JSON text
+    (in characters as stored: not the answer's bytes, nor its other fields).
 
     Each may hold a megabyte (an agent's report): answers with many documents are
     bounded by this (`API_PAGE_MAX_BYTES`), read in the database, before any row is loaded.

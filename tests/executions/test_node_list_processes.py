@@ -1,7 +1,10 @@
 """The node list under daphne: every node, sent as it is rendered, never the whole list in memory at once."""
 
+import time
+
 import pytest
 import requests
+from django.db import connection
 
 pytestmark = pytest.mark.processes
 
@@ -44,3 +47,20 @@ def test_a_node_described_in_more_than_the_limit_is_refused(proc_env):
     assert refused.status_code == 413 and refused.json()["error"] == "payload_too_large", refused.text
     assert "NODE_MAX_DESCRIPTION_BYTES" in refused.json()["message"]
     assert requests.get(f"{web.url}/api/v1/nodes", timeout=10).json() == {"nodes": [], "count": 0}
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="a row PostgreSQL's types would refuse")
+def test_a_list_that_fails_after_it_started_is_cut_off_not_left_hanging(proc_env):
+    # The 200 had gone out; daphne neither ended the chunked body nor closed the
+    # connection, and the client waited for ever.
+    web = proc_env.daphne()
+    with requests.Session() as http:
+        for n in range(45):
+            body = {"id": f"n-{n:03}", "base_url": "http://127.0.0.1:9"}
+            assert http.post(f"{web.url}/api/v1/nodes/register", json=body, timeout=30).status_code == 201
+    with connection.cursor() as cursor:  # a row of the third group that cannot be read back
+        cursor.execute("UPDATE executions_agentnode SET last_heartbeat = '2020-13-45 00:00:00' WHERE id = 'n-041'")
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.RequestException):
+        requests.get(f"{web.url}/api/v1/nodes", timeout=20).json()
+    assert time.monotonic() - started < 15, "cut off, not left to the client's timeout"
