@@ -1,6 +1,7 @@
 """`manage.py serve --web-processes N`: daphne processes sharing one socket, restarted when one dies."""
 
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -61,8 +62,10 @@ def _established_by_process(pids, port: int) -> dict[int, int]:
                     inodes.add(fields[9])
     counts = {}
     for pid in pids:
-        fds = os.listdir(f"/proc/{pid}/fd")
-        links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds if os.path.exists(f"/proc/{pid}/fd/{fd}")}
+        links = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile (a database connection, say)
+                links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
         counts[pid] = sum(f"socket:[{inode}]" in links for inode in inodes)
     return counts
 
