@@ -267,8 +267,7 @@ _sync_pool = ThreadPoolExecutor(max_workers=settings.MAX_CONCURRENT_REQUESTS, th
 # the threads every sync caller's submission needs. A call that finds them all busy
 # for HAND_OVER_AFTER seconds is handed to the workers' call threads as well
 # (`wait_for_outcome`).
-# They wait on agents, not on the CPU: as many as MAX_CONCURRENT_REQUESTS had when it was 32.
-_call_threads = 16
+_call_threads = max(1, settings.MAX_CONCURRENT_REQUESTS // 2)
 _call_pool = ThreadPoolExecutor(max_workers=_call_threads, thread_name_prefix="sync-call")
 _calls_free = threading.BoundedSemaphore(_call_threads)
 HAND_OVER_AFTER = 1.0
