@@ -19,6 +19,8 @@ than a web process serves requests; one process alone accepts as Twisted does.
 `asgi.py` calls `install()`, so every way of starting daphne accepts this way.
 """
 
+import contextvars
+
 from django.conf import settings
 from twisted.internet import tcp
 
@@ -48,7 +50,12 @@ def _accept_one_then_step_aside(port: tcp.Port) -> None:
 
 def _take_turns_again(port: tcp.Port) -> None:
     if port.connected:  # not closed meanwhile (daphne stopping)
-        port.startReading()
+        # In an empty context: asyncio keeps the context a reader is registered in and
+        # runs every accept in it, while this timer runs in the context of whatever
+        # last rescheduled Twisted's timer, a request often. Every connection accepted
+        # after it inherited that request's asgiref context, long exited, and each
+        # WebSocket (whose authentication hops to a thread) was answered 500.
+        contextvars.Context().run(port.startReading)
 
 
 def install() -> None:

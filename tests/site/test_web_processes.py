@@ -4,9 +4,11 @@ import asyncio
 import contextlib
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+import websockets
 
 from devtools.processes import children_of, free_port, serving
 from devtools.waiting import wait_for
@@ -99,3 +101,34 @@ def test_a_burst_of_keep_alive_connections_is_shared_between_the_processes(proc_
         shares = sorted(asyncio.run(burst(32)).values())
         assert sum(shares) == 32, shares
         assert shares[0] >= 8, f"32 connections opened at once split {shares}"
+
+
+def test_websockets_open_on_every_process_after_a_burst_of_requests(proc_env):
+    # Taking turns re-registers the socket's reader from a timer, and Twisted's timer
+    # ran in the context of whichever request had scheduled a call last. Connections
+    # accepted afterwards inherited that request's asgiref context, long exited: every
+    # WebSocket (whose authentication hops to a thread) was answered 500 from then on.
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/health"
+    args = ("--web-processes", "2", "--no-worker", "--no-agent")
+    with serving(proc_env, port, args=args) as (serve, seen):
+        wait_for(lambda: requests.get(health, timeout=1).ok, timeout=60, what=f"serve\n{serve.log()}")
+
+        def ten_requests(_):
+            with requests.Session() as session:
+                return [session.get(health, timeout=10).status_code for _ in range(10)]
+
+        with ThreadPoolExecutor(20) as pool:
+            assert all(status == 200 for statuses in pool.map(ten_requests, range(20)) for status in statuses)
+
+        async def connect_and_close() -> None:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/events", open_timeout=10):
+                pass
+
+        async def connections() -> None:
+            # Each on a new connection: with two processes taking turns, both are reached.
+            for _ in range(8):
+                await connect_and_close()
+
+        asyncio.run(connections())
+        assert "Exception inside application" not in serve.log(), serve.log()
