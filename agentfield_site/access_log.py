@@ -6,12 +6,18 @@ one agent's beats would bury every other line (and `make run`'s banner with the
 admin password). A refused or failed beat (4xx, 5xx) is logged; a node's last
 beat is on its page in the admin and the dashboard.
 
+Its lines follow LOG_LEVEL as log records would: an answered request is INFO, a
+refused one (4xx) WARNING and a failed one (5xx) ERROR, so `LOG_LEVEL=WARNING`
+keeps only the refused and the failed. (daphne writes the lines itself, not
+through `logging`.)
+
 daphne builds its access logger after it has imported the application, from the
 name `daphne.cli.AccessLogGenerator`; `asgi.py` calls `install()` so that every
 way of starting daphne (`make run`, `daphne ...` in production, the tests) logs
 through this class.
 """
 
+import logging
 import re
 
 from daphne import cli
@@ -27,10 +33,21 @@ def redact(request_line: str) -> str:
     return _SECRET_PARAM.sub(r"\1[redacted]", request_line)
 
 
+def level_of(status: int | None) -> int:
+    """The log level an access line for `status` has (no status: a WebSocket's, INFO)."""
+    if status is not None and status >= 500:
+        return logging.ERROR
+    if status is not None and status >= 400:
+        return logging.WARNING
+    return logging.INFO
+
+
 class RedactingAccessLog(AccessLogGenerator):
-    """Secrets redacted, answered heartbeats left out."""
+    """Secrets redacted, answered heartbeats left out, lines below LOG_LEVEL too."""
 
     def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None) -> None:
+        if level_of(status) < logging.getLogger().getEffectiveLevel():  # the root's: LOG_LEVEL
+            return
         if status is not None and 200 <= status < 300 and _HEARTBEAT.fullmatch(request):
             return
         super().write_entry(host, date, redact(request), status, length, ident, user)

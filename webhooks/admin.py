@@ -19,6 +19,7 @@ from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin
 from agentfield_site.lib.masking import masked_headers
@@ -74,10 +75,13 @@ class DeliveryAdmin(ReadOnlyAdmin):
     exclude = ("secret", "body", "headers")
     readonly_fields = (
         "webhook_id", "kind", "event_type", "execution_id", "subscription", "owner", "event_id", "url", "destination",
-        "header_names", "body_text", "retries", "status", "next_attempt_at", "lease_until", "attempts", "budget_base",
+        "header_names", "body_text", "retry_policy", "status", "next_attempt", "lease_until", "attempts", "budget_base",
         "budget_started_at", "last_status", "last_error", "created_at", "delivered_at", "dead_lettered_at",
     )
     fields = readonly_fields
+
+    class Media:
+        css = {"all": ("webhooks/admin.css",)}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).defer("body")
@@ -86,13 +90,20 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def next_attempt(self, obj: Delivery):
         return obj.next_attempt_at if obj.status == Delivery.Status.PENDING else "—"
 
+    @admin.display(description="on failure")
+    def retry_policy(self, obj: Delivery) -> str:
+        if obj.retries:
+            return "retried on the schedule (WEBHOOK_RETRY_SCHEDULE), then the dead letter queue"
+        return "not retried: one attempt (a test send)"
+
     @admin.display(description="custom headers")
     def header_names(self, obj: Delivery) -> dict:
         return masked_headers(obj.headers)
 
     @admin.display(description="body (as sent)")
     def body_text(self, obj: Delivery) -> str:
-        return bytes(obj.body).decode("utf-8", errors="replace")
+        # Wrapped (webhooks/admin.css): one long line of JSON ran off the page.
+        return format_html('<pre class="webhook-body">{}</pre>', bytes(obj.body).decode("utf-8", errors="replace"))
 
 
 admin.site.register(Delivery, DeliveryAdmin)

@@ -128,3 +128,14 @@ def test_what_daphne_refuses_itself_is_a_json_error_under_the_api(proc_env):
                      + b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: %d\r\n\r\n" % len(sent) + sent)
     assert b" 415 " in multipart.partition(b"\r\n")[0], multipart[:300]
     assert json.loads(multipart.partition(b"\r\n\r\n")[2])["error"] == "unsupported_media_type"
+
+
+def test_log_level_warning_keeps_only_the_refused_and_failed_requests_in_the_access_log(proc_env):
+    # daphne writes its access lines itself, not through `logging`: LOG_LEVEL=WARNING left every one in.
+    web = proc_env.daphne({"LOG_LEVEL": "WARNING"})
+    assert requests.get(f"{web.url}/health", timeout=10).status_code == 200
+    assert requests.get(f"{web.url}/api/v1/executions/exec_nowhere", timeout=10).status_code == 404
+    web.stop()
+    log = web.log()
+    assert "GET /api/v1/executions/exec_nowhere" in log, log[-2000:]
+    assert "GET /health" not in log

@@ -234,3 +234,18 @@ def test_a_subscription_disabled_in_the_admin_hears_nothing_from_then_on(staff):
     with transaction.atomic():
         publish("execution.created", execution_id="exec_after")
     assert list(Delivery.objects.values_list("execution_id", flat=True)) == ["exec_before"]
+
+
+def test_a_dead_letters_page_says_what_it_means(staff):
+    # It showed a "next attempt at" time for a delivery that will never be tried again,
+    # a bare check mark for `retries`, and its body ran off the page on one line.
+    with LoopbackServer(default=Reply(410)) as receiver:
+        row = drain(enqueue(receiver.url, execution_id="exec_<b>page</b>"))
+    assert row.status == Delivery.Status.DEAD
+    page = staff.get(reverse("admin:webhooks_deadletter_change", args=[quote(row.pk)])).content.decode()
+    next_attempt = re.search(r'field-next_attempt.*?<div class="readonly">(.*?)</div>', page, re.S)
+    assert next_attempt and next_attempt.group(1).strip() == "—", page
+    assert "retried on the schedule (WEBHOOK_RETRY_SCHEDULE), then the dead letter queue" in page
+    body = re.search(r'<pre class="webhook-body">(.*?)</pre>', page, re.S)
+    assert body and "exec_&lt;b&gt;page&lt;/b&gt;" in body.group(1) and "<b>page</b>" not in page
+    assert "webhooks/admin.css" in page
