@@ -87,8 +87,22 @@ def _is_echo(event: PlatformEvent) -> bool:
     return event.type.startswith("webhook.") and str((event.data or {}).get("event", "")).startswith("webhook.")
 
 
+def _reported_subscription(event: PlatformEvent) -> str | None:
+    """The subscription whose delivery a `webhook.*` event reports (its outcome, its redrive), if any."""
+    if event.type.startswith("webhook."):
+        return (event.data or {}).get("subscription_id") or None
+    return None
+
+
 def on_events(events: list[PlatformEvent]) -> None:
-    """Create one delivery per (event, matching enabled subscription)."""
+    """Create one delivery per (event, matching enabled subscription).
+
+    A subscription hears the outcomes of its own deliveries and of completion
+    webhooks, never another subscription's: with N subscriptions to `*`, each of
+    an event's N outcomes went to all N again, N² deliveries per event (a client
+    key's hundred subscriptions turned one execution into 30,000 deliveries).
+    An outcome about an outcome is never delivered (`_is_echo`).
+    """
     subscriptions = _enabled()
     if not subscriptions:
         return
@@ -97,9 +111,10 @@ def on_events(events: list[PlatformEvent]) -> None:
     for index, event in enumerate(events):
         if _is_echo(event):
             continue
+        reported = _reported_subscription(event)
         body = None
         for sub_id, url, patterns, owner_id, client_owned in subscriptions:
-            if not matches(patterns, event.type):
+            if (reported is not None and sub_id != reported) or not matches(patterns, event.type):
                 continue
             if client_owned:
                 if owners is None:

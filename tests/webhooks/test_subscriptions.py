@@ -260,7 +260,26 @@ def test_a_client_subscription_never_hears_another_keys_subscription_deliveries(
     heard = list(Delivery.objects.filter(subscription=mine).order_by("id"))
     assert [d.event_type for d in heard] == ["execution.completed", "webhook.delivered"]
     assert all(b"T0K3N" not in bytes(d.body) for d in heard)
-    assert Delivery.objects.filter(subscription=theirs).count() == 3  # the operator hears everything
+    # The operator's subscription hears the client's executions, and the outcomes of its own deliveries only.
+    assert [d.event_type for d in Delivery.objects.filter(subscription=theirs).order_by("id")] == [
+        "execution.completed", "webhook.delivered"]
+
+
+def test_many_subscriptions_do_not_multiply_each_others_outcomes(api):
+    # Each subscription's failed delivery published webhook.failed, which went to every
+    # subscription again: N + N² deliveries for one event (30,000 for a hundred).
+    with LoopbackServer(default=Reply(500)) as receiver:
+        subs = [create(api, f"{receiver.url}s{i}", ["*"]) for i in range(4)]
+        with transaction.atomic():
+            publish("execution.completed", execution_id="exec_storm", status="succeeded")
+        for _ in range(5):
+            delivery.send_due()  # the first attempts; retries are minutes away
+    by_sub = {s["id"]: sorted(Delivery.objects.filter(subscription_id=s["id"]).values_list("event_type", flat=True))
+              for s in subs}
+    assert by_sub == {s["id"]: ["execution.completed", "webhook.failed"] for s in subs}, by_sub
+    # Two outcome events a subscription (its two deliveries failed); the second is delivered to no one.
+    failed = PlatformEvent.objects.filter(type="webhook.failed")
+    assert sorted(e.data["subscription_id"] for e in failed) == sorted(s["id"] for s in subs for _ in range(2))
 
 
 @pytest.mark.parametrize(("body", "error"), [(b"{", "invalid_json"), (b'{"x": "\\ud800"}', "invalid_json"),
