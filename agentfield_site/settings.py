@@ -171,7 +171,10 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("CHANNEL_PREFIX", default="asgi")},
+            # A read times out after 15 s, not redis-py 8's default of 5: the layer's
+            # receive blocks 5 s on BZPOPMIN, and every idle wake-up listener failed.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                       "prefix": env.str("CHANNEL_PREFIX", default="asgi")},
         }
     }
 else:
