@@ -25,12 +25,19 @@ def _all_answer(url: str, times: int) -> bool:
     return all(requests.get(url, timeout=5, headers={"Connection": "close"}).status_code == 200 for _ in range(times))
 
 
-def test_two_processes_share_the_port_and_a_killed_one_is_restarted_while_the_other_serves(proc_env):
+@contextlib.contextmanager
+def _two_web_processes(proc_env):
+    """`manage.py serve --web-processes 2` (the web tier only), answering; yields (serve, children seen, port)."""
     port = free_port()
-    health = f"http://127.0.0.1:{port}/health"
-    args = ("--web-processes", "2", "--no-worker", "--no-agent")
-    with serving(proc_env, port, args=args) as (serve, seen):
-        wait_for(lambda: requests.get(health, timeout=1).ok, timeout=60, what=f"serve\n{serve.log()}")
+    with serving(proc_env, port, args=("--web-processes", "2", "--no-worker", "--no-agent")) as (serve, seen):
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok, timeout=60,
+                 what=f"serve\n{serve.log()}")
+        yield serve, seen, port
+
+
+def test_two_processes_share_the_port_and_a_killed_one_is_restarted_while_the_other_serves(proc_env):
+    with _two_web_processes(proc_env) as (serve, seen, port):
+        health = f"http://127.0.0.1:{port}/health"
         first = wait_for(lambda: (d := _daphnes(serve.popen.pid)) and len(d) == 2 and d, timeout=30,
                          what="two daphne processes")
         seen.update(first)
@@ -75,11 +82,7 @@ def _established_by_process(pids, port: int) -> dict[int, int]:
 def test_a_burst_of_keep_alive_connections_is_shared_between_the_processes(proc_env):
     # Twisted accepted up to 100 connections a turn, so the process that woke first took
     # a burst whole (31 of 32), and served nearly every request on them.
-    port = free_port()
-    args = ("--web-processes", "2", "--no-worker", "--no-agent")
-    with serving(proc_env, port, args=args) as (serve, seen):
-        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok, timeout=60,
-                 what=f"serve\n{serve.log()}")
+    with _two_web_processes(proc_env) as (serve, seen, port):
         daphnes = wait_for(lambda: (d := _daphnes(serve.popen.pid)) and len(d) == 2 and d, timeout=30,
                            what="two daphne processes")
         seen.update(daphnes)
@@ -105,14 +108,11 @@ def test_a_burst_of_keep_alive_connections_is_shared_between_the_processes(proc_
 
 def test_websockets_open_on_every_process_after_a_burst_of_requests(proc_env):
     # Taking turns re-registers the socket's reader from a timer, and Twisted's timer
-    # ran in the context of whichever request had scheduled a call last. Connections
+    # ran in the context of whatever last rescheduled it, a request often. Connections
     # accepted afterwards inherited that request's asgiref context, long exited: every
     # WebSocket (whose authentication hops to a thread) was answered 500 from then on.
-    port = free_port()
-    health = f"http://127.0.0.1:{port}/health"
-    args = ("--web-processes", "2", "--no-worker", "--no-agent")
-    with serving(proc_env, port, args=args) as (serve, seen):
-        wait_for(lambda: requests.get(health, timeout=1).ok, timeout=60, what=f"serve\n{serve.log()}")
+    with _two_web_processes(proc_env) as (serve, _, port):
+        health = f"http://127.0.0.1:{port}/health"
 
         def ten_requests(_):
             with requests.Session() as session:
