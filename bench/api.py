@@ -26,6 +26,11 @@ connects and beats twice; its calls get a row of their own, outside the p99); it
 API's p99, the 5xx, and whether the sweeper's liveness check (run with
 NODE_OFFLINE_AFTER=6 s, three missed beats) would mark any node offline.
 
+This process plays every client, with its cyclic garbage collector off while it
+measures (one collection here would stall every call in flight at once, as no
+real fleet's would), and prints how late its own event loop ran: every latency
+includes that.
+
 `--only` runs the rows (and `fleet`) it names and no others, to look at one
 path (a profiler attached to its daphne, say); `read` brings `submit` along,
 which makes what it reads. The targets need the full run.
@@ -39,6 +44,7 @@ Targets: heartbeat/s at least 0.5 x the minimal async view, submit/s at least
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -102,6 +108,34 @@ async def _call(session: aiohttp.ClientSession, base: str, call: Call, headers: 
         out.bodies.append(json.loads(raw))
 
 
+@contextlib.contextmanager
+def _load_generator_gc_off():
+    """No cyclic garbage collection in this process (the load generator) while it measures.
+
+    One process plays every client, so one of its collections stalls every call in
+    flight at once: in a fleet run it collected 139 times in 20 s (745 ms in all, one
+    pass of 116 ms), each pause added to the latency of the 20 to 30 calls then out,
+    none of it the server's. What is alive is frozen first, as timeit turns
+    collection off while it times.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+async def _loop_lag(until: float, out: list[float]) -> None:
+    """How late this process's event loop wakes a 10 ms timer, in ms, until `until`: part of every latency measured."""
+    while time.monotonic() < until:
+        asked = time.monotonic()
+        await asyncio.sleep(0.01)
+        out.append((time.monotonic() - asked - 0.01) * 1000)
+
+
 async def _hammer(base: str, calls: Callable[[], Call], headers: dict, clients: int, seconds: float,
                   keep: bool = False) -> Run:
     """`clients` keep-alive connections, each sending one request after another for `seconds`."""
@@ -113,9 +147,10 @@ async def _hammer(base: str, calls: Callable[[], Call], headers: dict, clients: 
             while time.monotonic() < until:
                 await _call(session, base, calls(), headers, out, keep)
 
-        started = time.monotonic()
-        await asyncio.gather(*(client(started + seconds) for _ in range(clients)))
-        out.elapsed = time.monotonic() - started
+        with _load_generator_gc_off():
+            started = time.monotonic()
+            await asyncio.gather(*(client(started + seconds) for _ in range(clients)))
+            out.elapsed = time.monotonic() - started
     return out
 
 
@@ -167,8 +202,9 @@ FLEET_WARM_UP = 4.0
 
 
 async def _fleet(base: str, agents: int, clients: int, seconds: float, agent_key: str, client_key: str,
-                 ) -> tuple[Run, Run, Run]:
+                 ) -> tuple[Run, Run, Run, list[float]]:
     beats, api, warm_up = Run(), Run(), Run()
+    lag: list[float] = []
     agent_headers = {"X-API-Key": agent_key, "Content-Type": "application/json"}
     client_headers = {"X-API-Key": client_key, "Content-Type": "application/json"}
     body = json.dumps({"status": "ready", "version": "1.0.0"}).encode()
@@ -215,10 +251,16 @@ async def _fleet(base: str, agents: int, clients: int, seconds: float, agent_key
                     await _call(session, base, ("GET", f"/api/v1/executions/{accepted[-1 - (i % len(accepted))]}",
                                                 None), client_headers, into(api), False)
 
-        await asyncio.gather(*(agent(n) for n in range(agents)), *(client(n) for n in range(clients)))
+        async def lag_after_warm_up() -> None:
+            await asyncio.sleep(max(0.0, measured - time.monotonic()))
+            await _loop_lag(until, lag)
+
+        with _load_generator_gc_off():
+            await asyncio.gather(lag_after_warm_up(), *(agent(n) for n in range(agents)),
+                                 *(client(n) for n in range(clients)))
         beats.elapsed = api.elapsed = time.monotonic() - measured
         warm_up.elapsed = FLEET_WARM_UP
-    return beats, api, warm_up
+    return beats, api, warm_up, lag
 
 
 def _serve_web_tier(env, processes: int):
@@ -352,7 +394,7 @@ def main(argv: list[str]) -> None:
                     cursor.execute("VACUUM ANALYZE")
             serve, base = _serve_web_tier(env, 2)
             try:
-                beats, api, warm_up = asyncio.run(_fleet(base, agents, clients, fleet_seconds, agent_key, client_key))
+                beats, api, warm_up, lag = asyncio.run(_fleet(base, agents, clients, fleet_seconds, agent_key, client_key))
             finally:
                 _stop_serve(serve)
             settings.NODE_OFFLINE_AFTER = 6.0
@@ -360,7 +402,7 @@ def main(argv: list[str]) -> None:
                 pk__in=[f"bench-{n}" for n in range(agents)], health_status=AgentNode.Health.ACTIVE,
                 last_heartbeat__lt=timezone.now() - node_registry.offline_cutoff_delta(),
             ).count()
-            fleet = (beats, api, warm_up, would_go_offline)
+            fleet = (beats, api, warm_up, lag, would_go_offline)
 
     print(f"database: {vendor}, broker: {broker}; {clients} concurrent keep-alive clients, {seconds:g} s per row "
           f"in {rounds} rounds after a 1 s warm-up; one web process (MAX_CONCURRENT_REQUESTS={settings.MAX_CONCURRENT_REQUESTS}); "
@@ -379,7 +421,7 @@ def main(argv: list[str]) -> None:
             ratio = f"{submit_ratio:.2f} x sync floor (target 0.5)"
         print(_row(name, run, ratio))
     if fleet is not None:
-        beats, api, warm_up, offline = fleet
+        beats, api, warm_up, lag, offline = fleet
         print(f"\nfleet: `serve --web-processes 2`, {agents:,} agents heartbeating every 2 s and {clients} clients "
               f"submitting and reading for {fleet_seconds:g} s, after {FLEET_WARM_UP:g} s in which every agent "
               f"connects and beats twice\n")
@@ -392,6 +434,10 @@ def main(argv: list[str]) -> None:
         print(_row("submits and reads", api))
         print(_row("all API calls (target p99 < 250 ms, no 5xx)", both))
         print(_row(f"warm-up, the first {FLEET_WARM_UP:g} s (all calls; not in the rows above)", warm_up))
+        late = Run(latency_ms=lag)
+        print(f"\nthe load generator's own event loop (one process plays every agent and client), late to wake: "
+              f"p50 {late.pct(0.5):.1f} ms, p99 {late.pct(0.99):.1f} ms, at most {max(lag, default=0):.0f} ms; "
+              f"every latency above includes it")
         print(f"\nnodes the liveness check would mark offline after the run: **{offline}** of {agents:,}")
     if not all(run.latency_ms for run in (heartbeat, floor_async, submit, floor_sync)):
         print("\n(no summary line: --only left out a row it is made of)")
