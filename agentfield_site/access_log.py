@@ -15,6 +15,12 @@ daphne builds its access logger after it has imported the application, from the
 name `daphne.cli.AccessLogGenerator`; `asgi.py` calls `install()` so that every
 way of starting daphne (`make run`, `daphne ...` in production, the tests) logs
 through this class.
+
+Twisted's HTTP server, under daphne, also formatted a combined-log line of its
+own for every request and handed it to Twisted's log: daphne sends that log
+nowhere (or, with `-v 2`, to the console, a second line for every request, the
+API key in a URL unredacted). It cost 4 % of a web process's time under the
+fleet bench (`python -m bench api`). `install()` turns it off: this log is the one.
 """
 
 import logging
@@ -22,6 +28,7 @@ import re
 
 from daphne import cli
 from daphne.access import AccessLogGenerator
+from daphne.http_protocol import HTTPFactory
 
 _SECRET_PARAM = re.compile(r"(?i)([?&](?:api_key|apikey|access_token|token)=)[^&#\s\"]*")
 # daphne's request field: "METHOD path".
@@ -53,5 +60,10 @@ class RedactingAccessLog(AccessLogGenerator):
         super().write_entry(host, date, redact(request), status, length, ident, user)
 
 
+def _no_twisted_access_line(factory: HTTPFactory, request) -> None:
+    """Twisted's own access line for a finished request: not made (`RedactingAccessLog` writes the log)."""
+
+
 def install() -> None:
     cli.AccessLogGenerator = RedactingAccessLog
+    HTTPFactory.log = _no_twisted_access_line

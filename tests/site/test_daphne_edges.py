@@ -10,6 +10,8 @@ import requests
 import websockets
 
 from devtools.loopback import LoopbackServer
+from devtools.processes import free_port
+from devtools.waiting import wait_for
 from executions import nodes
 from executions.models import Execution
 
@@ -139,3 +141,21 @@ def test_log_level_warning_keeps_only_the_refused_and_failed_requests_in_the_acc
     log = web.log()
     assert "GET /api/v1/executions/exec_nowhere" in log, log[-2000:]
     assert "GET /health" not in log
+
+
+def test_twisted_writes_no_access_line_of_its_own(proc_env):
+    # daphne's access log is `access_log`'s. Twisted's HTTP server also formatted a line
+    # of its own for every request (4 % of a web process's time under the fleet bench)
+    # and handed it to its log, which daphne sends nowhere, or with -v 2 to the console:
+    # a second line for every request, with the API key a URL carries.
+    secret = "k-twisted-log-51e0c2"
+    port = free_port()
+    web = proc_env.script("daphne", ["-m", "daphne", "-v", "2", "-b", "127.0.0.1", "-p", str(port),
+                                     "agentfield_site.asgi:application"], port, {"API_KEYS": secret})
+    wait_for(lambda: requests.get(f"{web.url}/health", timeout=1).ok, what=f"daphne on {port}\n{web.log()}")
+    assert requests.get(f"{web.url}/api/v1/executions/exec_nowhere?api_key={secret}", timeout=10).status_code == 404
+    web.stop()
+    log = web.log()
+    assert '"GET /api/v1/executions/exec_nowhere?api_key=[redacted]" 404' in log, log[-2000:]  # daphne's line
+    assert " HTTP/1.1" not in log, log[-2000:]  # Twisted's combined log format
+    assert secret not in log
