@@ -24,11 +24,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	@echo "wrote .env (from .env.example, with a fresh SECRET_KEY)"
 
 ## Start everything on localhost:8080: daphne, a django-q2 cluster, the demo agent.
-## PORT (environment, `make run PORT=...`, or .env) moves it; a busy port stops with a message.
+## PORT (environment, `make run PORT=...`, or .env) moves it; a busy port stops with a message,
+## before the migrations (`serve --migrate` binds the port first).
 run: $(VENV)/.installed .env
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/python manage.py serve
+	$(BIN)/python manage.py serve --migrate
 
 ## Two pytest-xdist workers: much of the suite waits on the processes it starts.
 ## `make test XDIST=` runs it in one process.

@@ -188,3 +188,28 @@ def test_a_later_run_names_the_staff_account_and_how_to_reset_its_password(proc_
         "ADMIN_PASSWORD applies only when serve makes the account." in serve.log(), serve.log()
     assert "/admin/  (admin; password lost? manage.py changepassword admin)" in serve.log(), serve.log()
     assert "ignored-now" not in serve.log() and "made-on-the-first-run" not in serve.log()
+
+
+def test_make_runs_serve_reports_a_busy_port_before_it_migrates(proc_env, tmp_path):
+    # `make run` is `serve --migrate`: a newcomer whose port is taken hears so at once,
+    # not after a first run's migrations and static files.
+    database = tmp_path / "fresh.sqlite3"
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with serving(proc_env, port, {"DATABASE_URL": f"sqlite:///{database}"}, ("--migrate",)) as (serve, _):
+            code = serve.popen.wait(timeout=60)
+    assert code == 1
+    assert _last_line(serve.log()).startswith(f"CommandError: port {port} is in use"), serve.log()
+    assert "Applying" not in serve.log() and not database.exists()
+
+
+def test_serve_migrate_prepares_a_fresh_database_then_serves(proc_env, tmp_path):
+    database = tmp_path / "fresh.sqlite3"
+    port = free_port()
+    fresh = {"DATABASE_URL": f"sqlite:///{database}"}
+    with serving(proc_env, port, fresh, ("--migrate", "--no-agent", "--no-worker")) as (serve, _):
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok, timeout=120,
+                 what=f"serve --migrate\n{serve.log()}")
+    assert "Applying executions.0001_initial... OK" in serve.log(), serve.log()

@@ -30,6 +30,7 @@ import urllib.request
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.http.request import split_domain_port, validate_host
 
@@ -182,11 +183,14 @@ class Command(BaseCommand):
         parser.add_argument("--no-agent", action="store_true", help="Do not start the demo agent.")
         parser.add_argument("--no-worker", action="store_true",
                             help="Do not start the workers (they run elsewhere): the web tier only.")
+        parser.add_argument("--migrate", action="store_true",
+                            help="Apply migrations and collect static files first, once the port is bound "
+                                 "(a busy port is reported before anything else runs): what `make run` does.")
         parser.add_argument("--web-processes", type=int, default=None,
                             help="daphne processes sharing the port; default: WEB_PROCESSES, else one per core")
 
     def handle(self, *args, port: int | None, no_agent: bool, no_worker: bool, web_processes: int | None,
-               **options) -> None:
+               migrate: bool, **options) -> None:
         port = port or settings.PORT
         web_processes = web_processes or settings.WEB_PROCESSES or os.cpu_count() or 1
         if web_processes < 1:
@@ -199,7 +203,15 @@ class Command(BaseCommand):
                 "on this machine only with HOST=127.0.0.1."
             )
         sock = listen(host, port)
-        admin = self._ensure_admin() if not no_agent else ""
+        try:
+            if migrate:
+                # Connections that arrive meanwhile wait in the socket's backlog for daphne.
+                call_command("migrate", interactive=False)
+                call_command("collectstatic", interactive=False, verbosity=0)
+            admin = self._ensure_admin() if not no_agent else ""
+        except BaseException:
+            sock.close()
+            raise
         stopping = False
 
         def stop(*_):
