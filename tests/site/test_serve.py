@@ -190,7 +190,7 @@ def test_a_later_run_names_the_staff_account_and_how_to_reset_its_password(proc_
     assert "ignored-now" not in serve.log() and "made-on-the-first-run" not in serve.log()
 
 
-def test_make_runs_serve_reports_a_busy_port_before_it_migrates(proc_env, tmp_path):
+def test_serve_migrate_reports_a_busy_port_before_it_migrates(proc_env, tmp_path):
     # `make run` is `serve --migrate`: a newcomer whose port is taken hears so at once,
     # not after a first run's migrations and static files.
     database = tmp_path / "fresh.sqlite3"
