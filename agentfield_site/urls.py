@@ -6,10 +6,11 @@ from observability import dashboard
 
 from .lib import api
 from .lib.db_threads import on_request_threads
-from .views import health, landing, metrics, self_hosted_only
+from .views import favicon, health, landing, metrics, self_hosted_only
 
 urlpatterns = [
     path("", landing, name="landing"),
+    path("favicon.ico", favicon, name="favicon"),
     path("health", on_request_threads(health), name="health"),
     path("health/", on_request_threads(health)),
     path("metrics", metrics, name="metrics"),

@@ -1,8 +1,8 @@
 """The auth matrix: every route without credentials, then scope x route x ownership.
 
 First, without credentials, every URL pattern that needs them refuses. Open by
-design: /health, the landing page (links only) and the admin's login and logout
-pages; the OpenAPI schema and its
+design: /health, the landing page (links only), the favicon and the admin's login
+and logout pages; the OpenAPI schema and its
 docs page follow the API's rule.
 
 Then the world: client A submitted `exec_a` to node `node_a`, which agent A
@@ -35,7 +35,7 @@ from executions.models import AgentNode, Execution
 from webhooks import subscriptions
 from webhooks.models import Delivery, Subscription
 
-OPEN = {"/", "/health", "/health/", "/admin/login/", "/admin/logout/"}
+OPEN = {"/", "/favicon.ico", "/health", "/health/", "/admin/login/", "/admin/logout/"}
 # The JSON 404 for unknown /api/ paths: there is nothing behind it to protect.
 CATCH_ALL = {"/api/"}
 SAMPLE = {"pk": "x1", "id": "x1", "node_id": "n1", "execution_id": "exec_x1"}

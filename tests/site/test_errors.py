@@ -60,6 +60,13 @@ def test_landing_page_links_everything_an_operator_needs(client):
         assert href in html
 
 
+
+def test_browsers_get_a_favicon_not_a_404(client):
+    # Each page a browser opened logged "Not Found: /favicon.ico" as a warning.
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response["Content-Type"] == "image/svg+xml"
+    assert response.content.startswith(b"<svg") and "max-age" in response["Cache-Control"]
+
 @pytest.mark.django_db
 def test_pages_outside_the_api_keep_an_html_404(client):
     response = client.get("/nowhere")
