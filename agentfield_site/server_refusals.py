@@ -10,12 +10,27 @@ reads (it hands the application the body as it came), answering a multipart body
 it could not parse with a bare 400 and no body at all; the application now gets
 such a body like any other (the API answers 415: it takes JSON).
 
+A body larger than MAX_BODY_BYTES is refused here, with the API's JSON 413, as
+soon as its Content-Length is known (or, chunked, as soon as it passes the limit).
+Twisted used to read a body whole, whatever its size, spooling it to a temporary
+file and then into the application's memory, before Django's `BodyLimitMiddleware`
+could refuse it: a caller with no key could make a web process hold 2 GiB (and as
+much disk) with one request. The rest of a refused body is read and dropped for up
+to LINGER_SECONDS, then the connection closes: a client that sends its whole body
+before it reads the answer (most do) gets the 413, not a reset connection.
+
 `asgi.py` calls `install()`, so every way of starting daphne uses this request class.
 """
 
 import json
+from io import BytesIO
 
 from daphne import http_protocol
+from django.conf import settings
+from twisted.internet import reactor
+
+# How long the rest of a refused body is read (and dropped) before the connection closes.
+LINGER_SECONDS = 30.0
 
 # daphne's statuses, in the API's words for them.
 _ERRORS = {400: "bad_request", 500: "internal_error", 503: "unavailable"}
@@ -25,18 +40,79 @@ class WebRequest(http_protocol.WebRequest):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._parsePOSTFormSubmission = False  # Twisted's switch for that parsing
+        self._body_refused = False
+        self._body_read = 0
 
     def basic_error(self, status, status_text, body) -> None:
         if not (self.path == b"/api" or self.path.startswith(b"/api/")):
             return super().basic_error(status, status_text, body)
-        message = {"error": _ERRORS.get(status, "error"), "message": f"{body.rstrip('.')}."}
-        content = json.dumps(message).encode()
+        self._json_error(status, _ERRORS.get(status, "error"), f"{body.rstrip('.')}.")
+
+    def _json_error(self, status: int, error: str, message: str, finish: bool = True) -> None:
+        content = json.dumps({"error": error, "message": message}).encode()
         self.handle_reply({
             "type": "http.response.start",
             "status": status,
             "headers": [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(content)).encode())],
         })
-        self.handle_reply({"type": "http.response.body", "body": content})
+        self.handle_reply({"type": "http.response.body", "body": content, "more_body": not finish})
+
+    def gotLength(self, length: int | None) -> None:
+        # Twisted spools a body of 100 kB or more to a temporary file it makes here.
+        if length is not None and length > settings.MAX_BODY_BYTES:
+            self.content = BytesIO()
+            self._refuse_body()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._body_refused:
+            return  # dropped
+        self._body_read += len(data)
+        if self._body_read > settings.MAX_BODY_BYTES:  # a chunked body, past the limit
+            self.content = BytesIO()
+            self._refuse_body()
+        else:
+            super().handleContentChunk(data)
+
+    def _refuse_body(self) -> None:
+        """Answer 413 now; drop the rest of the body until it ends or LINGER_SECONDS pass, then close."""
+        self._body_refused = True
+        channel = self.channel
+        # What Twisted sets only once the body is in (`requestReceived`), for the answer and its log line.
+        self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
+        self.path = self.uri.split(b"?", 1)[0]
+        peer = channel.transport.getPeer()
+        self.client_addr = [str(getattr(peer, "host", "")), getattr(peer, "port", 0)]
+        # Twisted would send "100 Continue" after the headers, that is after this answer.
+        self.requestHeaders.removeHeader(b"Expect")
+        # Not persistent: the end of this request closes the connection.
+        channel.persistent = False
+        self._json_error(413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes.",
+                         finish=False)
+        # Its access line now, as daphne writes one for a finished answer: the client may hang up first.
+        self.server.log_action("http", "complete", {
+            "path": self.uri.decode("ascii", "replace"), "status": self.code, "method": self.method.decode("ascii", "replace"),
+            "client": f"{self.client_addr[0]}:{self.client_addr[1]}", "time_taken": 0, "size": self.sentLength,
+        })
+        self._linger = reactor.callLater(LINGER_SECONDS, self._end_refused)
+
+    def requestReceived(self, command, path, version) -> None:
+        if self._body_refused:  # the refused body has ended: never handed to the application
+            self._end_refused()
+        else:
+            super().requestReceived(command, path, version)
+
+    def _end_refused(self) -> None:
+        if self._linger.active():
+            self._linger.cancel()
+        if not self.finished and self.channel is not None:
+            self.finish()  # the answer is out already; this closes the connection
+
+    def connectionLost(self, reason) -> None:
+        if self._body_refused and self._linger.active():
+            self._linger.cancel()
+        super().connectionLost(reason)
 
 
 def install() -> None:

@@ -115,6 +115,50 @@ def _raw(port: int, request: bytes) -> bytes:
     return answer
 
 
+
+def _answer(sock: socket.socket) -> bytes:
+    """One answer read off `sock`, whole by its Content-Length (at most 10 s)."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        if length and len(body) >= int(length.group(1)):
+            break
+    return answer
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(proc_env):
+    # Twisted read a body whole, to a temporary file and then into memory, before Django
+    # could refuse it: with no key, one request made a web process hold 2 GiB.
+    web = proc_env.daphne({"MAX_BODY_BYTES": "4096"})
+    head = b"POST /api/v1/execute/async/analyzer.process HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: nope\r\n"
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        # 2 GiB announced, 100-continue asked, not a byte of it sent: the answer comes at once.
+        sock.sendall(head + b"Content-Length: 2147483648\r\nExpect: 100-continue\r\n\r\n")
+        answer = _answer(sock)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 413 Request Entity Too Large", answer[:300]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"] == "payload_too_large"
+    assert b"100 Continue" not in answer
+
+    # A chunked body is refused once past the limit; what follows is dropped, and the
+    # connection closes when the body ends. The answer waits for a client that reads late.
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(256):  # 256 KiB
+            sock.sendall(b"400\r\n" + b" " * 1024 + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert answer.endswith(b'"The body is larger than 4096 bytes."}'), answer[-300:]
+
+    assert requests.get(f"{web.url}/health", timeout=10).status_code == 200
+    web.stop()
+    assert web.log().count('"POST /api/v1/execute/async/analyzer.process" 413') == 2, web.log()[-2000:]
+
 def test_what_daphne_refuses_itself_is_a_json_error_under_the_api(proc_env):
     web = proc_env.daphne()
     head = b"Host: 127.0.0.1\r\nConnection: close\r\n"
