@@ -25,19 +25,29 @@ fleet bench (`python -m bench api`). `install()` turns it off: this log is the o
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
 from daphne import cli
 from daphne.access import AccessLogGenerator
 from daphne.http_protocol import HTTPFactory
 
-_SECRET_PARAM = re.compile(r"(?i)([?&](?:api_key|apikey|access_token|token)=)[^&#\s\"]*")
+# Parameters whose values are secrets, by their decoded names: `api%5Fkey` is `api_key` to
+# the query parser that reads the key, so it is to this log as well.
+_SECRET_NAMES = {"api_key", "apikey", "access_token", "token"}
+_PARAM = re.compile(r"([?&])([^=&#\s\"]*)=([^&#\s\"]*)")
 # daphne's request field: "METHOD path".
 _HEARTBEAT = re.compile(r"POST /api/v1/nodes/[^/?\s]+/heartbeat/?(?:\?\S*)?")
 
 
 def redact(request_line: str) -> str:
     """`request_line` with the values of secret-bearing query parameters replaced."""
-    return _SECRET_PARAM.sub(r"\1[redacted]", request_line)
+
+    def one(param: re.Match) -> str:
+        if unquote_plus(param.group(2)).lower() in _SECRET_NAMES:
+            return f"{param.group(1)}{param.group(2)}=[redacted]"
+        return param.group(0)
+
+    return _PARAM.sub(one, request_line)
 
 
 def level_of(status: int | None) -> int:

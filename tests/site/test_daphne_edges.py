@@ -48,6 +48,12 @@ def test_the_access_log_never_shows_an_api_key(proc_env):
     assert requests.get(f"{web.url}/api/v1/executions?limit=1&api_key={secret}", timeout=10).status_code == 200
     # Not the parameter's name (it is case-sensitive), but logged redacted all the same.
     assert requests.get(f"{web.url}/api/v1/nodes?API_KEY={secret}&x=1", timeout=10).status_code == 401
+    # The name percent-encoded (sent as it is: requests would decode it): the query parser
+    # reads it as api_key, and the key is good.
+    for name in (b"api%5Fkey", b"%61pi_key"):
+        request = b"GET /api/v1/executions?" + name + b"=" + secret.encode() + b" HTTP/1.1\r\n"
+        answer = _raw(web.port, request + b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
 
     async def socket() -> None:
         async with websockets.connect(f"ws://127.0.0.1:{web.port}/ws/events?api_key={secret}", open_timeout=10) as ws:
@@ -58,6 +64,7 @@ def test_the_access_log_never_shows_an_api_key(proc_env):
     log = web.log()
     assert "GET /api/v1/executions?limit=1&api_key=[redacted]" in log, log[-2000:]
     assert "API_KEY=[redacted]&x=1" in log
+    assert "?api%5Fkey=[redacted]" in log and "?%61pi_key=[redacted]" in log
     assert secret not in log
 
 
