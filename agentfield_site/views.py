@@ -87,6 +87,11 @@ def self_hosted_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            # A page to read: DRF's answer to OPTIONS rendered it with no template, a 500.
+            response = error_response(405, "method_not_allowed", f"Method {request.method} is not allowed here.")
+            response["Allow"] = "GET, HEAD"
+            return response
         response = view(request, *args, **kwargs)
         response["Content-Security-Policy"] = DOCS_CSP
         return response

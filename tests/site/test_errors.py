@@ -67,6 +67,16 @@ def test_browsers_get_a_favicon_not_a_404(client):
     assert response.status_code == 200 and response["Content-Type"] == "image/svg+xml"
     assert response.content.startswith(b"<svg") and "max-age" in response["Cache-Control"]
 
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/docs/", "/api/redoc/"])
+@pytest.mark.parametrize("method", ["options", "post", "delete"])
+def test_the_docs_pages_answer_other_methods_with_a_json_405(admin_client, path, method):
+    # OPTIONS /api/docs/ was a 500: DRF rendered its answer with no template.
+    response = getattr(admin_client, method)(path)
+    assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+    assert response.json()["error"] == "method_not_allowed"
+
 @pytest.mark.django_db
 def test_pages_outside_the_api_keep_an_html_404(client):
     response = client.get("/nowhere")

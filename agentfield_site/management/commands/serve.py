@@ -196,18 +196,16 @@ class Command(BaseCommand):
         if web_processes < 1:
             raise CommandError("--web-processes must be at least 1.")
         host = settings.HOST
-        if not is_loopback(host) and not keys_required():
-            raise CommandError(
-                f"Refusing to listen on {host}: no API key is configured, so the API would be open "
-                "to anyone on the network. Set API_KEYS (or create a key in the admin), or listen "
-                "on this machine only with HOST=127.0.0.1."
-            )
+        # A database not migrated yet has no keys to ask about: with --migrate, ask once it is.
+        if not migrate:
+            self._refuse_an_open_api_on_the_network(host)
         sock = listen(host, port)
         try:
             if migrate:
                 # Connections that arrive meanwhile wait in the socket's backlog for daphne.
                 call_command("migrate", interactive=False)
                 call_command("collectstatic", interactive=False, verbosity=0)
+                self._refuse_an_open_api_on_the_network(host)
             admin = self._ensure_admin() if not no_agent else ""
         except BaseException:
             sock.close()
@@ -237,6 +235,15 @@ class Command(BaseCommand):
         if failure is not None:
             # After every child is reaped, so the reason is the last line printed.
             raise CommandError(f"{failure}; stopped the rest.")
+
+    @staticmethod
+    def _refuse_an_open_api_on_the_network(host: str) -> None:
+        if not is_loopback(host) and not keys_required():
+            raise CommandError(
+                f"Refusing to listen on {host}: no API key is configured, so the API would be open "
+                "to anyone on the network. Set API_KEYS (or create a key in the admin), or listen "
+                "on this machine only with HOST=127.0.0.1."
+            )
 
     def _start_all(self, supervisor: Supervisor, sock: socket.socket, host: str, port: int, web_processes: int,
                    no_worker: bool, no_agent: bool, admin: str, stopping) -> str | None:
