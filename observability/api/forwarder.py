@@ -191,6 +191,7 @@ class ObservabilityWebhookView(APIView):
         summary="Remove the observability webhook; forwarding stops", responses={200: MessageDocument}
     )
     def delete(self, request: Request) -> Response:
+        object_body(request)  # no body, or `{}`: a malformed one is a 400 before anything is removed
         if configuration.unconfigure():
             return Response({"success": True, "message": "Observability webhook removed."})
         return Response({"success": True, "message": "No observability webhook was configured."})
@@ -232,6 +233,7 @@ class ObservabilityDeadLettersView(APIView):
 
     @extend_schema(summary="Clear the dead letter queue", responses={200: ClearedDocument})
     def delete(self, request: Request) -> Response:
+        object_body(request)
         removed = dead_letters.clear()
         return Response({"success": True, "message": f"Removed {removed} dead letters.", "removed": removed})
 
@@ -243,4 +245,5 @@ class ObservabilityRedriveView(APIView):
         responses={200: RedriveDocument, 409: ErrorSerializer},
     )
     def post(self, request: Request) -> Response:
+        object_body(request)
         return Response(RedriveDocument(dead_letters.redrive()).data)

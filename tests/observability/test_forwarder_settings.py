@@ -1,9 +1,10 @@
 """The observability webhook settings API: one configuration, the secret never returned."""
 
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from observability.models import ForwarderConfig
+from observability.models import ForwarderConfig, ForwarderDeadLetter
 
 BASE = "/api/v1/settings/observability-webhook"
 
@@ -144,6 +145,24 @@ def test_malformed_json_and_non_objects_are_400(api):
     assert response.status_code == 400
     assert response.json()["error"] == "bad_request"
 
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("body", "error"), [(b"{", "invalid_json"), (b'"\\ud800"', "invalid_json"),
+                                             (b"[1]", "bad_request")])
+def test_the_actions_refuse_a_body_that_is_not_a_json_object_and_do_nothing(api, body, error):
+    # They removed the configuration, cleared or redrove the dead letters all the same.
+    assert api.post(BASE, {"url": "http://collector.local/x"}, format="json").status_code == 200
+    ForwarderDeadLetter.objects.create(event_id=1, event_type="execution.created", event_source="execution",
+                                       event_timestamp=timezone.now(), payload={"id": 1}, error_message="collector down")
+    for method, path in (("delete", BASE), ("delete", f"{BASE}/dlq"), ("post", f"{BASE}/redrive")):
+        response = getattr(api, method)(path, body, content_type="application/json")
+        assert response.status_code == 400 and response.json()["error"] == error, (path, response.content)
+    assert api.get(BASE).json()["configured"] is True
+    assert ForwarderDeadLetter.objects.count() == 1
+    # No body is what they take.
+    assert api.delete(f"{BASE}/dlq").json()["removed"] == 1
+    assert api.delete(BASE).status_code == 200 and api.get(BASE).json() == {"configured": False}
 
 @pytest.mark.django_db
 def test_status_without_a_configuration(api):
