@@ -40,35 +40,53 @@ def escape_json_fields(obj: models.Model) -> None:
             setattr(obj, field.attname, strict_json.sanitized(getattr(obj, field.attname)))
 
 
+def key_or_none(model, value: str):
+    """`value` as `model`'s primary key, or None when no row could have it.
+
+    What the database cannot compare is refused here, not by a 500: a NUL (PostgreSQL
+    refuses it in every statement), "x" for an integer key, an integer past the
+    column's range (OverflowError on SQLite, DataError on PostgreSQL).
+    """
+    pk = model._meta.pk
+    if "\x00" in value:
+        return None
+    try:
+        key = pk.to_python(value)
+    except ValidationError:
+        return None
+    if isinstance(key, int):
+        low, high = connection.ops.integer_field_range(pk.get_internal_type())
+        if (low is not None and key < low) or (high is not None and key > high):
+            return None
+    return key
+
+
+def _savepoint():
+    """A savepoint inside a transaction (a test's, ATOMIC_REQUESTS), where a refused statement
+    would spoil the rest on PostgreSQL; outside one nothing to protect, and no transaction to
+    begin (on SQLite it would take the write lock)."""
+    return transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+
+
 class SafeLookupsAdmin(admin.ModelAdmin):
     def get_object(self, request, object_id, from_field=None):
-        # A NUL in the id (in the path): no such object, as for any malformed id
-        # (PostgreSQL refuses a NUL in every statement; Django expects ValueError).
-        if "\x00" in str(object_id):
+        # An id no row could have (a NUL, an integer past the key's range): no such object,
+        # as Django answers for any other malformed id, not a 500.
+        if "\x00" in str(object_id) or (from_field is None and key_or_none(self.model, str(object_id)) is None):
             return None
         return super().get_object(request, object_id, from_field)
 
     def response_action(self, request, queryset):
         # The selected ids come from the form as they were posted: one the database
         # cannot compare (a NUL on PostgreSQL, "x" for an integer key) was a 500.
-        pk = self.model._meta.pk
-        try:
-            for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
-                if "\x00" in value:
-                    raise ValidationError("NUL")
-                pk.to_python(value)
-        except ValidationError:
+        if any(key_or_none(self.model, value) is None for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)):
             self.message_user(request, "No such items: no items have been changed.", messages.WARNING)
             return None
         return super().response_action(request, queryset)
 
     def get_changelist_instance(self, request):
-        # Inside a transaction (a test's, ATOMIC_REQUESTS), in a savepoint: on PostgreSQL a
-        # refused statement spoils the transaction for what follows. Outside one, nothing
-        # to protect, and no transaction to begin (on SQLite it would take the write lock).
-        guard = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
         try:
-            with guard:
+            with _savepoint():
                 return super().get_changelist_instance(request)
         except (OverflowError, ValueError, NotSupportedError, DataError) as exc:
             raise IncorrectLookupParameters(exc) from exc

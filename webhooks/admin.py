@@ -12,16 +12,15 @@ from collections.abc import Iterable
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import quote, unquote
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin
+from agentfield_site.admin_bases import EscapedJSONAdmin, ReadOnlyAdmin, key_or_none
 from agentfield_site.lib.masking import masked_headers
 
 from . import delivery, destinations, subscriptions
@@ -134,7 +133,10 @@ class DeadLetterAdmin(DeliveryAdmin):
 
     def redrive_view(self, request: HttpRequest, object_id: str):
         """POST from the detail page's Redrive button: the same redrive as the list action."""
-        row = get_object_or_404(Delivery, pk=object_id)
+        key = key_or_none(Delivery, unquote(object_id))  # a malformed id is no such row, not a 500
+        row = None if key is None else Delivery.objects.filter(pk=key).first()
+        if row is None:
+            raise Http404("No such delivery.")
         if request.method != "POST":
             return HttpResponseRedirect(reverse("admin:webhooks_deadletter_change", args=[quote(row.pk)]))
         if delivery.redrive(Delivery.objects.filter(pk=row.pk), statuses=REDRIVABLE):

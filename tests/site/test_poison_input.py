@@ -219,12 +219,14 @@ def test_admin_lists_answer_a_query_they_cannot_run_without_a_500(admin_client, 
         assert response.status_code in (200, 302), (url, query, response.status_code)
         if response.status_code == 302:
             assert response["Location"].endswith("?e=1")
-        # An object id with a NUL (PostgreSQL refuses it in any statement): no such object.
-        response = admin_client.get(f"{url}%00/change/")
-        assert response.status_code == 302, (url, response.status_code)
+        # An object id with a NUL (PostgreSQL refuses it in any statement), or past an
+        # integer key's range (OverflowError on SQLite, DataError on PostgreSQL): no such object.
+        for object_id in ("%00", "99999999999999999999999", "-99999999999999999999999"):
+            response = admin_client.get(f"{url}{object_id}/change/")
+            assert response.status_code == 302, (url, object_id, response.status_code)
 
 
-@pytest.mark.parametrize("selected", ["\x00", "x\x00y", "not-a-number"])
+@pytest.mark.parametrize("selected", ["\x00", "x\x00y", "not-a-number", "99999999999999999999999"])
 def test_admin_actions_on_ids_that_cannot_be_ids_change_nothing_without_a_500(admin_client, selected):
     """An action's selected ids are posted as they come: one the database cannot compare is no such item."""
     from django.contrib import admin
@@ -235,3 +237,11 @@ def test_admin_actions_on_ids_that_cannot_be_ids_change_nothing_without_a_500(ad
         url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
         response = admin_client.post(url, {"action": "delete_selected", "_selected_action": [selected], "index": 0})
         assert response.status_code in (200, 302), (url, response.status_code)
+
+
+
+@pytest.mark.parametrize("object_id", ["abc", "%00", "1%2F..", "99999999999999999999999", "x" * 3000])
+def test_the_dead_letter_redrive_view_answers_a_malformed_id_with_a_404(admin_client, object_id):
+    for method in ("get", "post"):
+        response = getattr(admin_client, method)(f"/admin/webhooks/deadletter/{object_id}/redrive/")
+        assert response.status_code == 404, (method, object_id, response.status_code)
