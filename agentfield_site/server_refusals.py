@@ -17,7 +17,10 @@ file and then into the application's memory, before Django's `BodyLimitMiddlewar
 could refuse it: a caller with no key could make a web process hold 2 GiB (and as
 much disk) with one request. The rest of a refused body is read and dropped for up
 to LINGER_SECONDS, then the connection closes: a client that sends its whole body
-before it reads the answer (most do) gets the 413, not a reset connection.
+before it reads the answer (most do) gets the 413, not a reset connection. And a
+body must arrive whole within REQUEST_BODY_TIMEOUT, else a 408 closes the connection:
+Twisted's idle timeout restarts with every byte, so a body sent a byte at a time
+held its connection for as long as its sender liked.
 
 `asgi.py` calls `install()`, so every way of starting daphne uses this request class.
 """
@@ -40,8 +43,9 @@ class WebRequest(http_protocol.WebRequest):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._parsePOSTFormSubmission = False  # Twisted's switch for that parsing
-        self._body_refused = False
+        self._answered_early = False
         self._body_read = 0
+        self._timer = None  # the body's deadline, or how long a refused body is drained
 
     def basic_error(self, status, status_text, body) -> None:
         if not (self.path == b"/api" or self.path.startswith(b"/api/")):
@@ -61,23 +65,37 @@ class WebRequest(http_protocol.WebRequest):
         # Twisted spools a body of 100 kB or more to a temporary file it makes here.
         if length is not None and length > settings.MAX_BODY_BYTES:
             self.content = BytesIO()
-            self._refuse_body()
-        else:
-            super().gotLength(length)
+            self._refuse_too_large()
+            return
+        super().gotLength(length)
+        if length != 0:  # a body to wait for
+            self._timer = reactor.callLater(settings.REQUEST_BODY_TIMEOUT, self._body_too_slow)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._body_refused:
+        if self._answered_early:
             return  # dropped
         self._body_read += len(data)
         if self._body_read > settings.MAX_BODY_BYTES:  # a chunked body, past the limit
             self.content = BytesIO()
-            self._refuse_body()
+            self._refuse_too_large()
         else:
             super().handleContentChunk(data)
 
-    def _refuse_body(self) -> None:
+    def _refuse_too_large(self) -> None:
         """Answer 413 now; drop the rest of the body until it ends or LINGER_SECONDS pass, then close."""
-        self._body_refused = True
+        self._answer_early(413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes.")
+        self._timer = reactor.callLater(LINGER_SECONDS, self._end_early)
+
+    def _body_too_slow(self) -> None:
+        """Answer 408 and close: the body did not arrive in REQUEST_BODY_TIMEOUT seconds."""
+        self._answer_early(408, "request_timeout", f"The body did not arrive within {settings.REQUEST_BODY_TIMEOUT:g} s.")
+        self._end_early()
+
+    def _answer_early(self, status: int, error: str, message: str) -> None:
+        """Answer before the body is in: the request is never handed to the application."""
+        self._answered_early = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         channel = self.channel
         # What Twisted sets only once the body is in (`requestReceived`), for the answer and its log line.
         self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
@@ -88,30 +106,33 @@ class WebRequest(http_protocol.WebRequest):
         self.requestHeaders.removeHeader(b"Expect")
         # Not persistent: the end of this request closes the connection.
         channel.persistent = False
-        self._json_error(413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes.",
-                         finish=False)
+        self._json_error(status, error, message, finish=False)
         # Its access line now, as daphne writes one for a finished answer: the client may hang up first.
         self.server.log_action("http", "complete", {
             "path": self.uri.decode("ascii", "replace"), "status": self.code, "method": self.method.decode("ascii", "replace"),
             "client": f"{self.client_addr[0]}:{self.client_addr[1]}", "time_taken": 0, "size": self.sentLength,
         })
-        self._linger = reactor.callLater(LINGER_SECONDS, self._end_refused)
 
     def requestReceived(self, command, path, version) -> None:
-        if self._body_refused:  # the refused body has ended: never handed to the application
-            self._end_refused()
-        else:
-            super().requestReceived(command, path, version)
+        if self._answered_early:  # the body has ended after its answer
+            self._end_early()
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        super().requestReceived(command, path, version)
 
-    def _end_refused(self) -> None:
-        if self._linger.active():
-            self._linger.cancel()
-        if not self.finished and self.channel is not None:
+    def _end_early(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        channel = self.channel
+        if not self.finished and channel is not None:
             self.finish()  # the answer is out already; this closes the connection
+            # What arrives before the close stays in the channel's buffer, never decoded.
+            channel._handlingRequest = True
 
     def connectionLost(self, reason) -> None:
-        if self._body_refused and self._linger.active():
-            self._linger.cancel()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         super().connectionLost(reason)
 
 

@@ -226,6 +226,8 @@ API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=2.0)
 # A bearer token for Prometheus on /metrics (besides API keys and staff sessions).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 MAX_BODY_BYTES = env.int("MAX_BODY_BYTES", default=1024 * 1024)
+# Seconds a request's body may take to arrive whole (`server_refusals`): past that, 408.
+REQUEST_BODY_TIMEOUT = env.float("REQUEST_BODY_TIMEOUT", default=60.0)
 # About how much of executions' results and errors one list page or batch-status answer carries.
 API_PAGE_MAX_BYTES = env.int("API_PAGE_MAX_BYTES", default=8 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES

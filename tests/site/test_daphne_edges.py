@@ -4,6 +4,7 @@ import asyncio
 import json
 import re
 import socket
+import time
 
 import pytest
 import requests
@@ -165,6 +166,31 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(proc_env):
     assert requests.get(f"{web.url}/health", timeout=10).status_code == 200
     web.stop()
     assert web.log().count('"POST /api/v1/execute/async/analyzer.process" 413') == 2, web.log()[-2000:]
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_a_408(proc_env):
+    # Twisted's idle timeout restarts with every byte: a body sent a byte at a time held
+    # its connection (and the request) for as long as its sender liked.
+    web = proc_env.daphne({"REQUEST_BODY_TIMEOUT": "1"})
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/execute/async/analyzer.process HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        for _ in range(3):
+            time.sleep(0.4)
+            sock.sendall(b" ")
+        answer = b""
+        while chunk := sock.recv(65536):  # then the server closes the connection
+            answer += chunk
+    assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+    # A body that arrives in time is not cut by the deadline it beat.
+    response = requests.post(f"{web.url}/api/v1/execute/async/analyzer.process", json={"input": {}}, timeout=10)
+    assert response.status_code == 404, response.text  # no such node: it reached the API
+    time.sleep(1.5)
+    assert requests.get(f"{web.url}/health", timeout=10).status_code == 200
+    assert Execution.objects.count() == 0
 
 def test_what_daphne_refuses_itself_is_a_json_error_under_the_api(proc_env):
     web = proc_env.daphne()
