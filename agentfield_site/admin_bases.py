@@ -77,8 +77,8 @@ class SafeLookupsAdmin(admin.ModelAdmin):
         return super().get_object(request, object_id, from_field)
 
     def response_action(self, request, queryset):
-        # The selected ids come from the form as they were posted: one the database
-        # cannot compare (a NUL on PostgreSQL, "x" for an integer key) was a 500.
+        # The selected ids come from the form as they were posted: one no row could have
+        # (`key_or_none`) was a 500.
         if any(key_or_none(self.model, value) is None for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)):
             self.message_user(request, "No such items: no items have been changed.", messages.WARNING)
             return None
