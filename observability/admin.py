@@ -52,6 +52,7 @@ class ForwarderConfigForm(forms.ModelForm):
             if "url" in data:
                 data["url"] = configuration.validate_url(data["url"])
             data["headers"] = configuration.validate_headers(data.get("headers") or {})
+            configuration.check_masked(data["headers"])
             data["event_types"] = configuration.validate_event_types(data.get("event_types"))
             data["secret"] = configuration.validate_secret(data.get("secret") or None)
         except configuration.ConfigError as exc:

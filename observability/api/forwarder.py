@@ -80,6 +80,10 @@ class ConfigInput(serializers.Serializer):
         unknown = sorted(set(self.initial_data) - set(self.fields))
         if unknown:
             raise serializers.ValidationError(f"Unknown fields: {', '.join(unknown)}.")
+        try:
+            configuration.check_masked(attrs.get("headers") or {})
+        except configuration.ConfigError as exc:
+            raise serializers.ValidationError({"headers": [str(exc)]}) from None
         return {
             "url": attrs["url"],
             "secret": attrs.get("secret"),

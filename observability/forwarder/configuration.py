@@ -7,7 +7,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from agentfield_site.lib import outbound
-from agentfield_site.lib.masking import masked_headers, merge_masked
+from agentfield_site.lib.masking import NothingStored, masked_headers, merge_masked
 from agentfield_site.lib.timefmt import iso
 
 from ..models import ForwarderConfig, ForwarderDeadLetter, ForwarderState, PlatformEvent
@@ -68,6 +68,15 @@ def validate_secret(value: object) -> str | None:
         raise ConfigError(f"{exc}.") from exc
 
 
+def check_masked(headers: dict[str, str]) -> None:
+    """ConfigError when a header is sent masked and the stored configuration has no value under its name."""
+    config = ForwarderConfig.objects.filter(pk=ForwarderConfig.SINGLETON_ID).first()
+    try:
+        merge_masked(headers, (config.headers or {}) if config is not None else {})
+    except NothingStored as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def configure(
     *,
     url: str,
@@ -93,8 +102,11 @@ def configure(
         config.url = url
         if secret is not None:
             config.secret = secret
-        # Values sent back as read (masked) keep the stored ones.
-        config.headers = merge_masked(headers, config.headers or {})
+        # Values sent back as read (masked) keep the stored ones (`check_masked` refused the rest).
+        try:
+            config.headers = merge_masked(headers, config.headers or {})
+        except NothingStored as exc:  # the configuration changed since it was checked
+            raise ConfigError(str(exc)) from None
         config.enabled = enabled
         config.event_types = event_types
         config.save()

@@ -56,6 +56,9 @@ def test_admin_adds_one_configuration_and_never_shows_the_secret(staff):
     }
     assert staff.post(change, {**fields, "headers": '{"X-Team": "***"}'}).status_code == 302
     assert ForwarderConfig.current().headers == {"X-Team": "team-token-1"}, "a value left masked keeps the stored one"
+    new_masked = staff.post(change, {**fields, "headers": '{"X-Team": "***", "X-Other": "***"}'})
+    assert new_masked.status_code == 200 and "send the value itself" in new_masked.content.decode()
+    assert ForwarderConfig.current().headers == {"X-Team": "team-token-1"}
     assert staff.post(change, fields).status_code == 302
     assert ForwarderConfig.current().secret == "admin-secret"
     assert ForwarderConfig.current().url == "http://127.0.0.1:9/other"

@@ -101,6 +101,22 @@ def test_headers_sent_back_as_read_keep_their_values(api):
 
 
 @pytest.mark.django_db
+def test_the_mask_where_no_value_is_stored_is_refused_not_sent_as_the_credential(api):
+    """A read copied from another deployment, or a header added as "***": the collector would get "***"."""
+    first = api.post(BASE, {"url": "http://collector.local/a", "headers": {"Authorization": "***"}}, format="json")
+    assert first.status_code == 400 and first.json()["error"] == "bad_request"
+    assert "Authorization" in first.json()["message"] and "send the value itself" in first.json()["message"]
+    assert api.get(BASE).json() == {"configured": False}
+
+    api.post(BASE, {"url": "http://collector.local/a", "headers": {"Authorization": "Bearer t"}}, format="json")
+    added = api.post(BASE, {"url": "http://collector.local/a", "headers": {"Authorization": "***", "X-Team": "***"}},
+                     format="json")
+    assert added.status_code == 400 and "X-Team" in added.json()["message"]
+    assert "Authorization" not in added.json()["message"], "the mask of a stored value is still taken"
+    assert ForwarderConfig.current().headers == {"Authorization": "Bearer t"}, "nothing changed"
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("body", "word"),
     [

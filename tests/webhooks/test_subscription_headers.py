@@ -38,6 +38,20 @@ def test_headers_are_masked_on_every_read_and_kept_when_sent_back_masked():
     assert Subscription.objects.get(pk=sub_id).headers == {"authorization": TOKEN, "x-tenant": "t-3"}
 
 
+def test_the_mask_where_no_value_is_stored_is_refused_not_sent_as_the_credential():
+    api = APIClient()
+    refused = api.post("/api/v1/webhooks/subscriptions", {
+        "url": "https://hooks.example.com/h", "event_types": ["*"], "headers": {"Authorization": "***"}}, format="json")
+    assert refused.status_code == 400 and "send the value itself" in refused.json()["message"]
+    assert not Subscription.objects.exists()
+
+    sub, _ = subscriptions.create(url="https://hooks.example.com/h", event_types=["*"], headers={"Authorization": TOKEN})
+    added = api.patch(f"/api/v1/webhooks/subscriptions/{sub.id}",
+                      {"headers": {"Authorization": "***", "X-Tenant": "***"}}, format="json")
+    assert added.status_code == 400 and "X-Tenant" in added.json()["message"]
+    assert Subscription.objects.get(pk=sub.id).headers == {"Authorization": TOKEN}, "nothing changed"
+
+
 def test_the_admin_shows_header_names_only(client, django_user_model):
     client.force_login(django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-for-tests"))
     sub, _ = subscriptions.create(url="https://hooks.example.com/h", event_types=["*"], headers={"Authorization": TOKEN})

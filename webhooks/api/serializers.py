@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from agentfield_site.lib import outbound
-from agentfield_site.lib.masking import masked_headers, merge_masked
+from agentfield_site.lib.masking import NothingStored, masked_headers, merge_masked
 from observability.type_patterns import MAX_PATTERNS, pattern_problem
 
 from .. import subscriptions
@@ -35,9 +35,11 @@ class SubscriptionSerializer(serializers.ModelSerializer):
         return list(dict.fromkeys(value))
 
     def validate_headers(self, value: dict) -> dict:
+        """Clean headers; a value sent back masked keeps the stored one (`merge_masked`)."""
+        stored = (self.instance.headers or {}) if self.instance is not None else {}
         try:
-            return outbound.clean_headers(value)
-        except outbound.InvalidTarget as exc:
+            return merge_masked(outbound.clean_headers(value), stored)
+        except (outbound.InvalidTarget, NothingStored) as exc:
             raise serializers.ValidationError(str(exc)) from exc
 
     def to_representation(self, instance: Subscription) -> dict:
@@ -46,8 +48,6 @@ class SubscriptionSerializer(serializers.ModelSerializer):
         return data
 
     def update(self, instance: Subscription, validated_data: dict) -> Subscription:
-        if "headers" in validated_data:
-            validated_data["headers"] = merge_masked(validated_data["headers"], instance.headers or {})
         if validated_data.get("enabled") and not instance.enabled:
             # Re-enabling starts afresh: no stale reason, no running failure clock.
             validated_data.update(disabled_reason="", failing_since=None)
