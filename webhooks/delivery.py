@@ -40,7 +40,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from agentfield_site.jobs import kicks, leases
+from agentfield_site.jobs import kicks, leases, stopping
 from agentfield_site.lib import outbound, tasks
 from agentfield_site.lib.backoff import delay_for, honour_retry_after
 from agentfield_site.lib.batched_sql import together
@@ -61,6 +61,9 @@ EVENT_STATUSES = ("delivered", "retrying", "failed", "dead", "pending")
 # How long one `send_due` call keeps claiming before handing over to a new task,
 # so one worker is not held forever under a constant stream of deliveries.
 RUN_SECONDS = 10.0
+# Once a stop is requested (`jobs.stopping`), requests in flight get this long to
+# end; the rest are handed back unsent (due again, no attempt spent).
+STOP_GRACE = 2.0
 # While requests are in flight, look for newly due rows this often, and less
 # often after a claim that found nothing (new rows also wake a task through
 # `kick`; this is the fallback when every worker is busy). A claim holds the
@@ -804,7 +807,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     claiming only what can start at once (so no lease waits on a busy sender) and
     looking for newly due rows while requests are out; results are written
     meanwhile (`_Recorder`). Leases of requests still alive are renewed; a sender
-    that stops early hands its unsent rows back.
+    that stops early (a stop requested, or a failure) hands its unsent rows back.
     """
     kicks.clear(KICK)
     capacity = max(1, settings.WEBHOOK_CONCURRENCY)
@@ -825,11 +828,14 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     last_listen = -LISTEN_RENEW
     helped = False
     drained = False  # the last claim found nothing to send
+    stop_by = None  # once a stop is requested: when to hand back what is still in flight
     try:
         while True:
             if recorder.error is not None:
                 raise recorder.error
             clock = time.monotonic()
+            if stop_by is None and stopping.requested():
+                deadline, stop_by = min(deadline, clock), clock + STOP_GRACE
             free = capacity - len(inflight)
             # Results not written hold their rows' leases (not renewed off the
             # wire): claim no more while the writes lag by more than a full pipe.
@@ -880,6 +886,8 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 if not has_room:
                     leases.release(LISTENING, holder)
                 last_listen = clock
+            if stop_by is not None and clock >= stop_by:
+                break
     finally:
         # The rows first: a lease left behind lapses in LISTEN_SECONDS, rows only in WEBHOOK_LEASE_SECONDS.
         unsent = {job.token for job in inflight.values()}
@@ -890,7 +898,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
         finally:
             if listening:
                 leases.release(LISTENING, holder)
-    if time.monotonic() > deadline and sendable_now():
+    if stop_by is None and time.monotonic() > deadline and sendable_now():
         kick()  # more work than one run: hand over to a fresh task
     return recorder.recorded
 

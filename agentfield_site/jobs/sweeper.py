@@ -21,7 +21,7 @@ from django.db import close_old_connections
 
 from agentfield_site.lib import tasks
 
-from . import kicks, leases
+from . import kicks, leases, stopping
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def run(seconds: float | None = None) -> int:
     """Hold the sweeper lease and tick for `seconds` from taking it; returns ticks run.
 
     Runs are short (SWEEP_RUN_SECONDS) and chained, because a graceful qcluster
-    stop waits for running tasks: a short run keeps that wait short. Only a run
+    stop waits for running tasks: a short run keeps that wait short, and a run
+    ends at its next tick once a stop is requested (`stopping`). Only a run
     that held the lease queues the next one: a task that finds another sweeper
     (queued before a restart, or kicked by a starting worker) ends without one,
     or every restart would add a chain of sweepers that never ends.
@@ -49,7 +50,7 @@ def run(seconds: float | None = None) -> int:
     count = 0
     seen = None  # the lease as another holder had it when this run first looked
     waiting_since = time.monotonic()
-    while deadline is None or time.monotonic() < deadline:
+    while (deadline is None or time.monotonic() < deadline) and not stopping.requested():
         if not leases.acquire(LEASE, holder, settings.SWEEP_LEASE_SECONDS):
             if count:
                 return count  # another sweeper took over after we stalled; it carries on
@@ -69,6 +70,8 @@ def run(seconds: float | None = None) -> int:
         count += 1
         close_old_connections()
         time.sleep(settings.SWEEP_TICK_SECONDS)
+    if deadline is None:
+        return 0  # stopped before the lease was ours: no successor from a run that never held it
     leases.release(LEASE, holder)
     # Hand over to one successor at once rather than waiting for the minute schedule.
     _enqueue()

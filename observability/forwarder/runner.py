@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from agentfield_site.jobs import kicks, leases
+from agentfield_site.jobs import kicks, leases, stopping
 from agentfield_site.lib import tasks
 from agentfield_site.lib.logs import Repeated
 
@@ -126,8 +126,16 @@ class _Run:
                         # Finish what is in flight, then hand over to a fresh run
                         # (which reads the new configuration, if that is why).
                         self.out_of_time = True
+                    if stopping.requested() and not self.stop.is_set():
+                        # The worker is stopping: no batch waits out a retry delay
+                        # (unacknowledged, the next run sends it again); the
+                        # attempts on the wire end, then the run does.
+                        self.stop.set()
+                        self.out_of_time = True
                     if self.out_of_time:
-                        if not self.inflight:
+                        # Stopping, a head that is done was stopped (`_collect` takes the
+                        # rest): nothing behind it can be acknowledged before it.
+                        if not self.inflight or (self.stop.is_set() and self.inflight[0][1].done()):
                             break
                         self._wait_head()
                         continue

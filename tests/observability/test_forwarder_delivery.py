@@ -1,13 +1,16 @@
 """The forwarder sends every event to a real collector in signed batches, in order."""
 
 import json
+import threading
 import time
 
 import pytest
 import standardwebhooks
 
+from agentfield_site.jobs import stopping
 from agentfield_site.lib import signing
 from devtools.loopback import LoopbackServer
+from devtools.waiting import wait_for
 from observability import events
 from observability.forwarder import configuration, runner
 from observability.models import ForwarderState
@@ -132,6 +135,30 @@ def test_events_written_while_the_collector_is_down_are_sent_later_in_order(fast
         0,
     )
     assert status["last_forwarded_at"]
+
+
+@pytest.mark.django_db
+def test_a_stop_ends_the_run_without_waiting_out_a_retry_and_loses_nothing(fast, tmp_path, monkeypatch):
+    fast.OBSERVABILITY_RETRY_SCHEDULE = [30.0]
+    stop_file = tmp_path / "stop"
+    monkeypatch.setenv(stopping.STOP_FILE, str(stop_file))
+    monkeypatch.setattr(stopping, "_seen", False)
+    monkeypatch.setattr(stopping, "_checked_at", float("-inf"))
+    with LoopbackServer.collector(status=503) as collector:
+        configure(collector.url)
+        publish(5)
+
+        def stop_after_the_first_attempt() -> None:
+            wait_for(lambda: collector.requests, timeout=10, what="the first attempt")
+            stopping.request(str(stop_file))
+
+        threading.Thread(target=stop_after_the_first_attempt, daemon=True).start()
+        started = time.monotonic()
+        runner.run(seconds=60, linger=0)
+        took = time.monotonic() - started
+    assert took < 5, f"the run waited {took:.1f} s (its retry was due in 30 s)"
+    status = configuration.status()
+    assert (status["backlog"], status["dead_letter_count"]) == (5, 0), "unacknowledged: the next run sends them again"
 
 
 @pytest.mark.django_db

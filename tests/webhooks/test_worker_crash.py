@@ -36,3 +36,26 @@ def test_sigkilled_worker_mid_delivery_then_restart(proc_env):
     assert len(receiver.requests) >= 2
     assert {r.headers["webhook-id"] for r in receiver.requests} == {row.webhook_id}
     assert row.attempts == 1 and row.attempt_log.get().status_code == 200
+
+
+@pytest.mark.processes
+def test_a_stopped_worker_hands_back_a_slow_send_at_once_and_spends_no_attempt(proc_env):
+    """SIGTERM while a receiver takes its time: the worker ends in seconds, not after the
+    request's timeout or the sender's run, and the delivery waits, unsent, for the next worker."""
+    import time
+
+    with LoopbackServer(Reply(200, delay=20)) as receiver:
+        worker = proc_env.worker({"WEBHOOK_TIMEOUT": "25", "WEBHOOK_LEASE_SECONDS": "40"})
+        with transaction.atomic():
+            enqueue_completion(
+                execution_id="exec_stop", url=receiver.url, secret="s", headers={},
+                payload=completion_payload("exec_stop"),
+            )
+        wait_for(lambda: receiver.requests, timeout=30, what=f"the request\n{worker.log()}")
+        started = time.monotonic()
+        worker.stop(grace=40)
+        took = time.monotonic() - started
+    assert worker.popen.returncode == 0, worker.log()[-2000:]
+    assert took < 8, f"the stop took {took:.1f} s\n{worker.log()[-2000:]}"
+    row = Delivery.objects.get(execution_id="exec_stop")
+    assert (row.status, row.attempts, row.lease_token) == (Delivery.Status.PENDING, 0, ""), "handed back, no attempt"

@@ -38,6 +38,9 @@ from agentfield_site.auth import keys_required
 from agentfield_site.lib.loopback import is_loopback
 from agentfield_site.models import ApiKey
 
+# The demo agent's name among the supervised processes: it stops first.
+AGENT = "demo-agent"
+
 
 def _stop_with_parent(parent: int):
     """In the child, before it runs: SIGTERM when `serve` dies, however it dies (Linux).
@@ -157,22 +160,28 @@ class Supervisor:
         return None
 
     def stop_all(self, grace: float = 10.0) -> None:
-        """Stop each child, the agent first: SIGTERM to its main process, SIGKILL to its group after `grace`.
+        """Stop every child, the agent first: SIGTERM to its main process, SIGKILL to its group after `grace`.
 
         The SIGTERM goes to the main process only, as a supervisor stops a service: the
         worker stops its django-q2 clusters in order, and a SIGTERM to its whole group
         would reach their own children too, leaving each cluster waiting on them until
         the SIGKILL. The SIGKILL to the group after leaves no process behind.
         """
-        # The agent first, so it can still tell the control plane it is leaving.
-        for _, child in reversed(self.children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=grace)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+        # The agent alone first, so it can still tell the control plane it is leaving;
+        # then the rest together, each winding down while the others do.
+        agent = [child for name, child in self.children if name == AGENT]
+        rest = [child for name, child in self.children if name != AGENT]
+        for group in (agent, rest):
+            for child in group:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for child in group:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=max(0.0, deadline - time.monotonic()))
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
 
 
 class Command(BaseCommand):
@@ -228,7 +237,7 @@ class Command(BaseCommand):
                 failure = supervisor.first_exit()
             if failure is None:
                 # A worker finishing its tasks takes a few seconds: say why nothing happens meanwhile.
-                self.stdout.write("Stopping: each process finishes what it holds (up to 10 s each), then exits.")
+                self.stdout.write("Stopping: each process finishes what it holds (up to 10 s), then exits.")
         finally:
             supervisor.stop_all()
             sock.close()
@@ -268,7 +277,7 @@ class Command(BaseCommand):
             # No --port: the agent takes DEMO_AGENT_PORT or any free port, and registers it.
             server = base if local == "127.0.0.1" else f"http://{local}:{port}"
             supervisor.start(
-                "demo-agent", [py, "-m", "demo_agent", "--node-id", "analyzer", "--server", server],
+                AGENT, [py, "-m", "demo_agent", "--node-id", "analyzer", "--server", server],
                 env={**os.environ, **self._demo_agent_key()},
             )
         self.stdout.write(

@@ -2,28 +2,39 @@
 
 `dispatch` serves agent calls (each may hold its worker for AGENT_CALL_TIMEOUT);
 `deliveries` serves webhook sending, the collector forwarder and the sweeper
-(long loops). With no argument both run, as children of this process; SIGTERM
-or SIGINT stops both gracefully, and if one exits the other is stopped and this
-command exits non-zero. Production may instead run each cluster on its own
-(`manage.py worker dispatch`, `manage.py worker deliveries`), on any number of
-machines.
+(long loops). The clusters named (both by default) run as children of this
+process; SIGTERM or SIGINT stops them gracefully, and if one exits the others are
+stopped and this command exits non-zero. Production may instead run each cluster
+on its own (`manage.py worker dispatch`, `manage.py worker deliveries`), on any
+number of machines.
+
+A stop first tells the long loops to end their runs now (`jobs.stopping`), so
+the clusters wind down in about a second rather than after the runs in progress.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from agentfield_site.jobs import stopping
+
 CLUSTERS = ("dispatch", "deliveries")
 
 
-def cluster_env(role: str) -> dict[str, str]:
-    """The environment that makes `qcluster` serve `role`'s queue."""
+def cluster_env(role: str, stop_file: str = "") -> dict[str, str]:
+    """The environment that makes `qcluster` serve `role`'s queue (and look for `stop_file`)."""
     env = dict(os.environ)
+    env.pop(stopping.STOP_FILE, None)
+    if stop_file:
+        env[stopping.STOP_FILE] = stop_file
     env.pop("Q_CLUSTER_NAME", None)
     # django-q2 forks its workers, and a psycopg pool's threads do not survive a fork.
     env["CONN_POOL"] = "false"
@@ -44,30 +55,42 @@ class Command(BaseCommand):
             raise CommandError(f"unknown cluster {sorted(unknown)[0]!r}: choose from {', '.join(CLUSTERS)}")
         roles = list(dict.fromkeys(clusters)) or list(CLUSTERS)
         command = [sys.executable, "-m", "django", "qcluster"]
-        if len(roles) == 1:
-            os.execve(sys.executable, command, cluster_env(roles[0]))
-        children = {
-            role: subprocess.Popen(command, env=cluster_env(role), cwd=settings.BASE_DIR) for role in roles
-        }
-        stopping = False
+        scratch = tempfile.mkdtemp(prefix="agentfield-worker-")
+        stop_file = str(Path(scratch) / "stop")
+        try:
+            failed = self._supervise(
+                {role: subprocess.Popen(command, env=cluster_env(role, stop_file), cwd=settings.BASE_DIR)
+                 for role in roles},
+                stop_file,
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if failed:
+            raise CommandError(f"{failed}; stopped the rest.")
+
+    def _supervise(self, children: dict[str, subprocess.Popen], stop_file: str) -> str | None:
+        """Until a signal or a cluster's exit; then stop them all. What failed, if anything did."""
+        stopping_now = False
 
         def stop(*_) -> None:
-            nonlocal stopping
-            stopping = True
+            nonlocal stopping_now
+            # At once, in the handler: a Ctrl-C reaches the clusters at the same moment.
+            stopping.request(stop_file)
+            stopping_now = True
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         failed = None
-        while not stopping:
+        while not stopping_now:
             for role, child in children.items():
                 if child.poll() is not None:
                     failed = f"the {role} cluster exited with {child.returncode}"
-                    stopping = True
+                    stopping_now = True
             time.sleep(0.2)
+        stopping.request(stop_file)
         for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         for child in children.values():
             child.wait()
-        if failed:
-            raise CommandError(f"{failed}; stopped the rest.")
+        return failed
