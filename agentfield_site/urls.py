@@ -6,7 +6,7 @@ from observability import dashboard
 
 from .lib import api
 from .lib.db_threads import on_request_threads
-from .views import favicon, health, landing, metrics, self_hosted_only
+from .views import api_index, favicon, health, landing, metrics, self_hosted_only
 
 urlpatterns = [
     path("", landing, name="landing"),
@@ -23,6 +23,7 @@ urlpatterns = [
         self_hosted_only(SpectacularRedocView.as_view(url_name="schema", template_name="site/redoc.html")),
         name="redoc",
     ),
+    path("api/v1/", api_index, name="api-index"),
     path("", include("executions.api.urls")),
     path("", include("webhooks.api.urls")),
     path("", include("observability.api.urls")),

@@ -1,11 +1,13 @@
+import functools
 import logging
+import re
 from collections.abc import Callable
 from functools import wraps
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.urls import reverse
+from django.urls import URLResolver, get_resolver, reverse
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -82,6 +84,43 @@ DOCS_CSP = (
 )
 
 
+def _read_only(request: HttpRequest) -> HttpResponse:
+    """The JSON 405 of a route that only answers GET and HEAD."""
+    response = error_response(405, "method_not_allowed", f"Method {request.method} is not allowed here.")
+    response["Allow"] = "GET, HEAD"
+    return response
+
+
+@functools.cache
+def _api_routes() -> list[str]:
+    """Every /api/v1/ route, parameters as {name}, in path order."""
+
+    def walk(patterns, prefix=""):
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if isinstance(pattern, URLResolver):
+                yield from walk(pattern.url_patterns, route)
+            elif route.startswith("api/v1/") and route != "api/v1/":
+                yield "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+
+    return sorted(set(walk(get_resolver().url_patterns)))
+
+
+def api_index(request: HttpRequest) -> HttpResponse:
+    """GET /api/v1/: where the API is described, and its routes (open: it names no data)."""
+    if request.method not in ("GET", "HEAD"):
+        return _read_only(request)
+    return JsonResponse({
+        "api": "AgentField control plane",
+        "version": "v1",
+        "docs": reverse("docs"),
+        "redoc": reverse("redoc"),
+        "schema": reverse("schema"),
+        "health": reverse("health"),
+        "routes": _api_routes(),
+    })
+
+
 def self_hosted_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Serve `view` under DOCS_CSP, so the page it renders works offline and leaks no visits."""
 
@@ -89,9 +128,7 @@ def self_hosted_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
     def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):
             # A page to read: DRF's answer to OPTIONS rendered it with no template, a 500.
-            response = error_response(405, "method_not_allowed", f"Method {request.method} is not allowed here.")
-            response["Allow"] = "GET, HEAD"
-            return response
+            return _read_only(request)
         response = view(request, *args, **kwargs)
         response["Content-Security-Policy"] = DOCS_CSP
         return response

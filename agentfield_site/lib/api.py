@@ -13,6 +13,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import DataError, OperationalError
 from django.http import JsonResponse
 from django.http.request import RawPostDataException, UnreadablePostError
+from django.urls import Resolver404, resolve
 from django.utils.deprecation import MiddlewareMixin
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, serializers, status
@@ -299,10 +300,21 @@ def api_bad_request(request, exception=None):
 def api_not_found(request, exception=None):
     """404 handler: JSON under /api/, Django's page elsewhere."""
     if request.path == "/api" or request.path.startswith("/api/"):
-        return error_response(404, "not_found", f"No route for {request.method} {request.path}.")
+        message = f"No route for {request.method} {request.path}."
+        if request.path.endswith("/") and _routes_to(request.path_info.rstrip("/")):
+            message += f" The API's paths end without a slash: {request.path.rstrip('/')}."
+        return error_response(404, "not_found", message)
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)
+
+
+def _routes_to(path: str) -> bool:
+    """Whether a route other than this catch-all answers `path`."""
+    try:
+        return resolve(path).func is not api_not_found
+    except Resolver404:
+        return False
 
 
 def server_error(request):

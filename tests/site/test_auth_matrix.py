@@ -1,7 +1,7 @@
 """The auth matrix: every route without credentials, then scope x route x ownership.
 
 First, without credentials, every URL pattern that needs them refuses. Open by
-design: /health, the landing page (links only), the favicon and the admin's login
+design: /health, the landing page and the API's index (links only), the favicon and the admin's login
 and logout pages; the OpenAPI schema and its
 docs page follow the API's rule.
 
@@ -35,7 +35,7 @@ from executions.models import AgentNode, Execution
 from webhooks import subscriptions
 from webhooks.models import Delivery, Subscription
 
-OPEN = {"/", "/favicon.ico", "/health", "/health/", "/admin/login/", "/admin/logout/"}
+OPEN = {"/", "/favicon.ico", "/health", "/health/", "/admin/login/", "/admin/logout/", "/api/v1/"}
 # The JSON 404 for unknown /api/ paths: there is nothing behind it to protect.
 CATCH_ALL = {"/api/"}
 SAMPLE = {"pk": "x1", "id": "x1", "node_id": "n1", "execution_id": "exec_x1"}
@@ -258,7 +258,11 @@ def register_body(world: World) -> dict:
 
 
 # (method, path, body, expected status per actor, extra check on success, extra check on refusal)
+# Routes every actor may read alike (they name no data).
+EVERYONE = {"admin": 200, "env_admin": 200, "client_own": 200, "client_other": 200, "agent_own": 200, "agent_other": 200}
+
 CASES = [
+    ("get", "/api/v1/", None, EVERYONE, None, None),
     ("get", "/api/v1/nodes", None, agent_route(200, 200), listed_for("node", "id", "nodes"), None),
     ("post", "/api/v1/nodes/register", register_body, agent_route(201, 409), node_owner_after, node_owner_after),
     ("post", "/api/v1/nodes", register_body, agent_route(201, 409), node_owner_after, node_owner_after),

@@ -45,6 +45,28 @@ def test_unknown_api_route_is_json_404_with_a_key(csrf_client, settings, method)
 
 
 @pytest.mark.django_db
+def test_a_trailing_slash_on_a_real_route_is_a_404_that_names_the_path_without_it(client, settings):
+    settings.API_KEYS = []
+    body = client.get("/api/v1/nodes/").json()
+    assert body["error"] == "not_found" and body["message"].endswith("end without a slash: /api/v1/nodes.")
+    assert "without a slash" not in client.get("/api/v1/nope/").json()["message"]
+
+
+@pytest.mark.django_db
+def test_the_api_index_lists_its_routes_and_where_the_docs_are(client, settings):
+    """The banner of `serve` links to /api/v1/: it answered 404."""
+    settings.API_KEYS = ["a-key-nobody-sent"]
+    index = client.get("/api/v1/")
+    assert index.status_code == 200, "open: it names no data"
+    body = index.json()
+    assert (body["docs"], body["schema"]) == ("/api/docs/", "/api/schema/")
+    assert "/api/v1/executions/{execution_id}" in body["routes"] and "/api/v1/nodes" in body["routes"]
+    assert all(route.startswith("/api/v1/") and "<" not in route for route in body["routes"])
+    refused = client.post("/api/v1/", data="{}", content_type="application/json")
+    assert refused.status_code == 405 and refused.json()["error"] == "method_not_allowed"
+
+
+@pytest.mark.django_db
 def test_post_to_a_stream_is_a_json_405_not_a_csrf_page(csrf_client):
     response = csrf_client.post("/api/ui/v1/executions/events", data="{}", content_type="application/json")
     assert response.status_code == 405

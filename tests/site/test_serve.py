@@ -2,9 +2,11 @@
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,6 +132,7 @@ def test_ctrl_c_stops_the_worker_as_it_stops_on_its_own(proc_env):
         took = time.monotonic() - started
     assert code == 0, serve.log()
     assert "Stopping: each process finishes what it holds" in serve.log(), serve.log()
+    assert serve.log().rstrip().endswith("Stopped."), "the last line says it is over"
     # Each cluster finished its own orderly stop, within the grace before a SIGKILL.
     assert serve.log().count("has stopped.") == 2, serve.log()
     assert took < 6, f"{took:.1f} s\n{serve.log()}"
@@ -185,9 +188,12 @@ def test_a_later_run_names_the_staff_account_and_how_to_reset_its_password(proc_
     with serving(proc_env, port, {"ADMIN_PASSWORD": "ignored-now"}, args=("--no-worker",)) as (serve, _):
         wait_for(lambda: "Ctrl-C stops everything." in serve.log() or serve.popen.poll() is not None, timeout=60,
                  what=f"serve\n{serve.log()}")
-    assert "Staff account for the admin: admin. Password lost? `manage.py changepassword admin` sets a new one; " \
+    # The command as typed in the project's directory: `.venv/bin/python manage.py ...` under `make run`.
+    inside = sys.executable.startswith(f"{ROOT}{os.sep}")
+    python = shlex.quote(os.path.relpath(sys.executable, ROOT) if inside else sys.executable)
+    assert f"Staff account for the admin: admin. Password lost? `{python} manage.py changepassword admin` sets a new one; " \
         "ADMIN_PASSWORD applies only when serve makes the account." in serve.log(), serve.log()
-    assert "/admin/  (admin; password lost? manage.py changepassword admin)" in serve.log(), serve.log()
+    assert f"/admin/  (admin; password lost? {python} manage.py changepassword admin)" in serve.log(), serve.log()
     assert "ignored-now" not in serve.log() and "made-on-the-first-run" not in serve.log()
 
 

@@ -19,6 +19,7 @@ import ctypes
 import errno
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -40,6 +41,12 @@ from agentfield_site.models import ApiKey
 
 # The demo agent's name among the supervised processes: it stops first.
 AGENT = "demo-agent"
+
+
+def _python_as_typed() -> str:
+    """This interpreter as one would type it here: relative to the working directory when inside it."""
+    path = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd() + os.sep) else sys.executable
+    return shlex.quote(path)
 
 
 def _stop_with_parent(parent: int):
@@ -233,7 +240,7 @@ class Command(BaseCommand):
             failure = self._start_all(supervisor, sock, host, port, web_processes, no_worker, no_agent, admin,
                                       lambda: stopping)
             while failure is None and not stopping:
-                time.sleep(0.5)
+                time.sleep(0.2)
                 failure = supervisor.first_exit()
             if failure is None:
                 # A worker finishing its tasks takes a few seconds: say why nothing happens meanwhile.
@@ -244,6 +251,7 @@ class Command(BaseCommand):
         if failure is not None:
             # After every child is reaped, so the reason is the last line printed.
             raise CommandError(f"{failure}; stopped the rest.")
+        self.stdout.write("Stopped.")
 
     @staticmethod
     def _refuse_an_open_api_on_the_network(host: str) -> None:
@@ -344,12 +352,14 @@ class Command(BaseCommand):
         if existing is not None:
             # Its password was printed on the run that made it (or chosen by whoever made it).
             name = existing.get_username()
+            # As typed in this directory: `make run`'s python is the venv's, not the one on PATH.
+            command = f"{_python_as_typed()} manage.py changepassword {name}"
             unused = "; ADMIN_PASSWORD applies only when serve makes the account" if os.environ.get("ADMIN_PASSWORD") else ""
             self.stdout.write(
                 f"Staff account for the admin: {name}. Password lost? "
-                f"`manage.py changepassword {name}` sets a new one{unused}."
+                f"`{command}` sets a new one{unused}."
             )
-            return f"{name}; password lost? manage.py changepassword {name}"
+            return f"{name}; password lost? {command}"
         password = os.environ.get("ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "admin@localhost", password)
         self.stdout.write(
