@@ -71,6 +71,11 @@ def sign(body: bytes, msg_id: str, secrets: Sequence[str], timestamp: int | None
     return headers
 
 
+def _same(expected: str, given: str) -> bool:
+    """Constant-time equality; a header with non-ASCII text (which `compare_digest` refuses for str) matches nothing."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
+
+
 def verify(
     body: bytes, headers: Mapping[str, str], secret: str, tolerance: int = 300, *, allow_unstamped: bool = False
 ) -> None:
@@ -99,7 +104,7 @@ def verify(
         if tolerance and abs(time.time() - timestamp) > tolerance:
             raise SignatureError("webhook-timestamp is outside the tolerance window")
         expected = standard_signature(body, msg_id, timestamp, secret)
-        if any(hmac.compare_digest(expected, candidate) for candidate in standard.split(" ")):
+        if any(_same(expected, candidate) for candidate in standard.split(" ")):
             return
         raise SignatureError("no matching webhook-signature")
     if legacy and not allow_unstamped:
@@ -108,7 +113,7 @@ def verify(
             "(verify(..., allow_unstamped=True) accepts it)"
         )
     if legacy:
-        if hmac.compare_digest(agentfield_signature(body, secret), legacy.strip()):
+        if _same(agentfield_signature(body, secret), legacy.strip()):
             return
         raise SignatureError("X-AgentField-Signature does not match")
     raise SignatureError("no signature headers")

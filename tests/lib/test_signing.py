@@ -91,3 +91,14 @@ def test_verify_refuses_the_unstamped_signature_alone_unless_asked():
     signing.verify(body, replayed, secret, allow_unstamped=True)
     with pytest.raises(signing.SignatureError, match="does not match"):
         signing.verify(body + b" ", replayed, secret, allow_unstamped=True)
+
+
+@pytest.mark.parametrize("garbage", ["v1,\u00e9", "v1,\ud800", "v1,AAAA\u0000"])
+def test_a_signature_with_non_ascii_text_is_a_signature_error_not_a_type_error(garbage):
+    """Receivers catch SignatureError: a TypeError from compare_digest answered 500 (and broke `manage.py listen`)."""
+    secret = signing.generate_secret()
+    stamped = {"webhook-id": "msg_1", "webhook-timestamp": str(int(time.time())), "webhook-signature": garbage}
+    with pytest.raises(signing.SignatureError):
+        signing.verify(b"{}", stamped, secret)
+    with pytest.raises(signing.SignatureError):
+        signing.verify(b"{}", {"X-AgentField-Signature": "sha256=" + garbage[3:]}, secret, allow_unstamped=True)
