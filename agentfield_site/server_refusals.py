@@ -22,6 +22,15 @@ body must arrive whole within REQUEST_BODY_TIMEOUT, else a 408 closes the connec
 Twisted's idle timeout restarts with every byte, so a body sent a byte at a time
 held its connection for as long as its sender liked.
 
+A HEAD request gets the headers and nothing after them. daphne writes every body
+chunk with the class's `http.Request.write`, past the guard Twisted puts on the
+instance once the headers are out: a streamed answer (the node list, an event
+stream) went on sending its body after a HEAD's headers, so the next response on
+that keep-alive connection began in the middle of it (a client saw another
+request's data as its status line), and an event stream never ended. The first
+body message of a HEAD ends the response, which also tells the application the
+client is gone.
+
 `asgi.py` calls `install()`, so every way of starting daphne uses this request class.
 """
 
@@ -46,6 +55,11 @@ class WebRequest(http_protocol.WebRequest):
         self._answered_early = False
         self._body_read = 0
         self._timer = None  # the body's deadline, or how long a refused body is drained
+
+    def handle_reply(self, message) -> None:
+        if self.method == b"HEAD" and message.get("type") == "http.response.body":
+            message = {**message, "body": b"", "more_body": False}
+        super().handle_reply(message)
 
     def basic_error(self, status, status_text, body) -> None:
         if not (self.path == b"/api" or self.path.startswith(b"/api/")):

@@ -236,3 +236,24 @@ def test_twisted_writes_no_access_line_of_its_own(proc_env):
     assert '"GET /api/v1/executions/exec_nowhere?api_key=[redacted]" 404' in log, log[-2000:]  # daphne's line
     assert " HTTP/1.1" not in log, log[-2000:]  # Twisted's combined log format
     assert secret not in log
+
+
+def test_a_head_request_gets_headers_only_and_the_connection_stays_in_step(proc_env):
+    """daphne wrote a streamed answer's body after a HEAD's headers: the next response on
+    the connection began inside it (the node list as the status line), and a HEAD on an
+    event stream sent events for ever."""
+    import http.client
+
+    web = proc_env.daphne()
+    nodes.register({"id": "analyzer", "base_url": "http://127.0.0.1:9/", "reasoners": [{"id": "process"}]})
+    connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+    try:
+        for path in ("/api/v1/nodes", "/api/ui/v1/executions/events?last_event_id=0", "/health"):
+            connection.request("HEAD", path)
+            head = connection.getresponse()
+            assert head.status == 200 and head.read() == b"", path
+            connection.request("GET", "/health")
+            after = connection.getresponse()
+            assert (after.status, json.loads(after.read())["status"]) == (200, "healthy"), f"after HEAD {path}"
+    finally:
+        connection.close()
