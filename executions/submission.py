@@ -111,7 +111,7 @@ def same_json(stored: Any, sent: Any) -> bool:
     fraction back without an exponent: 1e23 sent comes back as the integer
     100000000000000000000000, which Python holds unequal to the float. A number
     is the same when it is equal, or when the float sent is what the integer stored
-    reads as. Walks a stack, never recursion, whatever the depth.
+    reads as. `true` is never the number 1. Walks a stack, never recursion, whatever the depth.
     """
     stack = [(stored, sent)]
     while stack:
@@ -124,6 +124,9 @@ def same_json(stored: Any, sent: Any) -> bool:
             if len(a) != len(b):
                 return False
             stack.extend(zip(a, b, strict=True))
+        elif isinstance(a, bool) or isinstance(b, bool):
+            if a is not b:  # true is not 1, nor 1.0 (Python holds them equal)
+                return False
         elif isinstance(a, int) and isinstance(b, float) and not isinstance(a, bool):
             try:
                 if float(a) != b:

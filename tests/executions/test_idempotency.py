@@ -37,6 +37,15 @@ def test_a_replay_with_large_floats_is_the_same_execution(api, node, value):
     assert Execution.objects.count() == 1
 
 
+@pytest.mark.parametrize(("first", "then"), [(1, True), (True, 1), (0, False), (1.0, True), ([1], [True])])
+def test_true_is_not_the_number_one_in_a_replay(api, node, first, then):
+    """Python holds True == 1: a replay with another input was taken for the first request."""
+    api.post(URL, {"input": {"x": first}}, format="json", headers={"Idempotency-Key": "k-b"})
+    other = api.post(URL, {"input": {"x": then}}, format="json", headers={"Idempotency-Key": "k-b"})
+    assert other.status_code == 409, other.content
+    assert Execution.objects.count() == 1
+
+
 def test_key_is_free_again_after_the_window(api, node, settings):
     settings.IDEMPOTENCY_WINDOW_HOURS = 24
     first = api.post(URL, {}, format="json", headers={"Idempotency-Key": "k"}).json()["execution_id"]
