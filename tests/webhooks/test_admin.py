@@ -249,3 +249,18 @@ def test_a_dead_letters_page_says_what_it_means(staff):
     body = re.search(r'<pre class="webhook-body">(.*?)</pre>', page, re.S)
     assert body and "exec_&lt;b&gt;page&lt;/b&gt;" in body.group(1) and "<b>page</b>" not in page
     assert "webhooks/admin.css" in page
+
+
+def test_a_subscription_the_api_took_can_be_saved_in_the_admin(staff, settings):
+    """The model's URLField refused what `clean_url` takes (a trailing dot, an underscore): the
+    operator could not change its description, event types or switch it off in the admin."""
+    settings.WEBHOOK_ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
+    created = APIClient().post("/api/v1/webhooks/subscriptions", {
+        "url": "http://localhost.:18474/x", "event_types": ["*"]}, format="json")
+    assert created.status_code == 201, created.content
+    sub = Subscription.objects.get()
+    page = staff.post(reverse("admin:webhooks_subscription_change", args=[quote(sub.id)]),
+                      _subscription_form(url=sub.url, description="renamed", enabled=""))
+    assert page.status_code == 302, page.content.decode()[:3000]
+    sub.refresh_from_db()
+    assert (sub.description, sub.enabled) == ("renamed", False)
