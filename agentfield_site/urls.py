@@ -1,11 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from observability import dashboard
 
 from .lib import api
 from .lib.db_threads import on_request_threads
+from .lib.openapi import SchemaView
 from .views import api_index, favicon, health, landing, metrics, self_hosted_only
 
 urlpatterns = [
@@ -16,7 +17,7 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("dashboard/", dashboard.dashboard, name="dashboard"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", self_hosted_only(SpectacularSwaggerView.as_view(url_name="schema")), name="docs"),
     path(
         "api/redoc/",

@@ -8,6 +8,10 @@ schema to it).
 
 from typing import Any
 
+from drf_spectacular.views import SpectacularAPIView
+
+from .drf_json import SafeJSONRenderer
+
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
 COMMON = {
@@ -36,3 +40,18 @@ def add_common_errors(result: dict[str, Any], generator, request, public) -> dic
                     code, {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
                 )
     return result
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI schema, whose refusals (401, 403, 405) are the API's JSON errors.
+
+    The schema's own renderer is YAML (`application/vnd.oai.openapi`): a refusal
+    rendered by it was a YAML document that a browser saved as a file instead of
+    showing, and that API clients could not parse as the errors they know.
+    """
+
+    def handle_exception(self, exc: Exception):
+        response = super().handle_exception(exc)
+        self.request.accepted_renderer = SafeJSONRenderer()
+        self.request.accepted_media_type = SafeJSONRenderer.media_type
+        return response

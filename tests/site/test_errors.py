@@ -115,3 +115,17 @@ def test_a_host_the_server_does_not_answer_for_is_a_json_400_under_the_api(clien
     assert response.json()["error"] == "bad_request" and "ALLOWED_HOSTS" in response.json()["message"]
     page = client.get("/admin/login/", HTTP_HOST="evil.example")
     assert page.status_code == 400 and "application/json" not in page["Content-Type"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_the_schemas_refusals_are_json_errors_not_yaml_documents(client, settings, method):
+    """A browser saved the YAML 401 as a file; a client could not read it as the API's errors."""
+    settings.API_KEYS = ["a-key-nobody-sent"]
+    response = getattr(client, method)("/api/schema/")
+    assert response.status_code in (401, 405)
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"] in ("unauthorized", "method_not_allowed")
+    key, raw = ApiKey.create("ops", ApiKey.Scope.ADMIN)
+    schema = client.get("/api/schema/", HTTP_X_API_KEY=raw)
+    assert schema.status_code == 200 and schema["Content-Type"].startswith("application/vnd.oai.openapi")
