@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from functools import partial
 
@@ -523,24 +523,29 @@ def expire_stale() -> int:
 
 
 def _send_cancel_notice(execution_id: str, base_url: str) -> None:
-    # The same guarded session as the call itself: AGENT_ALLOWED_HOSTS, no redirects.
+    # The same guarded session as the call itself: AGENT_ALLOWED_HOSTS, no redirects;
+    # the whole exchange within CANCEL_TIMEOUT (an agent trickling its answer a byte at
+    # a time met every read's timeout and held its thread for as long as it liked).
     try:
-        _session().post(
-            f"{base_url.rstrip('/')}/_internal/executions/{execution_id}/cancel",
-            data=b"{}",
-            headers={"Content-Type": "application/json", "X-Execution-ID": execution_id},
-            timeout=CANCEL_TIMEOUT,
-            allow_redirects=False,
-        ).close()
+        with safe_http.deadline(CANCEL_TIMEOUT):
+            _session().post(
+                f"{base_url.rstrip('/')}/_internal/executions/{execution_id}/cancel",
+                data=b"{}",
+                headers={"Content-Type": "application/json", "X-Execution-ID": execution_id},
+                timeout=CANCEL_TIMEOUT,
+                allow_redirects=False,
+            ).close()
     except (requests.RequestException, safe_http.UnsafeURL) as exc:
         log.info("cancel notice for %s not delivered: %s", execution_id, exc)
 
 
-def notify_cancel(execution_id: str, base_url: str) -> None:
-    """Best effort: tell the agent in a background thread; its answer changes nothing."""
-    threading.Thread(
-        target=_send_cancel_notice, args=(execution_id, base_url), name=f"cancel-{execution_id}", daemon=True
-    ).start()
+# The web process's notices of single cancels: a few threads, not one per cancel.
+_cancel_notices = ThreadPoolExecutor(max_workers=CANCEL_NOTICE_CONCURRENCY, thread_name_prefix="cancel-notice")
+
+
+def notify_cancel(execution_id: str, base_url: str) -> Future:
+    """Best effort: tell the agent in the background; its answer changes nothing."""
+    return _cancel_notices.submit(_send_cancel_notice, execution_id, base_url)
 
 
 def queue_cancel_notices(notices: list[tuple[str, str]]) -> None:

@@ -1,7 +1,9 @@
 """Calls to agents get the webhooks' guard: AGENT_ALLOWED_HOSTS at registration and at connect time,
 no redirects, the cancel notice too, error bodies capped, ids that cannot bend the agent's URL."""
 
+import socket
 import threading
+import time
 
 import pytest
 
@@ -63,15 +65,53 @@ def test_the_cancel_notice_is_guarded_too(node, agent, settings):
     assert dispatch.run(execution.id) == "accepted"
     settings.AGENT_ALLOWED_HOSTS = []
     cancellation.cancel(execution.id, "stop")
-    dispatch.notify_cancel(execution.id, node.base_url)
-    # The notice is sent from a thread of its own: once it has ended, the guard has spoken.
-    wait_for(lambda: not any(t.name == f"cancel-{execution.id}" for t in threading.enumerate()), timeout=5,
-             what="the refused cancel notice")
+    dispatch.notify_cancel(execution.id, node.base_url).result(timeout=5)  # the guard has spoken
     assert [r.path for r in agent.requests] == ["/reasoners/process"]
     settings.AGENT_ALLOWED_HOSTS = ["127.0.0.1"]
     dispatch.notify_cancel(execution.id, node.base_url)
     wait_for(lambda: len(agent.requests) >= 2, timeout=5, what="the cancel notice")
     assert agent.requests[-1].path == f"/_internal/executions/{execution.id}/cancel"
+
+
+def test_an_agent_trickling_its_answer_to_a_cancel_notice_holds_no_thread_for_long(node, agent):
+    """Each read met the 2 s timeout, so an agent sending a byte every 1.5 s held a web
+    process thread (one per cancel) for as long as it liked."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.5):
+                try:
+                    conn.sendall(b"X")
+                except OSError:
+                    return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        notices = [dispatch.notify_cancel(f"exec_trickle_{i}", base_url) for i in range(20)]
+        busy = sum(t.name.startswith("cancel-notice") for t in threading.enumerate())
+        for notice in notices:
+            notice.result(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        listener.close()
+    assert busy <= dispatch.CANCEL_NOTICE_CONCURRENCY, f"{busy} threads for 20 notices"
+    # 20 notices, 8 at a time, each cut at CANCEL_TIMEOUT: three rounds.
+    assert took < 4 * dispatch.CANCEL_TIMEOUT + 3, f"{took:.1f} s"
 
 
 def test_a_redirect_from_an_agent_is_not_followed(agent):
