@@ -177,8 +177,9 @@ class Execution(models.Model):
             models.Index(fields=["dispatch_state", "dispatch_lease_until"], name="exec_dispatch_lease"),
             # A claim's look for the oldest waiting execution, in order, without sorting the queue.
             models.Index(fields=["dispatch_state", "created_at", "id"], name="exec_dispatch_queue"),
-            # A submit's count of its key's executions waiting for dispatch (EXECUTION_QUEUE_LIMIT_PER_KEY).
-            models.Index(fields=["owner"], condition=models.Q(dispatch_state="queued"), name="exec_waiting_owner"),
+            # A submit's count of its key's executions waiting for dispatch (EXECUTION_QUEUE_LIMIT_PER_KEY):
+            # the key that sent them, which an agent's calls made for a client's workflow are not.
+            models.Index(fields=["submitted_by"], condition=models.Q(dispatch_state="queued"), name="exec_waiting_sender"),
         ]
         constraints = [
             # One namespace of Idempotency-Keys per sending key (no key row: one shared namespace).

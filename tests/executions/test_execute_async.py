@@ -181,3 +181,30 @@ def test_submits_while_the_broker_is_down_are_accepted_and_logged_once(api, node
             assert response.status_code == 202, response.content
     failures = [r for r in caplog.records if "dispatch" in r.getMessage() or "on_commit" in r.getMessage()]
     assert [r.getMessage() for r in failures] == ["could not queue a dispatch; the sweeper wakes a worker for it"]
+
+
+def test_an_agents_calls_count_against_the_agents_own_backlog_not_its_clients(settings):
+    """An agent's calls belong to the client's workflow; counted as the client's, a
+    hostile agent filled the client's quota and every submit of the client's got 503."""
+    from rest_framework.test import APIClient
+
+    from agentfield_site.models import ApiKey
+
+    settings.EXECUTION_QUEUE_LIMIT, settings.EXECUTION_QUEUE_LIMIT_PER_KEY = 100, 3
+    client, agent = APIClient(), APIClient()
+    client.credentials(HTTP_X_API_KEY=ApiKey.create("client", ApiKey.Scope.CLIENT)[1])
+    agent.credentials(HTTP_X_API_KEY=ApiKey.create("agent", ApiKey.Scope.AGENT)[1])
+    registered = agent.post("/api/v1/nodes/register", {
+        "id": "worker", "base_url": "http://127.0.0.1:9", "reasoners": [{"id": "step"}]}, format="json")
+    assert registered.status_code == 201, registered.content
+    parent = client.post("/api/v1/execute/async/worker.step", {"input": {}}, format="json").json()["execution_id"]
+    Execution.objects.filter(pk=parent).update(status="running", dispatch_state=Execution.Dispatch.IN_FLIGHT)
+
+    def call():
+        return agent.post("/api/v1/execute/async/worker.step", {"input": {}}, format="json",
+                          headers={"X-Parent-Execution-ID": parent})
+
+    assert [call().status_code for _ in range(3)] == [202] * 3
+    assert call().status_code == 503, "the agent meets its own limit"
+    assert Execution.objects.filter(parent_execution_id=parent, owner__name="client").count() == 3, "the client's"
+    assert client.post("/api/v1/execute/async/worker.step", {"input": {}}, format="json").status_code == 202
