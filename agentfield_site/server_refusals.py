@@ -20,7 +20,9 @@ to LINGER_SECONDS, then the connection closes: a client that sends its whole bod
 before it reads the answer (most do) gets the 413, not a reset connection. And a
 body must arrive whole within REQUEST_BODY_TIMEOUT, else a 408 closes the connection:
 Twisted's idle timeout restarts with every byte, so a body sent a byte at a time
-held its connection for as long as its sender liked.
+held its connection for as long as its sender liked. The headers likewise must
+end within REQUEST_HEADERS_TIMEOUT of the request's first line (a header sent a
+byte every 20 s held its connection, with no key, for as long as the sender liked).
 
 A HEAD request gets the headers and nothing after them. daphne writes every body
 chunk with the class's `http.Request.write`, past the guard Twisted puts on the
@@ -54,7 +56,9 @@ class WebRequest(http_protocol.WebRequest):
         self._parsePOSTFormSubmission = False  # Twisted's switch for that parsing
         self._answered_early = False
         self._body_read = 0
-        self._timer = None  # the body's deadline, or how long a refused body is drained
+        # The headers' deadline, then the body's, or how long a refused body is drained.
+        # Twisted makes the request on its first line.
+        self._timer = reactor.callLater(settings.REQUEST_HEADERS_TIMEOUT, self._headers_too_slow)
 
     def handle_reply(self, message) -> None:
         if self.method == b"HEAD" and message.get("type") == "http.response.body":
@@ -76,6 +80,8 @@ class WebRequest(http_protocol.WebRequest):
         self.handle_reply({"type": "http.response.body", "body": content, "more_body": not finish})
 
     def gotLength(self, length: int | None) -> None:
+        if self._timer.active():  # the headers are in
+            self._timer.cancel()
         # Twisted spools a body of 100 kB or more to a temporary file it makes here.
         if length is not None and length > settings.MAX_BODY_BYTES:
             self.content = BytesIO()
@@ -99,6 +105,13 @@ class WebRequest(http_protocol.WebRequest):
         """Answer 413 now; drop the rest of the body until it ends or LINGER_SECONDS pass, then close."""
         self._answer_early(413, "payload_too_large", f"The body is larger than {settings.MAX_BODY_BYTES} bytes.")
         self._timer = reactor.callLater(LINGER_SECONDS, self._end_early)
+
+    def _headers_too_slow(self) -> None:
+        """Answer 408 and close: the headers did not end within REQUEST_HEADERS_TIMEOUT seconds."""
+        self._answer_early(
+            408, "request_timeout", f"The headers did not arrive within {settings.REQUEST_HEADERS_TIMEOUT:g} s."
+        )
+        self._end_early()
 
     def _body_too_slow(self) -> None:
         """Answer 408 and close: the body did not arrive in REQUEST_BODY_TIMEOUT seconds."""

@@ -228,6 +228,8 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 MAX_BODY_BYTES = env.int("MAX_BODY_BYTES", default=1024 * 1024)
 # Seconds a request's body may take to arrive whole (`server_refusals`): past that, 408.
 REQUEST_BODY_TIMEOUT = env.float("REQUEST_BODY_TIMEOUT", default=60.0)
+# Seconds from a request's first line to the end of its headers (`agentfield_site.server_refusals`).
+REQUEST_HEADERS_TIMEOUT = env.float("REQUEST_HEADERS_TIMEOUT", default=30.0)
 # About how much of executions' results and errors one list page or batch-status answer carries.
 API_PAGE_MAX_BYTES = env.int("API_PAGE_MAX_BYTES", default=8 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BODY_BYTES

@@ -257,3 +257,25 @@ def test_a_head_request_gets_headers_only_and_the_connection_stays_in_step(proc_
             assert (after.status, json.loads(after.read())["status"]) == (200, "healthy"), f"after HEAD {path}"
     finally:
         connection.close()
+
+
+def test_headers_that_do_not_arrive_in_time_get_a_408(proc_env):
+    """A header sent a byte every 20 s held its connection, with no key, for as long as the sender liked."""
+    web = proc_env.daphne({"REQUEST_HEADERS_TIMEOUT": "1"})
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(b"GET /api/v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ")
+        started = time.monotonic()
+        for _ in range(2):  # each byte restarted Twisted's idle timeout
+            time.sleep(0.4)
+            sock.sendall(b"a")
+        answer = b""
+        while chunk := sock.recv(65536):  # then the server closes the connection
+            answer += chunk
+    assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+    # Headers that arrive in time are not cut by the deadline they beat, on a kept-alive connection either.
+    with requests.Session() as session:
+        for _ in range(2):
+            assert session.get(f"{web.url}/health", timeout=10).status_code == 200
+            time.sleep(1.5)
