@@ -94,6 +94,14 @@ def test_dashboard_shows_an_execution_succeed_live(proc_env, tmp_path):
             expect(page.locator(f"#exec-{dead_id} td").nth(3)).to_have_text("dead", timeout=15_000)
             expect(page.locator(f"#exec-{refused_id} td").nth(3)).to_have_text("refused")
             expect(page.locator(f"#exec-{execution_id} td").nth(3)).to_have_text("delivered")
+
+            # Times of another day carry their date (rows either side of midnight read out of order).
+            assert "2020" in page.evaluate("window.agentfieldDashboard.timeOf('2020-01-02T03:04:05Z')")
+            assert "2020" not in page.evaluate("window.agentfieldDashboard.timeOf(new Date().toISOString())")
+            # Heartbeats are no events: the node list is read again, and the time moves on.
+            beat = page.locator("#node-analyzer td").nth(3)
+            first = beat.inner_text()
+            expect(beat).not_to_have_text(first, timeout=25_000)
         finally:
             browser.close()
     assert shot.stat().st_size > 0

@@ -64,10 +64,13 @@
     return cell;
   }
 
+  // The time alone for today, the date too for any other day (rows either side of
+  // midnight read out of order with the time alone).
   function timeOf(iso) {
     if (!iso) return "–";
     const d = new Date(iso);
-    return isNaN(d) ? iso : d.toLocaleTimeString();
+    if (isNaN(d)) return iso;
+    return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
   }
 
   function setConnection() {
@@ -135,6 +138,7 @@
   // Counted from the stream since the page opened, in BUCKET_SECONDS buckets over
   // the last WINDOW_SECONDS; drawn as SVG bars (no library, nothing from a CDN).
   const BUCKET_SECONDS = 5;
+  const NODES_REFRESH_SECONDS = 10;
   const WINDOW_SECONDS = 300;
   const BUCKETS = WINDOW_SECONDS / BUCKET_SECONDS;
   const OUTCOME_OF = { "webhook.delivered": "delivered", "webhook.failed": "retrying", "webhook.dead_lettered": "dead" };
@@ -358,7 +362,10 @@
   openStream("nodes", urls.node_stream, onNodeEvent);
   loadExecutions();
   loadNodes();
+  // A heartbeat is no event (a beat every 2 s from every agent would flood every
+  // stream): the node list is read again for its last-heartbeat times.
+  setInterval(loadNodes, NODES_REFRESH_SECONDS * 1000);
   loadDlq();
   drawChart();
-  window.agentfieldDashboard = { executions: executions, nodes: nodes, chart: chart };
+  window.agentfieldDashboard = { executions: executions, nodes: nodes, chart: chart, timeOf: timeOf };
 })();
