@@ -17,6 +17,10 @@ class ApiKeyAdmin(SafeLookupsAdmin):
     fields = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at", "demo")
     actions = ["revoke"]
 
+    def get_fields(self, request, obj=None):
+        # Adding: only what one chooses (the rest is made with the key, or later).
+        return self.fields if obj is not None else ("name", "scope")
+
     def get_readonly_fields(self, request, obj=None):
         # A key's scope is fixed once issued: what it created was created under it.
         return (*self.readonly_fields, "scope") if obj is not None else self.readonly_fields

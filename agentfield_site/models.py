@@ -61,7 +61,7 @@ class ApiKey(models.Model):
     # of "does any key exist" (auth.keys_required).
     demo = models.BooleanField(
         default=False, editable=False,
-        help_text="The demo agent's key, made by `manage.py serve`: it does not end the open API.",
+        help_text="The demo agent's key, made by manage.py serve: it does not end the open API.",
     )
 
     objects = ApiKeyQuerySet.as_manager()

@@ -92,7 +92,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
     @admin.display(description="on failure")
     def retry_policy(self, obj: Delivery) -> str:
         if obj.retries:
-            return "retried on the schedule (WEBHOOK_RETRY_SCHEDULE), then the dead letter queue"
+            return "retried on the schedule (WEBHOOK_RETRY_SCHEDULE), then the dead letter queue (at once on 410 Gone)"
         return "not retried: one attempt (a test send)"
 
     @admin.display(description="custom headers")

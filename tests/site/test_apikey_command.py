@@ -63,6 +63,10 @@ def test_revoke_by_id_or_prefix_refuses_the_key_and_keeps_the_row():
 
 def test_the_admin_creates_a_scoped_key_shows_it_once_and_cannot_delete(client, django_user_model):
     client.force_login(django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-for-tests"))
+    # The add form asks for what one chooses: no empty read-only rows (prefix, dates, demo).
+    form = client.get("/admin/agentfield_site/apikey/add/").content.decode()
+    assert "field-name" in form and "field-scope" in form
+    assert "field-prefix" not in form and "field-created_at" not in form and "field-demo" not in form
     response = client.post("/admin/agentfield_site/apikey/add/", {"name": "from-admin", "scope": "agent"}, follow=True)
     assert response.status_code == 200
     shown = re.search(r"The new key is (afk_[A-Za-z0-9_-]+)", response.content.decode())
