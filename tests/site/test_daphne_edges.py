@@ -108,6 +108,21 @@ def test_the_websocket_origin_must_be_the_servers_own(proc_env):
     assert got["other port"] == got["other scheme"] == "refused:403", got
 
 
+def _trickled(port: int, start: bytes, byte: bytes, times: int) -> tuple[bytes, float]:
+    """Send `start`, then `byte` every 0.4 s `times` times (each restarts Twisted's idle
+    timeout), then read until the server closes: (the answer, seconds from `start`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(start)
+        started = time.monotonic()
+        for _ in range(times):
+            time.sleep(0.4)
+            sock.sendall(byte)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
 def _raw(port: int, request: bytes) -> bytes:
     """What daphne answers to bytes sent as they are (an HTTP client would refuse to send some)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -172,17 +187,9 @@ def test_a_body_that_does_not_arrive_in_time_gets_a_408(proc_env):
     # Twisted's idle timeout restarts with every byte: a body sent a byte at a time held
     # its connection (and the request) for as long as its sender liked.
     web = proc_env.daphne({"REQUEST_BODY_TIMEOUT": "1"})
-    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
-        sock.sendall(b"POST /api/v1/execute/async/analyzer.process HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
-        started = time.monotonic()
-        for _ in range(3):
-            time.sleep(0.4)
-            sock.sendall(b" ")
-        answer = b""
-        while chunk := sock.recv(65536):  # then the server closes the connection
-            answer += chunk
-    assert time.monotonic() - started < 5
+    answer, took = _trickled(web.port, b"POST /api/v1/execute/async/analyzer.process HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{", b" ", 3)
+    assert took < 5
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
     # A body that arrives in time is not cut by the deadline it beat.
@@ -262,16 +269,8 @@ def test_a_head_request_gets_headers_only_and_the_connection_stays_in_step(proc_
 def test_headers_that_do_not_arrive_in_time_get_a_408(proc_env):
     """A header sent a byte every 20 s held its connection, with no key, for as long as the sender liked."""
     web = proc_env.daphne({"REQUEST_HEADERS_TIMEOUT": "1"})
-    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
-        sock.sendall(b"GET /api/v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ")
-        started = time.monotonic()
-        for _ in range(2):  # each byte restarted Twisted's idle timeout
-            time.sleep(0.4)
-            sock.sendall(b"a")
-        answer = b""
-        while chunk := sock.recv(65536):  # then the server closes the connection
-            answer += chunk
-    assert time.monotonic() - started < 5
+    answer, took = _trickled(web.port, b"GET /api/v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ", b"a", 2)
+    assert took < 5
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
     # Headers that arrive in time are not cut by the deadline they beat, on a kept-alive connection either.
