@@ -259,6 +259,19 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {"ExecutionStatusEnum": "executions.models.STATUSES"},
+    # Operations grouped by what follows /api/v1/ (executions, nodes, webhooks, ...),
+    # not all under one "v1" tag, and named without the version (`nodes_list`).
+    "SCHEMA_PATH_PREFIX": r"/api/(?:ui/)?v1",
+    # In the order a newcomer needs them (the docs pages list the groups in this order).
+    "TAGS": [
+        {"name": "execute", "description": "Submit work to an agent: sync, or async with a webhook for the result."},
+        {"name": "executions", "description": "Read, list, cancel and follow executions; agents report status and logs."},
+        {"name": "nodes", "description": "Agent nodes: register, heartbeat, shut down, list."},
+        {"name": "webhooks", "description": "Subscriptions, the dead letter queue and redrive, destinations."},
+        {"name": "settings", "description": "The observability webhook: forward every event to your collector."},
+        {"name": "workflow", "description": "Workflow events reported by agents."},
+        {"name": "did", "description": "Decentralized identity registration: not supported here (the SDK goes on without)."},
+    ],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "agentfield_site.lib.openapi.add_common_errors",
