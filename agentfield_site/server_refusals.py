@@ -58,10 +58,13 @@ class WebRequest(http_protocol.WebRequest):
         self._body_read = 0
         # The headers' deadline, then the body's, or how long a refused body is drained.
         # Twisted makes the request on its first line.
-        self._timer = reactor.callLater(settings.REQUEST_HEADERS_TIMEOUT, self._headers_too_slow)
+        # (0 or less: no deadline for the headers.)
+        self._timer = (reactor.callLater(settings.REQUEST_HEADERS_TIMEOUT, self._headers_too_slow)
+                       if settings.REQUEST_HEADERS_TIMEOUT > 0 else None)
 
     def handle_reply(self, message) -> None:
-        if self.method == b"HEAD" and message.get("type") == "http.response.body":
+        # (Not an answer given before the body was in: that one drains the body, then ends.)
+        if self.method == b"HEAD" and message.get("type") == "http.response.body" and not self._answered_early:
             message = {**message, "body": b"", "more_body": False}
         super().handle_reply(message)
 
@@ -80,7 +83,7 @@ class WebRequest(http_protocol.WebRequest):
         self.handle_reply({"type": "http.response.body", "body": content, "more_body": not finish})
 
     def gotLength(self, length: int | None) -> None:
-        if self._timer.active():  # the headers are in
+        if self._timer is not None and self._timer.active():  # the headers are in
             self._timer.cancel()
         # Twisted spools a body of 100 kB or more to a temporary file it makes here.
         if length is not None and length > settings.MAX_BODY_BYTES:

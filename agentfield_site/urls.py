@@ -25,6 +25,7 @@ urlpatterns = [
         name="redoc",
     ),
     path("api/v1/", api_index, name="api-index"),
+    path("api/v1", api_index),
     path("", include("executions.api.urls")),
     path("", include("webhooks.api.urls")),
     path("", include("observability.api.urls")),

@@ -8,6 +8,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import URLResolver, get_resolver, reverse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -91,21 +92,34 @@ def _read_only(request: HttpRequest) -> HttpResponse:
     return response
 
 
+# A regex route's named group (DRF's router writes them), and what is left to strip.
+_GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
+_CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
+
+
 @functools.cache
 def _api_routes() -> list[str]:
     """Every /api/v1/ route, parameters as {name}, in path order."""
+
+    def readable(route: str) -> str | None:
+        route = route.replace("^", "").replace("$", "").replace("/?", "/")  # the router's optional slash
+        route = _CONVERTER.sub(r"{\1}", _GROUP.sub(r"{\1}", route))
+        if "(" in route or "\\" in route or "{format}" in route:
+            return None  # a format-suffix variant, or a pattern with no one path
+        return "/" + route.rstrip("/") if route.startswith("api/v1/") and route != "api/v1/" else None
 
     def walk(patterns, prefix=""):
         for pattern in patterns:
             route = prefix + str(pattern.pattern)
             if isinstance(pattern, URLResolver):
                 yield from walk(pattern.url_patterns, route)
-            elif route.startswith("api/v1/") and route != "api/v1/":
-                yield "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
+            elif (path := readable(route)) is not None:
+                yield path
 
     return sorted(set(walk(get_resolver().url_patterns)))
 
 
+@csrf_exempt  # API clients send keys, not CSRF tokens: a POST gets the JSON 405, not the CSRF page
 def api_index(request: HttpRequest) -> HttpResponse:
     """GET /api/v1/: where the API is described, and its routes (open: it names no data)."""
     if request.method not in ("GET", "HEAD"):

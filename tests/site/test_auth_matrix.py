@@ -35,7 +35,7 @@ from executions.models import AgentNode, Execution
 from webhooks import subscriptions
 from webhooks.models import Delivery, Subscription
 
-OPEN = {"/", "/favicon.ico", "/health", "/health/", "/admin/login/", "/admin/logout/", "/api/v1/"}
+OPEN = {"/", "/favicon.ico", "/health", "/health/", "/admin/login/", "/admin/logout/", "/api/v1/", "/api/v1"}
 # The JSON 404 for unknown /api/ paths: there is nothing behind it to protect.
 CATCH_ALL = {"/api/"}
 SAMPLE = {"pk": "x1", "id": "x1", "node_id": "n1", "execution_id": "exec_x1"}
@@ -263,6 +263,7 @@ EVERYONE = {"admin": 200, "env_admin": 200, "client_own": 200, "client_other": 2
 
 CASES = [
     ("get", "/api/v1/", None, EVERYONE, None, None),
+    ("get", "/api/v1", None, EVERYONE, None, None),
     ("get", "/api/v1/nodes", None, agent_route(200, 200), listed_for("node", "id", "nodes"), None),
     ("post", "/api/v1/nodes/register", register_body, agent_route(201, 409), node_owner_after, node_owner_after),
     ("post", "/api/v1/nodes", register_body, agent_route(201, 409), node_owner_after, node_owner_after),

@@ -264,6 +264,14 @@ def test_a_head_request_gets_headers_only_and_the_connection_stays_in_step(proc_
             assert (after.status, json.loads(after.read())["status"]) == (200, "healthy"), f"after HEAD {path}"
     finally:
         connection.close()
+    # A HEAD refused before its body is in (413) still drains that body, as a POST's refusal does.
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(b"HEAD /api/v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000000\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 413 ")
+        sock.sendall(b"x" * 1000)
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)  # open, reading the rest: not closed at once
 
 
 def test_headers_that_do_not_arrive_in_time_get_a_408(proc_env):

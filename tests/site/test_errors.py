@@ -61,8 +61,11 @@ def test_the_api_index_lists_its_routes_and_where_the_docs_are(client, settings)
     body = index.json()
     assert (body["docs"], body["schema"]) == ("/api/docs/", "/api/schema/")
     assert "/api/v1/executions/{execution_id}" in body["routes"] and "/api/v1/nodes" in body["routes"]
-    assert all(route.startswith("/api/v1/") and "<" not in route for route in body["routes"])
-    refused = client.post("/api/v1/", data="{}", content_type="application/json")
+    assert {"/api/v1/webhooks/subscriptions", "/api/v1/webhooks/subscriptions/{pk}"} <= set(body["routes"]), "the router's"
+    assert all(route.startswith("/api/v1/") and not set(route) & set("<>^$?()") for route in body["routes"])
+    assert client.get("/api/v1").json() == body
+    # As curl or a browser would send it: a JSON 405, not the CSRF middleware's page.
+    refused = Client(enforce_csrf_checks=True).post("/api/v1/", data="{}", content_type="application/json")
     assert refused.status_code == 405 and refused.json()["error"] == "method_not_allowed"
 
 
