@@ -62,7 +62,8 @@ EVENT_STATUSES = ("delivered", "retrying", "failed", "dead", "pending")
 # so one worker is not held forever under a constant stream of deliveries.
 RUN_SECONDS = 10.0
 # Once a stop is requested (`jobs.stopping`), requests in flight get this long to
-# end; the rest are handed back unsent (due again, no attempt spent).
+# end; the rest are cut off and handed back: due again, no attempt recorded (a
+# receiver that already had one gets it again, under the same `webhook-id`).
 STOP_GRACE = 2.0
 # While requests are in flight, look for newly due rows this often, and less
 # often after a claim that found nothing (new rows also wake a task through
@@ -498,7 +499,7 @@ def _jobs(token: str, rows: list[Claimed]) -> list[_Job]:
 
 # --- sending ---------------------------------------------------------------------
 
-def _start(jobs: list[_Job], done: "SimpleQueue[_Result]") -> None:
+def _start(jobs: list[_Job], done: "SimpleQueue[_Result]") -> outbound.Started:
     """Send the jobs' attempts on the asyncio client; each one's `_Result` lands in `done`."""
     started = timezone.now()
     sending = []
@@ -507,7 +508,7 @@ def _start(jobs: list[_Job], done: "SimpleQueue[_Result]") -> None:
             done.put(_Result(job, started, outbound.Outcome(error=job.skip_reason)))
         else:
             sending.append(job)
-    outbound.client().start(
+    return outbound.client().start(
         [job.request for job in sending],
         lambda index, outcome: done.put(_Result(sending[index], started, outcome)),
     )
@@ -829,6 +830,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
     helped = False
     drained = False  # the last claim found nothing to send
     stop_by = None  # once a stop is requested: when to hand back what is still in flight
+    groups: list[outbound.Started] = []  # the attempts started, to cut off at a stop
     try:
         while True:
             if recorder.error is not None:
@@ -849,7 +851,7 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                 jobs = _jobs(token, rows)
                 for job in jobs:
                     inflight[job.delivery.id] = job
-                _start(jobs, done)
+                groups.append(_start(jobs, done))
                 if len(rows) == want and not helped:
                     # A backlog: wake one more worker process to share it (it claims
                     # other rows); each helper may call one more while the backlog lasts.
@@ -887,6 +889,8 @@ def send_due(run_seconds: float = RUN_SECONDS) -> int:
                     leases.release(LISTENING, holder)
                 last_listen = clock
             if stop_by is not None and clock >= stop_by:
+                for group in groups:
+                    group.cancel()  # cut off, so no receiver gets one after its row is handed back
                 break
     finally:
         # The rows first: a lease left behind lapses in LISTEN_SECONDS, rows only in WEBHOOK_LEASE_SECONDS.

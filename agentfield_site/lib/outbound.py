@@ -332,18 +332,20 @@ class Client:
         """Start the attempt on the client's loop; the future never raises for HTTP trouble."""
         return asyncio.run_coroutine_threadsafe(self.attempt(request), self._loop)
 
-    def start(self, requests: Sequence[Request], on_done: "Callable[[int, Outcome], None]") -> None:
+    def start(self, requests: Sequence[Request], on_done: "Callable[[int, Outcome], None]") -> "Started":
         """Start attempts without waiting: `on_done(index, outcome)` runs on the client's loop as each ends.
 
         One hand-over for the whole group (a sender starts dozens at once): one
         wake-up of the loop instead of one future and one wake-up per request.
         """
+        started = Started(self._loop)
         if requests:
-            self._loop.call_soon_threadsafe(self._start, list(requests), on_done)
+            self._loop.call_soon_threadsafe(self._start, list(requests), on_done, started)
+        return started
 
-    def _start(self, requests: list[Request], on_done: "Callable[[int, Outcome], None]") -> None:
+    def _start(self, requests: list[Request], on_done: "Callable[[int, Outcome], None]", started: "Started") -> None:
         for index, request in enumerate(requests):
-            self._loop.create_task(self._attempt_reporting(index, request, on_done))
+            started.add(self._loop.create_task(self._attempt_reporting(index, request, on_done)))
 
     async def _attempt_reporting(self, index: int, request: Request, on_done) -> None:
         try:
@@ -390,6 +392,22 @@ class Client:
 _client: Client | None = None
 _client_pid = 0
 _client_lock = threading.Lock()
+
+
+class Started:
+    """The attempts of one `Client.start`: `cancel()` cuts off those still running (no `on_done` for them)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._running: set[asyncio.Task] = set()
+
+    def add(self, task: asyncio.Task) -> None:
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def cancel(self) -> None:
+        # After the group's own `_start` (the loop runs hand-overs in order).
+        self._loop.call_soon_threadsafe(lambda: [task.cancel() for task in list(self._running)])
 
 
 def client() -> Client:

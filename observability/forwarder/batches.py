@@ -1,5 +1,6 @@
 """What the forwarder sends: events as AgentField's envelope, in signed batches, with retries."""
 
+import concurrent.futures
 import hashlib
 import threading
 import time
@@ -91,6 +92,10 @@ def entry_of(row: Mapping[str, Any]) -> dict:
     }
 
 
+# How often an attempt on the wire looks at the run's stop.
+STOP_CHECK_SECONDS = 0.1
+
+
 def send(target: Target, batch: Batch, max_attempts: int, stop: threading.Event | None = None) -> Result:
     """POST the batch until 2xx, a final failure, or `max_attempts`; never raises for HTTP trouble.
 
@@ -104,7 +109,9 @@ def send(target: Target, batch: Batch, max_attempts: int, stop: threading.Event 
     )
     attempts = 0
     while True:
-        outcome = outbound.client().send(request)
+        outcome = _attempt(request, stop)
+        if outcome is None:  # stopped: not an outcome, and not acknowledged (the next run sends it again)
+            return Result(False, attempts, error="the forwarder stopped", stopped=True)
         attempts += 1
         code = outcome.status
         if outcome.ok:
@@ -121,6 +128,22 @@ def send(target: Target, batch: Batch, max_attempts: int, stop: threading.Event 
                 return Result(False, attempts, error=error, http_status=code, stopped=True)
         else:
             time.sleep(delay)
+
+
+def _attempt(request: outbound.Request, stop: threading.Event | None) -> outbound.Outcome | None:
+    """One attempt, or None when `stop` is set before or while it runs (the request is then cut off)."""
+    if stop is None:
+        return outbound.client().send(request)
+    if stop.is_set():
+        return None
+    pending = outbound.client().submit(request)
+    while True:
+        try:
+            return pending.result(timeout=STOP_CHECK_SECONDS)
+        except concurrent.futures.TimeoutError:
+            if stop.is_set():
+                pending.cancel()
+                return None
 
 
 def attempts_allowed() -> int:

@@ -93,6 +93,20 @@ def test_many_slow_requests_share_one_thread():
     assert all("timeout" in o.error for o in outcomes)
 
 
+def test_a_started_group_can_be_cut_off_and_reports_nothing_after():
+    """A stopping sender hands its rows back: their attempts must end, and report nothing."""
+    reported: list[int] = []
+    with Blackhole() as blackhole:
+        started = outbound.client().start(
+            [outbound.Request(blackhole.url, b"{}", f"whd_cut_{i}", timeout=30.0) for i in range(5)],
+            lambda index, outcome: reported.append(index),
+        )
+        wait_for(lambda: blackhole.connections == 5, timeout=10, what="five connections")
+        started.cancel()
+        wait_for(lambda: not started._running, timeout=5, what="the attempts to end")
+    assert reported == []
+
+
 @pytest.mark.parametrize(
     ("status", "verdict"),
     [(200, "DELIVERED"), (204, "DELIVERED"), (301, "REFUSED"), (400, "REFUSED"), (404, "REFUSED"),
