@@ -18,6 +18,7 @@ out beside it instead of waiting for its timeouts.
 import json
 import logging
 import os
+import queue
 import threading
 import uuid
 from collections import Counter
@@ -539,13 +540,45 @@ def _send_cancel_notice(execution_id: str, base_url: str) -> None:
         log.info("cancel notice for %s not delivered: %s", execution_id, exc)
 
 
-# The web process's notices of single cancels: a few threads, not one per cancel.
-_cancel_notices = ThreadPoolExecutor(max_workers=CANCEL_NOTICE_CONCURRENCY, thread_name_prefix="cancel-notice")
+# The web process's notices of single cancels: a few daemon threads (a stopping
+# process does not wait for notices, which are best effort) reading a bounded queue
+# (an agent that never answers cannot make it grow without bound: past
+# CANCEL_NOTICE_BACKLOG waiting, a notice is dropped and logged). A forked child
+# starts threads of its own: they do not survive a fork.
+CANCEL_NOTICE_BACKLOG = 1000
+_notices: "queue.Queue | None" = None
+_notices_pid = 0
+_notices_lock = threading.Lock()
 
 
 def notify_cancel(execution_id: str, base_url: str) -> Future:
-    """Best effort: tell the agent in the background; its answer changes nothing."""
-    return _cancel_notices.submit(_send_cancel_notice, execution_id, base_url)
+    """Best effort: tell the agent in the background; its answer changes nothing. Done when sent (or dropped)."""
+    done: Future = Future()
+    try:
+        _notice_queue().put_nowait((done, execution_id, base_url))
+    except queue.Full:
+        log.warning("cancel notice for %s dropped: %d notices are waiting", execution_id, CANCEL_NOTICE_BACKLOG)
+        done.set_result(None)
+    return done
+
+
+def _notice_queue() -> queue.Queue:
+    global _notices, _notices_pid
+    with _notices_lock:
+        if _notices is None or _notices_pid != os.getpid():
+            _notices, _notices_pid = queue.Queue(CANCEL_NOTICE_BACKLOG), os.getpid()
+            for n in range(CANCEL_NOTICE_CONCURRENCY):
+                threading.Thread(target=_send_notices, args=(_notices,), name=f"cancel-notice-{n}", daemon=True).start()
+        return _notices
+
+
+def _send_notices(notices: queue.Queue) -> None:
+    while True:
+        done, execution_id, base_url = notices.get()
+        try:
+            _send_cancel_notice(execution_id, base_url)
+        finally:
+            done.set_result(None)
 
 
 def queue_cancel_notices(notices: list[tuple[str, str]]) -> None:
