@@ -178,8 +178,9 @@ class Execution(models.Model):
             # A claim's look for the oldest waiting execution, in order, without sorting the queue.
             models.Index(fields=["dispatch_state", "created_at", "id"], name="exec_dispatch_queue"),
             # A submit's count of its key's executions waiting for dispatch (EXECUTION_QUEUE_LIMIT_PER_KEY):
-            # the key that sent them, which an agent's calls made for a client's workflow are not.
-            models.Index(fields=["submitted_by"], condition=models.Q(dispatch_state="queued"), name="exec_waiting_sender"),
+            # by the key that sent them and the key they belong to (an agent's calls for each client apart).
+            models.Index(fields=["submitted_by", "owner"], condition=models.Q(dispatch_state="queued"),
+                         name="exec_waiting_sender"),
         ]
         constraints = [
             # One namespace of Idempotency-Keys per sending key (no key row: one shared namespace).

@@ -145,8 +145,8 @@ DEPTH_RECOUNT_SECONDS = 1.0
 _COUNTED_MAX = 10_000
 
 
-def _waiting(key_id: int | None, limit: int) -> int:
-    """Executions waiting for dispatch (all of them, or those one key sent), up to `limit`.
+def _waiting(keys: tuple[int, int | None] | None, limit: int) -> int:
+    """Executions waiting for dispatch (all of them, or those one key sent for one owner), up to `limit`.
 
     Counting reads the waiting rows, on every submit; while fewer than half the
     limit wait, a count up to a second old (plus this process's submits since) is as
@@ -155,18 +155,18 @@ def _waiting(key_id: int | None, limit: int) -> int:
     bench, and grew with the key's backlog.)
     """
     now = time.monotonic()
-    count, until = _counted.get(key_id, (0, 0.0))
+    count, until = _counted.get(keys, (0, 0.0))
     if now >= until or count * 2 >= limit:
         # Counting stops at the limit: a full queue must not make every refusal slower.
-        count = _count_all(limit) if key_id is None else _count_sent_by(key_id, limit)
+        count = _count_all(limit) if keys is None else _count_sent_by(*keys, limit)
         if len(_counted) >= _COUNTED_MAX:
             _counted.clear()
-        _counted[key_id] = (count, now + DEPTH_RECOUNT_SECONDS)
+        _counted[keys] = (count, now + DEPTH_RECOUNT_SECONDS)
     return count
 
 
-def _one_more(key_id: int | None) -> None:
-    for counted in {None, key_id}:
+def _one_more(keys: tuple[int, int | None] | None) -> None:
+    for counted in {None, keys}:
         if counted in _counted:
             count, until = _counted[counted]
             _counted[counted] = (count + 1, until)
@@ -177,12 +177,15 @@ def _count_all(limit: int) -> int:
     return waiting.order_by().values("pk")[:limit].count()
 
 
-def _count_sent_by(key_id: int, limit: int) -> int:
-    """The executions a key sent that wait for dispatch, up to `limit`, read from the index of waiting rows by sender.
+def _count_sent_by(sender_id: int, owner_id: int | None, limit: int) -> int:
+    """The executions a key sent for one owner that wait for dispatch, up to `limit` (the index of waiting rows by both).
 
-    By sender, not owner: an agent's calls belong to the client whose workflow made
-    them (`ownership.call_owner`), and counted as the client's, one agent could fill
-    that client's quota and have every submit of the client's refused.
+    An agent's calls belong to the client whose workflow made them
+    (`ownership.call_owner`). Counted as the client's, one agent filled that
+    client's quota and every submit of the client's was refused; counted as the
+    agent's alone, one client's workflow filled the agent's quota and its calls
+    for every other client were refused. A client's own submits are the pair
+    (client, client).
 
     Waiting is the dispatch state, not the status: an agent may report progress
     (`running`) for an execution of its node that no call has reached yet, and a
@@ -193,9 +196,10 @@ def _count_sent_by(key_id: int, limit: int) -> int:
     execution the key ever submitted).
     """
     sql = (f"SELECT COUNT(*) FROM (SELECT 1 FROM {Execution._meta.db_table} "
-           f"WHERE submitted_by_id = %s AND dispatch_state = '{Execution.Dispatch.QUEUED.value}' LIMIT %s) AS waiting")
+           f"WHERE submitted_by_id = %s AND owner_id {'= %s' if owner_id is not None else 'IS NULL'} "
+           f"AND dispatch_state = '{Execution.Dispatch.QUEUED.value}' LIMIT %s) AS waiting")
     with connection.cursor() as cursor:
-        cursor.execute(sql, [key_id, limit])
+        cursor.execute(sql, [sender_id, *([owner_id] if owner_id is not None else []), limit])
         return cursor.fetchone()[0]
 
 
@@ -216,7 +220,8 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         raise QueueFull(limit)
     # One key's backlog (a burst, or an agent that hangs) must not fill everyone's queue.
     key_limit = settings.EXECUTION_QUEUE_LIMIT_PER_KEY
-    if request.submitted_by_id is not None and _waiting(request.submitted_by_id, key_limit) >= key_limit:
+    keys = (request.submitted_by_id, request.owner_id) if request.submitted_by_id is not None else None
+    if keys is not None and _waiting(keys, key_limit) >= key_limit:
         raise QueueFull(key_limit, of_this_key=True)
     hook, hook_error = (None, None)
     if request.webhook is not None:
@@ -262,7 +267,7 @@ def submit(request: Request, *, enqueue: bool = True) -> tuple[Execution, bool]:
         if existing is not None:
             return _same_request(existing, request), False
         raise
-    _one_more(request.submitted_by_id)
+    _one_more(keys)
     return execution, True
 
 

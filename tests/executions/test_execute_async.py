@@ -183,28 +183,35 @@ def test_submits_while_the_broker_is_down_are_accepted_and_logged_once(api, node
     assert [r.getMessage() for r in failures] == ["could not queue a dispatch; the sweeper wakes a worker for it"]
 
 
-def test_an_agents_calls_count_against_the_agents_own_backlog_not_its_clients(settings):
-    """An agent's calls belong to the client's workflow; counted as the client's, a
-    hostile agent filled the client's quota and every submit of the client's got 503."""
+def test_an_agents_calls_are_counted_per_client_apart_from_the_clients_own(settings):
+    """An agent's calls belong to the client's workflow. Counted as the client's, a hostile
+    agent filled the client's quota and every submit of the client's got 503; counted as
+    the agent's alone, one client's workflow filled it for the agent's calls for everyone."""
     from rest_framework.test import APIClient
 
     from agentfield_site.models import ApiKey
 
     settings.EXECUTION_QUEUE_LIMIT, settings.EXECUTION_QUEUE_LIMIT_PER_KEY = 100, 3
-    client, agent = APIClient(), APIClient()
-    client.credentials(HTTP_X_API_KEY=ApiKey.create("client", ApiKey.Scope.CLIENT)[1])
+    clients = {name: APIClient() for name in ("c", "d")}
+    for name, api in clients.items():
+        api.credentials(HTTP_X_API_KEY=ApiKey.create(name, ApiKey.Scope.CLIENT)[1])
+    agent = APIClient()
     agent.credentials(HTTP_X_API_KEY=ApiKey.create("agent", ApiKey.Scope.AGENT)[1])
     registered = agent.post("/api/v1/nodes/register", {
         "id": "worker", "base_url": "http://127.0.0.1:9", "reasoners": [{"id": "step"}]}, format="json")
     assert registered.status_code == 201, registered.content
-    parent = client.post("/api/v1/execute/async/worker.step", {"input": {}}, format="json").json()["execution_id"]
-    Execution.objects.filter(pk=parent).update(status="running", dispatch_state=Execution.Dispatch.IN_FLIGHT)
+    parents = {}
+    for name, api in clients.items():
+        parents[name] = api.post("/api/v1/execute/async/worker.step", {"input": {}}, format="json").json()["execution_id"]
+    Execution.objects.filter(pk__in=parents.values()).update(status="running", dispatch_state=Execution.Dispatch.IN_FLIGHT)
 
-    def call():
+    def call(parent: str):
         return agent.post("/api/v1/execute/async/worker.step", {"input": {}}, format="json",
                           headers={"X-Parent-Execution-ID": parent})
 
-    assert [call().status_code for _ in range(3)] == [202] * 3
-    assert call().status_code == 503, "the agent meets its own limit"
-    assert Execution.objects.filter(parent_execution_id=parent, owner__name="client").count() == 3, "the client's"
-    assert client.post("/api/v1/execute/async/worker.step", {"input": {}}, format="json").status_code == 202
+    assert [call(parents["c"]).status_code for _ in range(3)] == [202] * 3
+    assert call(parents["c"]).status_code == 503, "the agent meets its limit for c's workflow"
+    assert Execution.objects.filter(parent_execution_id=parents["c"], owner__name="c").count() == 3, "c's calls"
+    assert call(parents["d"]).status_code == 202, "and not for d's"
+    assert clients["c"].post("/api/v1/execute/async/worker.step", {"input": {}}, format="json").status_code == 202, \
+        "nor c's own submits"
