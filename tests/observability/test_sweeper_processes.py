@@ -68,3 +68,27 @@ def test_restarts_leave_one_chain_of_sweepers_not_one_more_each(proc_env):
     results = [t.result for t in Task.objects.filter(name="sweeper", started__gte=since)]
     assert results and all(r > 0 for r in results), (results, worker.log()[-3000:])
     assert len(results) <= 6, results  # one chain of 1 s runs, not several
+
+
+def test_a_worker_killed_outright_takes_its_clusters_with_it(proc_env):
+    """`manage.py worker` no longer becomes the qcluster: killed with SIGKILL, it left its
+    clusters running beside the ones its restart started."""
+    import os
+
+    from devtools.processes import children_of
+
+    worker = proc_env.worker()
+    clusters = wait_for(lambda: (c := children_of(worker.popen.pid)) and len(c) == 2 and c, timeout=30,
+                        what="two clusters")
+    wait_for(_holder, timeout=30, what="a sweeper holding the lease")
+    os.kill(worker.popen.pid, signal.SIGKILL)
+    worker.popen.wait(timeout=10)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(lambda: all(gone(pid) for pid in clusters), timeout=30, what=f"the clusters {sorted(clusters)} to stop")

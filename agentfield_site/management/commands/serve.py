@@ -15,7 +15,6 @@ instead (README, "Production").
 """
 
 import contextlib
-import ctypes
 import errno
 import os
 import secrets
@@ -36,6 +35,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.http.request import split_domain_port, validate_host
 
 from agentfield_site.auth import keys_required
+from agentfield_site.lib.children import stop_with_parent
 from agentfield_site.lib.loopback import is_loopback
 from agentfield_site.models import ApiKey
 
@@ -47,28 +47,6 @@ def _python_as_typed() -> str:
     """This interpreter as one would type it here: relative to the working directory when inside it."""
     path = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd() + os.sep) else sys.executable
     return shlex.quote(path)
-
-
-def _stop_with_parent(parent: int):
-    """In the child, before it runs: SIGTERM when `serve` dies, however it dies (Linux).
-
-    A `serve` killed with SIGKILL (an OOM kill, `kill -9`) had no chance to stop its
-    children: they went on serving unsupervised, and held the port, so the next
-    `serve` or `make run` refused to start. Elsewhere, a child outlives a killed `serve`.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def arm() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # it died before the signal was armed
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return arm
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -146,7 +124,7 @@ class Supervisor:
         spec = self._specs[name]
         # Own session: Ctrl-C reaches `serve` only, which then stops each child in turn.
         return subprocess.Popen(spec["command"], start_new_session=True, env=spec["env"], pass_fds=spec["pass_fds"],
-                                preexec_fn=_stop_with_parent(os.getpid()))
+                                preexec_fn=stop_with_parent(os.getpid()))
 
     def first_exit(self) -> str | None:
         """Why the first child that ended for good did, or None while all run (restarting those that may)."""

@@ -12,19 +12,20 @@ A stop first tells the long loops to end their runs now (`jobs.stopping`), so
 the clusters wind down in about a second rather than after the runs in progress.
 """
 
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+import uuid
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from agentfield_site.jobs import stopping
+from agentfield_site.lib.children import stop_with_parent
 
 CLUSTERS = ("dispatch", "deliveries")
 
@@ -55,21 +56,9 @@ class Command(BaseCommand):
             raise CommandError(f"unknown cluster {sorted(unknown)[0]!r}: choose from {', '.join(CLUSTERS)}")
         roles = list(dict.fromkeys(clusters)) or list(CLUSTERS)
         command = [sys.executable, "-m", "django", "qcluster"]
-        scratch = tempfile.mkdtemp(prefix="agentfield-worker-")
-        stop_file = str(Path(scratch) / "stop")
-        try:
-            failed = self._supervise(
-                {role: subprocess.Popen(command, env=cluster_env(role, stop_file), cwd=settings.BASE_DIR)
-                 for role in roles},
-                stop_file,
-            )
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if failed:
-            raise CommandError(f"{failed}; stopped the rest.")
-
-    def _supervise(self, children: dict[str, subprocess.Popen], stop_file: str) -> str | None:
-        """Until a signal or a cluster's exit; then stop them all. What failed, if anything did."""
+        # Made only when a stop is asked for (nothing is left behind by a killed worker),
+        # named so that no other worker's stop can be taken for this one's.
+        stop_file = os.path.join(tempfile.gettempdir(), f"agentfield-worker-{os.getpid()}-{uuid.uuid4().hex}.stop")
         stopping_now = False
 
         def stop(*_) -> None:
@@ -78,15 +67,35 @@ class Command(BaseCommand):
             stopping.request(stop_file)
             stopping_now = True
 
+        # Before the children start: a signal meanwhile stops them too.
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        children = {}
+        try:
+            for role in roles:
+                if not stopping_now:
+                    children[role] = subprocess.Popen(
+                        command, env=cluster_env(role, stop_file), cwd=settings.BASE_DIR,
+                        # A worker killed outright (SIGKILL) takes its clusters with it.
+                        preexec_fn=stop_with_parent(os.getpid()),
+                    )
+            failed = self._supervise(children, stop_file, lambda: stopping_now)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stop_file)
+        if failed:
+            raise CommandError(f"{failed}; stopped the rest.")
+
+    def _supervise(self, children: dict[str, subprocess.Popen], stop_file: str, stopped) -> str | None:
+        """Until `stopped()` or a cluster's exit; then stop them all. What failed, if anything did."""
         failed = None
-        while not stopping_now:
+        while not stopped() and failed is None:
             for role, child in children.items():
                 if child.poll() is not None:
                     failed = f"the {role} cluster exited with {child.returncode}"
-                    stopping_now = True
-            time.sleep(0.2)
+                    break
+            else:
+                time.sleep(0.2)
         stopping.request(stop_file)
         for child in children.values():
             if child.poll() is None:
