@@ -9,8 +9,8 @@ while a collector was busy.
 `manage.py worker` names a file (in `STOP_FILE`, its clusters' environment) and
 creates it as soon as it is told to stop, before it passes the stop on. The loops
 ask `requested()` at every turn and end their run as they do when their time is
-up: requests in flight finish, or are handed back unsent after a short grace,
-and leases are released. A file rather than a signal: it reaches every process
+up: requests in flight finish, or are cut off after a short grace and handed
+back (due again, no attempt recorded), and leases are released. A file rather than a signal: it reaches every process
 of the cluster, forked or not, and asking costs one `stat` at most every
 CHECK_EVERY seconds. A qcluster started some other way has no such file, and
 its runs end when their time is up, as before.
