@@ -153,6 +153,8 @@ def check_resolved(host: str, infos: list[tuple], allowed_hosts: Iterable[str] |
 
 # A DNS name as resolvers take it: dot-separated labels of letters, digits, '-' and
 # '_' (service and container names use it), 63 at most each; a final dot is allowed.
+# A label that is a number, as an IPv4 address's parts may be spelled (decimal, octal, hex).
+_NUMBER = re.compile(r"0x[0-9a-f]*|[0-9]+", re.IGNORECASE)
 _HOST_NAME = re.compile(r"(?=.{1,253}\.?\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?")
 
 
@@ -164,6 +166,9 @@ def _host_problem(host: str) -> str | None:
         return f"{host[:80]!r} is not a valid host name"
     if not _HOST_NAME.fullmatch(name):
         return f"{host[:80]!r} is not a valid host name"
+    if name.endswith(".") and _NUMBER.fullmatch(name[:-1].rsplit(".", 1)[-1]):
+        # `127.1.`, `0x7f000001.`: no resolver reads it as an address, and no name ends in a number.
+        return f"{host[:80]!r} ends in a number and a dot: neither an IPv4 address nor a host name"
     return None
 
 

@@ -37,6 +37,8 @@ from agentfield_site.lib import safe_http
         "http://a..b/",
         "http://" + "a" * 64 + ".example.com/",
         "https://93.184.216.34:0/hook",  # port 0: nothing listens there (it was sent to 443)
+        # A number and a dot: no resolver reads these as addresses, so they only ever failed to resolve.
+        "http://127.1./", "http://0x7f000001.:9/", "http://2130706433./", "http://0177.0.0.01./",
     ],
 )
 @override_settings(WEBHOOK_ALLOWED_HOSTS=[])
