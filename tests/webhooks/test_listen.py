@@ -87,3 +87,25 @@ def test_a_bad_fail_mode_is_refused(proc_env):
     proc = proc_env.script("listen", ["manage.py", "listen", "--fail", "200"])
     assert proc.popen.wait(timeout=30) != 0
     assert "--fail takes timeout or a status from 400 to 599" in proc.log()
+
+
+def test_ctrl_c_says_it_stopped_and_a_signature_in_other_characters_is_reported_not_dropped(proc_env):
+    """A signature header with a byte outside ASCII made the check raise TypeError: a traceback and a dropped connection."""
+    import http.client
+    import signal
+
+    listener = _listen(proc_env, "--secret", SECRET)
+    connection = http.client.HTTPConnection("127.0.0.1", listener.port, timeout=10)
+    connection.putrequest("POST", "/hook")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", "2")
+    connection.putheader("webhook-id", "msg_1")
+    connection.putheader("webhook-timestamp", "1700000000")
+    connection.putheader("webhook-signature", b"v1,\xe9")
+    connection.endheaders(b"{}")
+    answer = connection.getresponse()
+    assert answer.status == 200, "answered, as every delivery is"
+    assert "Traceback" not in listener.log()
+    listener.popen.send_signal(signal.SIGINT)
+    assert listener.popen.wait(timeout=10) == 0
+    assert listener.log().rstrip().endswith("Stopped."), listener.log()[-500:]

@@ -95,7 +95,7 @@ class Command(BaseCommand):
         try:
             server.serve_forever(poll_interval=0.2)
         except KeyboardInterrupt:
-            pass
+            self.say("Stopped.\n")
         finally:
             server.server_close()
 
