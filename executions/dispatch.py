@@ -577,6 +577,8 @@ def _send_notices(notices: queue.Queue) -> None:
         done, execution_id, base_url = notices.get()
         try:
             _send_cancel_notice(execution_id, base_url)
+        except Exception:  # a bug in one notice must not take a thread from the rest
+            log.exception("cancel notice for %s failed", execution_id)
         finally:
             done.set_result(None)
 

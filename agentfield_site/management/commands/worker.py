@@ -9,7 +9,7 @@ on its own (`manage.py worker dispatch`, `manage.py worker deliveries`), on any
 number of machines.
 
 A stop first tells the long loops to end their runs now (`jobs.stopping`), so
-the clusters wind down in about a second rather than after the runs in progress.
+the clusters wind down in a second or two rather than after the runs in progress.
 """
 
 import contextlib
