@@ -1,8 +1,7 @@
-import functools
 import logging
 import re
 from collections.abc import Callable
-from functools import wraps
+from functools import cache, wraps
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -97,7 +96,7 @@ _GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 _CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
-@functools.cache
+@cache
 def _api_routes() -> list[str]:
     """Every /api/v1/ route, parameters as {name}, in path order."""
 
